@@ -1,0 +1,298 @@
+"""Paths, the home folder, typed settings, errors and exit codes (the bottom of the import graph)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+PROJECT_DIR: Path = Path(__file__).resolve().parent
+SETTINGS_DIR: Path = PROJECT_DIR / "settings"
+SHARED_DATA_DIR: Path = PROJECT_DIR.parent / "shared" / "data"
+SAMPLE_BARS_CSV: Path = SHARED_DATA_DIR / "rb0000_1min_2010_2016.csv.bz2"
+SAMPLE_TICKS_CSV: Path = SHARED_DATA_DIR / "SHFE.cu1909_ticks_20190916.csv"
+SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
+
+TIMEZONE_NAME: str = "Asia/Shanghai"
+CHINA_TZ: ZoneInfo = ZoneInfo(TIMEZONE_NAME)
+
+HOME_ENV: str = "AI_TRADER_HOME"
+ENV_PREFIX: str = "AI_TRADER_"
+VNTRADER_FOLDER: str = ".vntrader"
+VT_SETTING_FILENAME: str = "vt_setting.json"
+
+EXIT_OK: int = 0
+EXIT_BUG: int = 1
+EXIT_BAD_INPUT: int = 2
+EXIT_TRANSIENT: int = 3
+
+
+class AppError(Exception):
+    """An error a user can act on; its exit code tells the watchdog what to do."""
+
+    exit_code: int = EXIT_BAD_INPUT
+
+
+class ConfigError(AppError):
+    """Settings, home folder or command line are wrong: a human must fix them."""
+
+
+class DataError(AppError):
+    """Market data is missing or invalid."""
+
+
+class ModelError(AppError):
+    """A model bundle is missing, invalid or does not match the running code."""
+
+
+class TransientError(AppError):
+    """A network or gateway failure that may go away on retry."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where bars and ticks are stored (vnpy's sqlite adapter, one file in the home's .vntrader)."""
+
+    name: str = "sqlite"
+    database: str = "database.db"
+
+    def __post_init__(self) -> None:
+        if self.name != "sqlite":
+            raise ConfigError(f"database.name 只支持 'sqlite'，收到 {self.name!r} / only sqlite is supported")
+        if not self.database or Path(self.database).name != self.database:
+            raise ConfigError(
+                f"database.database 必须是 .vntrader 下的文件名，收到 {self.database!r} / must be a plain file name"
+            )
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Shape and training settings of the prediction model."""
+
+    sequence_length: int = 60
+    features_count: int = 30
+    prediction_horizon: int = 5
+    model_type: str = "lstm"
+    epochs: int = 100
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("sequence_length", "features_count", "prediction_horizon", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} 必须 ≥ 1，收到 {getattr(self, name)} / must be at least 1")
+        if self.model_type not in ("lstm", "random_forest"):
+            raise ConfigError(
+                f"model.model_type 必须是 lstm 或 random_forest，收到 {self.model_type!r} / unknown model type"
+            )
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    """Account-level risk limits, as fractions of account balance."""
+
+    max_daily_loss_rate: float = 0.02
+    max_position_ratio: float = 0.1
+    max_single_trade_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("max_daily_loss_rate", "max_position_ratio", "max_single_trade_ratio"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ConfigError(f"risk.{name} 必须在 (0, 1] 之间，收到 {value} / must be in (0, 1]")
+        if self.max_single_trade_ratio > self.max_position_ratio:
+            raise ConfigError(
+                "risk.max_single_trade_ratio 不能大于 risk.max_position_ratio "
+                f"({self.max_single_trade_ratio} > {self.max_position_ratio}) / single trade exceeds position limit"
+            )
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """All typed settings of the application."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+
+
+SECTIONS: dict[str, type] = {"database": DatabaseSettings, "model": ModelSettings, "risk": RiskSettings}
+
+
+def _coerce(section: str, name: str, kind: Any, value: Any, source: str, from_env: bool) -> Any:
+    """Check a JSON value, or convert an environment string, to the field's type."""
+    where = f"{source}: {section}.{name}"
+    if from_env and kind is not str:
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{where} 的值 {value!r} 不是数字 / not a number") from None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} 必须是整数，收到 {value!r} / must be an integer")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} 必须是数字，收到 {value!r} / must be a number")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{where} 必须是字符串，收到 {value!r} / must be a string")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Map a settings dataclass's field names to their runtime types."""
+    names = {"int": int, "float": float, "str": str}
+    return {f.name: names[f.type] if isinstance(f.type, str) else f.type for f in fields(cls)}
+
+
+def _apply(section: str, values: dict[str, Any], raw: Mapping[str, Any], source: str, from_env: bool = False) -> None:
+    """Merge raw key/values into one section, rejecting unknown keys."""
+    types = _field_types(SECTIONS[section])
+    for name, value in raw.items():
+        if name not in types:
+            known = ", ".join(types)
+            raise ConfigError(f"{source}: 未知设置 {section}.{name}（可用：{known}）/ unknown setting")
+        values[name] = _coerce(section, name, types[name], value, source, from_env)
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    """Read one settings JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: 第 {exc.lineno} 行 JSON 格式错误：{exc.msg} / invalid JSON") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: 无法读取：{exc.strerror} / cannot read") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: 必须是 JSON 对象 / must be a JSON object")
+    return data
+
+
+def load_settings(
+    settings_dirs: Sequence[Path] = (SETTINGS_DIR,), environ: Mapping[str, str] | None = None
+) -> AppSettings:
+    """Load settings from `<dir>/<section>.json` (later dirs win) and `AI_TRADER_<SECTION>_<KEY>` variables."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for folder in settings_dirs:
+        if folder.is_dir():
+            for extra in sorted(folder.glob("*.json")):
+                if extra.stem not in SECTIONS:
+                    raise ConfigError(f"{extra}: 未知设置文件（可用：{', '.join(SECTIONS)}.json）/ unknown settings file")
+        for section in SECTIONS:
+            path = folder / f"{section}.json"
+            if path.is_file():
+                _apply(section, merged[section], _read_settings_file(path), str(path))
+    for section in SECTIONS:
+        prefix = f"{ENV_PREFIX}{section.upper()}_"
+        raw = {key[len(prefix):].lower(): value for key, value in environ.items() if key.startswith(prefix)}
+        _apply(section, merged[section], raw, f"环境变量 {prefix}*", from_env=True)
+    parts = {section: cls(**merged[section]) for section, cls in SECTIONS.items()}
+    return AppSettings(**parts)
+
+
+@dataclass(frozen=True)
+class Home:
+    """The folder that holds vnpy's `.vntrader/` (database, vt_setting.json, logs), model bundles and reports."""
+
+    root: Path
+
+    @property
+    def vntrader_dir(self) -> Path:
+        return self.root / VNTRADER_FOLDER
+
+    @property
+    def vt_setting_path(self) -> Path:
+        return self.vntrader_dir / VT_SETTING_FILENAME
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def settings_dir(self) -> Path:
+        return self.root / "settings"
+
+    def database_path(self, settings: DatabaseSettings) -> Path:
+        return self.vntrader_dir / settings.database
+
+
+def resolve_home(home: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Home:
+    """Pick the home: the argument, else `AI_TRADER_HOME`, else the project folder."""
+    environ = os.environ if environ is None else environ
+    chosen = home if home not in (None, "") else environ.get(HOME_ENV) or PROJECT_DIR
+    root = Path(chosen).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"主目录 {root} 不是文件夹 / home is not a folder; 请用 --home 或 {HOME_ENV} 指定文件夹")
+    return Home(root)
+
+
+def settings_for(home: Home, environ: Mapping[str, str] | None = None) -> AppSettings:
+    """Load settings for a home: project defaults, then the home's own `settings/`, then the environment."""
+    dirs = [SETTINGS_DIR] if home.settings_dir == SETTINGS_DIR else [SETTINGS_DIR, home.settings_dir]
+    return load_settings(dirs, environ)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def prepare_home(home: Home, settings: DatabaseSettings) -> None:
+    """Create the home's `.vntrader/` and make vt_setting.json use SQLite there in China Standard Time."""
+    try:
+        home.vntrader_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"无法创建主目录 {home.vntrader_dir}：{exc.strerror} / cannot create home") from None
+    current: dict[str, Any] = {}
+    if home.vt_setting_path.exists():
+        current = _read_settings_file(home.vt_setting_path)
+    wanted = {
+        "database.name": settings.name,
+        "database.database": settings.database,
+        "database.timezone": TIMEZONE_NAME,
+    }
+    if any(current.get(key) != value for key, value in wanted.items()):
+        write_json_atomic(home.vt_setting_path, {**current, **wanted})
+
+
+def use_china_time() -> None:
+    """Run the process in China Standard Time: vnpy's sqlite loader reads naive times in the local zone."""
+    if os.environ.get("TZ") != TIMEZONE_NAME:
+        os.environ["TZ"] = TIMEZONE_NAME
+        time.tzset()
+
+
+def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
+    """Make vnpy use this home's `.vntrader/`; vnpy fixes its folder at first import, so do this before any use."""
+    prepare_home(home, settings)
+    use_china_time()
+    utility = sys.modules.get("vnpy.trader.utility")
+    if utility is None:
+        cwd = Path.cwd()
+        os.chdir(home.root)
+        try:
+            import vnpy.trader.utility as utility  # noqa: F401 - the import itself binds the folder
+        finally:
+            os.chdir(cwd)
+    bound = Path(utility.TRADER_DIR).resolve()
+    if bound != home.root:
+        raise ConfigError(
+            f"本进程的 vnpy 已绑定到 {bound}，无法切换到 {home.root}；请在新进程中使用 --home / "
+            "vnpy is already bound to another home in this process"
+        )

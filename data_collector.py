@@ -1,0 +1,726 @@
+"""Everything that moves market data: CSV import, database load/save, datafeed download, live tick recording."""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import csv
+import gzip
+import io
+import logging
+import lzma
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import repeat
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from vnpy.trader.constant import Exchange, Interval
+from vnpy.trader.object import BarData, TickData
+
+from config import (
+    CHINA_TZ,
+    DataError,
+    DatabaseSettings,
+    Home,
+    TransientError,
+    prepare_home,
+    resolve_home,
+    settings_for,
+)
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "turnover", "open_interest")
+PRICE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
+OPTIONAL_FIELDS: tuple[str, ...] = ("turnover", "open_interest")
+INTERVAL_STEPS: dict[Interval, timedelta] = {
+    Interval.MINUTE: timedelta(minutes=1),
+    Interval.HOUR: timedelta(hours=1),
+    Interval.DAILY: timedelta(days=1),
+}
+SAMPLE_FORMAT: dict[str, str] = {
+    "date": "date", "time": "time", "open": "open", "high": "high", "low": "low", "close": "close",
+    "volume": "totalvolume",
+}
+VNPY_FORMAT: dict[str, str] = {
+    "datetime": "datetime", "open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume",
+}
+MAX_PROBLEMS_SHOWN: int = 10
+WRITE_CHUNK: int = 50_000
+DB_TIME_FORMAT: str = "%Y-%m-%d %H:%M:%S"
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+# --- symbols, intervals, times -------------------------------------------------------------------
+
+
+def parse_vt_symbol(vt_symbol: str) -> tuple[str, Exchange]:
+    """Split `rb0000.SHFE` into symbol and Exchange, with a clear error."""
+    symbol, _, exchange_text = vt_symbol.rpartition(".")
+    if not symbol or not SYMBOL_PATTERN.match(symbol):
+        raise DataError(f"合约代码 {vt_symbol!r} 格式错误，应为 代码.交易所，例如 rb0000.SHFE / bad vt_symbol")
+    try:
+        return symbol, Exchange(exchange_text)
+    except ValueError:
+        known = ", ".join(e.value for e in (Exchange.SHFE, Exchange.DCE, Exchange.CZCE, Exchange.CFFEX, Exchange.INE))
+        raise DataError(
+            f"合约代码 {vt_symbol!r} 的交易所 {exchange_text!r} 未知（例如 {known}）/ unknown exchange"
+        ) from None
+
+
+def parse_interval(interval: str | Interval) -> Interval:
+    """Turn `1m`, `1h` or `d` into vnpy's Interval."""
+    try:
+        value = Interval(interval)
+    except ValueError:
+        value = None
+    if value not in INTERVAL_STEPS:
+        choices = ", ".join(i.value for i in INTERVAL_STEPS)
+        raise DataError(f"K线周期 {interval!r} 不支持（可用：{choices}）/ unsupported interval")
+    return value
+
+
+def to_china_time(value: str | date | datetime, end_of_day: bool = False) -> datetime:
+    """Read `YYYY-MM-DD[ HH:MM[:SS]]`, a date or a datetime as an aware China Standard Time datetime."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise DataError(f"时间 {value!r} 格式错误，应为 YYYY-MM-DD 或 YYYY-MM-DD HH:MM / bad date") from None
+        date_only = len(value.strip()) == 10
+    elif isinstance(value, datetime):
+        parsed, date_only = value, False
+    else:
+        parsed, date_only = datetime(value.year, value.month, value.day), True
+    if date_only and end_of_day:
+        parsed = parsed + timedelta(days=1) - timedelta(microseconds=1)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=CHINA_TZ)
+    return parsed.astimezone(CHINA_TZ)
+
+
+def db_time(value: datetime) -> str:
+    """Format a datetime the way vnpy's sqlite adapter stores it: naive China time, `str()` of the datetime."""
+    return str(value.astimezone(CHINA_TZ).replace(tzinfo=None))
+
+
+# --- CSV reading and validation ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Which file column holds each bar field, and how its times are written."""
+
+    columns: Mapping[str, str]
+    datetime_format: str | None = None
+
+
+@dataclass
+class ImportResult:
+    """What one CSV import did."""
+
+    path: Path
+    vt_symbol: str
+    interval: Interval
+    rows: int
+    duplicates_dropped: int
+    inserted: int
+    updated: int
+    unchanged: int
+    stored: int
+    first: datetime
+    last: datetime
+    seconds: float
+
+
+def _problem_message(path: Path, problems: list[tuple[int, str]], total: int | None = None) -> str:
+    """One error text naming the file, the first problem lines and how to fix them."""
+    total = len(problems) if total is None else total
+    lines = [f"导入失败：{path} 有 {total} 处问题，未写入任何数据 / import rejected, nothing written:"]
+    lines += [f"  第 {line} 行 / line {line}: {text}" for line, text in problems[:MAX_PROBLEMS_SHOWN]]
+    if total > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  …… 另有 {total - MAX_PROBLEMS_SHOWN} 处 / more")
+    lines.append("请修正文件后重新导入 / fix the file and import again.")
+    return "\n".join(lines)
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """Read a plain, gzip, bz2 or xz file (detected by its first bytes) into memory."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise DataError(f"文件不存在：{path} / file not found") from None
+    except OSError as exc:
+        raise DataError(f"无法读取 {path}：{exc.strerror} / cannot read") from None
+    openers: dict[bytes, Callable[[bytes], bytes]] = {
+        b"BZh": bz2.decompress, b"\x1f\x8b": gzip.decompress, b"\xfd7zXZ": lzma.decompress
+    }
+    for magic, decompress in openers.items():
+        if raw.startswith(magic):
+            try:
+                return decompress(raw)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+                raise DataError(f"{path}: 压缩文件损坏或不完整（{exc}）/ corrupt or truncated archive") from None
+    return raw
+
+
+def decode_text(path: Path, raw: bytes) -> bytes:
+    """Check the bytes are UTF-8 text and strip a BOM; the error names the line of the first bad byte."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path}: 不是文本 CSV 文件（含二进制内容）/ binary file, not CSV")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: 第 {line} 行不是 UTF-8 文本 / line {line} is not UTF-8 text") from None
+    if not raw.strip():
+        raise DataError(f"{path}: 文件为空 / empty file")
+    return raw
+
+
+def read_header(path: Path, text: bytes) -> list[str]:
+    """The header's column names, unquoted and stripped."""
+    first_line = text.split(b"\n", 1)[0].decode("utf-8").strip("\r")
+    names = [name.strip() for name in next(csv.reader([first_line]))]
+    if len(names) < 2:
+        raise DataError(f"{path}: 第 1 行应为逗号分隔的表头，收到 {first_line[:80]!r} / header expected")
+    return names
+
+
+def detect_layout(path: Path, header: list[str], layout: CsvLayout | None) -> CsvLayout:
+    """Choose the column map: the explicit one, the sample's, or vnpy's DataManager export."""
+    lower = {name.lower(): name for name in header}
+    if layout is not None:
+        missing = [col for col in layout.columns.values() if col not in header and col.lower() not in lower]
+        if missing:
+            raise DataError(f"{path}: 表头中没有列 {missing}（表头：{header}）/ columns not in header")
+        return CsvLayout({key: lower.get(col.lower(), col) for key, col in layout.columns.items()},
+                         layout.datetime_format)
+    for known in (SAMPLE_FORMAT, VNPY_FORMAT):
+        if all(col in lower for col in known.values()):
+            columns = {key: lower[col] for key, col in known.items()}
+            columns.update({key: lower[key] for key in OPTIONAL_FIELDS if key in lower})
+            return CsvLayout(columns)
+    raise DataError(
+        f"{path}: 无法识别表头 {header}。支持 Date,Time,Open,High,Low,Close,TotalVolume 与 "
+        "datetime,open,high,low,close,volume[,turnover,open_interest]；其他格式请用 --columns 指定列映射，"
+        "例如 --columns datetime=trade_time,open=open_price,high=high_price,low=low_price,close=close_price,"
+        "volume=vol / unknown header, pass a column map"
+    )
+
+
+def _tokenize(path: Path, text: bytes, columns: list[str]) -> pd.DataFrame:
+    """Parse the CSV body; blank lines become all-NaN rows so the index still maps to line numbers."""
+    try:
+        return pd.read_csv(
+            io.BytesIO(text), usecols=columns, skip_blank_lines=False, skipinitialspace=True, encoding="utf-8",
+            low_memory=False,
+        )
+    except pd.errors.ParserError as exc:
+        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if match:
+            expected, line, saw = match.groups()
+            raise DataError(_problem_message(path, [(int(line), f"有 {saw} 个字段，应为 {expected} 个")])) from None
+        raise DataError(f"{path}: CSV 格式错误：{exc} / malformed CSV") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: CSV 格式错误：{exc} / malformed CSV") from None
+
+
+def _parse_times(frame: pd.DataFrame, layout: CsvLayout) -> pd.Series:
+    """The bar time of each row, aware China time; NaT where unparseable."""
+    cols = layout.columns
+    if "datetime" in cols:
+        text = frame[cols["datetime"]].astype("str")
+    else:
+        text = frame[cols["date"]].astype("str") + " " + frame[cols["time"]].astype("str")
+    fmt = layout.datetime_format or ("ISO8601" if "datetime" in cols else "%Y-%m-%d %H:%M:%S")
+    try:
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+    except (ValueError, TypeError):
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+    if parsed.dt.tz is None:
+        return parsed.dt.tz_localize(CHINA_TZ)
+    return parsed.dt.tz_convert(CHINA_TZ)
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A column as float64; unparseable cells become NaN."""
+    series = frame[column]
+    if not pd.api.types.is_numeric_dtype(series):
+        series = pd.to_numeric(series.astype("str"), errors="coerce")
+    return series.astype("float64")
+
+
+def _flag(mask: Any, describe: Callable[[int], str]) -> list[tuple[int, str]]:
+    """(position, problem) for each true position of a mask."""
+    return [(int(i), describe(int(i))) for i in np.flatnonzero(np.asarray(mask))]
+
+
+def bar_value_problems(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -> list[tuple[int, str]]:
+    """(position, problem) for bars with missing numbers, prices ≤ 0, high/low outside open/close, or negatives.
+
+    `shown` holds the original cells to quote for unparseable numbers (the raw CSV columns by field name).
+    """
+    problems: list[tuple[int, str]] = []
+    for name in BAR_FIELDS:
+        cell = shown[name] if shown is not None and name in shown else frame[name]
+        problems += _flag(~np.isfinite(frame[name]),
+                          lambda i, n=name, c=cell: f"{n} 值 {c.iloc[i]!r} 不是有效数字 / not a number")
+    valid = np.isfinite(frame[list(BAR_FIELDS)]).all(axis=1)
+    for name in PRICE_FIELDS:
+        problems += _flag(valid & (frame[name] <= 0),
+                          lambda i, n=name: f"{n} = {frame[n].iloc[i]:g} 不是正数 / price not positive")
+    body_high = frame[["open", "close"]].max(axis=1)
+    body_low = frame[["open", "close"]].min(axis=1)
+    problems += _flag(valid & (frame["high"] < body_high), lambda i: (
+        f"high {frame['high'].iloc[i]:g} 低于 max(open, close) {body_high.iloc[i]:g} / high below open or close"))
+    problems += _flag(valid & (frame["low"] > body_low), lambda i: (
+        f"low {frame['low'].iloc[i]:g} 高于 min(open, close) {body_low.iloc[i]:g} / low above open or close"))
+    for name in ("volume", *OPTIONAL_FIELDS):
+        problems += _flag(valid & (frame[name] < 0),
+                          lambda i, n=name: f"{n} = {frame[n].iloc[i]:g} 为负 / negative")
+    return problems
+
+
+def _time_problems(frame: pd.DataFrame, time_text: pd.Series, step: timedelta) -> list[tuple[int, str]]:
+    """(position, problem) for unparseable times and times not on the interval's grid."""
+    times = frame["datetime"]
+    problems = _flag(times.isna(), lambda i: f"时间 {time_text.iloc[i]!r} 无法解析 / unparseable time")
+    if step < timedelta(days=1):
+        step_ns = pd.Timedelta(step).value
+        naive_ns = times.dt.tz_localize(None).to_numpy("datetime64[ns]").astype("int64")
+        misaligned = times.notna().to_numpy() & (naive_ns % step_ns != 0)
+        problems += _flag(misaligned, lambda i: f"时间 {times.iloc[i]} 不在 {step} 的整点上 / not on the bar grid")
+    return problems
+
+
+def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[tuple[int, str]]]:
+    """Drop rows repeating an earlier row exactly; report rows whose time repeats with other values."""
+    exact = frame.duplicated(subset=["datetime", *BAR_FIELDS], keep="first")
+    frame = frame[~exact]
+    clash = frame["datetime"].duplicated(keep=False)
+    problems: list[tuple[int, str]] = []
+    if clash.any():
+        for moment, group in frame[clash].groupby("datetime", sort=True):
+            lines = ", ".join(str(i + 2) for i in group.index)
+            text = f"时间 {moment} 重复且数值不同（第 {lines} 行）/ conflicting duplicate"
+            problems.append((int(group.index[1]) + 2, text))
+    return frame, int(exact.sum()), problems
+
+
+def read_bar_csv(
+    path: str | Path,
+    interval: Interval = Interval.MINUTE,
+    timestamp: str = "end",
+    layout: CsvLayout | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """Read and validate a bar CSV; returns bars (bar-start `datetime`, sorted) and the exact duplicates dropped."""
+    path = Path(path)
+    if timestamp not in ("end", "start"):
+        raise DataError(f"--timestamp 必须是 end 或 start，收到 {timestamp!r} / timestamp must be end or start")
+    step = INTERVAL_STEPS[interval]
+    text = decode_text(path, read_file_bytes(path))
+    layout = detect_layout(path, read_header(path, text), layout)
+    required = ("datetime",) if "datetime" in layout.columns else ("date", "time")
+    missing = [key for key in (*required, *PRICE_FIELDS, "volume") if key not in layout.columns]
+    if missing:
+        raise DataError(f"{path}: 列映射缺少 {missing} / column map lacks {missing}")
+    raw = _tokenize(path, text, list(dict.fromkeys(layout.columns.values())))
+    raw = raw[raw.notna().any(axis=1)]
+    if raw.empty:
+        raise DataError(f"{path}: 只有表头，没有数据行 / header only, no rows")
+    frame = pd.DataFrame(index=raw.index)
+    frame["datetime"] = _parse_times(raw, layout)
+    if timestamp == "end":
+        frame["datetime"] = frame["datetime"] - step
+    for name in BAR_FIELDS:
+        frame[name] = _numeric(raw, layout.columns[name]) if name in layout.columns else 0.0
+    time_column = layout.columns.get("datetime", layout.columns.get("date", ""))
+    shown = pd.DataFrame({name: raw[col] for name, col in layout.columns.items() if name in BAR_FIELDS})
+    positions = _time_problems(frame, raw[time_column].astype("str"), step) + bar_value_problems(frame, shown)
+    problems = [(int(frame.index[i]) + 2, text) for i, text in positions]
+    frame, duplicates, clashes = _drop_duplicates(frame) if not problems else (frame, 0, [])
+    problems += clashes
+    if problems:
+        raise DataError(_problem_message(path, sorted(problems)))
+    return frame.sort_values("datetime", kind="stable").reset_index(drop=True), duplicates
+
+
+# --- the SQLite store (vnpy_sqlite's tables, written and read directly) -----------------------------
+
+SCHEMA: tuple[str, ...] = (
+    'CREATE TABLE IF NOT EXISTS "dbbardata" ("id" INTEGER NOT NULL PRIMARY KEY, "symbol" VARCHAR(255) NOT NULL, '
+    '"exchange" VARCHAR(255) NOT NULL, "datetime" DATETIME NOT NULL, "interval" VARCHAR(255) NOT NULL, '
+    '"volume" REAL NOT NULL, "turnover" REAL NOT NULL, "open_interest" REAL NOT NULL, "open_price" REAL NOT NULL, '
+    '"high_price" REAL NOT NULL, "low_price" REAL NOT NULL, "close_price" REAL NOT NULL)',
+    'CREATE UNIQUE INDEX IF NOT EXISTS "dbbardata_symbol_exchange_interval_datetime" ON "dbbardata" '
+    '("symbol", "exchange", "interval", "datetime")',
+    'CREATE TABLE IF NOT EXISTS "dbtickdata" ("id" INTEGER NOT NULL PRIMARY KEY, "symbol" VARCHAR(255) NOT NULL, '
+    '"exchange" VARCHAR(255) NOT NULL, "datetime" DATETIME NOT NULL, "name" VARCHAR(255) NOT NULL, '
+    '"volume" REAL NOT NULL, "turnover" REAL NOT NULL, "open_interest" REAL NOT NULL, "last_price" REAL NOT NULL, '
+    '"last_volume" REAL NOT NULL, "limit_up" REAL NOT NULL, "limit_down" REAL NOT NULL, "open_price" REAL NOT NULL, '
+    '"high_price" REAL NOT NULL, "low_price" REAL NOT NULL, "pre_close" REAL NOT NULL, '
+    '"bid_price_1" REAL NOT NULL, "bid_price_2" REAL, "bid_price_3" REAL, "bid_price_4" REAL, "bid_price_5" REAL, '
+    '"ask_price_1" REAL NOT NULL, "ask_price_2" REAL, "ask_price_3" REAL, "ask_price_4" REAL, "ask_price_5" REAL, '
+    '"bid_volume_1" REAL NOT NULL, "bid_volume_2" REAL, "bid_volume_3" REAL, "bid_volume_4" REAL, '
+    '"bid_volume_5" REAL, "ask_volume_1" REAL NOT NULL, "ask_volume_2" REAL, "ask_volume_3" REAL, '
+    '"ask_volume_4" REAL, "ask_volume_5" REAL, "localtime" DATETIME)',
+    'CREATE UNIQUE INDEX IF NOT EXISTS "dbtickdata_symbol_exchange_datetime" ON "dbtickdata" '
+    '("symbol", "exchange", "datetime")',
+    'CREATE TABLE IF NOT EXISTS "dbbaroverview" ("id" INTEGER NOT NULL PRIMARY KEY, "symbol" VARCHAR(255) NOT NULL, '
+    '"exchange" VARCHAR(255) NOT NULL, "interval" VARCHAR(255) NOT NULL, "count" INTEGER NOT NULL, '
+    '"start" DATETIME NOT NULL, "end" DATETIME NOT NULL)',
+    'CREATE UNIQUE INDEX IF NOT EXISTS "dbbaroverview_symbol_exchange_interval" ON "dbbaroverview" '
+    '("symbol", "exchange", "interval")',
+    'CREATE TABLE IF NOT EXISTS "dbtickoverview" ("id" INTEGER NOT NULL PRIMARY KEY, "symbol" VARCHAR(255) NOT NULL, '
+    '"exchange" VARCHAR(255) NOT NULL, "count" INTEGER NOT NULL, "start" DATETIME NOT NULL, '
+    '"end" DATETIME NOT NULL)',
+    'CREATE UNIQUE INDEX IF NOT EXISTS "dbtickoverview_symbol_exchange" ON "dbtickoverview" ("symbol", "exchange")',
+)
+
+BAR_COLUMNS: tuple[str, ...] = (
+    "volume", "turnover", "open_interest", "open_price", "high_price", "low_price", "close_price"
+)
+TICK_COLUMNS: tuple[str, ...] = (
+    "name", "volume", "turnover", "open_interest", "last_price", "last_volume", "limit_up", "limit_down",
+    "open_price", "high_price", "low_price", "pre_close",
+    *(f"{side}_{kind}_{level}" for side, kind in (("bid", "price"), ("ask", "price"), ("bid", "volume"),
+                                                  ("ask", "volume")) for level in range(1, 6)),
+    "localtime",
+)
+
+
+def _upsert_sql(table: str, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """Insert rows; on a key clash update only rows whose values differ, so re-saving the same data changes nothing."""
+    cols = ", ".join(f'"{c}"' for c in (*keys, *values))
+    marks = ", ".join("?" for _ in (*keys, *values))
+    key_cols = ", ".join(f'"{c}"' for c in keys)
+    assign = ", ".join(f'"{c}" = excluded."{c}"' for c in values)
+    old = ", ".join(f'"{c}"' for c in values)
+    new = ", ".join(f'excluded."{c}"' for c in values)
+    return (
+        f'INSERT INTO "{table}" ({cols}) VALUES ({marks}) ON CONFLICT ({key_cols}) DO UPDATE SET {assign} '
+        f"WHERE ({old}) IS NOT ({new})"
+    )
+
+
+BAR_UPSERT: str = _upsert_sql("dbbardata", ("symbol", "exchange", "interval", "datetime"), BAR_COLUMNS)
+TICK_UPSERT: str = _upsert_sql("dbtickdata", ("symbol", "exchange", "datetime"), TICK_COLUMNS)
+
+BAR_OVERVIEW_REFRESH: str = """
+INSERT INTO "dbbaroverview" ("symbol", "exchange", "interval", "count", "start", "end")
+SELECT "symbol", "exchange", "interval", COUNT(*), MIN("datetime"), MAX("datetime") FROM "dbbardata"
+WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ? GROUP BY "symbol", "exchange", "interval"
+ON CONFLICT ("symbol", "exchange", "interval") DO UPDATE SET
+"count" = excluded."count", "start" = excluded."start", "end" = excluded."end"
+WHERE ("count", "start", "end") IS NOT (excluded."count", excluded."start", excluded."end")
+"""
+TICK_OVERVIEW_REFRESH: str = """
+INSERT INTO "dbtickoverview" ("symbol", "exchange", "count", "start", "end")
+SELECT "symbol", "exchange", COUNT(*), MIN("datetime"), MAX("datetime") FROM "dbtickdata"
+WHERE "symbol" = ? AND "exchange" = ? GROUP BY "symbol", "exchange"
+ON CONFLICT ("symbol", "exchange") DO UPDATE SET
+"count" = excluded."count", "start" = excluded."start", "end" = excluded."end"
+WHERE ("count", "start", "end") IS NOT (excluded."count", excluded."start", excluded."end")
+"""
+
+
+def database_path(home: Home | str | Path | None = None) -> Path:
+    """The SQLite file of a home (the argument, `AI_TRADER_HOME`, or the project folder), set up on first use."""
+    resolved = home if isinstance(home, Home) else resolve_home(home)
+    settings: DatabaseSettings = settings_for(resolved).database
+    prepare_home(resolved, settings)
+    return resolved.database_path(settings)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database in autocommit mode (transactions are explicit) with vnpy's tables present."""
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in SCHEMA:
+            conn.execute(statement)
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"无法打开数据库 {path}：{exc} / cannot open database") from None
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """All or nothing: commit on success, roll back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass
+class SaveResult:
+    """Rows written by one save."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+    stored: int
+
+
+def _count_bars(conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
+    row = conn.execute(
+        'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?', key
+    ).fetchone()
+    return int(row[0])
+
+
+def format_db_times(times: pd.Series) -> list[str]:
+    """Aware datetimes as vnpy's sqlite text (`YYYY-MM-DD HH:MM:SS`, China time); whole seconds only."""
+    naive = times.dt.tz_convert(CHINA_TZ).dt.tz_localize(None).to_numpy("datetime64[s]")
+    days = naive.astype("datetime64[D]")
+    day_codes, unique_days = pd.factorize(days)
+    second_codes, unique_seconds = pd.factorize((naive - days).astype("int64"))
+    day_text = np.array([str(d) for d in unique_days.astype("datetime64[D]")], dtype=object)
+    second_text = np.array([f" {s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in unique_seconds], dtype=object)
+    return (day_text[day_codes] + second_text[second_codes]).tolist()
+
+
+def _bar_rows(frame: pd.DataFrame, key: tuple[str, str, str]) -> Iterator[tuple[Any, ...]]:
+    """Rows for BAR_UPSERT from a bar frame (columns `datetime` and BAR_FIELDS)."""
+    columns = [frame[name].tolist() for name in ("volume", "turnover", "open_interest", *PRICE_FIELDS)]
+    return zip(*(repeat(part) for part in key), format_db_times(frame["datetime"]), *columns)
+
+
+def save_bar_frame(
+    conn: sqlite3.Connection,
+    frame: pd.DataFrame,
+    symbol: str,
+    exchange: Exchange,
+    interval: Interval,
+    progress: Progress | None = None,
+) -> SaveResult:
+    """Upsert bars and refresh vnpy's bar overview in one transaction."""
+    key = (symbol, exchange.value, interval.value)
+    with transaction(conn):
+        before = _count_bars(conn, key)
+        changes = conn.total_changes
+        for start in range(0, len(frame), WRITE_CHUNK):
+            conn.executemany(BAR_UPSERT, _bar_rows(frame.iloc[start:start + WRITE_CHUNK], key))
+            if progress:
+                progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
+        written = conn.total_changes - changes
+        stored = _count_bars(conn, key)
+        conn.execute(BAR_OVERVIEW_REFRESH, key)
+    inserted = stored - before
+    return SaveResult(inserted, written - inserted, len(frame) - written, stored)
+
+
+def bars_to_frame(bars: Iterable[BarData]) -> pd.DataFrame:
+    """vnpy bars as a frame with `datetime` and BAR_FIELDS."""
+    rows = [
+        (bar.datetime, bar.open_price, bar.high_price, bar.low_price, bar.close_price, bar.volume, bar.turnover,
+         bar.open_interest)
+        for bar in bars
+    ]
+    frame = pd.DataFrame(rows, columns=["datetime", *BAR_FIELDS])
+    frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True).dt.tz_convert(CHINA_TZ)
+    return frame
+
+
+def save_bars(conn: sqlite3.Connection, bars: list[BarData]) -> SaveResult:
+    """Upsert vnpy bars of one symbol and interval (the objects are not modified)."""
+    first = bars[0]
+    if any((b.symbol, b.exchange, b.interval) != (first.symbol, first.exchange, first.interval) for b in bars):
+        raise DataError("一次只能保存同一合约、同一周期的K线 / one symbol and interval per save")
+    assert first.interval is not None
+    return save_bar_frame(conn, bars_to_frame(bars), first.symbol, first.exchange, first.interval)
+
+
+def _tick_row(tick: TickData) -> tuple[Any, ...]:
+    """A row for TICK_UPSERT."""
+    values = [getattr(tick, name) for name in TICK_COLUMNS]
+    values[-1] = db_time(tick.localtime) if tick.localtime else None
+    return (tick.symbol, tick.exchange.value, db_time(tick.datetime), *values)
+
+
+def save_ticks(conn: sqlite3.Connection, ticks: list[TickData]) -> int:
+    """Upsert ticks (any symbols) and refresh vnpy's tick overview in one transaction; returns rows written."""
+    with transaction(conn):
+        changes = conn.total_changes
+        conn.executemany(TICK_UPSERT, map(_tick_row, ticks))
+        written = conn.total_changes - changes
+        for key in sorted({(t.symbol, t.exchange.value) for t in ticks}):
+            conn.execute(TICK_OVERVIEW_REFRESH, key)
+    return written
+
+
+def _frame_from_rows(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """Bars fetched as (datetime text, open, high, low, close, volume, turnover, open_interest)."""
+    frame = pd.DataFrame.from_records(rows, columns=["datetime", *BAR_FIELDS], coerce_float=True)
+    times = pd.to_datetime(frame.pop("datetime"), format="ISO8601")
+    frame.index = pd.DatetimeIndex(times.dt.tz_localize(CHINA_TZ), name="datetime")
+    return frame.astype("float64")
+
+
+def load_bar_frame(
+    conn: sqlite3.Connection, symbol: str, exchange: Exchange, interval: Interval, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """Bars in [start, end] ordered by time, indexed by bar start (China time)."""
+    rows = conn.execute(
+        'SELECT "datetime", "open_price", "high_price", "low_price", "close_price", "volume", "turnover", '
+        '"open_interest" FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ? '
+        'AND "datetime" >= ? AND "datetime" <= ? ORDER BY "datetime"',
+        (symbol, exchange.value, interval.value, db_time(start), db_time(end)),
+    ).fetchall()
+    return _frame_from_rows(rows)
+
+
+@dataclass
+class StoredSeries:
+    """One row of what the database holds (from vnpy's overview tables)."""
+
+    vt_symbol: str
+    interval: str
+    count: int
+    first: datetime
+    last: datetime
+
+
+def stored_series(conn: sqlite3.Connection) -> list[StoredSeries]:
+    """Every stored bar series and tick series, as vnpy's overview tables record them."""
+    rows = conn.execute(
+        'SELECT "symbol", "exchange", "interval", "count", "start", "end" FROM "dbbaroverview" '
+        'UNION ALL SELECT "symbol", "exchange", \'tick\', "count", "start", "end" FROM "dbtickoverview" '
+        "ORDER BY 1, 2, 3"
+    ).fetchall()
+    return [
+        StoredSeries(f"{symbol}.{exchange}", interval, int(count), to_china_time(start), to_china_time(end))
+        for symbol, exchange, interval, count, start, end in rows
+    ]
+
+
+# --- the public API: import, load, download ----------------------------------------------------
+
+
+def import_csv(
+    path: str | Path,
+    vt_symbol: str,
+    interval: str | Interval = "1m",
+    timestamp: str = "end",
+    columns: Mapping[str, str] | None = None,
+    datetime_format: str | None = None,
+    home: Home | str | Path | None = None,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Validate a whole bar CSV, then store it in one transaction (a file with any bad row stores nothing)."""
+    started = time.perf_counter()
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    bar_interval = parse_interval(interval)
+    layout = CsvLayout(dict(columns), datetime_format) if columns else None
+    if layout is None and datetime_format:
+        raise DataError("--datetime-format 需要与 --columns 一起使用 / datetime format needs a column map")
+    if progress:
+        progress(f"读取并校验 / reading and validating {path}")
+    frame, duplicates = read_bar_csv(path, bar_interval, timestamp, layout)
+    conn = connect(database_path(home))
+    try:
+        saved = save_bar_frame(conn, frame, symbol, exchange, bar_interval, progress)
+    finally:
+        conn.close()
+    return ImportResult(
+        path=Path(path), vt_symbol=vt_symbol, interval=bar_interval, rows=len(frame), duplicates_dropped=duplicates,
+        inserted=saved.inserted, updated=saved.updated, unchanged=saved.unchanged, stored=saved.stored,
+        first=frame["datetime"].iloc[0].to_pydatetime(), last=frame["datetime"].iloc[-1].to_pydatetime(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def load_history_data(
+    vt_symbol: str,
+    start: str | date | datetime,
+    end: str | date | datetime,
+    interval: str | Interval = "1m",
+    home: Home | str | Path | None = None,
+) -> pd.DataFrame:
+    """Stored bars from start to end (a date `end` includes that whole day), indexed by bar start in China time."""
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    bar_interval = parse_interval(interval)
+    begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
+    if begin > finish:
+        raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
+    conn = connect(database_path(home))
+    try:
+        frame = load_bar_frame(conn, symbol, exchange, bar_interval, begin, finish)
+        stored = [s for s in stored_series(conn) if s.vt_symbol == vt_symbol] if frame.empty else []
+    finally:
+        conn.close()
+    if frame.empty:
+        held = "; ".join(f"{s.interval} {s.first:%Y-%m-%d} ~ {s.last:%Y-%m-%d} ({s.count:,})" for s in stored)
+        raise DataError(
+            f"数据库中没有 {vt_symbol} {bar_interval.value} 在 {begin:%Y-%m-%d %H:%M} ~ {finish:%Y-%m-%d %H:%M} 的K线"
+            f"（已有：{held or '无'}）。请先导入：python ai_trading_system.py import --csv FILE --vt-symbol "
+            f"{vt_symbol} / no bars stored for this request"
+        )
+    return frame
+
+
+def list_stored(home: Home | str | Path | None = None) -> list[StoredSeries]:
+    """What the database holds: one row per symbol and interval (ticks as interval `tick`)."""
+    conn = connect(database_path(home))
+    try:
+        return stored_series(conn)
+    finally:
+        conn.close()
+
+
+def download_history(
+    vt_symbol: str,
+    start: str | date | datetime,
+    end: str | date | datetime,
+    interval: str | Interval,
+    datafeed: Any,
+    home: Home | str | Path | None = None,
+) -> SaveResult:
+    """Query bars from a vnpy datafeed (already built by the caller) and store them."""
+    from vnpy.trader.object import HistoryRequest
+
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    bar_interval = parse_interval(interval)
+    messages: list[str] = []
+    if not datafeed.init(messages.append):
+        detail = "; ".join(messages) or "无详细信息"
+        raise TransientError(f"数据服务初始化失败（{detail}）；请检查网络与账号后重试 / datafeed init failed")
+    request = HistoryRequest(
+        symbol=symbol, exchange=exchange, start=to_china_time(start), end=to_china_time(end, end_of_day=True),
+        interval=bar_interval,
+    )
+    bars = datafeed.query_bar_history(request, messages.append) or []
+    if not bars:
+        detail = "; ".join(messages) or "无数据"
+        raise DataError(
+            f"数据服务没有返回 {vt_symbol} {bar_interval.value} 的K线（{detail}）/ datafeed returned no bars"
+        )
+    frame = bars_to_frame(bars).sort_values("datetime", kind="stable")
+    frame = frame.drop_duplicates(subset="datetime", keep="last").reset_index(drop=True)
+    problems = [(i + 1, f"{frame['datetime'].iloc[i]}: {text}") for i, text in bar_value_problems(frame)]
+    if problems:
+        raise DataError(_problem_message(Path(f"datafeed:{vt_symbol}"), sorted(problems)))
+    conn = connect(database_path(home))
+    try:
+        return save_bar_frame(conn, frame, symbol, exchange, bar_interval)
+    finally:
+        conn.close()
