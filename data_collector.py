@@ -119,10 +119,11 @@ def db_time(value: datetime) -> str:
 
 @dataclass(frozen=True)
 class CsvLayout:
-    """Which file column holds each bar field, and how its times are written."""
+    """Which file column holds each bar field, how its times are written, and whether they mark bar end or start."""
 
     columns: Mapping[str, str]
     datetime_format: str | None = None
+    timestamp: str | None = None
 
 
 @dataclass
@@ -209,17 +210,35 @@ def detect_layout(path: Path, header: list[str], layout: CsvLayout | None) -> Cs
             raise DataError(f"{path}: 表头中没有列 {missing}（表头：{header}）/ columns not in header")
         return CsvLayout({key: lower.get(col.lower(), col) for key, col in layout.columns.items()},
                          layout.datetime_format)
-    for known in (SAMPLE_FORMAT, VNPY_FORMAT):
+    # The sample (a MultiCharts export) stamps the bar end; vnpy's DataManager export stamps the bar start.
+    for known, timestamp in ((SAMPLE_FORMAT, "end"), (VNPY_FORMAT, "start")):
         if all(col in lower for col in known.values()):
             columns = {key: lower[col] for key, col in known.items()}
             columns.update({key: lower[key] for key in OPTIONAL_FIELDS if key in lower})
-            return CsvLayout(columns)
+            return CsvLayout(columns, timestamp=timestamp)
     raise DataError(
         f"{path}: 无法识别表头 {header}。支持 Date,Time,Open,High,Low,Close,TotalVolume 与 "
         "datetime,open,high,low,close,volume[,turnover,open_interest]；其他格式请用 --columns 指定列映射，"
         "例如 --columns datetime=trade_time,open=open_price,high=high_price,low=low_price,close=close_price,"
         "volume=vol / unknown header, pass a column map"
     )
+
+
+def field_count_problems(text: bytes, expected: int) -> list[tuple[int, str]]:
+    """(line number, problem) for every non-blank line whose field count differs from the header's."""
+    if b'"' in text:
+        reader = csv.reader(io.StringIO(text.decode("utf-8")))
+        counts = [(reader.line_num, len(row)) for row in reader if any(cell.strip() for cell in row)]
+    else:
+        data = np.frombuffer(text, dtype=np.uint8)
+        newlines = np.flatnonzero(data == ord("\n"))
+        lines = len(newlines) + 1
+        commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(data == ord(","))), minlength=lines)
+        visible = ~np.isin(data, np.array([9, 10, 13, 32], dtype=np.uint8))
+        content = np.bincount(np.searchsorted(newlines, np.flatnonzero(visible)), minlength=lines)
+        counts = [(int(i) + 1, int(commas[i]) + 1) for i in np.flatnonzero((content > 0) & (commas + 1 != expected))]
+    return [(line, f"有 {count} 个字段，应为 {expected} 个 / {count} fields, header has {expected}")
+            for line, count in counts if count != expected]
 
 
 def _tokenize(path: Path, text: bytes, columns: list[str]) -> pd.DataFrame:
@@ -239,13 +258,17 @@ def _tokenize(path: Path, text: bytes, columns: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: CSV 格式错误：{exc} / malformed CSV") from None
 
 
-def _parse_times(frame: pd.DataFrame, layout: CsvLayout) -> pd.Series:
-    """The bar time of each row, aware China time; NaT where unparseable."""
+def _time_text(frame: pd.DataFrame, layout: CsvLayout) -> pd.Series:
+    """The time of each row as written in the file (date and time columns joined)."""
     cols = layout.columns
     if "datetime" in cols:
-        text = frame[cols["datetime"]].astype("str")
-    else:
-        text = frame[cols["date"]].astype("str") + " " + frame[cols["time"]].astype("str")
+        return frame[cols["datetime"]].astype("str")
+    return frame[cols["date"]].astype("str") + " " + frame[cols["time"]].astype("str")
+
+
+def _parse_times(text: pd.Series, layout: CsvLayout) -> pd.Series:
+    """The bar time of each row, aware China time; NaT where unparseable."""
+    cols = layout.columns
     fmt = layout.datetime_format or ("ISO8601" if "datetime" in cols else "%Y-%m-%d %H:%M:%S")
     try:
         parsed = pd.to_datetime(text, format=fmt, errors="coerce")
@@ -277,8 +300,8 @@ def bar_value_problems(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -
     problems: list[tuple[int, str]] = []
     for name in BAR_FIELDS:
         cell = shown[name] if shown is not None and name in shown else frame[name]
-        problems += _flag(~np.isfinite(frame[name]),
-                          lambda i, n=name, c=cell: f"{n} 值 {c.iloc[i]!r} 不是有效数字 / not a number")
+        problems += _flag(~np.isfinite(frame[name]), lambda i, n=name, c=cell: (
+            f"缺少 {n} 值 / missing {n}" if pd.isna(c.iloc[i]) else f"{n} 值 {c.iloc[i]!r} 不是有效数字 / not a number"))
     valid = np.isfinite(frame[list(BAR_FIELDS)]).all(axis=1)
     for name in PRICE_FIELDS:
         problems += _flag(valid & (frame[name] <= 0),
@@ -324,33 +347,48 @@ def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, list[tuple
 def read_bar_csv(
     path: str | Path,
     interval: Interval = Interval.MINUTE,
-    timestamp: str = "end",
+    timestamp: str | None = None,
     layout: CsvLayout | None = None,
 ) -> tuple[pd.DataFrame, int]:
-    """Read and validate a bar CSV; returns bars (bar-start `datetime`, sorted) and the exact duplicates dropped."""
+    """Read and validate a bar CSV; returns bars (bar-start `datetime`, sorted) and the exact duplicates dropped.
+
+    `timestamp` says whether file times mark the bar `end` or `start`; None takes the known format's convention.
+    """
     path = Path(path)
-    if timestamp not in ("end", "start"):
+    if timestamp not in ("end", "start", None):
         raise DataError(f"--timestamp 必须是 end 或 start，收到 {timestamp!r} / timestamp must be end or start")
     step = INTERVAL_STEPS[interval]
     text = decode_text(path, read_file_bytes(path))
     layout = detect_layout(path, read_header(path, text), layout)
+    timestamp = timestamp or layout.timestamp
+    if timestamp is None:
+        raise DataError(
+            f"{path}: 自定义列映射时必须用 --timestamp end|start 说明时间是K线结束还是开始 / "
+            "say whether file times mark the bar end or start"
+        )
+    if interval == Interval.DAILY and timestamp == "end":
+        raise DataError(f"{path}: 日线的时间是交易日，请用 --timestamp start / daily bars are stamped by day")
     required = ("datetime",) if "datetime" in layout.columns else ("date", "time")
     missing = [key for key in (*required, *PRICE_FIELDS, "volume") if key not in layout.columns]
     if missing:
         raise DataError(f"{path}: 列映射缺少 {missing} / column map lacks {missing}")
+    header = read_header(path, text)
+    wrong_width = field_count_problems(text, len(header))
+    if wrong_width:
+        raise DataError(_problem_message(path, wrong_width))
     raw = _tokenize(path, text, list(dict.fromkeys(layout.columns.values())))
     raw = raw[raw.notna().any(axis=1)]
     if raw.empty:
         raise DataError(f"{path}: 只有表头，没有数据行 / header only, no rows")
     frame = pd.DataFrame(index=raw.index)
-    frame["datetime"] = _parse_times(raw, layout)
+    time_text = _time_text(raw, layout)
+    frame["datetime"] = _parse_times(time_text, layout)
     if timestamp == "end":
         frame["datetime"] = frame["datetime"] - step
     for name in BAR_FIELDS:
         frame[name] = _numeric(raw, layout.columns[name]) if name in layout.columns else 0.0
-    time_column = layout.columns.get("datetime", layout.columns.get("date", ""))
     shown = pd.DataFrame({name: raw[col] for name, col in layout.columns.items() if name in BAR_FIELDS})
-    positions = _time_problems(frame, raw[time_column].astype("str"), step) + bar_value_problems(frame, shown)
+    positions = _time_problems(frame, time_text, step) + bar_value_problems(frame, shown)
     problems = [(int(frame.index[i]) + 2, text) for i, text in positions]
     frame, duplicates, clashes = _drop_duplicates(frame) if not problems else (frame, 0, [])
     problems += clashes
@@ -620,13 +658,17 @@ def import_csv(
     path: str | Path,
     vt_symbol: str,
     interval: str | Interval = "1m",
-    timestamp: str = "end",
+    timestamp: str | None = None,
     columns: Mapping[str, str] | None = None,
     datetime_format: str | None = None,
     home: Home | str | Path | None = None,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """Validate a whole bar CSV, then store it in one transaction (a file with any bad row stores nothing)."""
+    """Validate a whole bar CSV, then store it in one transaction (a file with any bad row stores nothing).
+
+    `timestamp`: `end` if file times mark the bar end (the sample), `start` if the bar start (vnpy's export);
+    None takes the detected format's convention and is required with a custom `columns` map.
+    """
     started = time.perf_counter()
     symbol, exchange = parse_vt_symbol(vt_symbol)
     bar_interval = parse_interval(interval)
@@ -724,3 +766,201 @@ def download_history(
         return save_bar_frame(conn, frame, symbol, exchange, bar_interval)
     finally:
         conn.close()
+
+
+# --- live recording ---------------------------------------------------------------------------------
+
+import queue  # noqa: E402 - this section's imports; they may move to the top
+import threading  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from vnpy.trader.object import SubscribeRequest  # noqa: E402
+
+_STOP = object()
+STOP_ATTEMPTS: int = 3  # final flush tries before stop() gives up (logged)
+
+
+@dataclass
+class RecorderStats:
+    """Counters of the live recorder."""
+
+    ticks_stored: int = 0
+    bars_stored: int = 0
+    batches_written: int = 0
+    write_errors: int = 0
+    ticks_dropped: int = 0
+
+
+class DataCollector:
+    """Record subscribed ticks and their 1-minute bars to the database from one writer thread."""
+
+    def __init__(self, main_engine: Any, home: Home | str | Path | None = None, batch_size: int = 500,
+                 flush_interval: float = 1.0, max_pending: int = 200_000) -> None:
+        if batch_size < 1 or flush_interval <= 0 or max_pending < batch_size:
+            raise DataError("batch_size ≥ 1、flush_interval > 0、max_pending ≥ batch_size / bad recorder settings")
+        self.main_engine = main_engine
+        self.path: Path = database_path(home)
+        connect(self.path).close()  # fail here, not in the writer thread, if the database cannot be opened
+        self.batch_size, self.flush_interval, self.max_pending = batch_size, flush_interval, max_pending
+        self.vt_symbols: set[str] = set()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.RLock()  # re-entrant: stop() may run in a signal handler
+        self._thread: threading.Thread | None = None
+        self._stopped = self._registered = False
+        self._stats = RecorderStats()
+        self._ticks: list[TickData] = []  # writer thread only, from here down
+        self._bars: list[BarData] = []
+        self._generators: dict[str, Any] = {}
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def stats(self) -> RecorderStats:
+        """A snapshot of the counters."""
+        return replace(self._stats)
+
+    def subscribe_market_data(self, vt_symbols: Iterable[str]) -> None:
+        """Subscribe ticks of contracts known to the gateway; an unknown one subscribes nothing."""
+        from vnpy.trader.event import EVENT_TICK
+
+        if self._stopped:
+            raise DataError("行情记录已停止，不能再订阅 / recorder is stopped")
+        requests = []
+        for vt_symbol in vt_symbols:
+            symbol, exchange = parse_vt_symbol(vt_symbol)
+            contract = self.main_engine.get_contract(vt_symbol)
+            if contract is None:
+                raise DataError(
+                    f"未知合约 {vt_symbol}：合约信息在网关登录并完成合约查询后才有，本次未订阅任何合约。"
+                    "请确认网关已连接、代码与交易所正确（如 rb2501.SHFE）后重试 / "
+                    f"unknown contract {vt_symbol}, nothing subscribed"
+                )
+            requests.append((vt_symbol, SubscribeRequest(symbol=symbol, exchange=exchange), contract.gateway_name))
+        self.vt_symbols.update(vt_symbol for vt_symbol, _, _ in requests)
+        if not self._registered:  # before subscribing, so the first tick is not missed
+            self.main_engine.event_engine.register(EVENT_TICK, self._on_tick_event)
+            self._registered = True
+        for _, request, gateway_name in requests:
+            self.main_engine.subscribe(request, gateway_name)
+
+    def _on_tick_event(self, event: Any) -> None:
+        """Event-engine handler: record ticks of subscribed symbols; never raises."""
+        try:
+            if not self._stopped and event.data.vt_symbol in self.vt_symbols:
+                self.save_tick_data(event.data)
+        except Exception:
+            logger.exception("行情记录处理 tick 事件失败 / tick event handler failed")
+
+    def save_tick_data(self, tick: TickData) -> None:
+        """Queue a tick for the writer thread; never blocks on the database."""
+        if not isinstance(tick, TickData) or tick.datetime.tzinfo is None:
+            raise DataError(f"无效 tick（需要带时区的 TickData）：{tick!r:.200} / invalid tick")
+        with self._lock:  # a tick accepted here is always flushed by stop()
+            if self._stopped:
+                raise DataError(f"行情记录已停止，{tick.vt_symbol} 的 tick 未保存 / recorder is stopped")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="DataCollectorWriter", daemon=True)
+                self._thread.start()
+            self._queue.put(tick)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop recording: flush every queued tick and each symbol's in-progress bar, then join the writer."""
+        from vnpy.trader.event import EVENT_TICK
+
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._queue.put(_STOP)
+        if self._registered:
+            self.main_engine.event_engine.unregister(EVENT_TICK, self._on_tick_event)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.error("行情写入线程 %.0f 秒内未结束，仍在写入 / writer still busy", timeout)
+
+    def _run(self) -> None:
+        """Writer thread: store ticks and finished bars every batch_size ticks or flush_interval seconds."""
+        healthy = True  # after a failed write, retry on the clock only, not on every tick
+        deadline = time.monotonic() + self.flush_interval
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            if item is not None:
+                self._ticks.append(item)
+                self._feed(item)
+            if (healthy and len(self._ticks) >= self.batch_size) or time.monotonic() >= deadline:
+                healthy = self._flush()
+                deadline = time.monotonic() + self.flush_interval
+        self._finish()
+
+    def _feed(self, tick: TickData) -> None:
+        """Update the symbol's BarGenerator; ticks older than the last one are stored but not built into bars."""
+        try:
+            generator = self._generators.get(tick.vt_symbol)
+            if generator is None:
+                from vnpy.trader.utility import BarGenerator
+
+                # BarGenerator emits a fresh BarData each minute and never touches it again: no copy needed.
+                generator = self._generators[tick.vt_symbol] = BarGenerator(self._bars.append)
+            if generator.last_tick is None or tick.datetime >= generator.last_tick.datetime:
+                generator.update_tick(tick)
+        except Exception:
+            logger.exception("%s 合成K线失败 / bar generation failed", tick.vt_symbol)
+
+    def _flush(self) -> bool:
+        """Store buffered ticks (one transaction), then bars per symbol; keep what failed for the next flush."""
+        try:
+            if self._conn is None:
+                self._conn = connect(self.path)
+            if self._ticks:
+                save_ticks(self._conn, self._ticks)
+                self._stats.ticks_stored += len(self._ticks)
+                self._stats.batches_written += 1
+                self._ticks.clear()
+            while self._bars:
+                key = (self._bars[0].symbol, self._bars[0].exchange)
+                group = [bar for bar in self._bars if (bar.symbol, bar.exchange) == key]
+                save_bars(self._conn, group)
+                self._stats.bars_stored += len(group)
+                self._bars[:] = [bar for bar in self._bars if (bar.symbol, bar.exchange) != key]
+            return True
+        except Exception:
+            self._stats.write_errors += 1
+            logger.exception("行情写入失败，%d 条 tick、%d 根K线保留待重试 / write failed, kept for retry",
+                             len(self._ticks), len(self._bars))
+            if self._conn is not None:  # closing rolls back anything left open (a failed COMMIT included)
+                self._conn.close()
+                self._conn = None
+            excess = len(self._ticks) - self.max_pending  # bound the retry buffer: drop the oldest, loudly
+            if excess > 0:
+                del self._ticks[:excess], self._bars[:-self.max_pending]
+                self._stats.ticks_dropped += excess
+                logger.error("数据库持续不可写，已丢弃最早的 %d 条 tick / database unwritable, ticks dropped", excess)
+            return False
+
+    def _finish(self) -> None:
+        """Flush everything on stop, including each symbol's in-progress bar (its minute so far), then close.
+
+        A restart within that minute rebuilds the bar from later ticks only and overwrites it.
+        """
+        try:
+            for generator in self._generators.values():
+                if generator.bar is not None:
+                    bar = generator.bar
+                    self._bars.append(replace(bar, datetime=bar.datetime.replace(second=0, microsecond=0)))
+            for attempt in range(STOP_ATTEMPTS):
+                if self._flush():
+                    break
+                time.sleep(0.2 * (attempt + 1))
+            else:
+                self._stats.ticks_dropped += len(self._ticks)
+                logger.error("停止时写入失败，%d 条 tick、%d 根K线未保存 / not stored on stop",
+                             len(self._ticks), len(self._bars))
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

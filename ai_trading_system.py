@@ -1,0 +1,272 @@
+"""Entry point: the mode prompt and the subcommands; wires settings, home folder, logging and the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+import data_collector
+from config import (
+    EXIT_BAD_INPUT,
+    EXIT_BUG,
+    EXIT_OK,
+    SAMPLE_BARS_CSV,
+    SAMPLE_VT_SYMBOL,
+    AppError,
+    ConfigError,
+    Home,
+    bind_vnpy_home,
+    resolve_home,
+    settings_for,
+)
+
+logger = logging.getLogger("ai_trading_system")
+
+Handler = Callable[[argparse.Namespace, Home], int]
+
+
+def _column_map(text: str) -> dict[str, str]:
+    """Parse `datetime=trade_time,open=open_price,...`."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError("格式应为 字段=列名,... 例如 datetime=trade_time,open=open_price")
+    fields = ("datetime", "date", "time", *data_collector.BAR_FIELDS)
+    unknown = [key.strip() for key, _ in pairs if key.strip() not in fields]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"未知字段 {unknown}，可用：{', '.join(fields)}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of GUIDE §2."""
+    parser = argparse.ArgumentParser(
+        prog="ai_trading_system.py",
+        description="AI 期货交易台（VeighNa）。不带子命令时显示模式菜单。/ AI futures trading desk on vnpy.",
+    )
+    parser.add_argument("--home", help="主目录：存放 .vntrader（数据库、日志）、模型与报告；默认 AI_TRADER_HOME 或项目目录")
+    parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志 / debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    imp = commands.add_parser("import", help="导入K线 CSV 到数据库 / import bars from a CSV file")
+    imp.add_argument("--csv", required=True, help="CSV 文件（可为 .gz / .bz2 / .xz）")
+    imp.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    imp.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+    imp.add_argument(
+        "--timestamp", choices=("end", "start"),
+        help="文件时间是K线结束(end)还是开始(start)；默认按识别出的格式：示例格式 end，vnpy 导出格式 start",
+    )
+    imp.add_argument("--columns", type=_column_map, help="列映射，例如 datetime=trade_time,open=open_price,...")
+    imp.add_argument("--datetime-format", help="时间格式（strptime），例如 %%Y%%m%%d %%H:%%M:%%S；需与 --columns 同用")
+
+    commands.add_parser("data", help="查看数据库中的数据 / what the database holds")
+
+    down = commands.add_parser("download", help="从 vnpy 数据服务下载K线 / download bars through vnpy's datafeed")
+    down.add_argument("--vt-symbol", required=True, help="合约，例如 rb2405.SHFE")
+    down.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
+    down.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+    down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+
+    demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
+    demo.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）")
+    return parser
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """Print a plain aligned table to stdout."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _width(text: str) -> int:
+    """Display width: CJK characters take two columns."""
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
+def _stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace, home: Home) -> int:
+    """Import one bar CSV."""
+    result = data_collector.import_csv(
+        args.csv, args.vt_symbol, interval=args.interval, timestamp=args.timestamp, columns=args.columns,
+        datetime_format=args.datetime_format, home=home, progress=_stderr_progress,
+    )
+    print(f"导入完成 / imported: {result.vt_symbol} {result.interval.value}  ({result.path})")
+    print_table(
+        [
+            ("文件行数 / rows", f"{result.rows + result.duplicates_dropped:,}"),
+            ("重复行 / exact duplicates dropped", f"{result.duplicates_dropped:,}"),
+            ("新增 / inserted", f"{result.inserted:,}"),
+            ("更新 / updated", f"{result.updated:,}"),
+            ("未变 / unchanged", f"{result.unchanged:,}"),
+            ("库中共有 / stored", f"{result.stored:,}"),
+            ("首根K线开始 / first bar start", f"{result.first:%Y-%m-%d %H:%M} (Asia/Shanghai)"),
+            ("末根K线开始 / last bar start", f"{result.last:%Y-%m-%d %H:%M} (Asia/Shanghai)"),
+            ("用时 / seconds", f"{result.seconds:.1f}"),
+        ],
+        ("项目 / item", "值 / value"),
+    )
+    return EXIT_OK
+
+
+def cmd_data(args: argparse.Namespace, home: Home) -> int:
+    """List what the database holds."""
+    series = data_collector.list_stored(home)
+    print(f"数据库 / database: {data_collector.database_path(home)}")
+    if not series:
+        print("数据库为空。导入数据：python ai_trading_system.py import --csv FILE --vt-symbol rb0000.SHFE")
+        return EXIT_OK
+    print_table(
+        [(s.vt_symbol, s.interval, f"{s.count:,}", f"{s.first:%Y-%m-%d %H:%M}", f"{s.last:%Y-%m-%d %H:%M}")
+         for s in series],
+        ("合约 / vt_symbol", "周期 / interval", "数量 / count", "首条 / first", "末条 / last"),
+    )
+    return EXIT_OK
+
+
+def _load_datafeed(home: Home) -> Any:
+    """Build vnpy's configured datafeed; credentials come from the environment, never from vt_setting.json."""
+    bind_vnpy_home(home, settings_for(home).database)
+    from vnpy.trader.setting import SETTINGS
+
+    name = str(SETTINGS.get("datafeed.name") or "")
+    if not name:
+        raise ConfigError(
+            f"未配置数据服务：请在 {home.vt_setting_path} 中设置 \"datafeed.name\"（如 rqdata、tushare），"
+            "账号与密码用环境变量 AI_TRADER_DATAFEED_USERNAME / AI_TRADER_DATAFEED_PASSWORD 提供 / no datafeed configured"
+        )
+    if SETTINGS.get("datafeed.password"):
+        logger.warning("vt_setting.json 中保存了 datafeed.password，建议删除并改用环境变量 AI_TRADER_DATAFEED_PASSWORD")
+    for key in ("username", "password"):
+        value = os.environ.get(f"AI_TRADER_DATAFEED_{key.upper()}")
+        if value:
+            SETTINGS[f"datafeed.{key}"] = value
+    try:
+        module = import_module(f"vnpy_{name}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"找不到数据服务模块 vnpy_{name}：请运行 pip install vnpy_{name} / datafeed not installed") from None
+    return module.Datafeed()
+
+
+def cmd_download(args: argparse.Namespace, home: Home) -> int:
+    """Download bars through vnpy's datafeed and store them."""
+    datafeed = _load_datafeed(home)
+    saved = data_collector.download_history(args.vt_symbol, args.start, args.end, args.interval, datafeed, home)
+    print(f"下载完成 / downloaded {args.vt_symbol}: 新增 {saved.inserted:,}，更新 {saved.updated:,}，"
+          f"未变 {saved.unchanged:,}，库中共有 {saved.stored:,}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, home: Home) -> int:
+    """The main job: import the sample data and show what the database holds."""
+    args.vt_symbol, args.interval, args.timestamp = SAMPLE_VT_SYMBOL, "1m", "end"
+    args.columns = args.datetime_format = None
+    cmd_import(args, home)
+    print()
+    return cmd_data(args, home)
+
+
+COMMANDS: dict[str, Handler] = {
+    "import": cmd_import,
+    "data": cmd_data,
+    "download": cmd_download,
+    "demo": cmd_demo,
+}
+
+
+# --- the mode prompt ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One entry of the mode prompt: a key, a label, and the argv it runs."""
+
+    key: str
+    label: str
+    argv: tuple[str, ...]
+
+
+# Trading (1), backtest (2) and training (3) join this menu when they work end to end.
+MODES: tuple[Mode, ...] = (
+    Mode("4", "导入示例数据并查看 / import the sample data", ("demo",)),
+    Mode("5", "查看数据库 / what the database holds", ("data",)),
+)
+
+
+def prompt_mode(input_fn: Callable[[str], str]) -> tuple[str, ...] | None:
+    """Ask for a mode until a valid choice (three tries); None when the user quits."""
+    menu = "\n".join(f"  {mode.key}. {mode.label}" for mode in MODES)
+    for _ in range(3):
+        try:
+            answer = input_fn(f"请选择运行模式 / choose a mode:\n{menu}\n  q. 退出 / quit\n> ").strip().lower()
+        except EOFError:
+            return None
+        if answer in ("q", "quit", "exit", ""):
+            return None
+        for mode in MODES:
+            if answer == mode.key:
+                return mode.argv
+        print(f"无效选择 {answer!r}，请输入 {'/'.join(m.key for m in MODES)} 或 q", file=sys.stderr)
+    raise ConfigError("多次输入无效，已退出 / too many invalid choices")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr; only main() calls this."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None, input_fn: Callable[[str], str] = input) -> int:
+    """Run one command (or the mode prompt) and return the exit code."""
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(arguments)
+        if args.command is None:
+            chosen = prompt_mode(input_fn)
+            if chosen is None:
+                return EXIT_OK
+            args = parser.parse_args([*arguments, *chosen])
+        setup_logging(args.verbose)
+        home = resolve_home(args.home)
+        settings_for(home)
+        return COMMANDS[args.command](args, home)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    except AppError as exc:
+        print(f"错误 / error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("已中断 / interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        logger.exception("内部错误，请报告此问题 / internal error, please report it")
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Shared fixtures: temporary homes, the real sample data, and a helper to run Python in a fresh process."""
+
+from __future__ import annotations
+
+import bz2
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import data_collector
+from config import PROJECT_DIR, SAMPLE_BARS_CSV, SAMPLE_TICKS_CSV, Home, resolve_home
+
+
+def require(path: Path) -> Path:
+    """The shared data file, or a failing test that says where it should be."""
+    if not path.exists():
+        pytest.fail(f"real market data missing: {path} (clone the project with ../shared beside it)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's own home or settings overrides."""
+    for key in list(os.environ):
+        if key.startswith("AI_TRADER_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return resolve_home(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def sample_bars_csv() -> Path:
+    return require(SAMPLE_BARS_CSV)
+
+
+@pytest.fixture(scope="session")
+def sample_ticks_csv() -> Path:
+    return require(SAMPLE_TICKS_CSV)
+
+
+@pytest.fixture(scope="session")
+def sample_lines(sample_bars_csv: Path) -> list[str]:
+    """The sample's text lines (header first), decompressed once."""
+    return bz2.decompress(sample_bars_csv.read_bytes()).decode("utf-8").splitlines()
+
+
+@pytest.fixture(scope="session")
+def imported_home(tmp_path_factory: pytest.TempPathFactory, sample_bars_csv: Path) -> Home:
+    """A home holding the whole real sample, imported once for the session; tests must not modify it."""
+    home = resolve_home(tmp_path_factory.mktemp("imported") / "home")
+    data_collector.import_csv(sample_bars_csv, "rb0000.SHFE", timestamp="end", home=home)
+    return home
+
+
+def table_dump(home: Home) -> list[tuple[object, ...]]:
+    """Every row of every vnpy table, ids included: equal dumps mean an unchanged database."""
+    conn = sqlite3.connect(data_collector.database_path(home))
+    try:
+        rows: list[tuple[object, ...]] = []
+        for table in ("dbbardata", "dbbaroverview", "dbtickdata", "dbtickoverview"):
+            rows += [(table, *row) for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY "id"')]
+        return rows
+    finally:
+        conn.close()
+
+
+def run_python(code: str, home: Path, extra_path: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter (vnpy binds its folder once per process) with the project importable."""
+    paths = [str(PROJECT_DIR)] + ([str(extra_path)] if extra_path else [])
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AI_TRADER_")}
+    full_env.update({"PYTHONPATH": os.pathsep.join(paths), "AI_TRADER_HOME": str(home), "HOME": str(home.parent)})
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          cwd=home.parent, timeout=300)
