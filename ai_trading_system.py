@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -50,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ai_trading_system.py",
         description="AI 期货交易台（VeighNa）。不带子命令时显示模式菜单。/ AI futures trading desk on vnpy.",
     )
-    parser.add_argument("--home", help="主目录：存放 .vntrader（数据库、日志）、模型与报告；默认 AI_TRADER_HOME 或项目目录")
+    parser.add_argument(
+        "--home", help="主目录：存放 .vntrader（数据库、日志）、模型与报告；默认 AI_TRADER_HOME 或项目目录"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志 / debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -74,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
 
     demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
-    demo.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）")
+    demo.add_argument(
+        "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
+    )
     return parser
 
 
@@ -151,7 +154,8 @@ def _load_datafeed(home: Home) -> Any:
     if not name:
         raise ConfigError(
             f"未配置数据服务：请在 {home.vt_setting_path} 中设置 \"datafeed.name\"（如 rqdata、tushare），"
-            "账号与密码用环境变量 AI_TRADER_DATAFEED_USERNAME / AI_TRADER_DATAFEED_PASSWORD 提供 / no datafeed configured"
+            "账号与密码用环境变量 AI_TRADER_DATAFEED_USERNAME / AI_TRADER_DATAFEED_PASSWORD 提供 / "
+            "no datafeed configured"
         )
     if SETTINGS.get("datafeed.password"):
         logger.warning("vt_setting.json 中保存了 datafeed.password，建议删除并改用环境变量 AI_TRADER_DATAFEED_PASSWORD")
@@ -162,7 +166,9 @@ def _load_datafeed(home: Home) -> Any:
     try:
         module = import_module(f"vnpy_{name}")
     except ModuleNotFoundError:
-        raise ConfigError(f"找不到数据服务模块 vnpy_{name}：请运行 pip install vnpy_{name} / datafeed not installed") from None
+        raise ConfigError(
+            f"找不到数据服务模块 vnpy_{name}：请运行 pip install vnpy_{name} / datafeed not installed"
+        ) from None
     return module.Datafeed()
 
 

@@ -184,7 +184,8 @@ def load_settings(
         if folder.is_dir():
             for extra in sorted(folder.glob("*.json")):
                 if extra.stem not in SECTIONS:
-                    raise ConfigError(f"{extra}: 未知设置文件（可用：{', '.join(SECTIONS)}.json）/ unknown settings file")
+                    choices = ", ".join(f"{name}.json" for name in SECTIONS)
+                    raise ConfigError(f"{extra}: 未知设置文件（可用：{choices}）/ unknown settings file")
         for section in SECTIONS:
             path = folder / f"{section}.json"
             if path.is_file():
@@ -282,15 +283,16 @@ def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
     """Make vnpy use this home's `.vntrader/`; vnpy fixes its folder at first import, so do this before any use."""
     prepare_home(home, settings)
     use_china_time()
-    utility = sys.modules.get("vnpy.trader.utility")
-    if utility is None:
+    if "vnpy.trader.utility" not in sys.modules:
         cwd = Path.cwd()
         os.chdir(home.root)
         try:
-            import vnpy.trader.utility as utility  # noqa: F401 - the import itself binds the folder
+            import vnpy.trader.utility  # noqa: F401 - the first import picks ./.vntrader of the working directory
         finally:
             os.chdir(cwd)
-    bound = Path(utility.TRADER_DIR).resolve()
+    from vnpy.trader.utility import TRADER_DIR
+
+    bound = Path(TRADER_DIR).resolve()
     if bound != home.root:
         raise ConfigError(
             f"本进程的 vnpy 已绑定到 {bound}，无法切换到 {home.root}；请在新进程中使用 --home / "

@@ -7,13 +7,13 @@ import gzip
 import json
 import sqlite3
 import textwrap
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from vnpy.trader.constant import Exchange, Interval
-from vnpy.trader.object import BarData
+from vnpy.trader.object import BarData, HistoryRequest
 
 import data_collector
 from config import CHINA_TZ, DataError, Home
@@ -27,8 +27,8 @@ def write_lines(path: Path, lines: list[str], newline: str = "\n") -> Path:
     return path
 
 
-def china(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=CHINA_TZ)  # type: ignore[misc]
+def china(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=CHINA_TZ)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_load_history_data_returns_the_csv_values_indexed_by_bar_start(imported_
 def test_load_history_data_accepts_strings_dates_and_datetimes(imported_home: Home) -> None:
     by_text = data_collector.load_history_data("rb0000.SHFE", "2016-12-01", "2016-12-30", home=imported_home)
     by_time = data_collector.load_history_data(
-        "rb0000.SHFE", datetime(2016, 12, 1), china(2016, 12, 30, 23, 59), interval=Interval.MINUTE,
+        "rb0000.SHFE", date(2016, 12, 1), china(2016, 12, 30, 23, 59), interval=Interval.MINUTE,
         home=imported_home,
     )
     pd.testing.assert_frame_equal(by_text, by_time)
@@ -202,7 +202,8 @@ INVALID_FILES: dict[str, tuple[bytes, str]] = {
     "too many fields": ((HEADER + "\n" + GOOD[0] + ",7,8\n").encode(), "第 2 行 / line 2: 有 9 个字段，应为 7 个"),
     "conflicting duplicate": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:01:00,2000,2006,1998,2003,100\n").encode(),
                               "重复且数值不同（第 2, 3 行）"),
-    "off the minute grid": ((HEADER + "\n2016-1-4,9:01:30,2000,2005,1998,2003,100\n").encode(), "不在 0:01:00 的整点上"),
+    "off the minute grid": ((HEADER + "\n2016-1-4,9:01:30,2000,2005,1998,2003,100\n").encode(),
+                            "不在 0:01:00 的整点上"),
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "不是文本"),
     "not utf-8": ((HEADER + "\n" + GOOD[0] + "\n").encode() + "2016-1-4,9:02:00,高".encode("gbk") + b"\n",
                   "第 3 行不是 UTF-8"),
@@ -356,12 +357,13 @@ class FakeDatafeed:
     """Stands in for a vnpy datafeed: records the request, returns the given bars."""
 
     def __init__(self, bars: list[BarData], ready: bool = True) -> None:
-        self.bars, self.ready, self.requests = bars, ready, []
+        self.bars, self.ready = bars, ready
+        self.requests: list[HistoryRequest] = []
 
     def init(self, output: object) -> bool:
         return self.ready
 
-    def query_bar_history(self, req: object, output: object) -> list[BarData]:
+    def query_bar_history(self, req: HistoryRequest, output: object) -> list[BarData]:
         self.requests.append(req)
         return self.bars
 
@@ -372,7 +374,8 @@ def test_download_history_stores_the_datafeed_bars(home: Home) -> None:
     assert (saved.inserted, saved.stored) == (2, 2)
     request = feed.requests[0]
     assert (request.symbol, request.exchange, request.interval) == ("rb2405", Exchange.SHFE, Interval.MINUTE)
-    assert request.start == china(2024, 1, 2, 0, 0) and request.end.date() == request.start.date()
+    assert request.start == china(2024, 1, 2, 0, 0)
+    assert request.end is not None and request.end.date() == request.start.date()
 
 
 def test_download_history_failures_are_transient_or_data_errors(home: Home) -> None:
@@ -388,9 +391,9 @@ def test_download_history_failures_are_transient_or_data_errors(home: Home) -> N
 
 
 FEED_MODULE = textwrap.dedent("""
-    from datetime import datetime
+    from datetime import date, datetime
     from zoneinfo import ZoneInfo
-    from vnpy.trader.object import BarData
+    from vnpy.trader.object import BarData, HistoryRequest
     from vnpy.trader.setting import SETTINGS
 
     class Datafeed:
