@@ -9,26 +9,28 @@ import gzip
 import io
 import logging
 import lzma
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import repeat
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from vnpy.trader.constant import Exchange, Interval
-from vnpy.trader.object import BarData, TickData
+from vnpy.trader.object import BarData, SubscribeRequest, TickData
 
 from config import (
     CHINA_TZ,
-    DataError,
     DatabaseSettings,
+    DataError,
     Home,
     TransientError,
     prepare_home,
@@ -101,7 +103,7 @@ def to_china_time(value: str | date | datetime, end_of_day: bool = False) -> dat
     elif isinstance(value, datetime):
         parsed, date_only = value, False
     else:
-        parsed, date_only = datetime(value.year, value.month, value.day), True
+        parsed, date_only = datetime(value.year, value.month, value.day, tzinfo=CHINA_TZ), True
     if date_only and end_of_day:
         parsed = parsed + timedelta(days=1) - timedelta(microseconds=1)
     if parsed.tzinfo is None:
@@ -110,7 +112,12 @@ def to_china_time(value: str | date | datetime, end_of_day: bool = False) -> dat
 
 
 def db_time(value: datetime) -> str:
-    """Format a datetime the way vnpy's sqlite adapter stores it: naive China time, `str()` of the datetime."""
+    """Format a datetime the way vnpy's sqlite adapter stores it: naive China time, `str()` of the datetime.
+
+    A naive datetime is taken as China time (vnpy's convention), never as the process's local zone.
+    """
+    if value.tzinfo is None:
+        return str(value)
     return str(value.astimezone(CHINA_TZ).replace(tzinfo=None))
 
 
@@ -287,9 +294,15 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     return series.astype("float64")
 
 
-def _flag(mask: Any, describe: Callable[[int], str]) -> list[tuple[int, str]]:
-    """(position, problem) for each true position of a mask."""
-    return [(int(i), describe(int(i))) for i in np.flatnonzero(np.asarray(mask))]
+def _where(mask: Any) -> list[int]:
+    """Positions where a boolean mask is true."""
+    return [int(i) for i in np.flatnonzero(np.asarray(mask))]
+
+
+def _missing_or_bad(name: str, cell: Any) -> str:
+    if pd.isna(cell):
+        return f"缺少 {name} 值 / missing {name}"
+    return f"{name} 值 {cell!r} 不是有效数字 / not a number"
 
 
 def bar_value_problems(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -> list[tuple[int, str]]:
@@ -299,34 +312,36 @@ def bar_value_problems(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -
     """
     problems: list[tuple[int, str]] = []
     for name in BAR_FIELDS:
-        cell = shown[name] if shown is not None and name in shown else frame[name]
-        problems += _flag(~np.isfinite(frame[name]), lambda i, n=name, c=cell: (
-            f"缺少 {n} 值 / missing {n}" if pd.isna(c.iloc[i]) else f"{n} 值 {c.iloc[i]!r} 不是有效数字 / not a number"))
+        cells = shown[name] if shown is not None and name in shown else frame[name]
+        problems += [(i, _missing_or_bad(name, cells.iloc[i])) for i in _where(~np.isfinite(frame[name]))]
     valid = np.isfinite(frame[list(BAR_FIELDS)]).all(axis=1)
     for name in PRICE_FIELDS:
-        problems += _flag(valid & (frame[name] <= 0),
-                          lambda i, n=name: f"{n} = {frame[n].iloc[i]:g} 不是正数 / price not positive")
+        values = frame[name]
+        problems += [(i, f"{name} = {values.iloc[i]:g} 不是正数 / price not positive")
+                     for i in _where(valid & (values <= 0))]
+    high, low = frame["high"], frame["low"]
     body_high = frame[["open", "close"]].max(axis=1)
     body_low = frame[["open", "close"]].min(axis=1)
-    problems += _flag(valid & (frame["high"] < body_high), lambda i: (
-        f"high {frame['high'].iloc[i]:g} 低于 max(open, close) {body_high.iloc[i]:g} / high below open or close"))
-    problems += _flag(valid & (frame["low"] > body_low), lambda i: (
-        f"low {frame['low'].iloc[i]:g} 高于 min(open, close) {body_low.iloc[i]:g} / low above open or close"))
+    problems += [(i, f"high {high.iloc[i]:g} 低于 max(open, close) {body_high.iloc[i]:g} / high below open or close")
+                 for i in _where(valid & (high < body_high))]
+    problems += [(i, f"low {low.iloc[i]:g} 高于 min(open, close) {body_low.iloc[i]:g} / low above open or close")
+                 for i in _where(valid & (low > body_low))]
     for name in ("volume", *OPTIONAL_FIELDS):
-        problems += _flag(valid & (frame[name] < 0),
-                          lambda i, n=name: f"{n} = {frame[n].iloc[i]:g} 为负 / negative")
+        values = frame[name]
+        problems += [(i, f"{name} = {values.iloc[i]:g} 为负 / negative") for i in _where(valid & (values < 0))]
     return problems
 
 
 def _time_problems(frame: pd.DataFrame, time_text: pd.Series, step: timedelta) -> list[tuple[int, str]]:
     """(position, problem) for unparseable times and times not on the interval's grid."""
     times = frame["datetime"]
-    problems = _flag(times.isna(), lambda i: f"时间 {time_text.iloc[i]!r} 无法解析 / unparseable time")
+    problems = [(i, f"时间 {time_text.iloc[i]!r} 无法解析 / unparseable time") for i in _where(times.isna())]
     if step < timedelta(days=1):
         step_ns = pd.Timedelta(step).value
         naive_ns = times.dt.tz_localize(None).to_numpy("datetime64[ns]").astype("int64")
         misaligned = times.notna().to_numpy() & (naive_ns % step_ns != 0)
-        problems += _flag(misaligned, lambda i: f"时间 {times.iloc[i]} 不在 {step} 的整点上 / not on the bar grid")
+        problems += [(i, f"时间 {times.iloc[i]} 不在 {step} 的整点上 / not on the bar grid")
+                     for i in _where(misaligned)]
     return problems
 
 
@@ -503,10 +518,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # also after a failed COMMIT, so the connection stays usable
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 @dataclass
@@ -540,7 +556,7 @@ def format_db_times(times: pd.Series) -> list[str]:
 def _bar_rows(frame: pd.DataFrame, key: tuple[str, str, str]) -> Iterator[tuple[Any, ...]]:
     """Rows for BAR_UPSERT from a bar frame (columns `datetime` and BAR_FIELDS)."""
     columns = [frame[name].tolist() for name in ("volume", "turnover", "open_interest", *PRICE_FIELDS)]
-    return zip(*(repeat(part) for part in key), format_db_times(frame["datetime"]), *columns)
+    return zip(*(repeat(part) for part in key), format_db_times(frame["datetime"]), *columns, strict=False)
 
 
 def save_bar_frame(
@@ -581,6 +597,8 @@ def bars_to_frame(bars: Iterable[BarData]) -> pd.DataFrame:
 
 def save_bars(conn: sqlite3.Connection, bars: list[BarData]) -> SaveResult:
     """Upsert vnpy bars of one symbol and interval (the objects are not modified)."""
+    if not bars:
+        raise DataError("没有要保存的K线 / no bars to save")
     first = bars[0]
     if any((b.symbol, b.exchange, b.interval) != (first.symbol, first.exchange, first.interval) for b in bars):
         raise DataError("一次只能保存同一合约、同一周期的K线 / one symbol and interval per save")
@@ -770,12 +788,6 @@ def download_history(
 
 # --- live recording ---------------------------------------------------------------------------------
 
-import queue  # noqa: E402 - this section's imports; they may move to the top
-import threading  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
-from vnpy.trader.object import SubscribeRequest  # noqa: E402
-
 _STOP = object()
 STOP_ATTEMPTS: int = 3  # final flush tries before stop() gives up (logged)
 
@@ -792,7 +804,10 @@ class RecorderStats:
 
 
 class DataCollector:
-    """Record subscribed ticks and their 1-minute bars to the database from one writer thread."""
+    """Record subscribed ticks and their 1-minute bars to the database from one writer thread.
+
+    The writer is a daemon thread: call stop() before the process exits, or the unflushed ticks are lost.
+    """
 
     def __init__(self, main_engine: Any, home: Home | str | Path | None = None, batch_size: int = 500,
                  flush_interval: float = 1.0, max_pending: int = 200_000) -> None:
@@ -808,7 +823,7 @@ class DataCollector:
         self._thread: threading.Thread | None = None
         self._stopped = self._registered = False
         self._stats = RecorderStats()
-        self._ticks: list[TickData] = []  # writer thread only, from here down
+        self._ticks: list[TickData] = []  # writer thread only, from here down; lists are mutated in place
         self._bars: list[BarData] = []
         self._generators: dict[str, Any] = {}
         self._conn: sqlite3.Connection | None = None
@@ -851,7 +866,7 @@ class DataCollector:
             logger.exception("行情记录处理 tick 事件失败 / tick event handler failed")
 
     def save_tick_data(self, tick: TickData) -> None:
-        """Queue a tick for the writer thread; never blocks on the database."""
+        """Queue a tick for the writer thread; never blocks on the database; DataError after stop()."""
         if not isinstance(tick, TickData) or tick.datetime.tzinfo is None:
             raise DataError(f"无效 tick（需要带时区的 TickData）：{tick!r:.200} / invalid tick")
         with self._lock:  # a tick accepted here is always flushed by stop()
@@ -905,7 +920,7 @@ class DataCollector:
                 from vnpy.trader.utility import BarGenerator
 
                 # BarGenerator emits a fresh BarData each minute and never touches it again: no copy needed.
-                generator = self._generators[tick.vt_symbol] = BarGenerator(self._bars.append)
+                generator = self._generators[tick.vt_symbol] = BarGenerator(self._bars.append)  # bars in place
             if generator.last_tick is None or tick.datetime >= generator.last_tick.datetime:
                 generator.update_tick(tick)
         except Exception:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import ai_trading_system
 import data_collector
 from config import PROJECT_DIR, SAMPLE_BARS_CSV, SAMPLE_TICKS_CSV, Home, resolve_home
 
@@ -55,7 +56,9 @@ def sample_lines(sample_bars_csv: Path) -> list[str]:
 def imported_home(tmp_path_factory: pytest.TempPathFactory, sample_bars_csv: Path) -> Home:
     """A home holding the whole real sample, imported once for the session; tests must not modify it."""
     home = resolve_home(tmp_path_factory.mktemp("imported") / "home")
-    data_collector.import_csv(sample_bars_csv, "rb0000.SHFE", timestamp="end", home=home)
+    argv = ["--home", str(home.root), "import", "--csv", str(sample_bars_csv), "--vt-symbol", "rb0000.SHFE",
+            "--timestamp", "end"]
+    assert ai_trading_system.main(argv) == 0  # the acceptance command, run in-process
     return home
 
 
