@@ -112,6 +112,12 @@ def cmd_import(args: argparse.Namespace, home: Home) -> int:
         args.csv, args.vt_symbol, interval=args.interval, timestamp=args.timestamp, columns=args.columns,
         datetime_format=args.datetime_format, home=home, progress=_stderr_progress,
     )
+    print_import(result)
+    return EXIT_OK
+
+
+def print_import(result: data_collector.ImportResult) -> None:
+    """The summary table of one import."""
     print(f"导入完成 / imported: {result.vt_symbol} {result.interval.value}  ({result.path})")
     print_table(
         [
@@ -127,7 +133,6 @@ def cmd_import(args: argparse.Namespace, home: Home) -> int:
         ],
         ("项目 / item", "值 / value"),
     )
-    return EXIT_OK
 
 
 def cmd_data(args: argparse.Namespace, home: Home) -> int:
@@ -183,9 +188,9 @@ def cmd_download(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample data and show what the database holds."""
-    args.vt_symbol, args.interval, args.timestamp = SAMPLE_VT_SYMBOL, "1m", "end"
-    args.columns = args.datetime_format = None
-    cmd_import(args, home)
+    result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
+                                       progress=_stderr_progress)
+    print_import(result)
     print()
     return cmd_data(args, home)
 
