@@ -241,8 +241,9 @@ def field_count_problems(text: bytes, expected: int) -> list[tuple[int, str]]:
         newlines = np.flatnonzero(data == ord("\n"))
         lines = len(newlines) + 1
         commas = np.bincount(np.searchsorted(newlines, np.flatnonzero(data == ord(","))), minlength=lines)
-        visible = ~np.isin(data, np.array([9, 10, 13, 32], dtype=np.uint8))
-        content = np.bincount(np.searchsorted(newlines, np.flatnonzero(visible)), minlength=lines)
+        lengths = np.diff(np.concatenate(([-1], newlines, [len(data)]))) - 1
+        blanks = np.flatnonzero(np.isin(data, np.array([9, 13, 32], dtype=np.uint8)))
+        content = lengths - np.bincount(np.searchsorted(newlines, blanks), minlength=lines)
         counts = [(int(i) + 1, int(commas[i]) + 1) for i in np.flatnonzero((content > 0) & (commas + 1 != expected))]
     return [(line, f"有 {count} 个字段，应为 {expected} 个 / {count} fields, header has {expected}")
             for line, count in counts if count != expected]
