@@ -151,9 +151,9 @@ class ImportResult:
     seconds: float
 
 
-def _problem_message(path: Path, problems: list[tuple[int, str]], total: int | None = None) -> str:
+def _problem_message(path: Path, problems: list[tuple[int, str]]) -> str:
     """One error text naming the file, the first problem lines and how to fix them."""
-    total = len(problems) if total is None else total
+    total = len(problems)
     lines = [f"导入失败：{path} 有 {total} 处问题，未写入任何数据 / import rejected, nothing written:"]
     lines += [f"  第 {line} 行 / line {line}: {text}" for line, text in problems[:MAX_PROBLEMS_SHOWN]]
     if total > MAX_PROBLEMS_SHOWN:
@@ -375,7 +375,8 @@ def read_bar_csv(
         raise DataError(f"--timestamp 必须是 end 或 start，收到 {timestamp!r} / timestamp must be end or start")
     step = INTERVAL_STEPS[interval]
     text = decode_text(path, read_file_bytes(path))
-    layout = detect_layout(path, read_header(path, text), layout)
+    header = read_header(path, text)
+    layout = detect_layout(path, header, layout)
     timestamp = timestamp or layout.timestamp
     if timestamp is None:
         raise DataError(
@@ -388,7 +389,6 @@ def read_bar_csv(
     missing = [key for key in (*required, *PRICE_FIELDS, "volume") if key not in layout.columns]
     if missing:
         raise DataError(f"{path}: 列映射缺少 {missing} / column map lacks {missing}")
-    header = read_header(path, text)
     wrong_width = field_count_problems(text, len(header))
     if wrong_width:
         raise DataError(_problem_message(path, wrong_width))
@@ -405,7 +405,7 @@ def read_bar_csv(
         frame[name] = _numeric(raw, layout.columns[name]) if name in layout.columns else 0.0
     shown = pd.DataFrame({name: raw[col] for name, col in layout.columns.items() if name in BAR_FIELDS})
     positions = _time_problems(frame, time_text, step) + bar_value_problems(frame, shown)
-    problems = [(int(frame.index[i]) + 2, text) for i, text in positions]
+    problems = [(int(frame.index[i]) + 2, problem) for i, problem in positions]
     frame, duplicates, clashes = _drop_duplicates(frame) if not problems else (frame, 0, [])
     problems += clashes
     if problems:
