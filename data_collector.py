@@ -948,7 +948,7 @@ class DataCollector:
             self._stats.write_errors += 1
             logger.exception("行情写入失败，%d 条 tick、%d 根K线保留待重试 / write failed, kept for retry",
                              len(self._ticks), len(self._bars))
-            if self._conn is not None:  # closing rolls back anything left open (a failed COMMIT included)
+            if self._conn is not None:  # transaction() has rolled back; reopen in case the connection itself broke
                 self._conn.close()
                 self._conn = None
             excess = len(self._ticks) - self.max_pending  # bound the retry buffer: drop the oldest, loudly
