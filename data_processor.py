@@ -1,0 +1,1031 @@
+"""Cleaning, trading calendar, causal features, labels, chronological splits, scaling, windows, online features."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from vnpy.trader.object import BarData
+
+from config import CHINA_TZ, DataError
+
+OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+MINUTES_PER_DAY: int = 1440
+NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's night session
+NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
+
+
+# --- the product's session table -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionEra:
+    """A product's trading windows from `since` on; each window is [open, close) of bar START times."""
+
+    since: date
+    windows: tuple[tuple[time, time], ...]
+
+    def minute_table(self) -> np.ndarray:
+        """Position of each minute of the day in its window (0..1), NaN outside every window."""
+        table = np.full(MINUTES_PER_DAY, np.nan)
+        for start, end in self.windows:
+            first, last = start.hour * 60 + start.minute, end.hour * 60 + end.minute
+            length = (last - first) % MINUTES_PER_DAY
+            for offset in range(length):
+                table[(first + offset) % MINUTES_PER_DAY] = offset / length
+        return table
+
+
+def _windows(*pairs: str) -> tuple[tuple[time, time], ...]:
+    return tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in (p.split("-") for p in pairs))
+
+
+SHFE_DAY = ("09:00-10:15", "10:30-11:30", "13:30-15:00")
+# Published exchange hours by product and era (night windows first: they open the trading day).
+SESSION_TABLE: dict[str, tuple[SessionEra, ...]] = {
+    "rb": (
+        SessionEra(date(2009, 3, 27), _windows(*SHFE_DAY)),
+        SessionEra(date(2014, 12, 26), _windows("21:00-01:00", *SHFE_DAY)),
+        SessionEra(date(2016, 5, 3), _windows("21:00-23:00", *SHFE_DAY)),
+    ),
+    "hc": (
+        SessionEra(date(2014, 3, 21), _windows(*SHFE_DAY)),
+        SessionEra(date(2014, 12, 26), _windows("21:00-01:00", *SHFE_DAY)),
+        SessionEra(date(2016, 5, 3), _windows("21:00-23:00", *SHFE_DAY)),
+    ),
+    "cu": (
+        SessionEra(date(1993, 3, 1), _windows(*SHFE_DAY)),
+        SessionEra(date(2013, 12, 20), _windows("21:00-01:00", *SHFE_DAY)),
+    ),
+    "au": (
+        SessionEra(date(2008, 1, 9), _windows(*SHFE_DAY)),
+        SessionEra(date(2013, 7, 5), _windows("21:00-02:30", *SHFE_DAY)),
+    ),
+    "ag": (
+        SessionEra(date(2012, 5, 10), _windows(*SHFE_DAY)),
+        SessionEra(date(2013, 7, 5), _windows("21:00-02:30", *SHFE_DAY)),
+    ),
+    "IF": (
+        SessionEra(date(2010, 4, 16), _windows("09:15-11:30", "13:00-15:15")),
+        SessionEra(date(2016, 1, 1), _windows("09:30-11:30", "13:00-15:00")),
+    ),
+}
+
+
+def product_of(vt_symbol: str) -> str:
+    """The product code of a vt_symbol: `rb0000.SHFE` -> `rb`, `IF2412.CFFEX` -> `IF`."""
+    symbol = vt_symbol.partition(".")[0]
+    letters = "".join(ch for ch in symbol if ch.isalpha())
+    if not letters:
+        raise DataError(f"无法从 {vt_symbol!r} 识别品种代码 / cannot tell the product of this vt_symbol")
+    return letters
+
+
+def infer_session_era(index: pd.DatetimeIndex, min_share: float = 0.2) -> SessionEra:
+    """Windows of a product missing from the table: minutes of day traded on at least `min_share` of days."""
+    minutes = np.asarray(index.hour * 60 + index.minute)
+    days = max(len(np.unique(np.asarray(index.normalize()))), 1)
+    counts = np.bincount(minutes, minlength=MINUTES_PER_DAY)
+    traded = counts >= max(1.0, min_share * days)
+    windows: list[tuple[time, time]] = []
+    start: int | None = None
+    for minute in range(MINUTES_PER_DAY + 1):
+        on = minute < MINUTES_PER_DAY and bool(traded[minute])
+        if on and start is None:
+            start = minute
+        elif not on and start is not None:
+            windows.append((time(start // 60, start % 60), time((minute // 60) % 24, minute % 60)))
+            start = None
+    if not windows:
+        raise DataError("数据太少，无法推断交易时段 / too few bars to infer the trading sessions")
+    first_day = index.min().date() if len(index) else date(1990, 1, 1)
+    return SessionEra(first_day, tuple(windows))
+
+
+def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -> tuple[SessionEra, ...]:
+    """The product's eras from the session table, or inferred from the bars when the product is not in it."""
+    if vt_symbol is not None:
+        eras = SESSION_TABLE.get(product_of(vt_symbol))
+        if eras is not None:
+            return eras
+    if index is None or len(index) == 0:
+        raise DataError(
+            f"品种 {vt_symbol!r} 不在交易时段表中，且没有数据可推断；请在 data_processor.SESSION_TABLE 中添加 / "
+            "unknown product and no bars to infer its sessions from"
+        )
+    return (infer_session_era(index),)
+
+
+def resolve_vt_symbol(df: pd.DataFrame, vt_symbol: str | None) -> str | None:
+    """The explicit vt_symbol, else the one `load_history_data` recorded in `df.attrs`."""
+    return vt_symbol if vt_symbol is not None else df.attrs.get("vt_symbol")
+
+
+# --- the trading calendar ----------------------------------------------------------------------------
+
+
+def _as_index(times: pd.DatetimeIndex | pd.Series | Sequence[datetime]) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(times)
+    if index.tz is None:
+        raise DataError("时间必须带时区（Asia/Shanghai）/ datetimes must be time-zone aware")
+    return index.tz_convert(CHINA_TZ)
+
+
+def session_dates(index: pd.DatetimeIndex) -> np.ndarray:
+    """The date whose hours a bar trades under: the evening's date for night bars after midnight."""
+    days = np.asarray(index.tz_localize(None).normalize().values.astype("datetime64[D]"))
+    after_midnight = np.asarray(index.hour < NIGHT_UNTIL_HOUR)
+    return np.where(after_midnight, days - np.timedelta64(1, "D"), days)
+
+
+def is_night(index: pd.DatetimeIndex) -> np.ndarray:
+    """Bars of a night session (evening or after midnight)."""
+    hours = np.asarray(index.hour)
+    return (hours >= NIGHT_FROM_HOUR) | (hours < NIGHT_UNTIL_HOUR)
+
+
+def causal_trading_days(index: pd.DatetimeIndex) -> np.ndarray:
+    """Trading day known at the bar's time: night bars belong to the next weekday, day bars to their date."""
+    index = _as_index(index)
+    anchor = session_dates(index)
+    night = is_night(index)
+    following = np.busday_offset(anchor, 1, roll="forward")
+    own = np.busday_offset(anchor, 0, roll="forward")
+    return np.where(night, following, own).astype("datetime64[D]")
+
+
+def trading_days(index: pd.DatetimeIndex, max_skip_days: int = 14) -> np.ndarray:
+    """Trading day of every bar: a night belongs to the next date that has day bars in the data (holidays
+    included), or to the next weekday when the data has none within `max_skip_days`."""
+    index = _as_index(index)
+    night = is_night(index)
+    anchor = session_dates(index)
+    result = causal_trading_days(index)
+    day_dates = np.unique(anchor[~night])
+    if night.any() and len(day_dates):
+        position = np.searchsorted(day_dates, anchor[night], side="right")
+        found = position < len(day_dates)
+        candidate = day_dates[np.minimum(position, len(day_dates) - 1)]
+        close_enough = found & (candidate - anchor[night] <= np.timedelta64(max_skip_days, "D"))
+        night_days = result[night]
+        night_days[close_enough] = candidate[close_enough]
+        result[night] = night_days
+    return result
+
+
+def era_positions(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
+    """Which era each bar falls in (by its session date)."""
+    starts = np.array([np.datetime64(era.since, "D") for era in eras])
+    return np.maximum(np.searchsorted(starts, session_dates(index), side="right") - 1, 0)
+
+
+def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
+    """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
+    tables = np.stack([era.minute_table() for era in eras])
+    minutes = np.asarray(index.hour * 60 + index.minute)
+    return tables[era_positions(eras, index), minutes]
+
+
+def in_session(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
+    """Bars inside the product's trading windows and on a weekday session (no weekend day or evening bars)."""
+    weekday = session_dates(index).astype("datetime64[D]").view("int64")
+    weekday = (weekday + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+    return ~np.isnan(session_progress(eras, index)) & (weekday < 5)
+
+
+def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+    """A copy with `trading_day`, `night` and `day_open` (the first bar of each trading day)."""
+    out = df.copy()
+    index = _as_index(out.index)
+    days = trading_days(index)
+    out["trading_day"] = days.astype("datetime64[s]")
+    out["night"] = is_night(index)
+    out["day_open"] = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
+    return out
+
+
+def session_bounds(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+    """Per trading day and window: first bar, last bar and bar count, as found in the data."""
+    vt_symbol = resolve_vt_symbol(df, vt_symbol)
+    index = _as_index(df.index)
+    eras = session_eras(vt_symbol, index)
+    progress = session_progress(eras, index)
+    new_window = np.r_[True, np.diff(progress) <= 0] | np.r_[True, np.diff(index.asi8) > 60 * 60 * 10**6]
+    frame = pd.DataFrame({"trading_day": trading_days(index), "window": np.cumsum(new_window), "time": index})
+    grouped = frame.groupby(["trading_day", "window"], sort=True)["time"]
+    bounds = grouped.agg(first="min", last="max", bars="count").reset_index()
+    return bounds.drop(columns="window")
+
+
+# --- cleaning ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CleaningReport:
+    """What clean_data removed or flagged, and why."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    was_unsorted: bool = False
+    exact_duplicates: int = 0
+    conflicting_duplicates: int = 0
+    outside_session: int = 0
+    outside_examples: list[str] = field(default_factory=list)
+    spikes: list[tuple[str, float, float]] = field(default_factory=list)  # time, return, robust z
+    roll_gaps: list[tuple[str, float]] = field(default_factory=list)  # time, opening gap
+    roll_rule: str = ""
+    trading_days: int = 0
+
+    def lines(self) -> list[str]:
+        """Human-readable lines, Chinese first."""
+        lines = [
+            f"输入 {self.rows_in:,} 根K线，保留 {self.rows_out:,} 根，{self.trading_days:,} 个交易日 / "
+            f"{self.rows_in:,} bars in, {self.rows_out:,} kept",
+            f"乱序：{'是，已排序' if self.was_unsorted else '否'} / out of order: {self.was_unsorted}",
+            f"完全重复（已删除）：{self.exact_duplicates:,} / exact duplicates dropped",
+            f"同一时间不同数值（保留最后一条）：{self.conflicting_duplicates:,} / conflicting duplicates, last kept",
+            f"交易时段外（已删除）：{self.outside_session:,}"
+            + (f"，例如 {', '.join(self.outside_examples)}" if self.outside_examples else "")
+            + " / outside the product's sessions, dropped",
+            f"价格跳变（已标记 spike，未删除）：{len(self.spikes):,} / spikes flagged, kept",
+        ]
+        lines += [f"  {when}  收益 {ret:+.4f}  稳健 z={z:.1f}" for when, ret, z in self.spikes[:10]]
+        lines.append(f"换月跳空（已标记 roll_gap，标签不跨越）：{len(self.roll_gaps):,}，规则 {self.roll_rule}"
+                     " / roll gaps")
+        lines += [f"  {when}  跳空 {gap:+.4f}" for when, gap in self.roll_gaps[:20]]
+        return lines
+
+
+def _checked_bars(df: pd.DataFrame) -> pd.DataFrame:
+    missing = [name for name in OHLCV if name not in df.columns]
+    if missing:
+        raise DataError(f"K线数据缺少列 {missing}（需要 {list(OHLCV)}）/ bars lack columns {missing}")
+    frame = df.set_index("datetime") if "datetime" in df.columns else df
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise DataError("K线数据必须以 datetime 为索引或包含 datetime 列 / bars need a datetime index")
+    frame = frame.copy()
+    frame.index = _as_index(frame.index).rename("datetime")
+    for name in OHLCV:
+        frame[name] = frame[name].astype("float64")
+    return frame
+
+
+def robust_return_z(close: np.ndarray, skip: np.ndarray, window: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """1-bar log returns and their size in units of the trailing median absolute return (past bars only)."""
+    returns = np.r_[np.nan, np.diff(np.log(close))]
+    usable = pd.Series(np.where(skip, np.nan, np.abs(returns)))
+    scale = usable.rolling(window, min_periods=100).median().shift(1).to_numpy() * 1.4826
+    z = np.abs(returns) / np.maximum(np.nan_to_num(scale, nan=np.inf), 1e-6)
+    return returns, z
+
+
+def find_roll_gaps(
+    df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigmas: float
+) -> tuple[np.ndarray, str]:
+    """Probable contract changes: an exact change of a `contract` column, else a large gap at a trading day's open.
+
+    Without a contract column a roll cannot be told from a news gap; both break a label that spans them,
+    so every opening gap above the rule is marked.
+    """
+    if "contract" in df.columns:
+        contract = df["contract"].astype(str).to_numpy()
+        changed = np.r_[False, contract[1:] != contract[:-1]]
+        return changed, "contract 列变化 / contract column changes"
+    gaps = np.r_[0.0, np.log(df["open"].to_numpy()[1:] / df["close"].to_numpy()[:-1])]
+    opening = gaps[day_open & (np.arange(len(gaps)) > 0)]
+    sigma = 1.4826 * float(np.median(np.abs(opening - np.median(opening)))) if len(opening) else 0.0
+    threshold = max(min_gap, sigmas * sigma)
+    marked = day_open & (np.abs(gaps) > threshold)
+    marked[0] = False
+    rule = f"|开盘跳空| > max({min_gap:.3f}, {sigmas:g}×{sigma:.4f}) = {threshold:.4f}"
+    return marked, rule
+
+
+def clean_data(
+    df: pd.DataFrame,
+    vt_symbol: str | None = None,
+    spike_z: float = 10.0,
+    spike_revert: float = 0.5,
+    roll_min_gap: float = 0.02,
+    roll_sigmas: float = 6.0,
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Sort, drop duplicates and off-session bars, flag spikes and roll gaps; add the trading calendar.
+
+    A spike is a 1-bar return above `spike_z` trailing robust sigmas that the next bar takes back by at least
+    `spike_revert` of its size (a bad print goes out and back; a real jump stays).
+
+    Adds columns `trading_day`, `night`, `day_open`, `spike`, `roll_gap` and `segment` (a new segment starts at
+    every roll gap; labels and windows never cross one).
+    """
+    vt_symbol = resolve_vt_symbol(df, vt_symbol)
+    frame = _checked_bars(df)
+    report = CleaningReport(rows_in=len(frame))
+    report.was_unsorted = not frame.index.is_monotonic_increasing
+    if report.was_unsorted:
+        frame = frame.sort_index(kind="stable")
+    with_time = frame.reset_index()
+    exact = with_time.duplicated(keep="first").to_numpy()
+    report.exact_duplicates = int(exact.sum())
+    frame = frame[~exact]
+    clash = frame.index.duplicated(keep="last")
+    report.conflicting_duplicates = int(clash.sum())
+    frame = frame[~clash]
+
+    eras = session_eras(vt_symbol, frame.index)
+    inside = in_session(eras, frame.index) if len(frame) else np.zeros(0, dtype=bool)
+    report.outside_session = int((~inside).sum())
+    report.outside_examples = [f"{t:%Y-%m-%d %H:%M}" for t in frame.index[~inside][:5]]
+    frame = frame[inside]
+    if frame.empty:
+        raise DataError("清洗后没有K线（全部在交易时段外？）/ no bars left after cleaning")
+
+    frame = add_calendar(frame)
+    day_open = frame["day_open"].to_numpy()
+    roll, report.roll_rule = find_roll_gaps(frame, day_open, roll_min_gap, roll_sigmas)
+    returns, z = robust_return_z(frame["close"].to_numpy(), day_open)
+    following = np.r_[returns[1:], np.nan]
+    reverts = (np.sign(following) == -np.sign(returns)) & (np.abs(following) >= spike_revert * np.abs(returns))
+    spike = (z > spike_z) & reverts & ~day_open
+    frame["spike"] = spike
+    frame["roll_gap"] = roll
+    frame["segment"] = np.cumsum(roll)
+    gaps = np.r_[0.0, np.log(frame["open"].to_numpy()[1:] / frame["close"].to_numpy()[:-1])]
+    report.spikes = [(f"{t:%Y-%m-%d %H:%M}", float(r), float(s)) for t, r, s in
+                     zip(frame.index[spike], returns[spike], z[spike], strict=True)]
+    report.roll_gaps = [(f"{t:%Y-%m-%d %H:%M}", float(g)) for t, g in zip(frame.index[roll], gaps[roll], strict=True)]
+    report.rows_out = len(frame)
+    report.trading_days = int(day_open.sum())
+    frame.attrs["vt_symbol"] = vt_symbol
+    return frame, report
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+
+def label_name(horizon: int) -> str:
+    return f"fwd_ret_{horizon}"
+
+
+def make_labels(df: pd.DataFrame, horizon: int) -> pd.Series:
+    """Forward return close[t+h] / close[t] - 1; NaN where t+h runs past the data or across a roll gap."""
+    if horizon < 1:
+        raise DataError(f"预测周期必须 ≥ 1，收到 {horizon} / horizon must be at least 1")
+    close = df["close"].to_numpy(dtype="float64")
+    segment = df["segment"].to_numpy() if "segment" in df.columns else np.zeros(len(df), dtype=np.int64)
+    label = np.full(len(close), np.nan)
+    if len(close) > horizon:
+        same = segment[horizon:] == segment[:-horizon]
+        label[:-horizon] = np.where(same, close[horizon:] / close[:-horizon] - 1.0, np.nan)
+    return pd.Series(label, index=df.index, name=label_name(horizon))
+
+
+# --- the feature set (batch) -------------------------------------------------------------------------
+
+RETURN_HORIZONS: tuple[int, ...] = (1, 5, 15, 30, 60)
+FEATURE_WARMUP: int = 60  # rows 0..59 are NaN; row 60 on is complete
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"ret_{n}" for n in RETURN_HORIZONS),
+    "vol_15", "vol_60", "range_hl", "park_vol_30", "atr_14", "gap_open",
+    "body", "upper_wick", "lower_wick",
+    "sma_ratio_10", "sma_ratio_30", "sma_ratio_60", "sma_cross_10_60", "ema_ratio_20",
+    "macd", "macd_signal", "macd_diff", "efficiency_20",
+    "rsi_6", "rsi_14", "stoch_k_14", "stoch_d_14", "tsi", "bb_pband_20", "bb_width_20",
+    "volume_dev_30", "volume_z_60", "cmf_20", "mfi_14", "flow_imbalance_20",
+    "tod_sin", "tod_cos", "night", "session_progress", "day_return", "day_range_pos",
+)
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray, default: float) -> np.ndarray:
+    """num / den, with `default` where den is 0 (and NaN kept where either is NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    return np.where(den == 0, default, out)
+
+
+def _rolling(values: np.ndarray, window: int) -> Any:
+    return pd.Series(values).rolling(window, min_periods=window)
+
+
+def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+    """The curated causal feature set for every bar; NaN only in the first FEATURE_WARMUP rows."""
+    import ta
+
+    vt_symbol = resolve_vt_symbol(df, vt_symbol)
+    index = _as_index(df.index)
+    o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
+    close = pd.Series(c)  # a plain integer index: `ta` misbehaves on a DatetimeIndex (GUIDE §6)
+    log_c = np.log(c)
+    prev_c = np.r_[np.nan, c[:-1]]
+    ret_1 = np.r_[np.nan, np.diff(log_c)]
+    out: dict[str, np.ndarray] = {}
+    for n in RETURN_HORIZONS:
+        out[f"ret_{n}"] = np.r_[np.full(n, np.nan), log_c[n:] - log_c[:-n]][: len(c)]
+    out["vol_15"] = _rolling(ret_1, 15).std().to_numpy()
+    out["vol_60"] = _rolling(ret_1, 60).std().to_numpy()
+    range_hl = np.log(h / lo)
+    out["range_hl"] = range_hl
+    out["park_vol_30"] = np.sqrt(_rolling(range_hl**2, 30).mean().to_numpy() / (4 * math.log(2)))
+    true_range = np.fmax(h, prev_c) - np.fmin(lo, prev_c)
+    atr = pd.Series(true_range).ewm(alpha=1 / 14, min_periods=14, adjust=False).mean().to_numpy()
+    out["atr_14"] = atr / c
+    out["gap_open"] = np.log(o / prev_c)
+    out["body"] = np.log(c / o)
+    out["upper_wick"] = (h - np.maximum(o, c)) / c
+    out["lower_wick"] = (np.minimum(o, c) - lo) / c
+
+    sma = {n: _rolling(c, n).mean().to_numpy() for n in (10, 30, 60)}
+    for n in (10, 30, 60):
+        out[f"sma_ratio_{n}"] = c / sma[n] - 1
+    out["sma_cross_10_60"] = sma[10] / sma[60] - 1
+    out["ema_ratio_20"] = c / ta.trend.EMAIndicator(close, 20).ema_indicator().to_numpy() - 1
+    macd = ta.trend.MACD(close, window_slow=26, window_fast=12, window_sign=9)
+    out["macd"] = macd.macd().to_numpy() / c
+    out["macd_signal"] = macd.macd_signal().to_numpy() / c
+    out["macd_diff"] = macd.macd_diff().to_numpy() / c
+    path = _rolling(np.abs(np.r_[np.nan, np.diff(c)]), 20).sum().to_numpy()
+    move = np.abs(np.r_[np.full(20, np.nan), c[20:] - c[:-20]])[: len(c)]
+    out["efficiency_20"] = _safe_ratio(move, path, 0.0)
+
+    out["rsi_6"] = ta.momentum.RSIIndicator(close, 6).rsi().to_numpy()
+    out["rsi_14"] = ta.momentum.RSIIndicator(close, 14).rsi().to_numpy()
+    lowest = _rolling(lo, 14).min().to_numpy()
+    highest = _rolling(h, 14).max().to_numpy()
+    stoch_k = _safe_ratio(100 * (c - lowest), highest - lowest, 50.0)
+    out["stoch_k_14"] = stoch_k
+    out["stoch_d_14"] = _rolling(stoch_k, 3).mean().to_numpy()
+    tsi = ta.momentum.TSIIndicator(close, window_slow=25, window_fast=13)
+    out["tsi"] = np.nan_to_num(tsi.tsi().to_numpy(), nan=0.0) / 100
+    # Bollinger bands from an exact two-pass std per window (pandas' running std drifts by ~1e-9 here)
+    windows = np.lib.stride_tricks.sliding_window_view(c, 20)
+    mavg = np.r_[np.full(19, np.nan), windows.mean(axis=1)][: len(c)]
+    std = np.r_[np.full(19, np.nan), windows.std(axis=1)][: len(c)]
+    flat = std <= 1e-9 * np.abs(mavg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["bb_pband_20"] = np.where(flat, 0.5, (c - (mavg - 2 * std)) / (4 * std))
+        out["bb_width_20"] = np.where(flat, 0.0, 4 * std / mavg)
+
+    log_v = np.log1p(v)
+    out["volume_dev_30"] = log_v - _rolling(log_v, 30).mean().to_numpy()
+    mean_60 = _rolling(log_v, 60).mean().to_numpy()
+    std_60 = _rolling(log_v, 60).std().to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["volume_z_60"] = np.where(std_60 < ZERO_STD, 0.0, (log_v - mean_60) / std_60)
+    cmf = ta.volume.ChaikinMoneyFlowIndicator(pd.Series(h), pd.Series(lo), close, pd.Series(v), 20)
+    cmf_values = cmf.chaikin_money_flow().to_numpy()
+    volume_20 = _rolling(v, 20).sum().to_numpy()
+    out["cmf_20"] = np.where(volume_20 == 0, 0.0, cmf_values)
+    typical = (h + lo + c) / 3
+    direction = np.sign(np.r_[np.nan, np.diff(typical)])
+    flow = typical * v
+    positive = _rolling(np.where(direction > 0, flow, 0.0), 14).sum().to_numpy().copy()
+    negative = _rolling(np.where(direction < 0, flow, 0.0), 14).sum().to_numpy()
+    positive[:14] = np.nan  # the first typical-price change is at row 1
+    out["mfi_14"] = _safe_ratio(100 * positive, positive + negative, 50.0)
+    signed = np.sign(np.r_[np.nan, np.diff(c)]) * v
+    out["flow_imbalance_20"] = _safe_ratio(_rolling(signed, 20).sum().to_numpy(), volume_20, 0.0)
+
+    minutes = np.asarray(index.hour * 60 + index.minute, dtype="float64")
+    angle = 2 * math.pi * minutes / MINUTES_PER_DAY
+    out["tod_sin"] = np.sin(angle)
+    out["tod_cos"] = np.cos(angle)
+    out["night"] = is_night(index).astype("float64")
+    progress = session_progress(session_eras(vt_symbol, index), index)
+    out["session_progress"] = np.nan_to_num(progress, nan=1.0)  # off-session bars (uncleaned data) sit at the end
+    day = causal_trading_days(index)
+    new_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, dtype=bool)
+    day_id = np.cumsum(new_day)
+    groups = pd.Series(day_id)
+    day_open = pd.Series(o).groupby(groups).transform("first").to_numpy()
+    day_high = pd.Series(h).groupby(groups).cummax().to_numpy()
+    day_low = pd.Series(lo).groupby(groups).cummin().to_numpy()
+    out["day_return"] = np.log(c / day_open)
+    out["day_range_pos"] = _safe_ratio(c - day_low, day_high - day_low, 0.5)
+
+    features = pd.DataFrame(out, index=df.index)[list(FEATURE_NAMES)]
+    features.iloc[:FEATURE_WARMUP] = np.nan
+    return features
+
+
+# --- feature selection, scaling ----------------------------------------------------------------------
+
+
+def select_features(
+    features: pd.DataFrame, labels: pd.Series, count: int, max_correlation: float = 0.95
+) -> list[str]:
+    """Pick `count` features by absolute rank IC with the label, skipping near-duplicates; fit on training rows only."""
+    usable = features.notna().all(axis=1) & labels.notna()
+    if int(usable.sum()) < 100:
+        raise DataError(f"训练样本太少（{int(usable.sum())} 行）无法选择特征 / too few rows to select features")
+    if count > features.shape[1]:
+        raise DataError(f"features_count={count} 超过可用特征数 {features.shape[1]} / more features asked than exist")
+    ranks = features[usable].rank().to_numpy()
+    target = labels[usable].rank().to_numpy()
+    stds = ranks.std(axis=0)
+    centred = ranks - ranks.mean(axis=0)
+    ic = np.where(stds > 0, centred.T @ (target - target.mean()) / (len(target) * np.where(stds > 0, stds, 1)
+                                                                    * target.std()), 0.0)
+    order = np.argsort(-np.abs(ic), kind="stable")
+    chosen: list[int] = []
+    for position in order:
+        if stds[position] == 0:
+            continue
+        if chosen:
+            corr = np.abs(np.corrcoef(ranks[:, [*chosen, position]], rowvar=False)[-1, :-1])
+            if np.any(corr > max_correlation):
+                continue
+        chosen.append(int(position))
+        if len(chosen) == count:
+            break
+    for position in order:  # top up with the best-ranked skipped ones if the correlation rule left too few
+        if len(chosen) == count:
+            break
+        if int(position) not in chosen:
+            chosen.append(int(position))
+    columns = list(features.columns)
+    return [columns[i] for i in sorted(chosen)]
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Standardisation fitted on the training rows only; saved with the model as plain JSON."""
+
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame) -> Scaler:
+        values = train.to_numpy(dtype="float64")
+        if not np.isfinite(values).all():
+            raise DataError("拟合标准化的训练数据含 NaN/inf（先去掉预热行）/ scaler input has NaN or inf")
+        std = values.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        return cls(tuple(train.columns), tuple(values.mean(axis=0).tolist()), tuple(std.tolist()))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Scaled float32 copy of rows (…, features) in `names` order."""
+        mean = np.asarray(self.mean)
+        scale = np.asarray(self.scale)
+        return ((np.asarray(values, dtype="float64") - mean) / scale).astype("float32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "mean": list(self.mean), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scaler:
+        names, mean, scale = data["names"], data["mean"], data["scale"]
+        if not (len(names) == len(mean) == len(scale)) or any(s <= 0 for s in scale):
+            raise DataError("标准化参数不一致 / inconsistent scaler data")
+        return cls(tuple(names), tuple(float(x) for x in mean), tuple(float(x) for x in scale))
+
+
+# --- chronological splits and windows ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row ranges [start, stop) of train, validation and test, with `gap` purged rows between them."""
+
+    train: tuple[int, int]
+    valid: tuple[int, int]
+    test: tuple[int, int]
+    gap: int
+
+    def parts(self) -> dict[str, tuple[int, int]]:
+        return {"train": self.train, "valid": self.valid, "test": self.test}
+
+    def ranges(self, index: pd.Index) -> dict[str, tuple[str, str]]:
+        """First and last time of each part, for the model's metadata."""
+        return {name: (str(index[a]), str(index[b - 1])) for name, (a, b) in self.parts().items() if b > a}
+
+
+def split_chronological(
+    df: pd.DataFrame | int, train: float = 0.7, valid: float = 0.15, test: float = 0.15, gap: int = 0,
+    horizon: int = 1,
+) -> Split:
+    """Consecutive train / validation / test parts in time order, `gap` ≥ `horizon` rows purged between parts."""
+    rows = df if isinstance(df, int) else len(df)
+    if min(train, valid, test) < 0 or train <= 0 or train + valid + test > 1 + 1e-9:
+        raise DataError(f"划分比例无效 train={train} valid={valid} test={test}（非负且和 ≤ 1）/ bad split fractions")
+    gap = max(gap, horizon)
+    usable = rows - 2 * gap
+    n_train, n_valid = int(usable * train), int(usable * valid)
+    n_test = int(usable * test)
+    if min(n_train, n_valid if valid else 1, n_test if test else 1) < 1:
+        raise DataError(f"{rows} 行数据不够划分（间隔 {gap}）/ too few rows to split with a gap of {gap}")
+    a = (0, n_train)
+    b = (a[1] + gap, a[1] + gap + n_valid)
+    t = (b[1] + gap, b[1] + gap + n_test)
+    return Split(a, b, t, gap)
+
+
+@dataclass
+class Windows:
+    """LSTM inputs as a read-only view: `view[i]` is rows i .. i+L-1; `starts` are the usable windows."""
+
+    view: np.ndarray  # (rows - L + 1, L, features), shares memory with the feature matrix
+    starts: np.ndarray  # window start rows that are complete, within one segment and labelled
+    labels: np.ndarray  # label of each usable window (the label of its last row)
+    sequence_length: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def take(self, positions: np.ndarray | slice) -> np.ndarray:
+        """A batch copy (batch, L, features) of the usable windows at `positions`."""
+        return np.ascontiguousarray(self.view[self.starts[positions]])
+
+    def end_rows(self) -> np.ndarray:
+        return self.starts + self.sequence_length - 1
+
+
+def make_windows(
+    features: np.ndarray,
+    labels: np.ndarray | None,
+    sequence_length: int,
+    segment: np.ndarray | None = None,
+    rows: tuple[int, int] | None = None,
+) -> Windows:
+    """Windows of `sequence_length` rows ending inside `rows`, never crossing a roll segment or a NaN."""
+    values = np.asarray(features)
+    count = len(values)
+    if sequence_length < 1 or count < sequence_length:
+        raise DataError(f"数据 {count} 行不足一个长度为 {sequence_length} 的窗口 / too few rows for one window")
+    view = np.lib.stride_tricks.sliding_window_view(values, sequence_length, axis=0).transpose(0, 2, 1)
+    view.flags.writeable = False
+    first_end = sequence_length - 1
+    ends = np.arange(first_end, count)
+    ok = np.isfinite(values).all(axis=1)
+    bad_before = np.cumsum(~ok)
+    clean = bad_before[ends] - np.r_[0, bad_before][ends - first_end] == 0
+    if segment is not None:
+        seg = np.asarray(segment)
+        clean &= seg[ends] == seg[ends - first_end]
+    if labels is not None:
+        clean &= np.isfinite(np.asarray(labels, dtype="float64")[ends])
+    if rows is not None:
+        clean &= (ends >= rows[0]) & (ends < rows[1])
+    starts = ends[clean] - first_end
+    label_values = np.asarray(labels, dtype="float64")[starts + first_end] if labels is not None else np.full(
+        len(starts), np.nan)
+    return Windows(view, starts, label_values, sequence_length)
+
+
+# --- online features (live trading and the strategy) -------------------------------------------------
+
+
+class _Ewm:
+    """pandas `ewm(alpha, adjust=False, min_periods)` one value at a time, same arithmetic."""
+
+    def __init__(self, alpha: float, min_periods: int) -> None:
+        self.alpha = alpha
+        self.min_periods = min_periods
+        self.value = math.nan
+        self.count = 0
+
+    def update(self, x: float) -> float:
+        if math.isnan(x):
+            return self.value if self.count >= self.min_periods else math.nan
+        self.count += 1
+        if self.count == 1:
+            self.value = x
+        elif self.value != x:
+            old = 1.0 - self.alpha
+            self.value = (old * self.value + self.alpha * x) / (old + self.alpha)
+        return self.value if self.count >= self.min_periods else math.nan
+
+
+def _span(n: int) -> float:
+    return 2.0 / (n + 1.0)
+
+
+ZERO_STD: float = 1e-6  # a rolling std below this (log volume) counts as zero in both the batch and online paths
+
+
+def _sample_std(total: float, squares: float, n: int) -> float:
+    """Sample std (ddof=1) from a window's sum and sum of squares; fine for values near zero or of unit size."""
+    return math.sqrt(max((squares - total * total / n) / (n - 1), 0.0))
+
+
+class _Window:
+    """The last `size` values with their sum and sum of squares recomputed exactly each bar (C-speed `sum`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: deque[float] = deque(maxlen=size)
+        self.squares: deque[float] = deque(maxlen=size)
+
+    def push(self, x: float) -> None:
+        self.values.append(x)
+        self.squares.append(x * x)
+
+    @property
+    def full(self) -> bool:
+        return len(self.values) == self.size
+
+    def mean(self) -> float:
+        return sum(self.values) / self.size if len(self.values) == self.size else math.nan
+
+    def std(self) -> float:
+        if len(self.values) < self.size:
+            return math.nan
+        return _sample_std(sum(self.values), sum(self.squares), self.size)
+
+
+class FeatureState:
+    """The feature vector of the latest bar, updated per bar in constant time; equal to `build_features`."""
+
+    def __init__(self, vt_symbol: str, names: Sequence[str] | None = None,
+                 eras: Sequence[SessionEra] | None = None) -> None:
+        self.eras = tuple(eras) if eras is not None else session_eras(vt_symbol)
+        self._tables = [era.minute_table().tolist() for era in self.eras]
+        self._starts = [era.since for era in self.eras]
+        self.names = tuple(names) if names is not None else FEATURE_NAMES
+        unknown = [name for name in self.names if name not in FEATURE_NAMES]
+        if unknown:
+            raise DataError(f"未知特征 {unknown} / unknown features")
+        self._pick = [FEATURE_NAMES.index(name) for name in self.names]
+        self.bars = 0
+        self._log_c: deque[float] = deque(maxlen=61)
+        self._c10: deque[float] = deque(maxlen=10)
+        self._c30: deque[float] = deque(maxlen=30)
+        self._c60: deque[float] = deque(maxlen=60)
+        self._c20: deque[float] = deque(maxlen=21)  # closes t-20 .. t
+        self._ret15, self._ret60 = _Window(15), _Window(60)
+        self._hl2: deque[float] = deque(maxlen=30)
+        self._abs_dc: deque[float] = deque(maxlen=20)
+        self._h14: deque[float] = deque(maxlen=14)
+        self._lo14: deque[float] = deque(maxlen=14)
+        self._k: deque[float] = deque(maxlen=3)
+        self._log_v30: deque[float] = deque(maxlen=30)
+        self._log_v60 = _Window(60)
+        self._v: deque[float] = deque(maxlen=20)
+        self._mfv: deque[float] = deque(maxlen=20)
+        self._pos_flow: deque[float] = deque(maxlen=14)
+        self._neg_flow: deque[float] = deque(maxlen=14)
+        self._signed: deque[float] = deque(maxlen=20)
+        self._atr = _Ewm(1 / 14, 14)
+        self._ema20 = _Ewm(_span(20), 20)
+        self._ema12 = _Ewm(_span(12), 12)
+        self._ema26 = _Ewm(_span(26), 26)
+        self._signal = _Ewm(_span(9), 9)
+        self._rsi = [(_Ewm(1 / n, n), _Ewm(1 / n, n)) for n in (6, 14)]
+        self._tsi = (_Ewm(_span(25), 25), _Ewm(_span(13), 13), _Ewm(_span(25), 25), _Ewm(_span(13), 13))
+        self._prev_c = math.nan
+        self._prev_tp = math.nan
+        self._day: date | None = None
+        self._day_open = self._day_high = self._day_low = math.nan
+        self._clock: tuple[date, bool, int, date] | None = None  # anchor, night -> era, causal trading day
+
+    def update(self, bar: BarData) -> np.ndarray | None:
+        """Feed one finished bar; the feature vector (in `names` order), or None while warming up."""
+        return self.update_values(bar.datetime, bar.open_price, bar.high_price, bar.low_price, bar.close_price,
+                                  bar.volume)
+
+    def update_values(self, when: datetime, o: float, h: float, lo: float, c: float, v: float) -> np.ndarray | None:
+        """`update` for plain numbers; `when` is the bar start, time-zone aware."""
+        row = self._compute(when.astimezone(CHINA_TZ), float(o), float(h), float(lo), float(c), float(v))
+        self.bars += 1
+        if self.bars <= FEATURE_WARMUP:
+            return None
+        return np.array([row[i] for i in self._pick])
+
+    def _compute(self, when: datetime, o: float, h: float, lo: float, c: float, v: float) -> list[float]:
+        nan = math.nan
+        prev_c = self._prev_c
+        first = math.isnan(prev_c)
+        log_c = math.log(c)
+        logs = self._log_c
+        ret_1 = nan if first else log_c - logs[-1]
+        logs.append(log_c)
+        seen = len(logs)
+        rets = [log_c - logs[-1 - n] if seen > n else nan for n in RETURN_HORIZONS]
+        self._ret15.push(ret_1)
+        self._ret60.push(ret_1)
+        vol_15 = self._ret15.std() if seen > 15 else nan
+        vol_60 = self._ret60.std() if seen > 60 else nan
+        range_hl = math.log(h / lo)
+        hl2 = self._hl2
+        hl2.append(range_hl * range_hl)
+        park = math.sqrt(sum(hl2) / 30 / (4 * math.log(2))) if len(hl2) == 30 else nan
+        true_range = h - lo if first else max(h, prev_c) - min(lo, prev_c)
+        atr = self._atr.update(true_range) / c
+
+        for buffer in (self._c10, self._c30, self._c60, self._c20):
+            buffer.append(c)
+        sma10 = sum(self._c10) / 10 if len(self._c10) == 10 else nan
+        sma30 = sum(self._c30) / 30 if len(self._c30) == 30 else nan
+        sma60 = sum(self._c60) / 60 if len(self._c60) == 60 else nan
+        ema20 = self._ema20.update(c)
+        macd = self._ema12.update(c) - self._ema26.update(c)
+        signal = self._signal.update(macd)
+        dc = c - prev_c
+        self._abs_dc.append(abs(dc))
+        path = sum(self._abs_dc) if seen > 20 else nan
+        move = abs(c - self._c20[0]) if seen > 20 else nan
+        efficiency = 0.0 if path == 0 else move / path
+
+        up_move = dc if dc > 0 else 0.0  # ta turns the first (NaN) change into 0
+        down_move = -dc if dc < 0 else 0.0
+        rsis = []
+        for up_ewm, down_ewm in self._rsi:
+            up, down = up_ewm.update(up_move), down_ewm.update(down_move)
+            rsis.append(nan if down != down or up != up else (100.0 if down == 0 else 100 - 100 / (1 + up / down)))
+        self._h14.append(h)
+        self._lo14.append(lo)
+        if len(self._h14) == 14:
+            highest, lowest = max(self._h14), min(self._lo14)
+            stoch_k = 50.0 if highest == lowest else 100 * (c - lowest) / (highest - lowest)
+        else:
+            stoch_k = nan
+        self._k.append(stoch_k)
+        stoch_d = sum(self._k) / 3 if len(self._k) == 3 else nan
+        r1, r2, a1, a2 = self._tsi
+        smooth = r2.update(r1.update(dc))
+        smooth_abs = a2.update(a1.update(abs(dc)))
+        tsi = nan if smooth != smooth or smooth_abs != smooth_abs else (0.0 if smooth_abs == 0 else smooth / smooth_abs)
+        if len(self._c60) >= 20:
+            window = list(self._c20)[-20:]
+            mavg = sum(window) / 20
+            std = math.sqrt(sum([(x - mavg) * (x - mavg) for x in window]) / 20)
+            pband, width = bollinger(c, mavg, std)
+        else:
+            pband = width = nan
+
+        log_v = math.log1p(v)
+        self._log_v30.append(log_v)
+        self._log_v60.push(log_v)
+        volume_dev = log_v - sum(self._log_v30) / 30 if len(self._log_v30) == 30 else nan
+        if self._log_v60.full:
+            std_60 = self._log_v60.std()
+            volume_z = 0.0 if std_60 < ZERO_STD else (log_v - self._log_v60.mean()) / std_60
+        else:
+            volume_z = nan
+        self._v.append(v)
+        spread = h - lo
+        self._mfv.append(0.0 if spread == 0 else ((c - lo) - (h - c)) / spread * v)
+        volume_20 = sum(self._v) if len(self._v) == 20 else nan
+        cmf = nan if len(self._v) < 20 else (0.0 if volume_20 == 0 else sum(self._mfv) / volume_20)
+        typical = (h + lo + c) / 3
+        flow = typical * v
+        self._pos_flow.append(flow if typical > self._prev_tp else 0.0)
+        self._neg_flow.append(flow if typical < self._prev_tp else 0.0)
+        if seen > 14:
+            positive, negative = sum(self._pos_flow), sum(self._neg_flow)
+            mfi = 50.0 if positive + negative == 0 else 100 * positive / (positive + negative)
+        else:
+            mfi = nan
+        self._signed.append(nan if first else (1.0 if dc > 0 else -1.0 if dc < 0 else 0.0) * v)
+        imbalance = (0.0 if volume_20 == 0 else sum(self._signed) / volume_20) if seen > 20 else nan
+
+        hour = when.hour
+        minute = hour * 60 + when.minute
+        angle = 2 * math.pi * minute / MINUTES_PER_DAY
+        night = hour >= NIGHT_FROM_HOUR or hour < NIGHT_UNTIL_HOUR
+        anchor = when.date() - timedelta(days=1) if hour < NIGHT_UNTIL_HOUR else when.date()
+        era, day = self._era_and_day(anchor, night)
+        progress = self._tables[era][minute]
+        progress = 1.0 if progress != progress else progress
+        if day != self._day:
+            self._day, self._day_open, self._day_high, self._day_low = day, o, h, lo
+        else:
+            self._day_high, self._day_low = max(self._day_high, h), min(self._day_low, lo)
+        day_range = self._day_high - self._day_low
+        day_pos = 0.5 if day_range == 0 else (c - self._day_low) / day_range
+
+        self._prev_c = c
+        self._prev_tp = typical
+        return [
+            *rets, vol_15, vol_60, range_hl, park, atr, nan if first else math.log(o / prev_c),
+            math.log(c / o), (h - max(o, c)) / c, (min(o, c) - lo) / c,
+            c / sma10 - 1, c / sma30 - 1, c / sma60 - 1, sma10 / sma60 - 1, c / ema20 - 1,
+            macd / c, signal / c, (macd - signal) / c, efficiency,
+            rsis[0], rsis[1], stoch_k, stoch_d, tsi, pband, width,
+            volume_dev, volume_z, cmf, mfi, imbalance,
+            math.sin(angle), math.cos(angle), float(night), progress, math.log(c / self._day_open), day_pos,
+        ]
+
+    def _era_and_day(self, anchor: date, night: bool) -> tuple[int, date]:
+        if self._clock is None or self._clock[0] != anchor or self._clock[1] != night:
+            era = max(sum(1 for since in self._starts if since <= anchor) - 1, 0)
+            self._clock = (anchor, night, era, _causal_trading_day(anchor, night))
+        return self._clock[2], self._clock[3]
+
+
+def bollinger(c: float, mavg: float, std: float) -> tuple[float, float]:
+    """%B and width of 2-sigma bands; a band narrower than 1e-9 of the price counts as zero (then %B = 0.5)."""
+    if std <= 1e-9 * abs(mavg):
+        return 0.5, 0.0
+    return (c - (mavg - 2 * std)) / (4 * std), 4 * std / mavg
+
+
+def _next_weekday(day: date) -> date:
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+def _causal_trading_day(anchor: date, night: bool) -> date:
+    """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
+    day = _next_weekday(anchor)
+    return _next_weekday(day + timedelta(days=1)) if night else day
+
+
+# --- the look-ahead audit ----------------------------------------------------------------------------
+
+
+@dataclass
+class ColumnLeak:
+    """A column whose values on a prefix of the data differ from the same rows computed on all of it."""
+
+    column: str
+    cuts_failed: int
+    first_time: str
+    max_difference: float
+
+
+@dataclass
+class AuditResult:
+    columns: list[str]
+    cut_points: list[int]
+    leaks: list[ColumnLeak]
+    allowed_lookahead: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.leaks
+
+    @property
+    def leaking_columns(self) -> list[str]:
+        return [leak.column for leak in self.leaks]
+
+    def rows(self) -> list[tuple[str, str, int, str, str]]:
+        """One table row per column: name, verdict, cuts failed, first bad time, max difference."""
+        by_name = {leak.column: leak for leak in self.leaks}
+        table = []
+        for name in self.columns:
+            leak = by_name.get(name)
+            if leak is None:
+                table.append((name, "ok", 0, "", ""))
+            else:
+                table.append((name, "LEAK", leak.cuts_failed, leak.first_time, f"{leak.max_difference:.3g}"))
+        return table
+
+
+def _as_frame(result: pd.DataFrame | pd.Series) -> pd.DataFrame:
+    return result.to_frame() if isinstance(result, pd.Series) else result
+
+
+def audit_lookahead(
+    feature_fn: Callable[[pd.DataFrame], pd.DataFrame | pd.Series],
+    df: pd.DataFrame,
+    cut_points: Sequence[int],
+    allowed_lookahead: int = 0,
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+) -> AuditResult:
+    """Compare every column computed on df[:k] with the same rows computed on all of df, for each k.
+
+    A row counts only if it lies `allowed_lookahead` rows before k (a label over h bars legitimately needs h
+    more rows). A value that appears, disappears or changes is a leak.
+    """
+    full = _as_frame(feature_fn(df))
+    columns = [str(name) for name in full.columns]
+    failed: dict[str, list[tuple[int, float, int]]] = {}
+    for k in sorted(set(int(k) for k in cut_points)):
+        if not 0 < k <= len(df):
+            raise DataError(f"切点 {k} 超出数据范围 1..{len(df)} / cut point out of range")
+        part = _as_frame(feature_fn(df.iloc[:k]))
+        rows = k - allowed_lookahead
+        if rows <= 0:
+            continue
+        if list(map(str, part.columns)) != columns:
+            raise DataError("特征函数在不同长度数据上返回的列不同 / the feature function returned other columns")
+        a = part.iloc[:rows].to_numpy(dtype="float64")
+        b = full.iloc[:rows].to_numpy(dtype="float64")
+        same = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+        for j in np.flatnonzero(~same.all(axis=0)):
+            bad = np.flatnonzero(~same[:, j])
+            with np.errstate(invalid="ignore"):
+                diff = np.abs(a[bad, j] - b[bad, j])
+            biggest = float(np.nanmax(diff)) if np.isfinite(diff).any() else math.inf
+            failed.setdefault(columns[j], []).append((k, biggest, int(bad[0])))
+    leaks = [
+        ColumnLeak(name, len(hits), str(df.index[min(row for _, _, row in hits)]), max(d for _, d, _ in hits))
+        for name, hits in failed.items()
+    ]
+    return AuditResult(columns, sorted(set(int(k) for k in cut_points)), leaks, allowed_lookahead)
+
+
+def default_cut_points(rows: int, count: int = 25, seed: int = 7) -> list[int]:
+    """Cut points spread over the data, including very short prefixes where warm-up rules bite."""
+    rng = np.random.default_rng(seed)
+    fixed = [k for k in (1, 2, 10, 30, 61, 100, 200) if k < rows]
+    drawn = rng.integers(1, rows, size=max(count - len(fixed), 0)).tolist() if rows > 1 else []
+    return sorted(set(fixed + drawn + [rows]))
