@@ -736,6 +736,7 @@ def load_history_data(
             f"（已有：{held or '无'}）。请先导入：python ai_trading_system.py import --csv FILE --vt-symbol "
             f"{vt_symbol} / no bars stored for this request"
         )
+    frame.attrs["vt_symbol"] = vt_symbol
     return frame
 
 

@@ -462,9 +462,10 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
     tsi = ta.momentum.TSIIndicator(close, window_slow=25, window_fast=13)
     out["tsi"] = np.nan_to_num(tsi.tsi().to_numpy(), nan=0.0) / 100
     # Bollinger bands from an exact two-pass std per window (pandas' running std drifts by ~1e-9 here)
-    windows = np.lib.stride_tricks.sliding_window_view(c, 20)
-    mavg = np.r_[np.full(19, np.nan), windows.mean(axis=1)][: len(c)]
-    std = np.r_[np.full(19, np.nan), windows.std(axis=1)][: len(c)]
+    mavg, std = np.full(len(c), np.nan), np.full(len(c), np.nan)
+    if len(c) >= 20:
+        windows = np.lib.stride_tricks.sliding_window_view(c, 20)
+        mavg[19:], std[19:] = windows.mean(axis=1), windows.std(axis=1)
     flat = std <= 1e-9 * np.abs(mavg)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["bb_pband_20"] = np.where(flat, 0.5, (c - (mavg - 2 * std)) / (4 * std))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import ai_trading_system
@@ -60,6 +61,15 @@ def imported_home(tmp_path_factory: pytest.TempPathFactory, sample_bars_csv: Pat
             "--timestamp", "end"]
     assert ai_trading_system.main(argv) == 0  # the acceptance command, run in-process
     return home
+
+
+@pytest.fixture(scope="session")
+def sample_frame(sample_bars_csv: Path) -> pd.DataFrame:
+    """The whole real sample as bars indexed by bar start (China time); tests must copy before changing it."""
+    frame, _ = data_collector.read_bar_csv(sample_bars_csv, timestamp="end")
+    frame = frame.set_index("datetime")
+    frame.attrs["vt_symbol"] = "rb0000.SHFE"
+    return frame
 
 
 def table_dump(home: Home) -> list[tuple[object, ...]]:

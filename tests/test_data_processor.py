@@ -1,0 +1,386 @@
+"""Cleaning, calendar, features, labels, splits, scaling, windows and the online state, on the real sample."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import ta
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vnpy.trader.constant import Exchange, Interval
+from vnpy.trader.object import BarData
+
+import data_processor as dp
+from config import CHINA_TZ, DataError
+
+VT = "rb0000.SHFE"
+# Finding kept as a record: the columns of `ta.add_all_ta_features` whose values on a prefix of the data differ
+# from the same rows computed on the whole series (measured with audit_lookahead on 2,000 real rb bars).
+TA_LEAKS_WITHOUT_FILLNA = {
+    "trend_kst", "trend_kst_diff", "trend_kst_sig", "trend_visual_ichimoku_a", "trend_visual_ichimoku_b",
+}
+TA_LEAKS_WITH_FILLNA = TA_LEAKS_WITHOUT_FILLNA | {
+    "momentum_kama", "trend_dpo", "trend_trix", "trend_vortex_ind_diff", "trend_vortex_ind_neg",
+    "trend_vortex_ind_pos",
+}
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz=CHINA_TZ)
+
+
+def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
+    """A copy of the real sample between two times (inclusive)."""
+    frame = sample_frame.loc[at(start):at(end)].copy()
+    frame.attrs["vt_symbol"] = VT
+    return frame
+
+
+@pytest.fixture(scope="module")
+def spring_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    """2016-04-05 .. 2016-06-30, cleaned: night sessions, the 2016-05-03 session change and a roll gap."""
+    cleaned, _ = dp.clean_data(bars(sample_frame, "2016-04-05", "2016-06-30 23:59"), VT)
+    return cleaned
+
+
+# --- cleaning -----------------------------------------------------------------------------------------
+
+
+def test_clean_data_keeps_every_bar_of_the_real_sample_and_adds_the_calendar(sample_frame: pd.DataFrame) -> None:
+    cleaned, report = dp.clean_data(sample_frame, VT)
+    assert report.rows_in == report.rows_out == len(cleaned) == 409_995
+    assert (report.outside_session, report.exact_duplicates, report.conflicting_duplicates) == (0, 0, 0)
+    assert report.trading_days == 1569 == cleaned["trading_day"].nunique()
+    assert cleaned["segment"].iloc[-1] == len(report.roll_gaps) == int(cleaned["roll_gap"].sum())
+    assert any(when.startswith("2016-03-07 21:00") for when, _ in report.roll_gaps)  # the +5.7% opening gap
+    assert cleaned.attrs["vt_symbol"] == VT
+
+
+def test_clean_data_sorts_and_drops_exact_duplicates(sample_frame: pd.DataFrame) -> None:
+    original = bars(sample_frame, "2016-06-01", "2016-06-03 15:00")
+    messy = pd.concat([original.iloc[::-1], original.iloc[10:15]])
+    cleaned, report = dp.clean_data(messy, VT)
+    assert report.was_unsorted and report.exact_duplicates == 5 and report.conflicting_duplicates == 0
+    pd.testing.assert_frame_equal(cleaned[original.columns], original, check_freq=False)
+
+
+def test_clean_data_keeps_the_last_of_conflicting_duplicates(sample_frame: pd.DataFrame) -> None:
+    original = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
+    changed = original.iloc[[20]].copy()
+    changed["close"] += 3
+    changed["high"] = np.maximum(changed["high"], changed["close"])
+    cleaned, report = dp.clean_data(pd.concat([original, changed]), VT)
+    assert report.conflicting_duplicates == 1
+    assert cleaned["close"].iloc[20] == original["close"].iloc[20] + 3
+    assert len(cleaned) == len(original)
+
+
+def test_clean_data_drops_bars_outside_the_products_sessions(sample_frame: pd.DataFrame) -> None:
+    original = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
+    row = original.iloc[[0]]
+    strays = pd.concat([row.set_axis([at(t)]) for t in (
+        "2016-06-01 12:00",  # lunch break
+        "2016-06-04 10:00",  # a Saturday
+        "2016-06-01 23:30",  # rb's night ends at 23:00 since 2016-05-03
+    )])
+    cleaned, report = dp.clean_data(pd.concat([original, strays]), VT)
+    assert report.outside_session == 3
+    assert report.outside_examples == ["2016-06-01 12:00", "2016-06-01 23:30", "2016-06-04 10:00"]
+    assert len(cleaned) == len(original)
+
+
+def test_session_table_follows_the_products_eras() -> None:
+    index = pd.DatetimeIndex([at("2014-06-03 21:30"), at("2015-06-03 23:30"), at("2016-06-03 23:30"),
+                              at("2016-06-03 22:59"), at("2016-06-03 10:20"), at("2016-06-03 13:30")])
+    assert dp.in_session(dp.session_eras(VT), index).tolist() == [False, True, False, True, False, True]
+    copper = dp.in_session(dp.session_eras("cu1909.SHFE"), pd.DatetimeIndex([at("2019-09-17 00:30")]))
+    assert copper.tolist() == [True]
+
+
+def test_unknown_products_get_sessions_inferred_from_their_bars(sample_frame: pd.DataFrame) -> None:
+    day_only = bars(sample_frame, "2013-01-01", "2013-03-31")
+    eras = dp.session_eras("xx0000.SHFE", day_only.index)
+    assert eras[0].windows[0][0].isoformat() == "09:00:00"
+    assert eras[0].windows[-1][1].isoformat() == "15:00:00"
+
+
+def test_clean_data_flags_a_spike_without_dropping_it(sample_frame: pd.DataFrame) -> None:
+    original = bars(sample_frame, "2016-06-01", "2016-06-30 15:00")
+    bad = original.copy()
+    position = 3000
+    bad.iloc[position, bad.columns.get_loc("close")] *= 1.03  # a bad print: out ...
+    bad.iloc[position, bad.columns.get_loc("high")] = bad["close"].iloc[position]
+    cleaned, report = dp.clean_data(bad, VT)  # ... and back on the next bar
+    assert len(cleaned) == len(original)
+    assert bool(cleaned["spike"].iloc[position])
+    assert report.spikes[0][0] == f"{original.index[position]:%Y-%m-%d %H:%M}"
+    assert report.spikes[0][1] == pytest.approx(np.log(1.03), abs=2e-3)
+
+
+def test_a_contract_column_marks_rolls_exactly(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-01", "2016-06-08 15:00")
+    roll_time = at("2016-06-06 21:00")
+    frame["contract"] = np.where(frame.index < roll_time, "rb1610", "rb1701")
+    cleaned, report = dp.clean_data(frame, VT)
+    assert cleaned.index[cleaned["roll_gap"]].tolist() == [roll_time]
+    assert cleaned.loc[roll_time:, "segment"].eq(1).all()
+    assert cleaned.loc[: at("2016-06-06 15:00"), "segment"].eq(0).all()
+    assert "contract" in report.roll_rule
+
+
+def test_clean_data_rejects_bars_without_prices_or_time_zone(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
+    with pytest.raises(DataError, match="close"):
+        dp.clean_data(frame.drop(columns="close"), VT)
+    with pytest.raises(DataError, match="时区"):
+        dp.clean_data(frame.tz_localize(None), VT)
+
+
+# --- the trading calendar -----------------------------------------------------------------------------
+
+
+def test_friday_night_bars_belong_to_monday(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-17 09:00", "2016-06-20 15:00")  # Friday .. Monday
+    days = pd.Series(dp.trading_days(frame.index), index=frame.index)
+    assert days[at("2016-06-17 14:59")] == np.datetime64("2016-06-17")
+    assert days[at("2016-06-17 21:00")] == np.datetime64("2016-06-20")
+    assert days[at("2016-06-20 09:00")] == np.datetime64("2016-06-20")
+
+
+def test_a_night_before_a_holiday_belongs_to_the_next_day_with_trading() -> None:
+    index = pd.DatetimeIndex([at("2016-06-08 21:00"), at("2016-06-08 22:59"), at("2016-06-13 09:00")])
+    assert dp.trading_days(index).tolist() == [date(2016, 6, 13)] * 3  # 9-10 June: Dragon Boat holiday
+    assert dp.causal_trading_days(index).tolist()[0] == date(2016, 6, 9)  # a weekday guess without the data
+
+
+def test_session_bounds_list_each_window_of_a_trading_day(spring_2016: pd.DataFrame) -> None:
+    bounds = dp.session_bounds(spring_2016)
+    day = bounds[bounds["trading_day"] == np.datetime64("2016-06-14")]
+    assert [(f"{a:%H:%M}", f"{b:%H:%M}") for a, b in zip(day["first"], day["last"], strict=True)] == [
+        ("21:00", "22:59"), ("09:00", "10:14"), ("10:30", "11:29"), ("13:30", "14:59")]
+    assert day["bars"].tolist() == [120, 75, 60, 90]
+
+
+night_minutes = st.one_of(st.integers(21 * 60, 24 * 60 - 1), st.integers(0, 2 * 60 + 29))
+
+
+@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)), minute=night_minutes,
+       trading=st.sets(st.dates(date(2005, 1, 1), date(2036, 1, 31)).filter(lambda d: d.weekday() < 5),
+                       max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_every_night_bar_maps_to_a_later_weekday(day: date, minute: int, trading: set[date]) -> None:
+    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
+    day_bars = [datetime(d.year, d.month, d.day, 9, 0, tzinfo=CHINA_TZ) for d in sorted(trading)]
+    index = pd.DatetimeIndex([when, *day_bars])
+    result = dp.trading_days(index)[0].astype(date)
+    evening = day - timedelta(days=1) if minute < 6 * 60 else day
+    assert result.weekday() < 5
+    assert result > evening and result >= day
+    assert (result - evening).days <= 14 + 3
+    later = [d for d in trading if d > evening]
+    if later and (min(later) - evening).days <= 14:
+        assert result == min(later)  # the data's next trading day wins over the weekday guess
+
+
+@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)).filter(lambda d: d.weekday() < 5),
+       minute=st.integers(9 * 60, 15 * 60 - 1))
+@settings(max_examples=100, deadline=None)
+def test_day_bars_belong_to_their_own_date(day: date, minute: int) -> None:
+    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
+    assert dp.trading_days(pd.DatetimeIndex([when]))[0].astype(date) == day
+
+
+# --- features and labels --------------------------------------------------------------------------------
+
+
+def test_features_are_nan_only_in_the_warmup_rows(spring_2016: pd.DataFrame) -> None:
+    features = dp.build_features(spring_2016)
+    assert list(features.columns) == list(dp.FEATURE_NAMES)
+    values = features.to_numpy()
+    assert np.isnan(values[: dp.FEATURE_WARMUP]).all()
+    assert np.isfinite(values[dp.FEATURE_WARMUP:]).all()
+
+
+def test_our_features_and_labels_never_see_the_future(sample_frame: pd.DataFrame) -> None:
+    for start, end in (("2016-04-20", "2016-05-20 15:00"), ("2011-02-01", "2011-03-15 15:00")):
+        cleaned, _ = dp.clean_data(bars(sample_frame, start, end), VT)
+        cuts = dp.default_cut_points(len(cleaned), 30)
+        features = dp.audit_lookahead(lambda d: dp.build_features(d, VT), cleaned, cuts)
+        labels = dp.audit_lookahead(lambda d: dp.make_labels(d, 5), cleaned, cuts, allowed_lookahead=5)
+        assert features.ok and labels.ok, (features.leaks, labels.leaks)
+        assert len(features.columns) == len(dp.FEATURE_NAMES) and len(features.cut_points) >= 25
+
+
+@pytest.mark.parametrize(("fillna", "expected"), [(False, TA_LEAKS_WITHOUT_FILLNA), (True, TA_LEAKS_WITH_FILLNA)])
+def test_the_audit_finds_the_leaking_columns_of_ta_all_features(
+    sample_frame: pd.DataFrame, fillna: bool, expected: set[str]
+) -> None:
+    frame = bars(sample_frame, "2016-02-01", "2016-12-31").iloc[:2000].reset_index(drop=True)
+
+    def all_features(d: pd.DataFrame) -> pd.DataFrame:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = ta.add_all_ta_features(d[list(dp.OHLCV)].copy(), "open", "high", "low", "close", "volume",
+                                         fillna=fillna)
+        return out.drop(columns=list(dp.OHLCV))
+
+    result = dp.audit_lookahead(all_features, frame, [30, 60, 100, 200, 400, 1000, 1999])
+    assert set(result.leaking_columns) == expected
+
+
+def test_the_audit_tells_causal_columns_from_leaking_ones(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-01", "2016-06-03 15:00")
+
+    def mixed(d: pd.DataFrame) -> pd.DataFrame:
+        close = d["close"]
+        return pd.DataFrame({
+            "past": close.shift(1),
+            "rolling": close.rolling(10).mean(),
+            "future": close.shift(-1),
+            "filled_with_mean": close.rolling(10).mean().fillna(close.mean()),
+            "backfilled": close.rolling(10).mean().bfill(),
+        })
+
+    result = dp.audit_lookahead(mixed, frame, dp.default_cut_points(len(frame), 10))
+    assert sorted(result.leaking_columns) == ["backfilled", "filled_with_mean", "future"]
+    table = {row[0]: row[1] for row in result.rows()}
+    assert table == {"past": "ok", "rolling": "ok", "future": "LEAK", "filled_with_mean": "LEAK", "backfilled": "LEAK"}
+
+
+@given(window=st.integers(1, 30), lead=st.integers(1, 5),
+       cuts=st.lists(st.integers(2, 299), min_size=1, max_size=8))
+@settings(max_examples=50, deadline=None)
+def test_audit_flags_any_lead_and_passes_any_lag(window: int, lead: int, cuts: list[int]) -> None:
+    rng = np.random.default_rng(window * 100 + lead)
+    frame = pd.DataFrame({"close": 3000 + rng.normal(size=300).cumsum()})
+    causal = dp.audit_lookahead(lambda d: d["close"].rolling(window).mean().shift(lead), frame, cuts)
+    future = dp.audit_lookahead(lambda d: d["close"].shift(-lead), frame, cuts)
+    assert causal.ok
+    assert future.ok == all(k <= lead for k in cuts)  # a cut leaves rows whose future is missing unless k ≤ lead
+    assert dp.audit_lookahead(lambda d: d["close"].shift(-lead), frame, cuts, allowed_lookahead=lead).ok
+
+
+def test_labels_are_forward_returns_that_stop_at_the_end_and_at_rolls(spring_2016: pd.DataFrame) -> None:
+    labels = dp.make_labels(spring_2016, 5)
+    close = spring_2016["close"].to_numpy()
+    assert labels.name == "fwd_ret_5"
+    assert labels.iloc[100] == pytest.approx(close[105] / close[100] - 1, rel=1e-12)
+    assert labels.iloc[-5:].isna().all() and np.isfinite(labels.iloc[-6])
+    roll = int(np.flatnonzero(spring_2016["roll_gap"].to_numpy())[0])
+    assert labels.iloc[roll - 5: roll].isna().all()
+    assert np.isfinite(labels.iloc[roll - 6]) and np.isfinite(labels.iloc[roll])
+
+
+# --- selection, scaling, splits, windows ----------------------------------------------------------------
+
+
+def test_feature_selection_sees_only_the_training_rows(spring_2016: pd.DataFrame) -> None:
+    features = dp.build_features(spring_2016)
+    labels = dp.make_labels(spring_2016, 5)
+    split = dp.split_chronological(spring_2016, 0.6, 0.2, 0.2, horizon=5)
+    a, b = split.train
+    chosen = dp.select_features(features.iloc[a:b], labels.iloc[a:b], 30)
+    assert len(chosen) == 30 and set(chosen) <= set(dp.FEATURE_NAMES)
+    assert chosen == [name for name in dp.FEATURE_NAMES if name in chosen]  # kept in feature order
+    poisoned = labels.copy()
+    poisoned.iloc[b:] = features["tod_sin"].iloc[b:] * 1e-3  # test-period labels that one feature predicts
+    assert dp.select_features(features.iloc[a:b], poisoned.iloc[a:b], 30) == chosen
+
+
+def test_scaler_statistics_are_the_training_rows_statistics(spring_2016: pd.DataFrame) -> None:
+    features = dp.build_features(spring_2016).iloc[dp.FEATURE_WARMUP:]
+    split = dp.split_chronological(features, 0.7, 0.15, 0.15, horizon=5)
+    train = features.iloc[split.train[0]: split.train[1]]
+    scaler = dp.Scaler.fit(train)
+    np.testing.assert_allclose(scaler.mean, train.mean().to_numpy(), rtol=1e-12)
+    expected_scale = train.std(ddof=0).replace(0, 1).to_numpy()
+    np.testing.assert_allclose(scaler.scale, expected_scale, rtol=1e-12)
+    assert not np.allclose(scaler.mean, features.mean().to_numpy())  # the whole history would give others
+    scaled = scaler.transform(train.to_numpy())
+    np.testing.assert_allclose(scaled.mean(axis=0), 0, atol=1e-4)
+    assert dp.Scaler.from_dict(scaler.to_dict()) == scaler
+
+
+@pytest.mark.parametrize(("gap", "horizon"), [(0, 5), (20, 5), (3, 10)])
+def test_splits_are_chronological_with_a_purge_of_at_least_the_horizon(gap: int, horizon: int) -> None:
+    split = dp.split_chronological(10_000, 0.7, 0.15, 0.15, gap=gap, horizon=horizon)
+    purge = max(gap, horizon)
+    assert split.train[0] == 0 and split.gap == purge
+    assert split.valid[0] - split.train[1] == purge and split.test[0] - split.valid[1] == purge
+    assert split.test[1] <= 10_000
+    last_train_label_end = split.train[1] - 1 + horizon
+    assert last_train_label_end < split.valid[0]  # no training label reaches into validation
+
+
+def test_splits_reject_impossible_fractions() -> None:
+    with pytest.raises(DataError):
+        dp.split_chronological(1000, 0.8, 0.2, 0.2)
+    with pytest.raises(DataError):
+        dp.split_chronological(10, 0.7, 0.15, 0.15, horizon=5)
+
+
+def test_windows_are_views_that_never_cross_a_roll_or_a_nan(spring_2016: pd.DataFrame) -> None:
+    features = dp.build_features(spring_2016).to_numpy()
+    labels = dp.make_labels(spring_2016, 5).to_numpy()
+    segment = spring_2016["segment"].to_numpy()
+    windows = dp.make_windows(features, labels, 60, segment)
+    assert np.shares_memory(windows.view, features)
+    assert windows.view.shape == (len(features) - 59, 60, features.shape[1])
+    assert windows.starts[0] == dp.FEATURE_WARMUP
+    for start in windows.starts:
+        assert segment[start] == segment[start + 59]
+    batch = windows.take(np.arange(3))
+    np.testing.assert_array_equal(batch[1], features[windows.starts[1]: windows.starts[1] + 60])
+    np.testing.assert_array_equal(windows.labels, labels[windows.end_rows()])
+    assert np.isfinite(windows.labels).all()
+    roll = int(np.flatnonzero(spring_2016["roll_gap"].to_numpy())[0])
+    crossing = set(range(roll - 59, roll))
+    assert crossing.isdisjoint(windows.starts.tolist())
+
+
+def test_windows_can_be_limited_to_one_split_part(spring_2016: pd.DataFrame) -> None:
+    features = dp.build_features(spring_2016).to_numpy()
+    labels = dp.make_labels(spring_2016, 5).to_numpy()
+    split = dp.split_chronological(len(features), 0.7, 0.15, 0.15, horizon=5)
+    test = dp.make_windows(features, labels, 60, rows=split.test)
+    ends = test.end_rows()
+    assert ends.min() >= split.test[0] and ends.max() < split.test[1]
+
+
+# --- the online state -----------------------------------------------------------------------------------
+
+
+def test_online_state_equals_batch_features_on_real_bars(spring_2016: pd.DataFrame) -> None:
+    frame = spring_2016.iloc[:12_000]
+    assert frame.index[0] < at("2016-05-03") < frame.index[-1] and frame["roll_gap"].any() and frame["night"].any()
+    batch = dp.build_features(frame).to_numpy()
+    state = dp.FeatureState(VT)
+    rows = []
+    for when, o, h, lo, c, v in zip(frame.index.to_pydatetime(), frame["open"], frame["high"], frame["low"],
+                                    frame["close"], frame["volume"], strict=True):
+        vector = state.update_values(when, o, h, lo, c, v)
+        rows.append(np.full(len(dp.FEATURE_NAMES), np.nan) if vector is None else vector)
+    online = np.array(rows)
+    assert np.isnan(online[: dp.FEATURE_WARMUP]).all()
+    np.testing.assert_allclose(online[dp.FEATURE_WARMUP:], batch[dp.FEATURE_WARMUP:], rtol=1e-9, atol=1e-9)
+
+
+def test_online_state_takes_bar_data_and_returns_the_chosen_features(spring_2016: pd.DataFrame) -> None:
+    frame = spring_2016.iloc[:200]
+    names = ["rsi_14", "ret_5", "session_progress"]
+    state = dp.FeatureState(VT, names)
+    vector = None
+    for when, row in frame.iterrows():
+        bar = BarData(gateway_name="DB", symbol="rb0000", exchange=Exchange.SHFE, datetime=when.to_pydatetime(),
+                      interval=Interval.MINUTE, volume=row["volume"], open_price=row["open"], high_price=row["high"],
+                      low_price=row["low"], close_price=row["close"])
+        vector = state.update(bar)
+    expected = dp.build_features(frame)[names].iloc[-1].to_numpy()
+    assert vector is not None
+    np.testing.assert_allclose(vector, expected, rtol=1e-9, atol=1e-12)
+    with pytest.raises(DataError, match="未知特征"):
+        dp.FeatureState(VT, ["no_such_feature"])
