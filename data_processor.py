@@ -122,6 +122,26 @@ def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -
     return (infer_session_era(index),)
 
 
+def known_eras(vt_symbol: str | None) -> tuple[SessionEra, ...] | None:
+    """The product's eras from the session table, or None for a product not in it."""
+    return SESSION_TABLE.get(product_of(vt_symbol)) if vt_symbol is not None else None
+
+
+SESSION_GAP_MINUTES: int = 15  # a pause this long opens a new session when the product's hours are unknown
+SESSION_SPAN_MINUTES: float = 240.0
+
+
+def progress_since_open(index: pd.DatetimeIndex) -> np.ndarray:
+    """Session progress for a product missing from the table: minutes since the last pause, over 240, capped at 1.
+
+    Inferring the windows from the bars themselves would let later bars change earlier features (a leak).
+    """
+    stamps = np.asarray(index.as_unit("us").asi8) // 10**6  # seconds
+    opens = np.r_[True, np.diff(stamps) >= SESSION_GAP_MINUTES * 60] if len(stamps) else np.zeros(0, dtype=bool)
+    opened_at = np.maximum.accumulate(np.where(opens, stamps, np.iinfo(np.int64).min)) if len(stamps) else stamps
+    return np.minimum((stamps - opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
+
+
 def resolve_vt_symbol(df: pd.DataFrame, vt_symbol: str | None) -> str | None:
     """The explicit vt_symbol, else the one `load_history_data` recorded in `df.attrs`."""
     return vt_symbol if vt_symbol is not None else df.attrs.get("vt_symbol")
@@ -192,11 +212,29 @@ def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.
     return tables[era_positions(eras, index), minutes]
 
 
-def in_session(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
-    """Bars inside the product's trading windows and on a weekday session (no weekend day or evening bars)."""
-    weekday = session_dates(index).astype("datetime64[D]").view("int64")
-    weekday = (weekday + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    return ~np.isnan(session_progress(eras, index)) & (weekday < 5)
+def bar_minutes(index: pd.DatetimeIndex) -> int:
+    """The bar interval in minutes: the most common step between consecutive bars (1 when unknown)."""
+    if len(index) < 2:
+        return 1
+    steps = np.diff(index.as_unit("us").asi8) // (60 * 10**6)
+    steps = steps[steps > 0]
+    return int(np.bincount(steps).argmax()) if len(steps) else 1
+
+
+def in_session(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: int = 1) -> np.ndarray:
+    """Bars that overlap the product's trading windows on a weekday session (no weekend day or evening bars).
+
+    A bar of `minutes` counts when any of its minutes is traded (a 13:00 hour bar holds 13:30-13:59).
+    """
+    traded = np.stack([~np.isnan(era.minute_table()) for era in eras]).astype(np.int64)
+    doubled = np.concatenate([traded, traded], axis=1)  # bars that run past midnight
+    cumulative = np.concatenate([np.zeros((len(eras), 1), dtype=np.int64), np.cumsum(doubled, axis=1)], axis=1)
+    start = np.asarray(index.hour * 60 + index.minute)
+    era = era_positions(eras, index)
+    span = min(max(minutes, 1), MINUTES_PER_DAY)
+    overlaps = cumulative[era, start + span] - cumulative[era, start] > 0
+    weekday = (session_dates(index).astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
+    return overlaps & (weekday < 5)
 
 
 def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
@@ -216,7 +254,8 @@ def session_bounds(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
     index = _as_index(df.index)
     eras = session_eras(vt_symbol, index)
     progress = session_progress(eras, index)
-    new_window = np.r_[True, np.diff(progress) <= 0] | np.r_[True, np.diff(index.asi8) > 60 * 60 * 10**6]
+    long_pause = np.diff(index.as_unit("us").asi8) > 60 * 60 * 10**6
+    new_window = np.r_[True, np.diff(progress) <= 0] | np.r_[True, long_pause]
     frame = pd.DataFrame({"trading_day": trading_days(index), "window": np.cumsum(new_window), "time": index})
     grouped = frame.groupby(["trading_day", "window"], sort=True)["time"]
     bounds = grouped.agg(first="min", last="max", bars="count").reset_index()
@@ -272,7 +311,17 @@ def _checked_bars(df: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame.index = _as_index(frame.index).rename("datetime")
     for name in OHLCV:
-        frame[name] = frame[name].astype("float64")
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    prices = frame[list(OHLCV[:4])]
+    bad = ~np.isfinite(frame[list(OHLCV)]).all(axis=1) | (prices <= 0).any(axis=1) | (frame["volume"] < 0)
+    bad |= frame["high"] < frame[["open", "close", "low"]].max(axis=1)
+    bad |= frame["low"] > frame[["open", "close"]].min(axis=1)
+    if bad.any():
+        shown = ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in frame.index[bad.to_numpy()][:5])
+        raise DataError(
+            f"{int(bad.sum())} 根K线的价格或成交量无效（缺失、≤0、最高价低于开/收/最低价等），例如 {shown}；"
+            "请修正数据源后重新导入 / bars with missing, non-positive or inconsistent prices"
+        )
     return frame
 
 
@@ -337,8 +386,11 @@ def clean_data(
     report.conflicting_duplicates = int(clash.sum())
     frame = frame[~clash]
 
-    eras = session_eras(vt_symbol, frame.index)
-    inside = in_session(eras, frame.index) if len(frame) else np.zeros(0, dtype=bool)
+    minutes = bar_minutes(frame.index)
+    if minutes >= MINUTES_PER_DAY:  # daily bars are stamped by trading day, not by session time
+        inside = np.ones(len(frame), dtype=bool)
+    else:
+        inside = in_session(session_eras(vt_symbol, frame.index), frame.index, minutes)
     report.outside_session = int((~inside).sum())
     report.outside_examples = [f"{t:%Y-%m-%d %H:%M}" for t in frame.index[~inside][:5]]
     frame = frame[inside]
@@ -496,8 +548,11 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
     out["tod_sin"] = np.sin(angle)
     out["tod_cos"] = np.cos(angle)
     out["night"] = is_night(index).astype("float64")
-    progress = session_progress(session_eras(vt_symbol, index), index)
-    out["session_progress"] = np.nan_to_num(progress, nan=1.0)  # off-session bars (uncleaned data) sit at the end
+    eras = known_eras(vt_symbol)
+    if eras is None:
+        out["session_progress"] = progress_since_open(index)
+    else:  # off-session bars (uncleaned data) sit at the window's end
+        out["session_progress"] = np.nan_to_num(session_progress(eras, index), nan=1.0)
     day = causal_trading_days(index)
     new_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, dtype=bool)
     day_id = np.cumsum(new_day)
@@ -678,6 +733,61 @@ def make_windows(
     return Windows(view, starts, label_values, sequence_length)
 
 
+# --- the whole preparation for training -------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Everything a model trains on, with every statistic fitted on the training part only."""
+
+    index: pd.DatetimeIndex
+    names: list[str]  # selected features, in FEATURE_NAMES order
+    features: pd.DataFrame  # selected, unscaled
+    labels: pd.Series
+    scaled: np.ndarray  # float32 (rows, names), NaN in the warm-up rows
+    scaler: Scaler
+    split: Split
+    segment: np.ndarray
+    horizon: int
+    sequence_length: int
+    report: CleaningReport
+
+    def windows(self, part: str) -> Windows:
+        """LSTM windows whose last row lies in `part` (train, valid or test)."""
+        return make_windows(self.scaled, self.labels.to_numpy(), self.sequence_length, self.segment,
+                            self.split.parts()[part])
+
+    def rows(self, part: str) -> np.ndarray:
+        """Row numbers of `part` with complete features and a label (the forest's samples)."""
+        start, stop = self.split.parts()[part]
+        rows = np.arange(start, stop)
+        ok = np.isfinite(self.scaled[rows]).all(axis=1) & np.isfinite(self.labels.to_numpy()[rows])
+        return rows[ok]
+
+
+def prepare_training_data(
+    df: pd.DataFrame,
+    vt_symbol: str | None = None,
+    horizon: int = 5,
+    sequence_length: int = 60,
+    features_count: int = 30,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> TrainingData:
+    """Clean, build features and labels, split in time with a purge, select features and fit the scaler on train."""
+    cleaned, report = clean_data(df, vt_symbol)
+    features = build_features(cleaned)
+    labels = make_labels(cleaned, horizon)
+    split = split_chronological(len(cleaned), *fractions, gap=max(horizon, 1), horizon=horizon)
+    start, stop = split.train
+    names = select_features(features.iloc[start:stop], labels.iloc[start:stop], features_count)
+    chosen = features[names]
+    train = chosen.iloc[start:stop]
+    scaler = Scaler.fit(train[train.notna().all(axis=1)])
+    scaled = scaler.transform(chosen.to_numpy())
+    return TrainingData(pd.DatetimeIndex(cleaned.index), names, chosen, labels, scaled, scaler, split,
+                        cleaned["segment"].to_numpy(), horizon, sequence_length, report)
+
+
 # --- online features (live trading and the strategy) -------------------------------------------------
 
 
@@ -744,9 +854,11 @@ class FeatureState:
 
     def __init__(self, vt_symbol: str, names: Sequence[str] | None = None,
                  eras: Sequence[SessionEra] | None = None) -> None:
-        self.eras = tuple(eras) if eras is not None else session_eras(vt_symbol)
-        self._tables = [era.minute_table().tolist() for era in self.eras]
-        self._starts = [era.since for era in self.eras]
+        self.eras = tuple(eras) if eras is not None else known_eras(vt_symbol)
+        self._tables = [era.minute_table().tolist() for era in self.eras or ()]
+        self._starts = [era.since for era in self.eras or ()]
+        self._last_stamp: int | None = None
+        self._opened_at = 0
         self.names = tuple(names) if names is not None else FEATURE_NAMES
         unknown = [name for name in self.names if name not in FEATURE_NAMES]
         if unknown:
@@ -891,8 +1003,11 @@ class FeatureState:
         night = hour >= NIGHT_FROM_HOUR or hour < NIGHT_UNTIL_HOUR
         anchor = when.date() - timedelta(days=1) if hour < NIGHT_UNTIL_HOUR else when.date()
         era, day = self._era_and_day(anchor, night)
-        progress = self._tables[era][minute]
-        progress = 1.0 if progress != progress else progress
+        if self._tables:
+            progress = self._tables[era][minute]
+            progress = 1.0 if progress != progress else progress
+        else:
+            progress = self._progress_since_open(when)
         if day != self._day:
             self._day, self._day_open, self._day_high, self._day_low = day, o, h, lo
         else:
@@ -911,6 +1026,13 @@ class FeatureState:
             volume_dev, volume_z, cmf, mfi, imbalance,
             math.sin(angle), math.cos(angle), float(night), progress, math.log(c / self._day_open), day_pos,
         ]
+
+    def _progress_since_open(self, when: datetime) -> float:
+        stamp = int(when.timestamp())
+        if self._last_stamp is None or stamp - self._last_stamp >= SESSION_GAP_MINUTES * 60:
+            self._opened_at = stamp
+        self._last_stamp = stamp
+        return min((stamp - self._opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
 
     def _era_and_day(self, anchor: date, night: bool) -> tuple[int, date]:
         if self._clock is None or self._clock[0] != anchor or self._clock[1] != night:

@@ -260,7 +260,7 @@ def test_audit_flags_any_lead_and_passes_any_lag(window: int, lead: int, cuts: l
     causal = dp.audit_lookahead(lambda d: d["close"].rolling(window).mean().shift(lead), frame, cuts)
     future = dp.audit_lookahead(lambda d: d["close"].shift(-lead), frame, cuts)
     assert causal.ok
-    assert future.ok == all(k <= lead for k in cuts)  # a cut leaves rows whose future is missing unless k ≤ lead
+    assert future.ok == all(k + lead > 300 for k in cuts)  # row k-1 lost its future unless that lies past the data
     assert dp.audit_lookahead(lambda d: d["close"].shift(-lead), frame, cuts, allowed_lookahead=lead).ok
 
 
@@ -384,3 +384,59 @@ def test_online_state_takes_bar_data_and_returns_the_chosen_features(spring_2016
     np.testing.assert_allclose(vector, expected, rtol=1e-9, atol=1e-12)
     with pytest.raises(DataError, match="未知特征"):
         dp.FeatureState(VT, ["no_such_feature"])
+
+
+def test_online_state_for_a_product_without_a_session_table_matches_and_never_leaks(
+    spring_2016: pd.DataFrame,
+) -> None:
+    frame = spring_2016.iloc[:3000].copy()
+    frame.attrs["vt_symbol"] = "zz0000.DCE"  # not in SESSION_TABLE: no hours inferred from the bars themselves
+    batch = dp.build_features(frame)
+    state = dp.FeatureState("zz0000.DCE")
+    online = [state.update_values(when, o, h, lo, c, v) for when, o, h, lo, c, v in zip(
+        frame.index.to_pydatetime(), frame["open"], frame["high"], frame["low"], frame["close"], frame["volume"],
+        strict=True)]
+    np.testing.assert_allclose(np.array(online[dp.FEATURE_WARMUP:]), batch.iloc[dp.FEATURE_WARMUP:], rtol=1e-9,
+                               atol=1e-9)
+    progress = batch["session_progress"]
+    assert progress[at("2016-04-06 09:00")] == 0.0 and progress[at("2016-04-06 10:30")] == 0.0  # after pauses
+    assert progress[at("2016-04-06 09:30")] == pytest.approx(30 / 240)
+    audit = dp.audit_lookahead(dp.build_features, frame, dp.default_cut_points(len(frame), 12))
+    assert audit.ok, audit.leaks
+
+
+def test_clean_data_keeps_hour_and_daily_bars_of_the_session(sample_frame: pd.DataFrame) -> None:
+    minute = bars(sample_frame, "2016-06-01", "2016-06-30 23:59")
+    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    hourly = minute.resample("1h").agg(agg).dropna()  # vnpy-style hour bars: 09:00, 10:00, 13:00, 21:00 ...
+    cleaned, report = dp.clean_data(hourly, VT)
+    assert report.outside_session == 0 and len(cleaned) == len(hourly)
+    assert at("2016-06-01 13:00") in cleaned.index  # holds 13:30-13:59
+    daily = minute.groupby(dp.trading_days(minute.index)).agg(agg)
+    daily.index = pd.DatetimeIndex(daily.index).tz_localize(CHINA_TZ)
+    cleaned_daily, daily_report = dp.clean_data(daily, VT)
+    assert daily_report.outside_session == 0 and len(cleaned_daily) == len(daily) == 21
+
+
+def test_clean_data_rejects_impossible_prices(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
+    frame.iloc[7, frame.columns.get_loc("low")] = frame["high"].iloc[7] + 5
+    with pytest.raises(DataError, match="2016-06-01 09:07"):
+        dp.clean_data(frame, VT)
+
+
+def test_prepare_training_data_fits_selection_and_scaler_on_the_training_part(spring_2016: pd.DataFrame) -> None:
+    data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
+    start, stop = data.split.train
+    train = data.features.iloc[start:stop].dropna()
+    np.testing.assert_allclose(data.scaler.mean, train.mean().to_numpy(), rtol=1e-12)
+    assert data.scaler.names == tuple(data.names) and len(data.names) == 30
+    assert data.names == dp.select_features(dp.build_features(spring_2016).iloc[start:stop],
+                                            dp.make_labels(spring_2016, 5).iloc[start:stop], 30)
+    for part in ("train", "valid", "test"):
+        windows = data.windows(part)
+        low, high = data.split.parts()[part]
+        assert len(windows) > 1000 and windows.end_rows().min() >= low and windows.end_rows().max() < high
+        rows = data.rows(part)
+        assert rows.min() >= low and rows.max() < high
+    assert data.split.valid[0] - data.split.train[1] >= 5
