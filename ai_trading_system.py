@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import Any
 
 import data_collector
+import data_processor
 from config import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -41,6 +42,17 @@ def _column_map(text: str) -> dict[str, str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"未知字段 {unknown}，可用：{', '.join(fields)}")
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"应为正整数，收到 {text!r} / expected a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"应为正整数，收到 {value} / expected a positive integer")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
     down.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+
+    audit = commands.add_parser(
+        "audit", help="前视偏差审计：特征与标签是否用到未来数据 / look-ahead audit of the features and labels"
+    )
+    audit.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    audit.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
+    audit.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+    audit.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+    audit.add_argument("--horizon", type=_positive_int,
+                       help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon")
+    audit.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
 
     demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
     demo.add_argument(
@@ -186,6 +209,43 @@ def cmd_download(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+EXIT_LEAK: int = EXIT_BUG  # a column that sees the future is a bug in the feature or label code
+AUDIT_HEADERS: tuple[str, ...] = (
+    "列 / column", "结论 / verdict", "失败切点 / cuts failed", "首个不一致 / first time", "最大差异 / max difference",
+)
+
+
+def cmd_audit(args: argparse.Namespace, home: Home) -> int:
+    """Prove that features and labels use no future bars (GUIDE §4); exit 1 when any column leaks."""
+    horizon = args.horizon if args.horizon is not None else settings_for(home).model.prediction_horizon
+    vt_symbol = args.vt_symbol
+    _stderr_progress(f"读取K线 / loading bars: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
+    frame = data_collector.load_history_data(vt_symbol, args.start, args.end, args.interval, home=home)
+    clean, report = data_processor.clean_data(frame, vt_symbol)
+    print(f"清洗报告 / cleaning report: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
+    for line in report.lines():
+        print(line)
+    print()
+
+    cuts = data_processor.default_cut_points(len(clean), args.cuts)
+    _stderr_progress(f"审计中 / auditing features: {len(clean):,} 根K线，{len(cuts)} 个切点 ...")
+    features = data_processor.audit_lookahead(
+        lambda d: data_processor.build_features(d, vt_symbol), clean, cuts)
+    _stderr_progress(f"审计中 / auditing labels (horizon {horizon}) ...")
+    labels = data_processor.audit_lookahead(
+        lambda d: data_processor.make_labels(d, horizon), clean, cuts, allowed_lookahead=horizon)
+
+    results = (features, labels)
+    print_table([row for result in results for row in result.rows()], AUDIT_HEADERS)
+    checked = sum(len(result.columns) for result in results)
+    leaking = [name for result in results for name in result.leaking_columns]
+    print()
+    print(f"检查 {checked} 列，{len(cuts)} 个切点，泄漏 {len(leaking)} 列 / "
+          f"checked {checked} columns at {len(cuts)} cut points: {len(leaking)} leaking"
+          + (f" ({', '.join(leaking)})" if leaking else ""))
+    return EXIT_LEAK if leaking else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample data and show what the database holds."""
     result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
@@ -199,6 +259,7 @@ COMMANDS: dict[str, Handler] = {
     "import": cmd_import,
     "data": cmd_data,
     "download": cmd_download,
+    "audit": cmd_audit,
     "demo": cmd_demo,
 }
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import ai_trading_system
 import data_collector
+import data_processor
 from config import Home
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
@@ -76,6 +78,9 @@ def test_bad_file_exits_2_with_one_message_and_no_traceback(
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--columns", "open"], "字段=列名"),
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--columns", "foo=bar"], "未知字段"),
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--timestamp", "middle"], "invalid choice"),
+        (["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end", "2016-01-08", "--cuts", "0"],
+         "正整数"),
+        (["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04"], "--end"),
         (["teleport"], "invalid choice"),
     ],
 )
@@ -116,6 +121,82 @@ def test_bad_settings_exit_2(home: Home, capsys: pytest.CaptureFixture[str], mon
     monkeypatch.setenv("AI_TRADER_RISK_MAX_POSITION_RATIO", "3")
     assert ai_trading_system.main(["--home", str(home.root), "data"]) == 2
     assert "max_position_ratio" in capsys.readouterr().err
+
+
+# --- the look-ahead audit ---------------------------------------------------------------------
+
+
+AUDIT_JANUARY = ["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end", "2016-01-29", "--cuts", "8"]
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The audit table's rows by column name (the words of each line)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("列 / column")) + 2
+    end = lines.index("", start)
+    return {line.split()[0]: line.split() for line in lines[start:end]}
+
+
+def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
+    imported_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = ai_trading_system.main(["--home", str(imported_home.root), *AUDIT_JANUARY])
+    captured = capsys.readouterr()
+    assert code == 0
+    frame = data_collector.load_history_data("rb0000.SHFE", "2016-01-04", "2016-01-29", home=imported_home)
+    _, report = data_processor.clean_data(frame, "rb0000.SHFE")
+    assert report.rows_in == 6900 and report.trading_days == 21
+    assert all(line in captured.out.splitlines() for line in report.lines())
+    rows = table_rows(captured.out)
+    assert list(rows) == [*data_processor.FEATURE_NAMES, "fwd_ret_5"]  # horizon from the model settings
+    assert rows["rsi_14"] == ["rsi_14", "ok", "0"] and rows["fwd_ret_5"] == ["fwd_ret_5", "ok", "0"]
+    assert all(row[1] == "ok" for row in rows.values())
+    cuts = len(data_processor.default_cut_points(6900, 8))
+    assert cuts == 9
+    assert f"检查 42 列，{cuts} 个切点，泄漏 0 列" in captured.out
+    assert "审计中 / auditing features" in captured.err
+
+
+def test_audit_horizon_option_overrides_the_settings(
+    imported_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(imported_home.root), *AUDIT_JANUARY[:-2], "--cuts", "3", "--horizon", "12"]
+    assert ai_trading_system.main(argv) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["fwd_ret_12"] == ["fwd_ret_12", "ok", "0"] and "fwd_ret_5" not in rows
+
+
+def test_audit_of_a_range_with_no_stored_bars_exits_2_saying_what_is_stored(
+    imported_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(imported_home.root), "audit", "--vt-symbol", "rb0000.SHFE",
+            "--start", "2020-01-02", "--end", "2020-01-31"]
+    assert ai_trading_system.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "没有 rb0000.SHFE 1m 在 2020-01-02 00:00 ~ 2020-01-31 23:59 的K线" in captured.err
+    assert "已有：1m 2010-07-20 ~ 2016-12-30 (409,995)" in captured.err
+    assert "Traceback" not in captured.err and "列 / column" not in captured.out
+
+
+def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
+    imported_home: Home, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honest = data_processor.build_features
+
+    def peeking(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+        features = honest(df, vt_symbol)
+        features["next_close"] = df["close"].shift(-1)  # the future: absent on the last row of every prefix
+        return features
+
+    monkeypatch.setattr(data_processor, "build_features", peeking)
+    code = ai_trading_system.main(["--home", str(imported_home.root), *AUDIT_JANUARY])
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = table_rows(out)
+    # every cut but the whole range fails, first at the range's first bar (the cut after one bar)
+    assert rows["next_close"][:5] == ["next_close", "LEAK", "8", "2016-01-04", "09:00:00+08:00"]
+    assert [name for name, row in rows.items() if row[1] != "ok"] == ["next_close"]
+    assert "检查 43 列，9 个切点，泄漏 1 列" in out and "(next_close)" in out
 
 
 # --- the mode prompt ---------------------------------------------------------------------------
