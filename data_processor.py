@@ -583,18 +583,20 @@ def select_features(
     ranks = features[usable].rank().to_numpy()
     target = labels[usable].rank().to_numpy()
     stds = ranks.std(axis=0)
-    centred = ranks - ranks.mean(axis=0)
-    ic = np.where(stds > 0, centred.T @ (target - target.mean()) / (len(target) * np.where(stds > 0, stds, 1)
-                                                                    * target.std()), 0.0)
+    live = stds > 0
+    ic = np.zeros(ranks.shape[1])
+    correlation = np.eye(ranks.shape[1])
+    if live.any():
+        both = np.corrcoef(np.column_stack([ranks[:, live], target]), rowvar=False)
+        ic[live] = both[-1, :-1]
+        correlation[np.ix_(live, live)] = both[:-1, :-1]
     order = np.argsort(-np.abs(ic), kind="stable")
     chosen: list[int] = []
     for position in order:
-        if stds[position] == 0:
+        if not live[position]:
             continue
-        if chosen:
-            corr = np.abs(np.corrcoef(ranks[:, [*chosen, position]], rowvar=False)[-1, :-1])
-            if np.any(corr > max_correlation):
-                continue
+        if chosen and np.any(np.abs(correlation[position, chosen]) > max_correlation):
+            continue
         chosen.append(int(position))
         if len(chosen) == count:
             break
