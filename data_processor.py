@@ -796,21 +796,24 @@ def prepare_training_data(
 class _Ewm:
     """pandas `ewm(alpha, adjust=False, min_periods)` one value at a time, same arithmetic."""
 
+    __slots__ = ("alpha", "old", "total", "min_periods", "value", "count")
+
     def __init__(self, alpha: float, min_periods: int) -> None:
         self.alpha = alpha
+        self.old = 1.0 - alpha
+        self.total = self.old + alpha  # pandas divides by this sum of weights, which may differ from 1 by an ulp
         self.min_periods = min_periods
         self.value = math.nan
         self.count = 0
 
     def update(self, x: float) -> float:
-        if math.isnan(x):
+        if x != x:  # NaN: pandas skips it
             return self.value if self.count >= self.min_periods else math.nan
         self.count += 1
         if self.count == 1:
             self.value = x
         elif self.value != x:
-            old = 1.0 - self.alpha
-            self.value = (old * self.value + self.alpha * x) / (old + self.alpha)
+            self.value = (self.old * self.value + self.alpha * x) / self.total
         return self.value if self.count >= self.min_periods else math.nan
 
 
@@ -828,6 +831,8 @@ def _sample_std(total: float, squares: float, n: int) -> float:
 
 class _Window:
     """The last `size` values with their sum and sum of squares recomputed exactly each bar (C-speed `sum`)."""
+
+    __slots__ = ("size", "values", "squares")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -866,12 +871,13 @@ class FeatureState:
         if unknown:
             raise DataError(f"未知特征 {unknown} / unknown features")
         self._pick = [FEATURE_NAMES.index(name) for name in self.names]
+        self._all = self.names == FEATURE_NAMES
         self.bars = 0
         self._log_c: deque[float] = deque(maxlen=61)
         self._c10: deque[float] = deque(maxlen=10)
         self._c30: deque[float] = deque(maxlen=30)
         self._c60: deque[float] = deque(maxlen=60)
-        self._c20: deque[float] = deque(maxlen=21)  # closes t-20 .. t
+        self._c20: deque[float] = deque(maxlen=20)
         self._ret15, self._ret60 = _Window(15), _Window(60)
         self._hl2: deque[float] = deque(maxlen=30)
         self._abs_dc: deque[float] = deque(maxlen=20)
@@ -905,11 +911,13 @@ class FeatureState:
 
     def update_values(self, when: datetime, o: float, h: float, lo: float, c: float, v: float) -> np.ndarray | None:
         """`update` for plain numbers; `when` is the bar start, time-zone aware."""
-        row = self._compute(when.astimezone(CHINA_TZ), float(o), float(h), float(lo), float(c), float(v))
+        if when.tzinfo is not CHINA_TZ:
+            when = when.astimezone(CHINA_TZ)
+        row = self._compute(when, float(o), float(h), float(lo), float(c), float(v))
         self.bars += 1
         if self.bars <= FEATURE_WARMUP:
             return None
-        return np.array([row[i] for i in self._pick])
+        return np.array(row if self._all else [row[i] for i in self._pick])
 
     def _compute(self, when: datetime, o: float, h: float, lo: float, c: float, v: float) -> list[float]:
         nan = math.nan
@@ -943,7 +951,7 @@ class FeatureState:
         dc = c - prev_c
         self._abs_dc.append(abs(dc))
         path = sum(self._abs_dc) if seen > 20 else nan
-        move = abs(c - self._c20[0]) if seen > 20 else nan
+        move = abs(c - self._c60[-21]) if seen > 20 else nan
         efficiency = 0.0 if path == 0 else move / path
 
         up_move = dc if dc > 0 else 0.0  # ta turns the first (NaN) change into 0
@@ -965,8 +973,8 @@ class FeatureState:
         smooth = r2.update(r1.update(dc))
         smooth_abs = a2.update(a1.update(abs(dc)))
         tsi = nan if smooth != smooth or smooth_abs != smooth_abs else (0.0 if smooth_abs == 0 else smooth / smooth_abs)
-        if len(self._c60) >= 20:
-            window = list(self._c20)[-20:]
+        if len(self._c20) == 20:
+            window = self._c20
             mavg = sum(window) / 20
             std = math.sqrt(sum([(x - mavg) * (x - mavg) for x in window]) / 20)
             pband, width = bollinger(c, mavg, std)
