@@ -441,6 +441,7 @@ def make_labels(df: pd.DataFrame, horizon: int) -> pd.Series:
 
 RETURN_HORIZONS: tuple[int, ...] = (1, 5, 15, 30, 60)
 FEATURE_WARMUP: int = 60  # rows 0..59 are NaN; row 60 on is complete
+FEATURE_VERSION: int = 1  # bump when any feature's definition changes: saved models then refuse to load
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"ret_{n}" for n in RETURN_HORIZONS),
     "vol_15", "vol_60", "range_hl", "park_vol_30", "atr_14", "gap_open",
@@ -753,6 +754,7 @@ class TrainingData:
     horizon: int
     sequence_length: int
     report: CleaningReport
+    close: np.ndarray  # cleaned closes, for baselines that need the last return
 
     def windows(self, part: str) -> Windows:
         """LSTM windows whose last row lies in `part` (train, valid or test)."""
@@ -787,7 +789,8 @@ def prepare_training_data(
     scaler = Scaler.fit(train[train.notna().all(axis=1)])
     scaled = scaler.transform(chosen.to_numpy())
     return TrainingData(pd.DatetimeIndex(cleaned.index), names, chosen, labels, scaled, scaler, split,
-                        cleaned["segment"].to_numpy(), horizon, sequence_length, report)
+                        cleaned["segment"].to_numpy(), horizon, sequence_length, report,
+                        cleaned["close"].to_numpy(dtype="float64"))
 
 
 # --- online features (live trading and the strategy) -------------------------------------------------

@@ -1,0 +1,684 @@
+"""LSTM and RandomForest return predictors: honest training, evaluation, model bundles, fast ONNX inference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from config import CHINA_TZ, ModelError, ModelSettings
+from data_processor import FEATURE_NAMES, FEATURE_VERSION, Scaler, TrainingData, Windows
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+BUNDLE_FORMAT: int = 1
+MODEL_FILES: dict[str, str] = {"lstm": "model.keras", "random_forest": "model.joblib"}
+FAST_FILE = "fast.onnx"
+SCALER_FILE = "scaler.json"
+METADATA_FILE = "metadata.json"
+METRICS_FILE = "metrics.json"
+LABEL_DEFINITION = "close[t+h] / close[t] - 1 over h bars; NaN past the data or across a roll gap"
+FAST_TOLERANCE: float = 1e-5
+BATCH_CHUNK: int = 4096
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes a model; saved in its metadata."""
+
+    model_type: str = "lstm"
+    sequence_length: int = 60
+    features_count: int = 30
+    horizon: int = 5
+    epochs: int = 100
+    batch_size: int = 256
+    lstm_units: tuple[int, ...] = (50, 50)
+    dropout: float = 0.2
+    dense_units: int = 25
+    learning_rate: float = 1e-3
+    patience: int = 5
+    train_stride: int = 1  # every n-th training window: neighbours overlap in all but one row
+    trees: int = 100
+    max_depth: int = 10
+    min_samples_leaf: int = 50
+    n_jobs: int = -1
+    round_trip_cost: float = 0.0005  # rb: 2 × 0.01% commission + one tick of slippage, as a return
+    seed: int = 42
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_FILES:
+            raise ModelError(f"模型类型必须是 lstm 或 random_forest，收到 {self.model_type!r} / unknown model type")
+        if self.sequence_length < 1 or self.horizon < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise ModelError("sequence_length、horizon、epochs、batch_size 必须 ≥ 1 / must be at least 1")
+        if not self.lstm_units or min(self.lstm_units) < 1 or self.train_stride < 1:
+            raise ModelError("lstm_units 与 train_stride 必须为正 / must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, **overrides: Any) -> ModelConfig:
+        """The config of `settings/model.json` (plus overrides such as model_type or epochs)."""
+        base = cls(model_type=settings.model_type, sequence_length=settings.sequence_length,
+                   features_count=settings.features_count, horizon=settings.prediction_horizon,
+                   epochs=settings.epochs, batch_size=settings.batch_size)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's forecast of the forward return for the bar that closed at `datetime`."""
+
+    datetime: datetime
+    value: float
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def score(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """MSE, MAE, directional accuracy (where both are non-zero), IC and rank IC."""
+    prediction = np.asarray(prediction, dtype="float64")
+    label = np.asarray(label, dtype="float64")
+    both = (np.sign(prediction) != 0) & (np.sign(label) != 0)
+    direction = float(np.mean(np.sign(prediction[both]) == np.sign(label[both]))) if both.any() else math.nan
+    ranks = pd.Series(prediction).rank().to_numpy(), pd.Series(label).rank().to_numpy()
+    return {
+        "mse": float(np.mean((prediction - label) ** 2)),
+        "mae": float(np.mean(np.abs(prediction - label))),
+        "directional_accuracy": direction,
+        "ic": _correlation(prediction, label),
+        "rank_ic": _correlation(*ranks),
+    }
+
+
+def evaluation_table(prediction: np.ndarray, label: np.ndarray, last_return: np.ndarray,
+                     typical_size: float) -> dict[str, dict[str, float]]:
+    """The model beside the naive baselines: predict zero, and predict the sign of the last return."""
+    return {
+        "model": score(prediction, label),
+        "zero": score(np.zeros_like(label), label),
+        "last_return_sign": score(np.sign(last_return) * typical_size, label),
+    }
+
+
+def derive_threshold(prediction: np.ndarray, label: np.ndarray, cost: float) -> tuple[float, str]:
+    """Decision threshold from validation predictions: the |prediction| cut with the largest total net edge."""
+    size = np.abs(prediction)
+    best: tuple[float, float] | None = None
+    for quantile in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99):
+        cut = float(np.quantile(size, quantile))
+        chosen = size > cut
+        if chosen.sum() < 30:
+            continue
+        edge = float(np.mean(np.sign(prediction[chosen]) * label[chosen])) - cost
+        total = edge * int(chosen.sum())
+        if best is None or total > best[0]:
+            best = (total, cut)
+    if best is None or best[0] <= 0:
+        cut = float(np.quantile(size, 0.99)) if len(size) else 0.0
+        return cut, "no validation edge after costs: 99th percentile of |prediction| (trades rarely)"
+    return best[1], f"largest total validation edge after a round-trip cost of {cost:g}"
+
+
+# --- ONNX export (the fast path) ---------------------------------------------------------------------
+
+
+def _keras_gates_to_onnx(matrix: np.ndarray, units: int) -> np.ndarray:
+    """Keras orders LSTM gates i, f, c, o along the last axis; ONNX wants i, o, f, c."""
+    i, f, c, o = (matrix[..., k * units:(k + 1) * units] for k in range(4))
+    return np.concatenate([i, o, f, c], axis=-1)
+
+
+def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, features: int) -> bytes:
+    """An ONNX graph equal to the Keras LSTM stack (dropout is inactive at inference), output × label_scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = [helper.make_node("Transpose", ["window"], ["seq"], perm=[1, 0, 2])]
+    weights: list[Any] = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+                          numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0")]
+    current = "seq"
+    lstm_layers = [layer for layer in network.layers if layer.__class__.__name__ == "LSTM"]
+    dense_layers = [layer for layer in network.layers if layer.__class__.__name__ == "Dense"]
+    for n, layer in enumerate(lstm_layers):
+        kernel, recurrent, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+        units = recurrent.shape[0]
+        w = _keras_gates_to_onnx(kernel, units).T[None]
+        r = _keras_gates_to_onnx(recurrent, units).T[None]
+        b = np.concatenate([_keras_gates_to_onnx(bias, units), np.zeros(4 * units, np.float32)])[None]
+        weights += [numpy_helper.from_array(w, f"W{n}"), numpy_helper.from_array(r, f"R{n}"),
+                    numpy_helper.from_array(b, f"B{n}")]
+        last = n == len(lstm_layers) - 1
+        nodes.append(helper.make_node("LSTM", [current, f"W{n}", f"R{n}", f"B{n}"], [f"Y{n}", f"H{n}"],
+                                      hidden_size=units))
+        if last:
+            nodes.append(helper.make_node("Squeeze", [f"H{n}", "axis0"], ["dense_in"]))
+            current = "dense_in"
+        else:
+            nodes.append(helper.make_node("Squeeze", [f"Y{n}", "axis1"], [f"S{n}"]))
+            current = f"S{n}"
+    for n, layer in enumerate(dense_layers):
+        kernel, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+        weights += [numpy_helper.from_array(kernel, f"D{n}"), numpy_helper.from_array(bias, f"d{n}")]
+        nodes.append(helper.make_node("Gemm", [current, f"D{n}", f"d{n}"], [f"G{n}"]))
+        current = f"G{n}"
+        activation = layer.get_config().get("activation", "linear")
+        if activation == "relu":
+            nodes.append(helper.make_node("Relu", [current], [f"A{n}"]))
+            current = f"A{n}"
+        elif activation != "linear":
+            raise ModelError(f"ONNX 导出不支持激活函数 {activation!r} / unsupported activation")
+    weights.append(numpy_helper.from_array(np.array([label_scale], dtype=np.float32), "label_scale"))
+    nodes.append(helper.make_node("Mul", [current, "label_scale"], ["prediction"]))
+    graph = helper.make_graph(
+        nodes, "lstm_return_predictor",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, [None, sequence_length, features])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ai-trading-desk")
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def forest_to_onnx(forest: Any, features: int) -> bytes:
+    """The forest as an ONNX TreeEnsembleRegressor (float32 input, as scikit-learn's trees compare)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onnx_model = convert_sklearn(forest, initial_types=[("row", FloatTensorType([None, features]))],
+                                 target_opset={"": 17, "ai.onnx.ml": 3})
+    return bytes(onnx_model.SerializeToString())
+
+
+class FastPredictor:
+    """ONNX Runtime sessions: one single-threaded for one window (lowest latency), one for batches."""
+
+    def __init__(self, onnx_bytes: bytes, model_type: str) -> None:
+        import onnxruntime as ort
+
+        self.model_type = model_type
+        single = ort.SessionOptions()
+        single.intra_op_num_threads = 1
+        single.inter_op_num_threads = 1
+        batch = ort.SessionOptions()
+        batch.intra_op_num_threads = os.cpu_count() or 1
+        providers = ["CPUExecutionProvider"]
+        self.single = ort.InferenceSession(onnx_bytes, single, providers=providers)
+        self.batch = ort.InferenceSession(onnx_bytes, batch, providers=providers)
+        self.input_name = self.single.get_inputs()[0].name
+        self.output_name = self.single.get_outputs()[0].name
+
+    def _inputs(self, windows: np.ndarray) -> np.ndarray:
+        rows = windows[:, -1, :] if self.model_type == "random_forest" else windows
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+    def predict_one(self, window: np.ndarray) -> float:
+        """One window (sequence_length, features), scaled."""
+        out = self.single.run([self.output_name], {self.input_name: self._inputs(window[None])})[0]
+        return float(out.reshape(-1)[0])
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """A batch of windows (n, sequence_length, features), scaled."""
+        out = self.batch.run([self.output_name], {self.input_name: self._inputs(windows)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+# --- Keras training helpers --------------------------------------------------------------------------
+
+
+def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed: int | None) -> Any:
+    """A keras PyDataset that copies one batch of windows at a time (the windows themselves stay views)."""
+    import keras
+
+    class WindowBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.order = np.arange(len(windows))
+            self.epoch = 0
+            self._shuffle()
+
+        def _shuffle(self) -> None:
+            if seed is not None:
+                self.order = np.random.default_rng(seed + self.epoch).permutation(len(windows))
+
+        def __len__(self) -> int:
+            return math.ceil(len(windows) / batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            chosen = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            x = windows.take(chosen)
+            y = (windows.labels[chosen] / label_scale).astype(np.float32)
+            return x, y
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self._shuffle()
+
+    return WindowBatches()
+
+
+def _strided(windows: Windows, stride: int) -> Windows:
+    if stride <= 1:
+        return windows
+    keep = np.arange(0, len(windows), stride)
+    return Windows(windows.view, windows.starts[keep], windows.labels[keep], windows.sequence_length)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(data: TrainingData) -> str:
+    """sha256 of the bar times, closes and selected features the model was trained and tested on."""
+    digest = hashlib.sha256()
+    digest.update(np.asarray(data.index.as_unit("us").asi8).tobytes())
+    digest.update(np.ascontiguousarray(data.close).tobytes())
+    digest.update(np.nan_to_num(data.scaled).tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("numpy", "pandas", "scikit-learn", "keras", "tensorflow-cpu", "onnxruntime", "ta"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
+
+def _major(text: str) -> str:
+    return text.split(".")[0]
+
+
+def _minor(text: str) -> str:
+    return ".".join(text.split(".")[:2])
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch losses (LSTM) and what training used."""
+
+    loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    train_samples: int = 0
+
+
+class PricePredictionModel:
+    """Predicts the forward return from a window of scaled features; LSTM (Keras 3) or RandomForest."""
+
+    def __init__(self, model_type: str = "lstm", config: ModelConfig | None = None) -> None:
+        self.config = replace(config, model_type=model_type) if config else ModelConfig(model_type=model_type)
+        self.model_type = self.config.model_type
+        self.network: Any = None  # the Keras model or the scikit-learn forest, once trained or loaded
+        self.fast: FastPredictor | None = None
+        self.onnx_bytes: bytes | None = None
+        self.scaler: Scaler | None = None
+        self.names: list[str] = []
+        self.label_scale = 1.0
+        self.threshold = 0.0
+        self.metadata: dict[str, Any] = {}
+        self.metrics: dict[str, Any] = {}
+        self.history = TrainingHistory()
+        self.path: Path | None = None
+
+    # -- building and training --
+
+    def build_lstm_model(self, input_shape: tuple[int, int]) -> Any:
+        """The seed's stack: LSTM 50 → Dropout → LSTM 50 → Dropout → Dense 25 → Dense 1 (sizes from config)."""
+        import keras
+
+        layers: list[Any] = [keras.Input(shape=input_shape)]
+        units = self.config.lstm_units
+        for n, size in enumerate(units):
+            layers.append(keras.layers.LSTM(size, return_sequences=n < len(units) - 1))
+            layers.append(keras.layers.Dropout(self.config.dropout))
+        layers.append(keras.layers.Dense(self.config.dense_units))
+        layers.append(keras.layers.Dense(1))
+        network = keras.Sequential(layers)
+        network.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss="mse")
+        return network
+
+    def train(self, data: TrainingData, progress: Progress | None = None) -> TrainingHistory:
+        """Fit on the training part, early-stop on the validation part, then build and verify the fast path."""
+        import time
+
+        say = progress or (lambda message: None)
+        if data.sequence_length != self.config.sequence_length or data.horizon != self.config.horizon:
+            raise ModelError("训练数据的窗口长度或预测周期与模型配置不一致 / data and config disagree on shape")
+        self.names = list(data.names)
+        self.scaler = data.scaler
+        started = time.perf_counter()
+        train = _strided(data.windows("train"), self.config.train_stride)
+        valid = data.windows("valid")
+        if len(train) < 100 or len(valid) < 30:
+            raise ModelError(f"样本太少：训练 {len(train)}，验证 {len(valid)}；请加长日期范围 / too few samples")
+        if self.model_type == "lstm":
+            self._train_lstm(train, valid, say)
+        else:
+            self._train_forest(train, say)
+        self.history.seconds = time.perf_counter() - started
+        self.history.train_samples = len(train)
+        self._build_fast_path(valid)
+        valid_prediction = self.predict(valid)
+        self.threshold, method = derive_threshold(valid_prediction, valid.labels, self.config.round_trip_cost)
+        self.metadata["threshold_method"] = method
+        return self.history
+
+    def _train_lstm(self, train: Windows, valid: Windows, say: Progress) -> None:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(self.config.seed)
+        tf.config.experimental.enable_op_determinism()
+        self.label_scale = float(np.std(train.labels)) or 1.0
+        self.network = self.build_lstm_model((self.config.sequence_length, len(self.names)))
+
+        class Report(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                logs = logs or {}
+                say(f"第 {epoch + 1} 轮 / epoch {epoch + 1}: loss {logs.get('loss', math.nan):.4f}, "
+                    f"val_loss {logs.get('val_loss', math.nan):.4f}")
+
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                              patience=max(1, self.config.patience // 2), min_lr=1e-5),
+            Report(),
+        ]
+        fitted = self.network.fit(
+            _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed),
+            validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None),
+            epochs=self.config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
+        )
+        self.history.loss = [float(x) for x in fitted.history.get("loss", [])]
+        self.history.val_loss = [float(x) for x in fitted.history.get("val_loss", [])]
+        self.history.best_epoch = int(np.argmin(self.history.val_loss)) + 1 if self.history.val_loss else 0
+
+    def _train_forest(self, train: Windows, say: Progress) -> None:
+        from sklearn.ensemble import RandomForestRegressor
+
+        say(f"训练随机森林 / fitting the forest on {len(train):,} samples")
+        self.label_scale = 1.0
+        rows = train.view[train.starts][:, -1, :]
+        self.network = RandomForestRegressor(
+            n_estimators=self.config.trees, max_depth=self.config.max_depth,
+            min_samples_leaf=self.config.min_samples_leaf, max_features=0.5, n_jobs=self.config.n_jobs,
+            random_state=self.config.seed,
+        )
+        self.network.fit(np.asarray(rows, dtype=np.float32), train.labels)
+        self.network.n_jobs = 1  # predicting one row with n_jobs > 1 is 3.7× slower (GUIDE §6)
+
+    def _build_fast_path(self, check: Windows) -> None:
+        """Generate the ONNX graph from the trained model and prove it equal on validation windows."""
+        features = len(self.names)
+        if self.model_type == "lstm":
+            self.onnx_bytes = lstm_to_onnx(self.network, self.label_scale, self.config.sequence_length, features)
+        else:
+            self.onnx_bytes = forest_to_onnx(self.network, features)
+        self.fast = FastPredictor(self.onnx_bytes, self.model_type)
+        sample = check.take(np.arange(min(len(check), 2000)))
+        native = self.predict_native(sample)
+        fast = self.fast.predict(sample)
+        difference = float(np.max(np.abs(native - fast))) if len(sample) else 0.0
+        single = abs(self.fast.predict_one(sample[0]) - native[0]) if len(sample) else 0.0
+        if max(difference, single) > FAST_TOLERANCE:
+            raise ModelError(f"快速推理与原模型差异 {difference:.2e} 超过 {FAST_TOLERANCE:g} / fast path disagrees")
+        self.metadata["fast_path"] = {"engine": "onnxruntime", "checked_windows": len(sample),
+                                      "max_abs_difference": difference}
+
+    # -- inference --
+
+    def _require_fast(self) -> FastPredictor:
+        if self.fast is None:
+            raise ModelError("模型尚未训练或加载 / the model is not trained or loaded")
+        return self.fast
+
+    def predict_native(self, windows: np.ndarray) -> np.ndarray:
+        """Keras / scikit-learn output for scaled windows (slow; the reference for the fast path)."""
+        network = self._native()
+        if self.model_type == "lstm":
+            out = network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0)
+            return np.asarray(out, dtype=np.float64).reshape(-1) * self.label_scale
+        return np.asarray(network.predict(np.asarray(windows[:, -1, :], dtype=np.float32)), dtype=np.float64)
+
+    def predict(self, windows: np.ndarray | Windows) -> np.ndarray:
+        """Forward-return predictions for many scaled windows (chunked; Windows stay views until a chunk)."""
+        fast = self._require_fast()
+        if isinstance(windows, Windows):
+            chunks = [fast.predict(windows.take(np.arange(a, min(a + BATCH_CHUNK, len(windows)))))
+                      for a in range(0, len(windows), BATCH_CHUNK)]
+            return np.concatenate(chunks) if chunks else np.zeros(0)
+        array = np.asarray(windows)
+        if array.ndim != 3 or array.shape[1:] != (self.config.sequence_length, len(self.names)):
+            raise ModelError(f"输入形状 {array.shape} 应为 (n, {self.config.sequence_length}, {len(self.names)})"
+                             " / wrong input shape")
+        chunks = [fast.predict(array[a:a + BATCH_CHUNK]) for a in range(0, len(array), BATCH_CHUNK)]
+        return np.concatenate(chunks) if chunks else np.zeros(0)
+
+    def predict_one(self, window: np.ndarray) -> float:
+        """The forward-return prediction for one scaled window (sequence_length, features): the live path."""
+        return self._require_fast().predict_one(window)
+
+    def evaluate(self, data: TrainingData, part: str = "test") -> dict[str, Any]:
+        """Metrics on `part` beside the naive baselines; also kept in self.metrics."""
+        windows = data.windows(part)
+        if len(windows) == 0:
+            raise ModelError(f"{part} 部分没有样本 / no samples in the {part} part")
+        prediction = self.predict(windows)
+        ends = windows.end_rows()
+        h = data.horizon
+        back = np.maximum(ends - h, 0)
+        last_return = data.close[ends] / data.close[back] - 1
+        train_labels = data.windows("train").labels
+        typical = float(np.mean(np.abs(train_labels))) if len(train_labels) else 0.0
+        table = evaluation_table(prediction, windows.labels, last_return, typical)
+        self.metrics[part] = {"samples": len(windows), **table}
+        return self.metrics[part]
+
+    # -- the bundle --
+
+    def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the bundle folder atomically: a temporary folder beside it, then a rename."""
+        if self.network is None or self.onnx_bytes is None or self.scaler is None:
+            raise ModelError("没有可保存的已训练模型 / nothing trained to save")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        try:
+            model_file = MODEL_FILES[self.model_type]
+            if self.model_type == "lstm":
+                self.network.save(temp / model_file)
+            else:
+                import joblib
+
+                joblib.dump(self.network, temp / model_file, compress=3)
+            (temp / FAST_FILE).write_bytes(self.onnx_bytes)
+            (temp / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict(), indent=2), encoding="utf-8")
+            (temp / METRICS_FILE).write_text(json.dumps(_json_safe(self.metrics), indent=2, ensure_ascii=False),
+                                             encoding="utf-8")
+            files = {name: _file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
+            metadata = {
+                **self.metadata,
+                **(extra or {}),
+                "format": BUNDLE_FORMAT,
+                "name": target.name,
+                "model_type": self.model_type,
+                "features": self.names,
+                "feature_version": FEATURE_VERSION,
+                "sequence_length": self.config.sequence_length,
+                "horizon": self.config.horizon,
+                "label": LABEL_DEFINITION,
+                "label_scale": self.label_scale,
+                "threshold": self.threshold,
+                "seed": self.config.seed,
+                "config": asdict(self.config),
+                "history": asdict(self.history),
+                "metrics": self.metrics,
+                "versions": library_versions(),
+                "created_at": datetime.now(CHINA_TZ).isoformat(timespec="seconds"),
+                "files": files,
+            }
+            (temp / METADATA_FILE).write_text(json.dumps(_json_safe(metadata), indent=2, ensure_ascii=False),
+                                              encoding="utf-8")
+            if target.exists():
+                os.replace(target, old)
+            os.replace(temp, target)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        self.metadata = metadata
+        self.path = target
+        return target
+
+    def load_model(self, path: str | Path, expect: ModelConfig | None = None) -> PricePredictionModel:
+        """Load a bundle, refusing one that is incomplete, corrupt or made for other features or shapes."""
+        folder = Path(path)
+        metadata = read_metadata(folder)
+        check_bundle(folder, metadata, expect)
+        self.config = ModelConfig.from_dict(metadata["config"])
+        self.model_type = self.config.model_type
+        self.names = list(metadata["features"])
+        self.label_scale = float(metadata["label_scale"])
+        self.threshold = float(metadata["threshold"])
+        self.metadata = metadata
+        self.metrics = metadata.get("metrics", {})
+        try:
+            self.scaler = Scaler.from_dict(json.loads((folder / SCALER_FILE).read_text(encoding="utf-8")))
+            self.onnx_bytes = (folder / FAST_FILE).read_bytes()
+            self.fast = FastPredictor(self.onnx_bytes, self.model_type)
+        except Exception as exc:  # a damaged file must become a clear ModelError, whatever the parser raised
+            raise ModelError(f"模型包 {folder} 无法读取（{exc}）；请重新训练 / unreadable bundle, retrain") from None
+        if list(self.scaler.names) != self.names:
+            raise ModelError(f"模型包 {folder} 的标准化参数与特征不一致；请重新训练 / scaler and features disagree")
+        self.network = None  # the Keras / scikit-learn model loads on demand: inference does not need it
+        self.path = folder
+        return self
+
+    def _native(self) -> Any:
+        if self.network is None:
+            if self.path is None:
+                raise ModelError("模型尚未训练或加载 / the model is not trained or loaded")
+            file = self.path / MODEL_FILES[self.model_type]
+            try:
+                if self.model_type == "lstm":
+                    import keras
+
+                    self.network = keras.models.load_model(file)
+                else:
+                    import joblib
+
+                    self.network = joblib.load(file)
+            except Exception as exc:
+                raise ModelError(f"无法读取 {file}（{exc}）；请重新训练 / unreadable model file, retrain") from None
+        return self.network
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python numbers, NaN to null."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """metadata.json of a bundle, or a ModelError saying what is wrong and how to fix it."""
+    retrain = "请用 python ai_trading_system.py train ... 重新训练 / retrain with the train command"
+    if not folder.is_dir():
+        raise ModelError(f"模型包 {folder} 不存在；{retrain}")
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"模型包 {folder} 缺少 {METADATA_FILE}；{retrain}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 已损坏（{exc}）；{retrain}") from None
+    if not isinstance(metadata, dict):
+        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 格式错误；{retrain}")
+    return metadata
+
+
+def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | None) -> None:
+    """Refuse a bundle whose files, features, shape or library versions do not match the running code."""
+    retrain = "请重新训练 / retrain with the train command"
+    required = ("format", "model_type", "features", "feature_version", "sequence_length", "horizon", "label_scale",
+                "threshold", "config", "versions", "files")
+    missing = [key for key in required if key not in metadata]
+    if missing:
+        raise ModelError(f"模型包 {folder} 的元数据缺少 {missing}；{retrain}")
+    if metadata["format"] != BUNDLE_FORMAT:
+        raise ModelError(f"模型包 {folder} 格式版本 {metadata['format']}，当前代码需要 {BUNDLE_FORMAT}；{retrain}")
+    if metadata["model_type"] not in MODEL_FILES:
+        raise ModelError(f"模型包 {folder} 的模型类型 {metadata['model_type']!r} 未知；{retrain}")
+    for name, digest in metadata["files"].items():
+        file = folder / name
+        if not file.is_file():
+            raise ModelError(f"模型包 {folder} 缺少文件 {name}；{retrain}")
+        if _file_sha256(file) != digest:
+            raise ModelError(f"模型包 {folder} 的 {name} 与元数据记录的校验和不符（损坏或被改动）；{retrain}")
+    for name in (MODEL_FILES[metadata["model_type"]], FAST_FILE, SCALER_FILE):
+        if name not in metadata["files"]:
+            raise ModelError(f"模型包 {folder} 的元数据未记录 {name}；{retrain}")
+    unknown = [name for name in metadata["features"] if name not in FEATURE_NAMES]
+    if unknown or metadata["feature_version"] != FEATURE_VERSION:
+        raise ModelError(
+            f"模型包 {folder} 用另一套特征训练（特征版本 {metadata['feature_version']}，当前 {FEATURE_VERSION}"
+            + (f"，未知特征 {unknown}" if unknown else "") + f"）；{retrain}"
+        )
+    if expect is not None:
+        for key, wanted in (("sequence_length", expect.sequence_length), ("horizon", expect.horizon)):
+            if metadata[key] != wanted:
+                raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]}，当前设置为 {wanted}；{retrain}")
+    saved, running = metadata["versions"], library_versions()
+    if metadata["model_type"] == "lstm" and _major(saved.get("keras", "")) != _major(running["keras"]):
+        raise ModelError(f"模型包 {folder} 由 Keras {saved.get('keras')} 保存，当前为 {running['keras']}；{retrain}")
+    if metadata["model_type"] == "random_forest" and _minor(saved.get("scikit-learn", "")) != _minor(
+            running["scikit-learn"]):
+        raise ModelError(f"模型包 {folder} 由 scikit-learn {saved.get('scikit-learn')} 保存，当前为 "
+                         f"{running['scikit-learn']}；{retrain}")
