@@ -9,10 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import data_collector
 import data_processor
+import ml_model
 from config import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -53,6 +55,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"应为正整数，收到 {value} / expected a positive integer")
     return value
+
+
+def _bundle_name(text: str) -> str:
+    """A model bundle name: letters, digits, dot, dash, underscore."""
+    if not text or not all(ch.isalnum() or ch in "._-" for ch in text) or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"模型名 {text!r} 只能含字母、数字、. _ - / bad model name")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--horizon", type=_positive_int,
                        help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon")
     audit.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
+
+    train = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
+    train.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    train.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
+    train.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+    train.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+    train.add_argument("--model-type", choices=("lstm", "random_forest"),
+                       help="lstm 或 random_forest（默认取模型设置 model.model_type）")
+    train.add_argument("--name", type=_bundle_name, help="模型包名称，保存在 <home>/models/NAME（默认 代码_类型）")
+    train.add_argument("--epochs", type=_positive_int, help="最多训练轮数（默认取模型设置；有早停）")
+    train.add_argument("--walk-forward", type=_positive_int, default=1,
+                       help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）")
 
     demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
     demo.add_argument(
@@ -246,6 +267,87 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
     return EXIT_LEAK if leaking else EXIT_OK
 
 
+METRIC_NAMES: tuple[str, ...] = ("mse", "mae", "directional_accuracy", "ic", "rank_ic")
+METRIC_HEADERS: tuple[str, ...] = ("指标 / metric", "模型 / model", "零预测 / zero", "上期方向 / last-return sign")
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """The test metrics beside the naive baselines."""
+    rows = [(name, *(_number(metrics[column][name]) for column in ("model", "zero", "last_return_sign")))
+            for name in METRIC_NAMES]
+    print_table(rows, METRIC_HEADERS)
+
+
+def train_fold(bars: Any, args: argparse.Namespace, config: ml_model.ModelConfig, path: Path,
+               extra: dict[str, Any]) -> ml_model.PricePredictionModel:
+    """Prepare, train, evaluate and save one bundle; print the cleaning summary and the metrics."""
+    data = data_processor.prepare_training_data(bars, args.vt_symbol, config.horizon, config.sequence_length,
+                                                config.features_count, config.fractions)
+    for line in data.report.lines()[:1]:
+        _stderr_progress(line)
+    ranges = data.split.ranges(data.index)
+    _stderr_progress("  ".join(f"{part} {a[:16]} ~ {b[:16]}" for part, (a, b) in ranges.items()))
+    model = ml_model.PricePredictionModel(config.model_type, config)
+    model.train(data, _stderr_progress)
+    model.evaluate(data, "valid")
+    metrics = model.evaluate(data, "test")
+    model.save_model(path, extra={
+        **extra, "vt_symbol": args.vt_symbol, "interval": args.interval, "ranges": ranges, "rows": len(data.index),
+        "data_fingerprint": ml_model.data_fingerprint(data),
+    })
+    test = data.windows("test")
+    ml_model.write_training_report(path / "report.png", model.history, model.predict(test), test.labels, metrics,
+                                   f"{args.vt_symbol} {config.model_type} {path.name}")
+    print(f"\n测试集 / test part: {metrics['samples']:,} 个样本，阈值 / threshold {model.threshold:.6f}")
+    print_metrics(metrics)
+    return model
+
+
+def _fold_slices(rows: int, folds: int, test_share: float) -> list[tuple[int, int]]:
+    """Row ranges of rolling folds whose test parts follow each other without overlap."""
+    length = int(rows / (1 + test_share * (folds - 1)))
+    step = int(length * test_share)
+    return [(i * step, min(i * step + length, rows)) for i in range(folds)]
+
+
+def cmd_train(args: argparse.Namespace, home: Home) -> int:
+    """Mode 3: load, clean, build features, split with a purge, train, evaluate, save the bundle(s)."""
+    settings = settings_for(home)
+    config = ml_model.ModelConfig.from_settings(settings.model, model_type=args.model_type, epochs=args.epochs)
+    symbol = args.vt_symbol.partition(".")[0]
+    name = args.name or f"{symbol}_{config.model_type}"
+    _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
+    bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
+    if args.walk_forward == 1:
+        model = train_fold(bars, args, config, home.models_dir / name, {})
+        print(f"模型包已保存 / bundle saved: {model.path}")
+        return EXIT_OK
+    rows = []
+    slices = _fold_slices(len(bars), args.walk_forward, config.fractions[2])
+    for fold, (start, stop) in enumerate(slices, start=1):
+        last = fold == len(slices)
+        fold_name = name if last else f"{name}-fold{fold}"
+        _stderr_progress(f"\n第 {fold}/{len(slices)} 折 / fold {fold}: {bars.index[start]} ~ {bars.index[stop - 1]}")
+        extra = {"walk_forward": {"fold": fold, "folds": len(slices), "current": last}}
+        model = train_fold(bars.iloc[start:stop], args, config, home.models_dir / fold_name, extra)
+        test = model.metrics["test"]
+        tested = model.metadata["ranges"]["test"]
+        scores = [_number(test["model"][m]) for m in ("directional_accuracy", "ic", "rank_ic")]
+        ratio = _number(test["zero"]["mse"] / test["model"]["mse"] if test["model"]["mse"] else None)
+        rows.append((fold, fold_name, tested[0][:10], tested[1][:10], test["samples"], *scores, ratio))
+    print()
+    print_table(rows, ("折 / fold", "模型包 / bundle", "测试起 / test from", "测试止 / to", "样本 / samples",
+                       "方向准确率 / dir. acc.", "IC", "rank IC", "零预测MSE/模型MSE"))
+    print(f"当前模型（最后一折）/ current bundle (last fold): {home.models_dir / name}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample data and show what the database holds."""
     result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
@@ -260,6 +362,7 @@ COMMANDS: dict[str, Handler] = {
     "data": cmd_data,
     "download": cmd_download,
     "audit": cmd_audit,
+    "train": cmd_train,
     "demo": cmd_demo,
 }
 

@@ -50,8 +50,8 @@ class ModelConfig:
     dropout: float = 0.2
     dense_units: int = 25
     learning_rate: float = 1e-3
-    patience: int = 5
-    train_stride: int = 1  # every n-th training window: neighbours overlap in all but one row
+    patience: int = 3
+    train_stride: int = 2  # every n-th training window: neighbours share all but one row, so little is lost
     trees: int = 100
     max_depth: int = 10
     min_samples_leaf: int = 50
@@ -682,3 +682,97 @@ def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | N
             running["scikit-learn"]):
         raise ModelError(f"模型包 {folder} 由 scikit-learn {saved.get('scikit-learn')} 保存，当前为 "
                          f"{running['scikit-learn']}；{retrain}")
+
+
+# --- training report ---------------------------------------------------------------------------------
+
+
+def _report_cell(value: Any) -> str:
+    """A metric as a short table cell; NaN, None and missing as n/a."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return "n/a" if value is None else str(value)
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):.4g}" if math.isfinite(float(value)) else "n/a"
+
+
+def write_training_report(path: Path, history: TrainingHistory, prediction: np.ndarray, label: np.ndarray,
+                          metrics: dict[str, Any], title: str) -> Path:
+    """A headless training report: loss curves, predicted vs realised on the test part, the metrics table."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    prediction = np.asarray(prediction, dtype="float64").ravel()
+    label = np.asarray(label, dtype="float64").ravel()
+    finite = np.isfinite(prediction) & np.isfinite(label)
+    prediction, label = prediction[finite], label[finite]
+    figure = Figure(figsize=(12, 10), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=14)
+    (loss_ax, scatter_ax), (pnl_ax, table_ax) = figure.subplots(2, 2)
+
+    loss_ax.set_title("Loss per epoch")
+    if history.loss or history.val_loss:
+        for name, values in (("loss", history.loss), ("val_loss", history.val_loss)):
+            if values:
+                loss_ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        if history.best_epoch > 0:
+            loss_ax.axvline(history.best_epoch, color="grey", linestyle="--", label=f"best epoch {history.best_epoch}")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("loss")
+        loss_ax.legend()
+        loss_ax.grid(alpha=0.3)
+    else:
+        loss_ax.text(0.5, 0.5, "random forest: no epochs", ha="center", va="center", fontsize=13,
+                     transform=loss_ax.transAxes)
+        loss_ax.set_axis_off()
+
+    scatter_ax.set_title(f"Predicted vs realised, test part ({len(label):,} samples)")
+    shown = np.linspace(0, len(label) - 1, min(len(label), 20_000)).astype(int) if len(label) else np.arange(0)
+    x_bp, y_bp = prediction[shown] * 1e4, label[shown] * 1e4
+    scatter_ax.scatter(x_bp, y_bp, s=4, alpha=0.3, color="tab:blue", linewidths=0)
+    if len(x_bp) >= 2:
+        line = np.array([x_bp.min(), x_bp.max()])  # over the predictions only, so the cloud fills the panel
+        scatter_ax.plot(line, line, color="grey", linestyle="--", label="y = x")
+        if np.std(x_bp) > 0:
+            slope, intercept = np.polyfit(x_bp, y_bp, 1)
+            scatter_ax.plot(line, slope * line + intercept, color="tab:red",
+                            label=f"least squares: y = {slope:.3g} x {'-' if intercept < 0 else '+'} "
+                                  f"{abs(intercept):.3g} bp")
+        scatter_ax.legend(loc="upper left")
+    scatter_ax.set_xlabel("predicted return (bp)")
+    scatter_ax.set_ylabel("realised return (bp)")
+    scatter_ax.grid(alpha=0.3)
+
+    pnl_ax.set_title("Cumulative return over the test samples")
+    samples = np.arange(1, len(label) + 1)
+    pnl_ax.plot(samples, np.cumsum(np.sign(prediction) * label) * 100, label="direction P&L: sign(prediction) x label")
+    pnl_ax.plot(samples, np.cumsum(label) * 100, label="buy and hold: label")
+    pnl_ax.axhline(0, color="grey", linewidth=0.8)
+    pnl_ax.set_xlabel("test sample")
+    pnl_ax.set_ylabel("cumulative return (%), summed")
+    pnl_ax.legend(loc="upper left")
+    pnl_ax.grid(alpha=0.3)
+
+    columns = [name for name, value in metrics.items() if isinstance(value, dict)]
+    rows: list[str] = []
+    for name in columns:
+        rows += [key for key in metrics[name] if key not in rows]
+    table_ax.set_axis_off()
+    table_ax.set_title(f"Metrics ({_report_cell(metrics.get('samples'))} test samples)")
+    if rows and columns:
+        cells = [[_report_cell(metrics[column].get(row)) for column in columns] for row in rows]
+        table = table_ax.table(cellText=cells, rowLabels=rows, colLabels=columns, loc="center", cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(11)
+        table.scale(1.0, 1.8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(temporary, format="png", dpi=100)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path

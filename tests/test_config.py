@@ -23,7 +23,7 @@ def test_defaults_are_the_seed_values() -> None:
     settings = load_settings([], environ={})
     assert (settings.model.sequence_length, settings.model.features_count, settings.model.prediction_horizon) == (
         60, 30, 5)
-    assert (settings.model.model_type, settings.model.epochs, settings.model.batch_size) == ("lstm", 100, 32)
+    assert (settings.model.model_type, settings.model.epochs, settings.model.batch_size) == ("lstm", 100, 256)
     assert (settings.risk.max_daily_loss_rate, settings.risk.max_position_ratio,
             settings.risk.max_single_trade_ratio) == (0.02, 0.1, 0.05)
     assert (settings.database.name, settings.database.database) == ("sqlite", "database.db")

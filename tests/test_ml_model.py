@@ -1,0 +1,289 @@
+"""Models trained on real bars: bundles that load back identically, refusal rules, determinism, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ai_trading_system
+import data_processor as dp
+import ml_model
+from config import CHINA_TZ, Home, ModelError, resolve_home
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+VT = "rb0000.SHFE"
+SMALL_FOREST = ml_model.ModelConfig(model_type="random_forest", trees=20, max_depth=6)
+SMALL_LSTM = ml_model.ModelConfig(epochs=2, lstm_units=(8, 8), dense_units=4, train_stride=8, patience=1)
+
+
+@pytest.fixture(scope="module")
+def data(sample_frame: pd.DataFrame) -> dp.TrainingData:
+    """2016 Q1 of the real sample, prepared with the default shape (60 × 30, horizon 5)."""
+    bars = sample_frame.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ):pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
+    return dp.prepare_training_data(bars.copy(), VT, horizon=5, sequence_length=60, features_count=30)
+
+
+def trained(kind: str, data: dp.TrainingData) -> ml_model.PricePredictionModel:
+    model = ml_model.PricePredictionModel(kind, SMALL_FOREST if kind == "random_forest" else SMALL_LSTM)
+    model.train(data)
+    model.evaluate(data, "test")
+    return model
+
+
+@pytest.fixture(scope="module")
+def forest(data: dp.TrainingData) -> ml_model.PricePredictionModel:
+    return trained("random_forest", data)
+
+
+@pytest.fixture(scope="module")
+def lstm(data: dp.TrainingData) -> ml_model.PricePredictionModel:
+    return trained("lstm", data)
+
+
+@pytest.fixture(scope="module")
+def forest_bundle(forest: ml_model.PricePredictionModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return forest.save_model(tmp_path_factory.mktemp("bundles") / "rf")
+
+
+def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / bundle.name
+    shutil.copytree(bundle, target)
+    return target
+
+
+def edit_metadata(bundle: Path, **changes: Any) -> None:
+    path = bundle / ml_model.METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    metadata.update(changes)
+    path.write_text(json.dumps(metadata), encoding="utf-8")
+
+
+# --- training, the fast path, bundles -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+def test_a_saved_bundle_loads_back_and_predicts_identically(
+    kind: str, request: pytest.FixtureRequest, data: dp.TrainingData, tmp_path: Path
+) -> None:
+    model: ml_model.PricePredictionModel = request.getfixturevalue("forest" if kind == "random_forest" else "lstm")
+    test = data.windows("test")
+    before = model.predict(test)
+    bundle = model.save_model(tmp_path / kind)
+    loaded = ml_model.PricePredictionModel().load_model(bundle)
+    assert loaded.model_type == kind and loaded.names == data.names
+    np.testing.assert_array_equal(loaded.predict(test), before)
+    window = test.take(np.arange(1))[0]
+    assert loaded.predict_one(window) == pytest.approx(before[0], abs=1e-7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kind]  # no temporary folder left behind
+    files = {p.name for p in bundle.iterdir()}
+    assert {ml_model.MODEL_FILES[kind], "fast.onnx", "scaler.json", "metadata.json", "metrics.json"} <= files
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+def test_the_fast_path_equals_keras_and_scikit_learn(
+    kind: str, request: pytest.FixtureRequest, data: dp.TrainingData
+) -> None:
+    model: ml_model.PricePredictionModel = request.getfixturevalue("forest" if kind == "random_forest" else "lstm")
+    sample = data.windows("test").take(np.arange(500))
+    native = model.predict_native(sample)
+    np.testing.assert_allclose(model.predict(sample), native, rtol=0, atol=1e-5)
+    singles = np.array([model.predict_one(w) for w in sample[:50]])
+    np.testing.assert_allclose(singles, native[:50], rtol=0, atol=1e-5)
+    assert model.metadata["fast_path"]["max_abs_difference"] <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+def test_training_twice_gives_the_same_predictions(
+    kind: str, request: pytest.FixtureRequest, data: dp.TrainingData
+) -> None:
+    first: ml_model.PricePredictionModel = request.getfixturevalue("forest" if kind == "random_forest" else "lstm")
+    second = trained(kind, data)
+    test = data.windows("test")
+    np.testing.assert_array_equal(second.predict(test), first.predict(test))
+    assert second.threshold == first.threshold
+
+
+def test_metadata_records_what_the_model_was_trained_on(forest_bundle: Path, data: dp.TrainingData) -> None:
+    metadata = json.loads((forest_bundle / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["features"] == data.names and metadata["feature_version"] == dp.FEATURE_VERSION
+    assert (metadata["sequence_length"], metadata["horizon"], metadata["seed"]) == (60, 5, 42)
+    assert metadata["label"].startswith("close[t+h] / close[t] - 1")
+    assert metadata["threshold"] > 0 and "validation" in metadata["threshold_method"]
+    assert metadata["versions"]["scikit-learn"] and metadata["versions"]["onnxruntime"]
+    assert metadata["created_at"].endswith("+08:00")
+    assert set(metadata["files"]) == {"model.joblib", "fast.onnx", "scaler.json", "metrics.json"}
+    scaler = json.loads((forest_bundle / "scaler.json").read_text(encoding="utf-8"))
+    start, stop = data.split.train
+    train = data.features.iloc[start:stop].dropna()
+    np.testing.assert_allclose(scaler["mean"], train.mean().to_numpy(), rtol=1e-12)
+
+
+def test_evaluation_puts_the_model_beside_the_naive_baselines(forest: ml_model.PricePredictionModel,
+                                                              data: dp.TrainingData) -> None:
+    metrics = forest.metrics["test"]
+    labels = data.windows("test").labels
+    assert metrics["samples"] == len(labels)
+    assert metrics["zero"]["mse"] == pytest.approx(float(np.mean(labels**2)))
+    assert math.isnan(metrics["zero"]["ic"]) and math.isnan(metrics["zero"]["directional_accuracy"])
+    for column in ("model", "last_return_sign"):
+        assert set(metrics[column]) == {"mse", "mae", "directional_accuracy", "ic", "rank_ic"}
+        assert 0 <= metrics[column]["directional_accuracy"] <= 1 and -1 <= metrics[column]["ic"] <= 1
+
+
+def test_score_computes_each_metric() -> None:
+    label = np.array([0.01, -0.02, 0.03, -0.01])
+    prediction = np.array([0.02, -0.01, -0.01, 0.0])
+    result = ml_model.score(prediction, label)
+    assert result["mse"] == pytest.approx(np.mean((prediction - label) ** 2))
+    assert result["mae"] == pytest.approx(0.0175)
+    assert result["directional_accuracy"] == pytest.approx(2 / 3)  # the zero prediction has no direction
+    assert result["rank_ic"] == pytest.approx(0.5 / math.sqrt(22.5))  # ranks [4, 1.5, 1.5, 3] vs [3, 1, 4, 2]
+
+
+# --- refusing bad bundles --------------------------------------------------------------------------------
+
+
+def test_a_bundle_with_a_missing_file_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    (bundle / "fast.onnx").unlink()
+    with pytest.raises(ModelError, match="缺少文件 fast.onnx"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_corrupt_file_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    with (bundle / "scaler.json").open("a", encoding="utf-8") as handle:
+        handle.write(" ")
+    with pytest.raises(ModelError, match="校验和"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_unreadable_metadata_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    (bundle / "metadata.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match="已损坏"):
+        ml_model.PricePredictionModel().load_model(bundle)
+    with pytest.raises(ModelError, match="不存在"):
+        ml_model.PricePredictionModel().load_model(tmp_path / "nothing")
+
+
+def test_a_model_from_another_feature_set_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    unknown = copy_bundle(forest_bundle, tmp_path / "a")
+    features = json.loads((unknown / "metadata.json").read_text(encoding="utf-8"))["features"]
+    edit_metadata(unknown, features=["rsi_99", *features[1:]])
+    with pytest.raises(ModelError, match="另一套特征"):
+        ml_model.PricePredictionModel().load_model(unknown)
+    older = copy_bundle(forest_bundle, tmp_path / "b")
+    edit_metadata(older, feature_version=dp.FEATURE_VERSION - 1)
+    with pytest.raises(ModelError, match="特征版本"):
+        ml_model.PricePredictionModel().load_model(older)
+    reordered = copy_bundle(forest_bundle, tmp_path / "c")
+    edit_metadata(reordered, features=features[::-1])
+    with pytest.raises(ModelError, match="标准化参数与特征不一致"):
+        ml_model.PricePredictionModel().load_model(reordered)
+
+
+def test_a_bundle_for_another_window_or_horizon_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    expect = ml_model.ModelConfig(sequence_length=60, horizon=10)
+    with pytest.raises(ModelError, match="horizon=5"):
+        ml_model.PricePredictionModel().load_model(bundle, expect)
+    edit_metadata(bundle, versions={"scikit-learn": "0.24.2", "keras": "3.0"})
+    with pytest.raises(ModelError, match="scikit-learn 0.24.2"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_failed_save_leaves_the_previous_bundle_intact(
+    forest: ml_model.PricePredictionModel, forest_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+
+    def broken_dump(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("joblib.dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        forest.save_model(bundle)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [bundle.name]
+    ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_write_training_report_writes_a_png_atomically(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    prediction = rng.normal(0, 3e-4, 2_000)
+    label = 0.5 * prediction + rng.normal(0, 2e-3, 2_000)
+    metrics = {"samples": 2_000, **ml_model.evaluation_table(prediction, label, rng.normal(0, 2e-3, 2_000), 3e-4)}
+    history = ml_model.TrainingHistory(loss=[1.0, 0.8, 0.7, 0.65], val_loss=[1.1, 0.9, 0.95, 1.0], best_epoch=2)
+    folder = tmp_path / "reports"  # does not exist yet: the function creates it
+    written = ml_model.write_training_report(folder / "report.png", history, prediction, label, metrics, "test")
+    forest = ml_model.write_training_report(folder / "forest.png", ml_model.TrainingHistory(), prediction, label,
+                                            metrics, "random forest")
+    assert written == folder / "report.png"
+    for path in (written, forest):
+        content = path.read_bytes()
+        assert content.startswith(b"\x89PNG") and len(content) > 20_000
+    assert sorted(p.name for p in folder.iterdir()) == ["forest.png", "report.png"]
+
+
+# --- mode 3 from the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quarter_home(tmp_path_factory: pytest.TempPathFactory, sample_lines: list[str]) -> Home:
+    """A home holding 2016 Q1 of the real sample."""
+    root = tmp_path_factory.mktemp("quarter")
+    csv = root / "rb_2016q1.csv"
+    rows = [line for line in sample_lines[1:] if line.startswith(("2016-1-", "2016-2-", "2016-3-"))]
+    csv.write_text("\n".join([sample_lines[0], *rows]) + "\n", encoding="utf-8")
+    home = resolve_home(root / "home")
+    assert ai_trading_system.main(["--home", str(home.root), "import", "--csv", str(csv), "--vt-symbol", VT]) == 0
+    return home
+
+
+def test_train_command_saves_a_bundle_with_its_report(quarter_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--start", "2016-02-01",
+            "--end", "2016-03-31", "--model-type", "random_forest", "--name", "rf_q1"]
+    assert ai_trading_system.main(argv) == 0
+    out = capsys.readouterr().out
+    bundle = quarter_home.models_dir / "rf_q1"
+    assert "directional_accuracy" in out and "零预测 / zero" in out and str(bundle) in out
+    assert (bundle / "report.png").read_bytes().startswith(b"\x89PNG")
+    metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["vt_symbol"] == VT and metadata["ranges"]["train"][0].startswith("2016-02-01 09:00")
+    assert len(metadata["data_fingerprint"]) == 64
+    loaded = ml_model.PricePredictionModel().load_model(bundle)
+    assert loaded.metrics["test"]["samples"] > 500
+
+
+def test_walk_forward_trains_one_bundle_per_fold_and_marks_the_last_current(
+    quarter_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--start", "2016-01-01",
+            "--end", "2016-02-29", "--model-type", "random_forest", "--name", "wf", "--walk-forward", "2"]
+    assert ai_trading_system.main(argv) == 0
+    out = capsys.readouterr().out
+    first = json.loads((quarter_home.models_dir / "wf-fold1" / "metadata.json").read_text(encoding="utf-8"))
+    last = json.loads((quarter_home.models_dir / "wf" / "metadata.json").read_text(encoding="utf-8"))
+    assert first["walk_forward"] == {"fold": 1, "folds": 2, "current": False}
+    assert last["walk_forward"] == {"fold": 2, "folds": 2, "current": True}
+    assert first["ranges"]["test"][1] < last["ranges"]["test"][0]  # the test parts follow each other
+    assert "wf-fold1" in out and "current bundle" in out
+
+
+def test_train_command_rejects_a_bad_name_and_missing_data(quarter_home: Home,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--model-type", "random_forest"]
+    assert ai_trading_system.main([*base, "--start", "2016-01-01", "--end", "2016-03-31", "--name", "../x"]) == 2
+    assert ai_trading_system.main([*base, "--start", "2019-01-01", "--end", "2019-03-31"]) == 2
+    assert "没有" in capsys.readouterr().err
