@@ -370,17 +370,39 @@ COMMANDS: dict[str, Handler] = {
 # --- the mode prompt ---------------------------------------------------------------------------
 
 
+def _ask(input_fn: Callable[[str], str], question: str, default: str) -> str:
+    """One question with a default (Enter keeps it)."""
+    answer = input_fn(f"{question} [{default}]: ").strip()
+    return answer or default
+
+
+def ask_training(input_fn: Callable[[str], str]) -> tuple[str, ...]:
+    """Mode 3's questions; the answers become the `train` subcommand's options."""
+    return (
+        "train",
+        "--vt-symbol", _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+        "--start", _ask(input_fn, "开始日期 / start", "2015-01-01"),
+        "--end", _ask(input_fn, "结束日期 / end", "2016-06-30"),
+        "--model-type", _ask(input_fn, "模型类型 / model type (lstm | random_forest)", "lstm"),
+    )
+
+
 @dataclass(frozen=True)
 class Mode:
-    """One entry of the mode prompt: a key, a label, and the argv it runs."""
+    """One entry of the mode prompt: a key, a label, the argv it runs, or questions that build the argv."""
 
     key: str
     label: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...] = ()
+    ask: Callable[[Callable[[str], str]], tuple[str, ...]] | None = None
+
+    def command(self, input_fn: Callable[[str], str]) -> tuple[str, ...]:
+        return self.ask(input_fn) if self.ask is not None else self.argv
 
 
-# Trading (1), backtest (2) and training (3) join this menu when they work end to end.
+# Trading (1) and backtest (2) join this menu when they work end to end.
 MODES: tuple[Mode, ...] = (
+    Mode("3", "模型训练 / train a price-prediction model", ask=ask_training),
     Mode("4", "导入示例数据并查看 / import the sample data", ("demo",)),
     Mode("5", "查看数据库 / what the database holds", ("data",)),
 )
@@ -398,7 +420,10 @@ def prompt_mode(input_fn: Callable[[str], str]) -> tuple[str, ...] | None:
             return None
         for mode in MODES:
             if answer == mode.key:
-                return mode.argv
+                try:
+                    return mode.command(input_fn)
+                except EOFError:
+                    return None
         print(f"无效选择 {answer!r}，请输入 {'/'.join(m.key for m in MODES)} 或 q", file=sys.stderr)
     raise ConfigError("多次输入无效，已退出 / too many invalid choices")
 

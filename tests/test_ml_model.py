@@ -287,3 +287,10 @@ def test_train_command_rejects_a_bad_name_and_missing_data(quarter_home: Home,
     assert ai_trading_system.main([*base, "--start", "2016-01-01", "--end", "2016-03-31", "--name", "../x"]) == 2
     assert ai_trading_system.main([*base, "--start", "2019-01-01", "--end", "2019-03-31"]) == 2
     assert "没有" in capsys.readouterr().err
+
+
+def test_prompt_option_3_asks_for_the_training_run(quarter_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
+    answers = iter(["3", "", "2016-02-01", "2016-03-31", "random_forest"])
+    assert ai_trading_system.main(["--home", str(quarter_home.root)], input_fn=lambda prompt: next(answers)) == 0
+    assert (quarter_home.models_dir / "rb0000_random_forest" / "metadata.json").exists()
+    assert "directional_accuracy" in capsys.readouterr().out
