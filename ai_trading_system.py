@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--walk-forward", type=_positive_int, default=1,
                        help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）")
 
+    show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
+    show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
+
     demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
     demo.add_argument(
         "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
@@ -348,6 +351,36 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+def resolve_bundle(home: Home, text: str) -> Path:
+    """`--model` as a bundle folder path, else a name under <home>/models."""
+    path = Path(text).expanduser()
+    return path if path.is_dir() or os.sep in text else home.models_dir / text
+
+
+def cmd_model(args: argparse.Namespace, home: Home) -> int:
+    """Load a bundle with every check the strategy applies, then show what it is and how it scored."""
+    settings = settings_for(home)
+    expect = ml_model.ModelConfig.from_settings(settings.model)
+    model = ml_model.PricePredictionModel().load_model(resolve_bundle(home, args.model), expect)
+    meta = model.metadata
+    ranges = meta.get("ranges", {})
+    rows = [
+        ("模型包 / bundle", str(model.path)),
+        ("类型 / type", model.model_type),
+        ("合约 / vt_symbol", meta.get("vt_symbol", "")),
+        ("窗口 × 特征 / window × features", f"{meta['sequence_length']} × {len(model.names)}"),
+        ("预测周期 / horizon", meta["horizon"]),
+        ("阈值 / threshold", f"{model.threshold:.6f}"),
+        *((f"{part} / range", f"{a[:16]} ~ {b[:16]}") for part, (a, b) in ranges.items()),
+        ("创建于 / created", meta.get("created_at", "")),
+    ]
+    print_table(rows, ("项目 / item", "值 / value"))
+    if "test" in model.metrics:
+        print()
+        print_metrics(model.metrics["test"])
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample data and show what the database holds."""
     result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
@@ -363,6 +396,7 @@ COMMANDS: dict[str, Handler] = {
     "download": cmd_download,
     "audit": cmd_audit,
     "train": cmd_train,
+    "model": cmd_model,
     "demo": cmd_demo,
 }
 

@@ -294,3 +294,17 @@ def test_prompt_option_3_asks_for_the_training_run(quarter_home: Home, capsys: p
     assert ai_trading_system.main(["--home", str(quarter_home.root)], input_fn=lambda prompt: next(answers)) == 0
     assert (quarter_home.models_dir / "rb0000_random_forest" / "metadata.json").exists()
     assert "directional_accuracy" in capsys.readouterr().out
+
+
+def test_model_command_shows_a_bundle_and_exits_2_for_a_tampered_one(
+    forest_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    good = copy_bundle(forest_bundle, home.models_dir)
+    assert ai_trading_system.main(["--home", str(home.root), "model", "--model", "rf"]) == 0
+    out = capsys.readouterr().out
+    assert str(good) in out and "random_forest" in out and "rank_ic" in out
+    edit_metadata(good, features=["no_such_feature"])
+    assert ai_trading_system.main(["--home", str(home.root), "model", "--model", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "另一套特征" in err and "train" in err and "Traceback" not in err
