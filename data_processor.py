@@ -761,13 +761,6 @@ class TrainingData:
         return make_windows(self.scaled, self.labels.to_numpy(), self.sequence_length, self.segment,
                             self.split.parts()[part])
 
-    def rows(self, part: str) -> np.ndarray:
-        """Row numbers of `part` with complete features and a label (the forest's samples)."""
-        start, stop = self.split.parts()[part]
-        rows = np.arange(start, stop)
-        ok = np.isfinite(self.scaled[rows]).all(axis=1) & np.isfinite(self.labels.to_numpy()[rows])
-        return rows[ok]
-
 
 def prepare_training_data(
     df: pd.DataFrame,

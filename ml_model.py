@@ -83,14 +83,6 @@ class ModelConfig:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """A model's forecast of the forward return for the bar that closed at `datetime`."""
-
-    datetime: datetime
-    value: float
-
-
 # --- evaluation --------------------------------------------------------------------------------------
 
 

@@ -437,6 +437,4 @@ def test_prepare_training_data_fits_selection_and_scaler_on_the_training_part(sp
         windows = data.windows(part)
         low, high = data.split.parts()[part]
         assert len(windows) > 1000 and windows.end_rows().min() >= low and windows.end_rows().max() < high
-        rows = data.rows(part)
-        assert rows.min() >= low and rows.max() < high
     assert data.split.valid[0] - data.split.train[1] >= 5
