@@ -631,7 +631,8 @@ class Scaler:
         """Scaled float32 copy of rows (…, features) in `names` order."""
         mean = np.asarray(self.mean)
         scale = np.asarray(self.scale)
-        return ((np.asarray(values, dtype="float64") - mean) / scale).astype("float32")
+        # row-major: windows are gathered by rows, and a column-major matrix makes every batch copy 4x slower
+        return np.ascontiguousarray((np.asarray(values, dtype="float64") - mean) / scale, dtype=np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "mean": list(self.mean), "scale": list(self.scale)}

@@ -476,6 +476,9 @@ class PricePredictionModel:
         """Forward-return predictions for many scaled windows (chunked; Windows stay views until a chunk)."""
         fast = self._require_fast()
         if isinstance(windows, Windows):
+            if self.model_type == "random_forest":  # the forest reads only each window's last row
+                rows = windows.view[:, -1, :][windows.starts][:, None, :]
+                return fast.predict(rows) if len(rows) else np.zeros(0)
             chunks = [fast.predict(windows.take(np.arange(a, min(a + BATCH_CHUNK, len(windows)))))
                       for a in range(0, len(windows), BATCH_CHUNK)]
             return np.concatenate(chunks) if chunks else np.zeros(0)
