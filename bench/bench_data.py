@@ -11,25 +11,15 @@ import json
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_common import timed  # noqa: E402
+
 import data_collector  # noqa: E402
 from config import CHINA_TZ, SAMPLE_BARS_CSV, bind_vnpy_home, resolve_home, settings_for  # noqa: E402
-
-T = TypeVar("T")
-
-
-def timed(action: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
-    """Seconds one call takes, and its result."""
-    started = time.perf_counter()
-    result = action(*args, **kwargs)
-    return time.perf_counter() - started, result
 
 
 def main() -> int:

@@ -16,21 +16,20 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_common import constant_workload, sample_bars, timed  # noqa: E402
+
 import data_processor  # noqa: E402
 from config import SAMPLE_BARS_CSV  # noqa: E402
-from data_collector import read_bar_csv  # noqa: E402
-
-T = TypeVar("T")
 
 VT_SYMBOL = "rb0000.SHFE"
 SPEEDUP_TARGET = 20.0
@@ -43,17 +42,9 @@ def progress(message: str) -> None:
     print(f"[bench_features] {message}", file=sys.stderr, flush=True)
 
 
-def timed(action: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
-    """Seconds one call takes, and its result."""
-    started = time.perf_counter()
-    result = action(*args, **kwargs)
-    return time.perf_counter() - started, result
-
-
 def load_clean(csv: str) -> pd.DataFrame:
     """The sample's cleaned bars, indexed by bar-start datetime."""
-    frame, _ = read_bar_csv(csv, timestamp="end")
-    clean, _ = data_processor.clean_data(frame.set_index("datetime"), VT_SYMBOL)
+    clean, _ = data_processor.clean_data(sample_bars(csv), VT_SYMBOL)
     return clean
 
 
@@ -90,25 +81,6 @@ def stream_online(bars: pd.DataFrame, disable_gc: bool) -> tuple[np.ndarray, lis
         if disable_gc:
             gc.enable()
     return elapsed, outputs
-
-
-def constant_workload(calls: int, disable_gc: bool) -> np.ndarray:
-    """Per-call nanoseconds of one fixed pure-Python job, timed like the stream: the machine's own jitter."""
-    data = [float(i) for i in range(2000)]
-    elapsed = np.empty(calls, dtype=np.int64)
-    clock = time.perf_counter_ns
-    gc.collect()
-    if disable_gc:
-        gc.disable()
-    try:
-        for i in range(calls):
-            started = clock()
-            sum(data)
-            elapsed[i] = clock() - started
-    finally:
-        if disable_gc:
-            gc.enable()
-    return elapsed
 
 
 def compare_online(outputs: list[np.ndarray | None], batch: pd.DataFrame, rows: int) -> dict[str, Any]:

@@ -20,19 +20,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_common import constant_workload, sample_bars, timed  # noqa: E402
+
 import data_processor  # noqa: E402
 from config import SAMPLE_BARS_CSV  # noqa: E402
-from data_collector import read_bar_csv  # noqa: E402
 from data_processor import TrainingData, Windows  # noqa: E402
-
-T = TypeVar("T")
 
 VT_SYMBOL = "rb0000.SHFE"
 MODEL_TYPES: tuple[str, ...] = ("lstm", "random_forest")
@@ -51,13 +50,6 @@ def progress(message: str) -> None:
     print(f"[bench_inference] {message}", file=sys.stderr, flush=True)
 
 
-def timed(action: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
-    """Seconds one call takes, and its result."""
-    started = time.perf_counter()
-    result = action(*args, **kwargs)
-    return time.perf_counter() - started, result
-
-
 @dataclass
 class Subject:
     """One model under test, with the windows it is fed (scaled with its own scaler and features)."""
@@ -72,9 +64,7 @@ class Subject:
 
 def load_bars(csv: str, start: str, end: str) -> pd.DataFrame:
     """The sample's bars between start and end (inclusive dates), indexed by bar-start datetime."""
-    frame, _ = read_bar_csv(csv, timestamp="end")
-    frame = frame.set_index("datetime")
-    return frame.loc[start:end]
+    return sample_bars(csv).loc[start:end]
 
 
 def all_windows(data: TrainingData) -> Windows:
@@ -154,23 +144,6 @@ def percentiles_us(elapsed_ns: np.ndarray, prefix: str) -> dict[str, float]:
     found = {f"{prefix}_p{q}_us": float(np.percentile(us, q)) for q in (50, 90, 99)}
     found[f"{prefix}_max_us"] = float(us.max())
     return {key: round(value, 2) for key, value in found.items()}
-
-
-def constant_workload(calls: int) -> np.ndarray:
-    """Per-call nanoseconds of one fixed pure-Python job, timed like predict_one: the machine's own jitter."""
-    data = [float(i) for i in range(2000)]
-    elapsed = np.empty(calls, dtype=np.int64)
-    clock = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(calls):
-            started = clock()
-            sum(data)
-            elapsed[i] = clock() - started
-    finally:
-        gc.enable()
-    return elapsed
 
 
 def native_single_calls(subject: Subject, count: int) -> dict[str, tuple[Callable[[np.ndarray], float], int]]:
@@ -387,21 +360,10 @@ def targets_met(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
     return met
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the inference libraries."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str] = {}
-    for package in ("numpy", "onnxruntime", "tensorflow-cpu", "keras", "scikit-learn"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "missing"
-    return found
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the inference benchmark and print its JSON object."""
+    from ml_model import library_versions as ml_library_versions
+
     parser = argparse.ArgumentParser(description="模型推理基准 / model inference benchmark")
     parser.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="K线 CSV（默认示例数据）/ bar CSV")
     parser.add_argument("--model", action="append", default=[], metavar="BUNDLE",
@@ -477,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "first_bar": bars.index[0].isoformat(),
         "last_bar": bars.index[-1].isoformat(),
         "cpu_count": os.cpu_count(),
-        "versions": library_versions(),
+        "versions": ml_library_versions(),
         **(peak or {}),
         **results,
         "targets": {

@@ -1,0 +1,51 @@
+"""Helpers the benchmarks share: timing one call, the machine's own jitter, the real sample as bars."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_collector import read_bar_csv  # noqa: E402
+
+T = TypeVar("T")
+
+
+def timed(action: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
+    """Seconds one call takes, and its result."""
+    started = time.perf_counter()
+    result = action(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def constant_workload(calls: int, disable_gc: bool = True) -> np.ndarray:
+    """Per-call nanoseconds of one fixed pure-Python job, timed like the code under test: the machine's jitter."""
+    data = [float(i) for i in range(2000)]
+    elapsed = np.empty(calls, dtype=np.int64)
+    clock = time.perf_counter_ns
+    gc.collect()
+    if disable_gc:
+        gc.disable()
+    try:
+        for i in range(calls):
+            started = clock()
+            sum(data)
+            elapsed[i] = clock() - started
+    finally:
+        if disable_gc:
+            gc.enable()
+    return elapsed
+
+
+def sample_bars(csv: str | Path) -> pd.DataFrame:
+    """The sample's bars indexed by bar-start datetime (the file stamps bar ends)."""
+    frame, _ = read_bar_csv(csv, timestamp="end")
+    return frame.set_index("datetime")
