@@ -274,7 +274,7 @@ def time_chunks(action: Callable[[np.ndarray], np.ndarray], arrays: list[np.ndar
 
 
 def bench_batch(subject: Subject, count: int, repeat: int, peak: dict[str, float] | None) -> dict[str, Any]:
-    """model.predict over `count` windows, end to end and on ready chunks; the native predict on the same chunks."""
+    """model.predict over `count` windows, end to end and on one ready array; the native predict on the same array."""
     from ml_model import BATCH_CHUNK
 
     model = subject.model
@@ -294,7 +294,7 @@ def bench_batch(subject: Subject, count: int, repeat: int, peak: dict[str, float
     copy_times = [time_copies(windows, chunks) for _ in range(repeat)]
     copy_c_times = [time_copies(c_windows, chunks) for _ in range(repeat)]
     del c_order, c_view, c_windows
-    arrays = [windows.take(positions) for positions in chunks]  # the same ready chunks for both compute timings
+    arrays = [windows.take(np.arange(count))]  # one ready array for both compute timings; each chunks it itself
 
     ours_times, compute_times, native_times = [], [], []
     ours = compute = theirs = np.zeros(0)
@@ -302,10 +302,10 @@ def bench_batch(subject: Subject, count: int, repeat: int, peak: dict[str, float
         progress(f"{model.model_type}: model.predict(Windows) over {count} windows, run {run + 1}/{repeat}")
         seconds, ours = timed(model.predict, windows)
         ours_times.append(seconds)
-        progress(f"{model.model_type}: model.predict on the ready chunks, run {run + 1}/{repeat}")
+        progress(f"{model.model_type}: model.predict on the ready array, run {run + 1}/{repeat}")
         seconds, compute = time_chunks(model.predict, arrays)
         compute_times.append(seconds)
-        progress(f"{model.model_type}: {native} on the same ready chunks, run {run + 1}/{repeat}")
+        progress(f"{model.model_type}: {native} on the same ready array, run {run + 1}/{repeat}")
         seconds, theirs = time_chunks(model.predict_native, arrays)
         native_times.append(seconds)
     del arrays
@@ -457,8 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "in µs; best_of_replays takes each window's fastest replay, which removes preemption on this shared "
                 "2-core machine, and the jitter reference times a fixed sum() of 2000 floats in the same loop; LSTM "
                 "outputs are in return units (network output × label_scale); ours_seconds is model.predict(Windows) "
-                "end to end (it copies each 4096-window chunk out of the views: chunk_copy_seconds); "
-                "ours_compute_seconds and the native predict run on the same ready-made chunks, and the ratio to "
+                "end to end (it copies each chunk out of the views: chunk_copy_seconds; one single-threaded "
+                "session per core takes its share of the chunks); ours_compute_seconds and the native predict run "
+                "on the same ready array, and the ratio to "
                 "the native predict and to the floor use those; the floor is the LSTM's multiply-add FLOPs over the "
                 "measured float32 matmul peak (the larger of all threads and one thread × cores)",
     }, ensure_ascii=False, indent=2))
