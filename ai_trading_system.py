@@ -353,8 +353,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
 
 def resolve_bundle(home: Home, text: str) -> Path:
     """`--model` as a bundle folder path, else a name under <home>/models."""
-    path = Path(text).expanduser()
-    return path if path.is_dir() or os.sep in text else home.models_dir / text
+    return ml_model.find_bundle(text, home.models_dir)
 
 
 def cmd_model(args: argparse.Namespace, home: Home) -> int:

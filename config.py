@@ -26,6 +26,7 @@ HOME_ENV: str = "AI_TRADER_HOME"
 ENV_PREFIX: str = "AI_TRADER_"
 VNTRADER_FOLDER: str = ".vntrader"
 VT_SETTING_FILENAME: str = "vt_setting.json"
+CONTRACTS_FILE: str = "contracts.json"
 
 EXIT_OK: int = 0
 EXIT_BUG: int = 1
@@ -96,14 +97,17 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class RiskSettings:
-    """Account-level risk limits, as fractions of account balance."""
+    """Account-level risk limits (fractions of equity) and order-flow limits."""
 
     max_daily_loss_rate: float = 0.02
     max_position_ratio: float = 0.1
     max_single_trade_ratio: float = 0.05
+    max_orders_per_minute: int = 20
+    duplicate_order_seconds: float = 5.0  # an identical order within this many seconds is refused
+    max_price_deviation: float = 0.05  # an order priced further than this fraction from the last price is refused
 
     def __post_init__(self) -> None:
-        for name in ("max_daily_loss_rate", "max_position_ratio", "max_single_trade_ratio"):
+        for name in ("max_daily_loss_rate", "max_position_ratio", "max_single_trade_ratio", "max_price_deviation"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ConfigError(f"risk.{name} 必须在 (0, 1] 之间，收到 {value} / must be in (0, 1]")
@@ -112,6 +116,33 @@ class RiskSettings:
                 "risk.max_single_trade_ratio 不能大于 risk.max_position_ratio "
                 f"({self.max_single_trade_ratio} > {self.max_position_ratio}) / single trade exceeds position limit"
             )
+        if self.max_orders_per_minute < 1:
+            raise ConfigError(f"risk.max_orders_per_minute 必须 ≥ 1，收到 {self.max_orders_per_minute} / must be ≥ 1")
+        if self.duplicate_order_seconds < 0:
+            raise ConfigError(
+                f"risk.duplicate_order_seconds 不能为负，收到 {self.duplicate_order_seconds} / must be ≥ 0"
+            )
+
+
+@dataclass(frozen=True)
+class ContractSpec:
+    """Trading facts of one product: lot size, price tick, fees, margin and the usual slippage."""
+
+    size: float
+    pricetick: float
+    commission_rate: float  # of turnover, each side
+    margin_rate: float
+    slippage_ticks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.pricetick <= 0:
+            raise ConfigError(f"合约乘数和最小变动价位必须 > 0（{self.size}, {self.pricetick}）/ must be positive")
+        if not 0 <= self.commission_rate < 0.01:
+            raise ConfigError(f"手续费率 {self.commission_rate} 应在 [0, 0.01) / commission rate out of range")
+        if not 0 < self.margin_rate <= 1:
+            raise ConfigError(f"保证金率 {self.margin_rate} 应在 (0, 1] / margin rate out of range")
+        if self.slippage_ticks < 0:
+            raise ConfigError(f"滑点跳数 {self.slippage_ticks} 不能为负 / slippage ticks must be ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -183,8 +214,8 @@ def load_settings(
     for folder in settings_dirs:
         if folder.is_dir():
             for extra in sorted(folder.glob("*.json")):
-                if extra.stem not in SECTIONS:
-                    choices = ", ".join(f"{name}.json" for name in SECTIONS)
+                if extra.stem not in SECTIONS and extra.name != CONTRACTS_FILE:
+                    choices = ", ".join([*(f"{name}.json" for name in SECTIONS), CONTRACTS_FILE])
                     raise ConfigError(f"{extra}: 未知设置文件（可用：{choices}）/ unknown settings file")
         for section in SECTIONS:
             path = folder / f"{section}.json"
@@ -196,6 +227,44 @@ def load_settings(
         _apply(section, merged[section], raw, f"环境变量 {prefix}*", from_env=True)
     parts = {section: cls(**merged[section]) for section, cls in SECTIONS.items()}
     return AppSettings(**parts)
+
+
+def product_of(vt_symbol: str) -> str:
+    """The product code of a vt_symbol: `rb0000.SHFE` -> `rb`, `IF2412.CFFEX` -> `IF`."""
+    symbol = vt_symbol.partition(".")[0]
+    letters = "".join(ch for ch in symbol if ch.isalpha())
+    if not letters:
+        raise DataError(f"无法从 {vt_symbol!r} 识别品种代码 / cannot tell the product of this vt_symbol")
+    return letters
+
+
+def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str, ContractSpec]:
+    """Contract facts by product from `<dir>/contracts.json` (later dirs win, product by product)."""
+    specs: dict[str, ContractSpec] = {}
+    known = {f.name for f in fields(ContractSpec)}
+    for folder in settings_dirs:
+        path = folder / CONTRACTS_FILE
+        if not path.is_file():
+            continue
+        for product, raw in _read_settings_file(path).items():
+            if not isinstance(raw, dict) or not set(raw) <= known:
+                raise ConfigError(f"{path}: {product} 必须是含 {sorted(known)} 的对象 / bad contract entry")
+            try:
+                specs[product] = ContractSpec(**raw)
+            except TypeError as exc:
+                raise ConfigError(f"{path}: {product}: {exc} / missing contract fact") from None
+    return specs
+
+
+def contract_spec(vt_symbol: str, specs: Mapping[str, ContractSpec]) -> ContractSpec:
+    """The facts of a vt_symbol's product, or a ConfigError that says where to add them."""
+    product = product_of(vt_symbol)
+    if product not in specs:
+        raise ConfigError(
+            f"settings/{CONTRACTS_FILE} 中没有品种 {product}（{vt_symbol}）；请添加 size、pricetick、commission_rate、"
+            f"margin_rate / no contract facts for this product"
+        )
+    return specs[product]
 
 
 @dataclass(frozen=True)
@@ -238,10 +307,14 @@ def resolve_home(home: str | Path | None = None, environ: Mapping[str, str] | No
     return Home(root)
 
 
+def settings_dirs(home: Home) -> list[Path]:
+    """The project's settings, then the home's own `settings/` (which wins)."""
+    return [SETTINGS_DIR] if home.settings_dir == SETTINGS_DIR else [SETTINGS_DIR, home.settings_dir]
+
+
 def settings_for(home: Home, environ: Mapping[str, str] | None = None) -> AppSettings:
     """Load settings for a home: project defaults, then the home's own `settings/`, then the environment."""
-    dirs = [SETTINGS_DIR] if home.settings_dir == SETTINGS_DIR else [SETTINGS_DIR, home.settings_dir]
-    return load_settings(dirs, environ)
+    return load_settings(settings_dirs(home), environ)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -596,6 +596,22 @@ def bars_to_frame(bars: Iterable[BarData]) -> pd.DataFrame:
     return frame
 
 
+def frame_to_bars(frame: pd.DataFrame, vt_symbol: str, interval: Interval = Interval.MINUTE) -> list[BarData]:
+    """vnpy bars from a frame indexed by bar start (China time) with the OHLCV columns."""
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    index = pd.DatetimeIndex(frame.index)
+    if index.tz is None:
+        raise DataError("K线时间必须带时区（Asia/Shanghai）/ bar times must be time-zone aware")
+    times = index.tz_convert(CHINA_TZ).to_pydatetime()
+    columns = [frame[name].to_numpy(dtype="float64") if name in frame else np.zeros(len(frame))
+               for name in BAR_FIELDS]
+    return [
+        BarData(gateway_name="DB", symbol=symbol, exchange=exchange, datetime=when, interval=interval,
+                open_price=o, high_price=h, low_price=lo, close_price=c, volume=v, turnover=t, open_interest=oi)
+        for when, o, h, lo, c, v, t, oi in zip(times, *(column.tolist() for column in columns), strict=True)
+    ]
+
+
 def save_bars(conn: sqlite3.Connection, bars: list[BarData]) -> SaveResult:
     """Upsert vnpy bars of one symbol and interval (the objects are not modified)."""
     if not bars:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from vnpy.trader.object import BarData
 
-from config import CHINA_TZ, DataError
+from config import CHINA_TZ, DataError, product_of
 
 OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 MINUTES_PER_DAY: int = 1440
@@ -76,15 +76,6 @@ SESSION_TABLE: dict[str, tuple[SessionEra, ...]] = {
         SessionEra(date(2016, 1, 1), _windows("09:30-11:30", "13:00-15:00")),
     ),
 }
-
-
-def product_of(vt_symbol: str) -> str:
-    """The product code of a vt_symbol: `rb0000.SHFE` -> `rb`, `IF2412.CFFEX` -> `IF`."""
-    symbol = vt_symbol.partition(".")[0]
-    letters = "".join(ch for ch in symbol if ch.isalpha())
-    if not letters:
-        raise DataError(f"无法从 {vt_symbol!r} 识别品种代码 / cannot tell the product of this vt_symbol")
-    return letters
 
 
 def infer_session_era(index: pd.DatetimeIndex, min_share: float = 0.2) -> SessionEra:
@@ -1065,6 +1056,14 @@ def _causal_trading_day(anchor: date, night: bool) -> date:
     """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
     day = _next_weekday(anchor)
     return _next_weekday(day + timedelta(days=1)) if night else day
+
+
+def causal_trading_day(when: datetime) -> date:
+    """`causal_trading_days` for one time-zone-aware time: a night belongs to the next weekday after its evening."""
+    local = when.astimezone(CHINA_TZ)
+    after_midnight = local.hour < NIGHT_UNTIL_HOUR
+    anchor = local.date() - timedelta(days=1) if after_midnight else local.date()
+    return _causal_trading_day(anchor, after_midnight or local.hour >= NIGHT_FROM_HOUR)
 
 
 # --- the look-ahead audit ----------------------------------------------------------------------------

@@ -642,6 +642,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def find_bundle(text: str, models_dir: Path) -> Path:
+    """A bundle given as a folder path, else as a name under `models_dir`."""
+    path = Path(text).expanduser()
+    return path if path.is_dir() or os.sep in text else models_dir / text
+
+
 def read_metadata(folder: Path) -> dict[str, Any]:
     """metadata.json of a bundle, or a ModelError saying what is wrong and how to fix it."""
     retrain = "请用 python ai_trading_system.py train ... 重新训练 / retrain with the train command"

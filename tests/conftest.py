@@ -93,3 +93,20 @@ def run_python(code: str, home: Path, extra_path: Path | None = None,
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
                           cwd=home.parent, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def rf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small RandomForest bundle trained on real rb bars of 2015-09 .. 2015-12 (before any backtest range)."""
+    import data_processor
+    import ml_model
+    from config import CHINA_TZ
+
+    bars = sample_frame.loc[pd.Timestamp("2015-09-01", tz=CHINA_TZ):pd.Timestamp("2015-12-31 23:59", tz=CHINA_TZ)]
+    data = data_processor.prepare_training_data(bars.copy(), "rb0000.SHFE", horizon=5, sequence_length=60,
+                                                features_count=30)
+    model = ml_model.PricePredictionModel("random_forest", ml_model.ModelConfig(
+        model_type="random_forest", trees=20, max_depth=6))
+    model.train(data)
+    model.evaluate(data, "test")
+    return model.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra={"vt_symbol": "rb0000.SHFE"})

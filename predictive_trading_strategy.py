@@ -1,0 +1,333 @@
+"""The CTA strategy that trades a model's forward-return predictions through the risk manager, live and in backtests."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from vnpy.trader.constant import Direction, Offset, OrderType
+from vnpy.trader.object import BarData, OrderData, OrderRequest, TickData, TradeData
+from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
+from vnpy_ctastrategy import CtaTemplate
+from vnpy_ctastrategy.base import EngineType
+
+from config import (
+    AppError,
+    ModelError,
+    RiskSettings,
+    contract_spec,
+    load_contracts,
+    product_of,
+    resolve_home,
+    settings_dirs,
+)
+from data_processor import FEATURE_WARMUP, FeatureState, build_features, make_windows
+from ml_model import PricePredictionModel, find_bundle
+from risk_manager import PositionBook, RiskManager
+
+NO_PREDICTION: float = math.nan
+
+
+class WindowBuffer:
+    """The last `length` scaled feature rows as one contiguous array, in constant time per row."""
+
+    def __init__(self, length: int, width: int) -> None:
+        self.length = length
+        self.rows = np.zeros((2 * length, width), dtype=np.float32)  # each row written twice: any window is a slice
+        self.count = 0
+
+    def push(self, row: np.ndarray) -> None:
+        at = self.count % self.length
+        self.rows[at] = row
+        self.rows[at + self.length] = row
+        self.count += 1
+
+    def window(self) -> np.ndarray | None:
+        """The window ending at the latest row, or None until `length` rows have arrived."""
+        if self.count < self.length:
+            return None
+        start = self.count % self.length
+        return self.rows[start:start + self.length]
+
+
+class ModelSignal:
+    """Online features → scaler → window → prediction: the live inference path, one bar at a time."""
+
+    def __init__(self, model: PricePredictionModel, vt_symbol: str) -> None:
+        if model.scaler is None:
+            raise ModelError("模型包缺少标准化参数 / the bundle has no scaler")
+        self.model = model
+        self.scaler = model.scaler
+        self.state = FeatureState(vt_symbol, model.names)
+        self.buffer = WindowBuffer(model.config.sequence_length, len(model.names))
+
+    @property
+    def bars_needed(self) -> int:
+        """Bars before the first prediction: the feature warm-up plus one window."""
+        return FEATURE_WARMUP + self.buffer.length
+
+    def update(self, bar: BarData) -> float:
+        """Feed one finished bar; its prediction, or NaN while warming up or when a feature is undefined."""
+        features = self.state.update(bar)
+        if features is None:
+            return NO_PREDICTION
+        self.buffer.push(self.scaler.transform(features))
+        window = self.buffer.window()
+        if window is None or not np.isfinite(window).all():
+            return NO_PREDICTION
+        return self.model.predict_one(window)
+
+
+def batch_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symbol: str) -> np.ndarray:
+    """Every bar's prediction in one batch, equal to what ModelSignal gives bar by bar (NaN while warming up)."""
+    if model.scaler is None:
+        raise ModelError("模型包缺少标准化参数 / the bundle has no scaler")
+    features = build_features(frame, vt_symbol)[model.names].to_numpy()
+    length = model.config.sequence_length
+    windows = make_windows(model.scaler.transform(features), None, length)
+    predictions = np.full(len(frame), NO_PREDICTION)
+    predictions[windows.starts + length - 1] = model.predict(windows)
+    return predictions
+
+
+def load_signal(model_path: str, vt_symbol: str) -> ModelSignal:
+    """Load a bundle by path or by name under the home's models/, checked against the traded product."""
+    model = PricePredictionModel().load_model(find_bundle(model_path, resolve_home().models_dir))
+    trained_on = str(model.metadata.get("vt_symbol") or "")
+    if trained_on and product_of(trained_on) != product_of(vt_symbol):
+        raise ModelError(f"模型包 {model_path} 是为 {trained_on} 训练的，不能交易 {vt_symbol}；请用该品种的数据训练 / "
+                         "the bundle was trained on another product")
+    return ModelSignal(model, vt_symbol)
+
+
+def target_position(prediction: float, threshold: float, position: float, size: int) -> float:
+    """Long above +threshold, short below -threshold, otherwise keep the position."""
+    if math.isnan(prediction):
+        return position
+    if prediction > threshold:
+        return size
+    if prediction < -threshold:
+        return -size
+    return position
+
+
+class PredictiveTradingStrategy(CtaTemplate):
+    """Trades the model's prediction per bar: long above the threshold, short below, trailing stop, risk-checked."""
+
+    author = "AI Trading Desk"
+
+    model_path: str = ""
+    prediction_threshold: float = 0.0  # 0: the bundle's threshold, derived from its validation predictions
+    fixed_size: int = 1
+    trailing_percent: float = 0.8  # 0 switches the trailing stop off
+    slippage_ticks: int = 1  # price allowance of each order, in ticks
+    warmup_days: int = 10
+    capital: float = 1_000_000.0
+    margin_rate: float = 0.0  # 0: from settings/contracts.json
+    commission_rate: float = 0.0  # 0: from settings/contracts.json (a backtest uses the engine's rate)
+    max_daily_loss_rate: float = RiskSettings.max_daily_loss_rate
+    max_position_ratio: float = RiskSettings.max_position_ratio
+    max_single_trade_ratio: float = RiskSettings.max_single_trade_ratio
+
+    prediction_value: float = 0.0
+    last_price: float = 0.0
+    model_name: str = ""
+    risk_state: str = ""
+    entry_price: float = 0.0
+    trailing_stop_price: float = 0.0
+
+    parameters = [
+        "model_path", "prediction_threshold", "fixed_size", "trailing_percent", "slippage_ticks", "warmup_days",
+        "capital", "margin_rate", "commission_rate", "max_daily_loss_rate", "max_position_ratio",
+        "max_single_trade_ratio",
+    ]
+    variables = ["prediction_value", "last_price", "model_name", "risk_state", "entry_price", "trailing_stop_price"]
+
+    def __init__(self, cta_engine: Any, strategy_name: str, vt_symbol: str, setting: dict) -> None:
+        super().__init__(cta_engine, strategy_name, vt_symbol, setting)
+        self.bg = BarGenerator(self.on_bar)
+        self.signal: ModelSignal | None = None
+        self.risk: RiskManager | None = None
+        self.threshold = 0.0
+        self.best_price = 0.0
+        self.blocked: Direction | None = None  # after a trailing stop, no re-entry that way until the signal resets
+        self.active_orderids: set[str] = set()
+        self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
+
+    # -- lifecycle --
+
+    def on_init(self) -> None:
+        """Load the model and the risk manager, then warm the features with history; no model means no trading."""
+        try:
+            self.signal = load_signal(self.model_path, self.vt_symbol)
+            self.risk = self.build_risk_manager()
+        except AppError as exc:
+            self.signal = self.risk = None
+            self.write_log(f"初始化失败，策略不会交易：{exc}")
+            raise  # the engine then leaves the strategy uninitialised
+        model = self.signal.model
+        self.model_name = model.path.name if model.path else ""
+        self.threshold = self.prediction_threshold if self.prediction_threshold > 0 else model.threshold
+        self.risk_state = self.risk.status
+        self.write_log(f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
+                       f"需要 {self.signal.bars_needed} 根K线预热")
+        self.load_bar(self.warmup_days)
+
+    def on_start(self) -> None:
+        """Adopt a position the engine restored (live restart) into the risk manager's book."""
+        if self.signal is None or self.risk is None:
+            # vnpy marks a strategy inited even when on_init raised; on_bar still refuses to trade without a model
+            self.write_log("没有可用的模型，策略不会下单；请检查 model_path 后重新初始化")
+            return
+        if self.pos and self.risk.net_position != self.pos:  # CtaEngine restored pos from its json on a restart
+            price = self.entry_price or self.last_price
+            book = (PositionBook(long_yd=self.pos, long_price=price) if self.pos > 0
+                    else PositionBook(short_yd=-self.pos, short_price=price))
+            self.risk.sync_positions(book)
+            self.write_log(f"沿用已有持仓 {self.pos}（开仓价 {price}）")
+        self.put_event()
+
+    def on_stop(self) -> None:
+        self.put_event()
+
+    def build_risk_manager(self) -> RiskManager:
+        """Limits from the parameters; size and tick from the engine; fees and margin from contract facts."""
+        spec = contract_spec(self.vt_symbol, load_contracts(settings_dirs(resolve_home())))
+        size = float(self.get_size() or spec.size)
+        pricetick = float(self.get_pricetick() or spec.pricetick)
+        commission = self.commission_rate or spec.commission_rate
+        slippage = 0.0  # live fills already include it
+        if self.get_engine_type() == EngineType.BACKTESTING:  # account exactly what the backtest charges
+            commission = float(self.cta_engine.rate)
+            slippage = float(self.cta_engine.slippage)
+        spec = type(spec)(size=size, pricetick=pricetick, commission_rate=commission,
+                          margin_rate=self.margin_rate or spec.margin_rate, slippage_ticks=spec.slippage_ticks)
+        limits = RiskSettings(max_daily_loss_rate=self.max_daily_loss_rate, max_position_ratio=self.max_position_ratio,
+                              max_single_trade_ratio=self.max_single_trade_ratio)
+        return RiskManager(limits, spec, self.capital, slippage=slippage)
+
+    # -- market data --
+
+    def on_tick(self, tick: TickData) -> None:
+        if self.risk is not None and tick.limit_up and tick.limit_down:
+            self.risk.set_price_band(tick.limit_up, tick.limit_down)
+        self.bg.update_tick(tick)
+
+    def on_bar(self, bar: BarData) -> None:
+        """Features → prediction → target → risk check → orders, once per finished bar."""
+        if self.signal is None or self.risk is None:
+            return
+        self.last_price = bar.close_price
+        self.prediction_value = self.signal.update(bar)
+        if not self.trading:
+            return
+        self.risk.mark(bar.close_price, bar.datetime)
+        self.risk_state = self.risk.status
+        stopped = self.check_trailing_stop(bar)
+        if self.risk.halted or stopped:
+            target = 0.0
+        else:
+            target = self.allowed_target(self.prediction_value)
+        why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
+        self.move_to(target, bar, why)
+        self.put_event()
+
+    def allowed_target(self, prediction: float) -> float:
+        """The target position; after a trailing stop, no re-entry that way until the signal resets."""
+        target = target_position(prediction, self.threshold, self.pos, self.fixed_size)
+        if self.blocked is not None and not math.isnan(prediction):
+            side = (prediction > self.threshold) - (prediction < -self.threshold)
+            if side != (1 if self.blocked == Direction.LONG else -1):
+                self.blocked = None
+        if self.blocked == Direction.LONG and target > 0 >= self.pos:
+            return self.pos
+        if self.blocked == Direction.SHORT and target < 0 <= self.pos:
+            return self.pos
+        return target
+
+    def check_trailing_stop(self, bar: BarData) -> bool:
+        """Follow the best price since entry; True when the close has retraced `trailing_percent` from it."""
+        if not self.pos or self.trailing_percent <= 0:
+            self.trailing_stop_price = 0.0
+            return False
+        fraction = self.trailing_percent / 100
+        if self.pos > 0:
+            self.best_price = max(self.best_price or bar.high_price, bar.high_price)
+            self.trailing_stop_price = self.best_price * (1 - fraction)
+            hit = bar.close_price <= self.trailing_stop_price
+        else:
+            self.best_price = min(self.best_price or bar.low_price, bar.low_price)
+            self.trailing_stop_price = self.best_price * (1 + fraction)
+            hit = bar.close_price >= self.trailing_stop_price
+        if hit:
+            self.blocked = Direction.LONG if self.pos > 0 else Direction.SHORT
+        return hit
+
+    # -- orders --
+
+    def move_to(self, target: float, bar: BarData, why: str) -> None:
+        """One step toward the target: close an opposite position first, then open; never two orders in flight."""
+        if self.active_orderids:
+            self.cancel_all()
+            if self.active_orderids:  # live cancels are confirmed later: wait for them before anything new
+                return
+        position = self.pos
+        if target == position:
+            return
+        if position and (target == 0 or (target > 0) != (position > 0) or abs(target) < abs(position)):
+            volume = abs(position) if target == 0 or (target > 0) != (position > 0) else abs(position) - abs(target)
+            direction = Direction.SHORT if position > 0 else Direction.LONG
+            self.send(direction, Offset.CLOSE, volume, bar, target, why)
+        else:
+            direction = Direction.LONG if target > 0 else Direction.SHORT
+            self.send(direction, Offset.OPEN, abs(target) - abs(position), bar, target, why)
+
+    def order_price(self, direction: Direction, bar: BarData) -> float:
+        """The bar's close with `slippage_ticks` of allowance toward the other side, on the tick grid."""
+        tick = self.risk.spec.pricetick if self.risk else 1.0
+        offset = self.slippage_ticks * tick
+        price = bar.close_price + offset if direction == Direction.LONG else bar.close_price - offset
+        return float(round_to(price, tick))
+
+    def send(self, direction: Direction, offset: Offset, volume: float, bar: BarData, target: float, why: str) -> None:
+        """Check one order with the risk manager, shrink it to what is allowed, send it and log the decision once."""
+        assert self.risk is not None
+        price = self.order_price(direction, bar)
+        now: datetime = bar.datetime
+        request = OrderRequest(self.symbol, self.exchange, direction, OrderType.LIMIT, volume, price, offset)
+        decision = self.risk.check(request, now)
+        if not decision.allowed and offset == Offset.OPEN and decision.max_volume >= 1:
+            request.volume = volume = math.floor(decision.max_volume)
+            decision = self.risk.check(request, now)
+        inputs = (f"预测 {self.prediction_value:+.6f} 阈值 {self.threshold:.6f} 持仓 {self.pos} 目标 {target}"
+                  f"{' ' + why if why else ''}")
+        if not decision.allowed:
+            self.risk_state = f"{self.risk.status}: {decision.reason}"
+            self.write_log(f"风控拒绝 {direction.value}{offset.value} {volume}@{price}：{decision.reason}；{inputs}")
+            return
+        if direction == Direction.LONG:
+            orderids = self.buy(price, volume) if offset == Offset.OPEN else self.cover(price, volume)
+        else:
+            orderids = self.short(price, volume) if offset == Offset.OPEN else self.sell(price, volume)
+        self.risk.record_order(request, now)
+        self.active_orderids.update(orderids)
+        self.write_log(f"下单 {direction.value}{offset.value} {volume}@{price}；{inputs}；风控通过")
+
+    def on_order(self, order: OrderData) -> None:
+        if not order.is_active():
+            self.active_orderids.discard(order.vt_orderid)
+
+    def on_trade(self, trade: TradeData) -> None:
+        """Keep the risk manager's book and the entry / best prices in step with fills."""
+        if self.risk is not None:
+            self.risk.update_trade(trade)
+            self.risk_state = self.risk.status
+        if not self.pos:
+            self.entry_price = self.best_price = self.trailing_stop_price = 0.0
+        elif trade.offset == Offset.OPEN:
+            self.entry_price = trade.price
+            self.best_price = trade.price
+        self.put_event()

@@ -1,0 +1,339 @@
+"""The predictive strategy: decisions on a fake engine, and real runs through vnpy's BacktestingEngine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from vnpy.trader.constant import Direction, Exchange, Interval, Offset, Status
+from vnpy.trader.object import BarData, OrderData, TradeData
+from vnpy_ctastrategy.base import EngineType
+
+import data_collector
+from backtesting_module import PreloadedBacktestingEngine
+from config import CHINA_TZ, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
+from ml_model import PricePredictionModel
+from predictive_trading_strategy import (
+    PredictiveTradingStrategy,
+    WindowBuffer,
+    batch_predictions,
+    load_signal,
+)
+from risk_manager import RiskManager
+
+VT = "rb0000.SHFE"
+
+
+@dataclass
+class SentOrder:
+    vt_orderid: str
+    direction: Direction
+    offset: Offset
+    price: float
+    volume: float
+
+
+class FakeCtaEngine:
+    """Records what the strategy asks for (GUIDE §9.3); fills only when a test says so, like a live engine."""
+
+    def __init__(self, history: list[BarData] | None = None, async_cancel: bool = False) -> None:
+        self.history = history or []
+        self.async_cancel = async_cancel
+        self.orders: list[SentOrder] = []
+        self.active: dict[str, SentOrder] = {}
+        self.cancel_requests: list[str] = []
+        self.logs: list[str] = []
+        self.events = 0
+
+    def send_order(self, strategy: Any, direction: Direction, offset: Offset, price: float, volume: float,
+                   stop: bool, lock: bool, net: bool) -> list[str]:
+        order = SentOrder(f"FAKE.{len(self.orders) + 1}", direction, offset, price, volume)
+        self.orders.append(order)
+        self.active[order.vt_orderid] = order
+        return [order.vt_orderid]
+
+    def cancel_order(self, strategy: Any, vt_orderid: str) -> None:
+        self.cancel_requests.append(vt_orderid)
+        if not self.async_cancel:
+            self.confirm_cancel(strategy, vt_orderid)
+
+    def cancel_all(self, strategy: Any) -> None:
+        for vt_orderid in list(self.active):
+            self.cancel_order(strategy, vt_orderid)
+
+    def confirm_cancel(self, strategy: Any, vt_orderid: str) -> None:
+        order = self.active.pop(vt_orderid)
+        strategy.on_order(self._order_data(order, Status.CANCELLED))
+
+    def fill(self, strategy: Any, vt_orderid: str, when: datetime) -> None:
+        """Fill one order in full at its price, as the CtaEngine reports it: pos first, then on_order, on_trade."""
+        order = self.active.pop(vt_orderid)
+        strategy.pos += order.volume if order.direction == Direction.LONG else -order.volume
+        strategy.on_order(self._order_data(order, Status.ALLTRADED))
+        strategy.on_trade(TradeData(gateway_name="FAKE", symbol="rb0000", exchange=Exchange.SHFE,
+                                    orderid=vt_orderid.split(".")[1], tradeid=vt_orderid, direction=order.direction,
+                                    offset=order.offset, price=order.price, volume=order.volume, datetime=when))
+
+    @staticmethod
+    def _order_data(order: SentOrder, status: Status) -> OrderData:
+        return OrderData(gateway_name="FAKE", symbol="rb0000", exchange=Exchange.SHFE,
+                         orderid=order.vt_orderid.split(".")[1], direction=order.direction, offset=order.offset,
+                         price=order.price, volume=order.volume, status=status)
+
+    def write_log(self, msg: str, strategy: Any = None) -> None:
+        self.logs.append(msg)
+
+    def get_engine_type(self) -> EngineType:
+        return EngineType.LIVE
+
+    def get_pricetick(self, strategy: Any) -> float:
+        return 1.0
+
+    def get_size(self, strategy: Any) -> int:
+        return 10
+
+    def load_bar(self, vt_symbol: str, days: int, interval: Interval, callback: Any,
+                 use_database: bool) -> list[BarData]:
+        return self.history
+
+    def put_strategy_event(self, strategy: Any) -> None:
+        self.events += 1
+
+
+class ScriptedSignal:
+    """The model's place in decision tests: returns the predictions a test scripts, one per bar."""
+
+    def __init__(self, predictions: Iterator[float]) -> None:
+        self.predictions = predictions
+
+    def update(self, bar: BarData) -> float:
+        return next(self.predictions)
+
+
+def bar_at(when: datetime, close: float, high: float | None = None, low: float | None = None) -> BarData:
+    high = close if high is None else high
+    low = close if low is None else low
+    return BarData(gateway_name="TEST", symbol="rb0000", exchange=Exchange.SHFE, datetime=when,
+                   interval=Interval.MINUTE, open_price=close, high_price=high, low_price=low, close_price=close,
+                   volume=100.0)
+
+
+def minutes(start: datetime, count: int) -> list[datetime]:
+    return [start + timedelta(minutes=i) for i in range(count)]
+
+
+def scripted_strategy(predictions: list[float], threshold: float = 0.001, **setting: Any,
+                      ) -> tuple[PredictiveTradingStrategy, FakeCtaEngine]:
+    """A started strategy on the fake engine whose prediction per bar comes from `predictions`."""
+    engine = FakeCtaEngine(async_cancel=setting.pop("async_cancel", False))
+    strategy = PredictiveTradingStrategy(engine, "test", VT, {"prediction_threshold": threshold, **setting})
+    spec = contract_spec(VT, load_contracts())
+    strategy.risk = RiskManager(RiskSettings(max_daily_loss_rate=strategy.max_daily_loss_rate,
+                                             max_position_ratio=strategy.max_position_ratio,
+                                             max_single_trade_ratio=strategy.max_single_trade_ratio),
+                                spec, strategy.capital)
+    strategy.signal = ScriptedSignal(iter(predictions))  # type: ignore[assignment]
+    strategy.threshold = threshold
+    strategy.inited = strategy.trading = True
+    return strategy, engine
+
+
+FRIDAY = datetime(2016, 1, 8, 9, 30, tzinfo=CHINA_TZ)
+
+
+def test_prediction_above_threshold_buys_at_close_plus_one_tick() -> None:
+    strategy, engine = scripted_strategy([0.0005, 0.002])
+    times = minutes(FRIDAY, 2)
+    strategy.on_bar(bar_at(times[0], 3000))
+    assert engine.orders == []  # inside the threshold: keep the (flat) position
+    strategy.on_bar(bar_at(times[1], 3000))
+    assert [(o.direction, o.offset, o.price, o.volume) for o in engine.orders] == [
+        (Direction.LONG, Offset.OPEN, 3001.0, 1)]
+    assert any("预测 +0.002000" in line and "风控通过" in line for line in engine.logs)
+
+
+def test_prediction_below_minus_threshold_shorts_at_close_minus_one_tick() -> None:
+    strategy, engine = scripted_strategy([-0.002])
+    strategy.on_bar(bar_at(FRIDAY, 3000))
+    assert [(o.direction, o.offset, o.price) for o in engine.orders] == [(Direction.SHORT, Offset.OPEN, 2999.0)]
+
+
+def test_missing_model_logs_the_error_and_never_trades(tmp_path: Path) -> None:
+    engine = FakeCtaEngine()
+    strategy = PredictiveTradingStrategy(engine, "test", VT, {"model_path": str(tmp_path / "nothing")})
+    with pytest.raises(ModelError):
+        strategy.on_init()
+    assert any("初始化失败" in line for line in engine.logs)
+    strategy.trading = True  # vnpy lets a user start it anyway
+    strategy.on_start()
+    for when in minutes(FRIDAY, 5):
+        strategy.on_bar(bar_at(when, 3000))
+    assert engine.orders == []
+
+
+def test_bundle_of_another_product_is_refused(rf_bundle: Path) -> None:
+    with pytest.raises(ModelError, match="rb0000.SHFE"):
+        load_signal(str(rf_bundle), "cu1909.SHFE")
+
+
+def test_risk_veto_sends_nothing_and_logs_the_reason() -> None:
+    # 30 lots of rb at 3000 need 90,000 of margin: more than 5% of 1,000,000 for one order
+    strategy, engine = scripted_strategy([0.002], fixed_size=30)
+    strategy.on_bar(bar_at(FRIDAY, 3000))
+    # the order shrinks to the largest volume the limits allow (16 lots: 48,000 ≤ 50,000)
+    assert [(o.volume) for o in engine.orders] == [16]
+
+    strategy, engine = scripted_strategy([0.002], capital=50_000.0)
+    strategy.on_bar(bar_at(FRIDAY, 3000))  # one lot needs 3,000 > 5% of 50,000
+    assert engine.orders == []
+    assert any("风控拒绝" in line and "预测 +0.002000" in line for line in engine.logs)
+
+
+def test_reversal_closes_first_and_opens_only_after_the_close_traded() -> None:
+    strategy, engine = scripted_strategy([0.002, -0.002, -0.002, -0.002], async_cancel=True)
+    times = minutes(FRIDAY, 4)
+    strategy.on_bar(bar_at(times[0], 3000))
+    engine.fill(strategy, engine.orders[0].vt_orderid, times[0])
+    assert strategy.pos == 1
+    strategy.on_bar(bar_at(times[1], 3010))
+    assert [(o.direction, o.offset, o.volume) for o in engine.orders[1:]] == [(Direction.SHORT, Offset.CLOSE, 1)]
+    strategy.on_bar(bar_at(times[2], 3008))  # the close has not traded: cancel it, send nothing until confirmed
+    assert len(engine.orders) == 2 and engine.cancel_requests == [engine.orders[1].vt_orderid]
+    engine.confirm_cancel(strategy, engine.orders[1].vt_orderid)
+    strategy.on_bar(bar_at(times[3], 3006))
+    close = engine.orders[2]
+    assert (close.direction, close.offset, close.price) == (Direction.SHORT, Offset.CLOSE, 3005.0)
+    engine.fill(strategy, close.vt_orderid, times[3])
+    assert strategy.pos == 0
+    strategy.signal = ScriptedSignal(iter([-0.002]))  # type: ignore[assignment]
+    strategy.on_bar(bar_at(times[3] + timedelta(minutes=1), 3004))
+    assert [(o.direction, o.offset) for o in engine.orders[3:]] == [(Direction.SHORT, Offset.OPEN)]
+
+
+def test_trailing_stop_exits_and_blocks_reentry_until_the_signal_resets() -> None:
+    strategy, engine = scripted_strategy([0.002] * 5 + [0.0, 0.002], trailing_percent=1.0)
+    times = minutes(FRIDAY, 7)
+    strategy.on_bar(bar_at(times[0], 3000))
+    engine.fill(strategy, engine.orders[0].vt_orderid, times[0])  # long 1 at 3001
+    strategy.on_bar(bar_at(times[1], 3090, high=3100))
+    assert strategy.trailing_stop_price == pytest.approx(3100 * 0.99)
+    assert len(engine.orders) == 1
+    strategy.on_bar(bar_at(times[2], 3068))  # 3068 ≤ 3069: retraced 1% from the best price
+    assert [(o.direction, o.offset, o.price) for o in engine.orders[1:]] == [(Direction.SHORT, Offset.CLOSE, 3067.0)]
+    engine.fill(strategy, engine.orders[1].vt_orderid, times[2])
+    strategy.on_bar(bar_at(times[3], 3070))
+    strategy.on_bar(bar_at(times[4], 3075))
+    assert len(engine.orders) == 2  # the prediction is still long, but the stop blocks re-entry
+    strategy.on_bar(bar_at(times[5], 3075))  # the signal resets
+    strategy.on_bar(bar_at(times[6], 3076))
+    assert [(o.direction, o.offset) for o in engine.orders[2:]] == [(Direction.LONG, Offset.OPEN)]
+
+
+def test_daily_loss_halts_flattens_and_resets_on_the_night_of_the_next_trading_day() -> None:
+    # 10 lots long at 3001: a fall to 2790 loses 2,110 × 10 ≈ 21,100 > 2% of 1,000,000
+    strategy, engine = scripted_strategy([0.002] * 6, fixed_size=10, trailing_percent=0.0)
+    strategy.on_bar(bar_at(FRIDAY, 3000))
+    engine.fill(strategy, engine.orders[0].vt_orderid, FRIDAY)
+    assert strategy.pos == 10
+    strategy.on_bar(bar_at(FRIDAY + timedelta(hours=5), 2790))  # Friday 14:30
+    assert strategy.risk_state.startswith("HALTED")
+    assert [(o.direction, o.offset, o.volume) for o in engine.orders[1:]] == [(Direction.SHORT, Offset.CLOSE, 10)]
+    assert "熔断" in engine.logs[-1]
+    engine.fill(strategy, engine.orders[1].vt_orderid, FRIDAY + timedelta(hours=5))
+    strategy.on_bar(bar_at(FRIDAY + timedelta(hours=5, minutes=1), 2795))  # still Friday: no new position
+    assert len(engine.orders) == 2 and strategy.risk_state.startswith("HALTED")
+    night = datetime(2016, 1, 8, 21, 1, tzinfo=CHINA_TZ)  # Friday night trades for Monday 2016-01-11
+    strategy.on_bar(bar_at(night, 2795))
+    assert strategy.risk_state == "OK"
+    assert [(o.direction, o.offset) for o in engine.orders[2:]] == [(Direction.LONG, Offset.OPEN)]
+
+
+def test_window_buffer_gives_the_last_rows_in_order() -> None:
+    buffer = WindowBuffer(3, 2)
+    for value in range(5):
+        buffer.push(np.array([value, -value], dtype=np.float32))
+    window = buffer.window()
+    assert window is not None and window[:, 0].tolist() == [2.0, 3.0, 4.0]
+
+
+# --- real bars through vnpy's BacktestingEngine ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jan_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    """Real rb bars from 2015-12-20 (warm-up) to 2016-01-31."""
+    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ):pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
+
+
+@pytest.fixture(scope="module")
+def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktestingEngine, list[float]]:
+    """The strategy with the real bundle on January 2016, and its online prediction for every traded bar."""
+    engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(jan_2016, VT))
+    engine.set_parameters(vt_symbol=VT, interval=Interval.MINUTE, start=datetime(2016, 1, 4, tzinfo=CHINA_TZ),
+                          end=datetime(2016, 1, 31, 23, 59, tzinfo=CHINA_TZ), rate=0.0001, slippage=1, size=10,
+                          pricetick=1, capital=1_000_000)
+    setting = {"model_path": str(rf_bundle), "fixed_size": 2, "trailing_percent": 0.5, "warmup_days": 14}
+    engine.add_strategy(PredictiveTradingStrategy, setting)
+    seen: list[float] = []
+    strategy = engine.strategy
+    original = strategy.on_bar
+
+    def recording(bar: BarData) -> None:
+        original(bar)
+        if strategy.trading:
+            seen.append(strategy.prediction_value)
+
+    strategy.on_bar = recording
+    engine.load_data()
+    engine.run_backtesting()
+    return engine, seen
+
+
+def test_backtest_on_real_bars_trades_within_every_limit(backtest: tuple[PreloadedBacktestingEngine, list[float]],
+                                                         ) -> None:
+    engine, _ = backtest
+    trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
+    assert len(trades) >= 10
+    position = 0.0
+    for trade in trades:
+        signed = trade.volume if trade.direction == Direction.LONG else -trade.volume
+        if trade.offset == Offset.OPEN:
+            assert position == 0 or (position > 0) == (signed > 0)  # never opens against a held position
+        else:
+            assert position != 0 and abs(signed) <= abs(position) and (position > 0) != (signed > 0)
+        position += signed
+        assert abs(position) <= 2  # fixed_size
+        margin = abs(position) * trade.price * 10 * 0.1
+        assert margin <= 0.1 * 1_000_000 * 0.98  # position margin within the limit even after a full daily loss
+    assert engine.strategy.risk is not None and engine.strategy.risk.net_position == position
+
+
+def test_risk_manager_pnl_equals_vnpy_net_pnl(backtest: tuple[PreloadedBacktestingEngine, list[float]]) -> None:
+    engine, _ = backtest
+    engine.calculate_result()
+    stats = engine.calculate_statistics(output=False)
+    book = RiskManager(RiskSettings(), ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1),
+                       1_000_000, slippage=1)
+    for trade in sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid))):
+        book.update_trade(trade)
+    book.mark(engine.history_data[-1].close_price, engine.history_data[-1].datetime)
+    assert book.equity - 1_000_000 == pytest.approx(float(stats["total_net_pnl"]), abs=1e-6)
+    assert engine.strategy.risk.equity == pytest.approx(book.equity, abs=1e-6)
+
+
+def test_online_predictions_equal_the_batch_path(backtest: tuple[PreloadedBacktestingEngine, list[float]],
+                                                 jan_2016: pd.DataFrame, rf_bundle: Path) -> None:
+    engine, seen = backtest
+    model = PricePredictionModel().load_model(rf_bundle)
+    batch = batch_predictions(model, jan_2016, VT)
+    first = jan_2016.index.searchsorted(pd.Timestamp(engine.start))
+    online = np.array(seen)
+    assert len(online) == len(jan_2016) - first
+    assert np.isfinite(online).all()
+    np.testing.assert_allclose(online, batch[first:], rtol=0, atol=1e-7)
