@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +22,8 @@ SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
 CHINA_TZ: ZoneInfo = ZoneInfo(TIMEZONE_NAME)
+NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's night session
+NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
 
 HOME_ENV: str = "AI_TRADER_HOME"
 ENV_PREFIX: str = "AI_TRADER_"
@@ -236,6 +239,26 @@ def product_of(vt_symbol: str) -> str:
     if not letters:
         raise DataError(f"无法从 {vt_symbol!r} 识别品种代码 / cannot tell the product of this vt_symbol")
     return letters
+
+
+def _next_weekday(day: date) -> date:
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+def anchored_trading_day(anchor: date, night: bool) -> date:
+    """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
+    day = _next_weekday(anchor)
+    return _next_weekday(day + timedelta(days=1)) if night else day
+
+
+def causal_trading_day(when: datetime) -> date:
+    """`causal_trading_days` for one time-zone-aware time: a night belongs to the next weekday after its evening."""
+    local = when.astimezone(CHINA_TZ)
+    after_midnight = local.hour < NIGHT_UNTIL_HOUR
+    anchor = local.date() - timedelta(days=1) if after_midnight else local.date()
+    return anchored_trading_day(anchor, after_midnight or local.hour >= NIGHT_FROM_HOUR)
 
 
 def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str, ContractSpec]:

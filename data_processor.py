@@ -13,12 +13,17 @@ import numpy as np
 import pandas as pd
 from vnpy.trader.object import BarData
 
-from config import CHINA_TZ, DataError, product_of
+from config import (
+    CHINA_TZ,
+    NIGHT_FROM_HOUR,
+    NIGHT_UNTIL_HOUR,
+    DataError,
+    anchored_trading_day,
+    product_of,
+)
 
 OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 MINUTES_PER_DAY: int = 1440
-NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's night session
-NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
 
 
 # --- the product's session table -------------------------------------------------------------------
@@ -1035,7 +1040,7 @@ class FeatureState:
     def _era_and_day(self, anchor: date, night: bool) -> tuple[int, date]:
         if self._clock is None or self._clock[0] != anchor or self._clock[1] != night:
             era = max(sum(1 for since in self._starts if since <= anchor) - 1, 0)
-            self._clock = (anchor, night, era, _causal_trading_day(anchor, night))
+            self._clock = (anchor, night, era, anchored_trading_day(anchor, night))
         return self._clock[2], self._clock[3]
 
 
@@ -1044,26 +1049,6 @@ def bollinger(c: float, mavg: float, std: float) -> tuple[float, float]:
     if std <= 1e-9 * abs(mavg):
         return 0.5, 0.0
     return (c - (mavg - 2 * std)) / (4 * std), 4 * std / mavg
-
-
-def _next_weekday(day: date) -> date:
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
-
-
-def _causal_trading_day(anchor: date, night: bool) -> date:
-    """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
-    day = _next_weekday(anchor)
-    return _next_weekday(day + timedelta(days=1)) if night else day
-
-
-def causal_trading_day(when: datetime) -> date:
-    """`causal_trading_days` for one time-zone-aware time: a night belongs to the next weekday after its evening."""
-    local = when.astimezone(CHINA_TZ)
-    after_midnight = local.hour < NIGHT_UNTIL_HOUR
-    anchor = local.date() - timedelta(days=1) if after_midnight else local.date()
-    return _causal_trading_day(anchor, after_midnight or local.hour >= NIGHT_FROM_HOUR)
 
 
 # --- the look-ahead audit ----------------------------------------------------------------------------

@@ -12,18 +12,8 @@ from vnpy.trader.constant import Direction, Offset, OrderType
 from vnpy.trader.object import BarData, OrderData, OrderRequest, TickData, TradeData
 from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
 from vnpy_ctastrategy import CtaTemplate
-from vnpy_ctastrategy.base import EngineType
 
-from config import (
-    AppError,
-    ModelError,
-    RiskSettings,
-    contract_spec,
-    load_contracts,
-    product_of,
-    resolve_home,
-    settings_dirs,
-)
+from config import AppError, ConfigError, ContractSpec, ModelError, RiskSettings, product_of, resolve_home
 from data_processor import FEATURE_WARMUP, FeatureState, build_features, make_windows
 from ml_model import PricePredictionModel, find_bundle
 from risk_manager import PositionBook, RiskManager
@@ -126,8 +116,9 @@ class PredictiveTradingStrategy(CtaTemplate):
     slippage_ticks: int = 1  # price allowance of each order, in ticks
     warmup_days: int = 10
     capital: float = 1_000_000.0
-    margin_rate: float = 0.0  # 0: from settings/contracts.json
-    commission_rate: float = 0.0  # 0: from settings/contracts.json (a backtest uses the engine's rate)
+    margin_rate: float = 0.1  # the composition root fills these from settings/contracts.json
+    commission_rate: float = 0.0001
+    slippage_cost: float = 0.0  # per unit traded, charged by the risk book as a backtest charges it; 0 live
     max_daily_loss_rate: float = RiskSettings.max_daily_loss_rate
     max_position_ratio: float = RiskSettings.max_position_ratio
     max_single_trade_ratio: float = RiskSettings.max_single_trade_ratio
@@ -141,7 +132,7 @@ class PredictiveTradingStrategy(CtaTemplate):
 
     parameters = [
         "model_path", "prediction_threshold", "fixed_size", "trailing_percent", "slippage_ticks", "warmup_days",
-        "capital", "margin_rate", "commission_rate", "max_daily_loss_rate", "max_position_ratio",
+        "capital", "margin_rate", "commission_rate", "slippage_cost", "max_daily_loss_rate", "max_position_ratio",
         "max_single_trade_ratio",
     ]
     variables = ["prediction_value", "last_price", "model_name", "risk_state", "entry_price", "trailing_stop_price"]
@@ -194,20 +185,16 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.put_event()
 
     def build_risk_manager(self) -> RiskManager:
-        """Limits from the parameters; size and tick from the engine; fees and margin from contract facts."""
-        spec = contract_spec(self.vt_symbol, load_contracts(settings_dirs(resolve_home())))
-        size = float(self.get_size() or spec.size)
-        pricetick = float(self.get_pricetick() or spec.pricetick)
-        commission = self.commission_rate or spec.commission_rate
-        slippage = 0.0  # live fills already include it
-        if self.get_engine_type() == EngineType.BACKTESTING:  # account exactly what the backtest charges
-            commission = float(self.cta_engine.rate)
-            slippage = float(self.cta_engine.slippage)
-        spec = type(spec)(size=size, pricetick=pricetick, commission_rate=commission,
-                          margin_rate=self.margin_rate or spec.margin_rate, slippage_ticks=spec.slippage_ticks)
+        """Limits and costs from the parameters, lot size and price tick from the engine's contract."""
+        size, pricetick = self.get_size(), self.get_pricetick()
+        if not size or not pricetick:
+            raise ConfigError(f"找不到合约 {self.vt_symbol} 的乘数或最小变动价位；请先连接并查询合约 / "
+                              "unknown contract")
+        spec = ContractSpec(size=float(size), pricetick=float(pricetick), commission_rate=self.commission_rate,
+                            margin_rate=self.margin_rate)
         limits = RiskSettings(max_daily_loss_rate=self.max_daily_loss_rate, max_position_ratio=self.max_position_ratio,
                               max_single_trade_ratio=self.max_single_trade_ratio)
-        return RiskManager(limits, spec, self.capital, slippage=slippage)
+        return RiskManager(limits, spec, self.capital, slippage=self.slippage_cost)
 
     # -- market data --
 

@@ -278,7 +278,8 @@ def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktest
     engine.set_parameters(vt_symbol=VT, interval=Interval.MINUTE, start=datetime(2016, 1, 4, tzinfo=CHINA_TZ),
                           end=datetime(2016, 1, 31, 23, 59, tzinfo=CHINA_TZ), rate=0.0001, slippage=1, size=10,
                           pricetick=1, capital=1_000_000)
-    setting = {"model_path": str(rf_bundle), "fixed_size": 2, "trailing_percent": 0.5, "warmup_days": 14}
+    setting = {"model_path": str(rf_bundle), "fixed_size": 2, "trailing_percent": 0.5, "warmup_days": 14,
+               "commission_rate": 0.0001, "margin_rate": 0.1, "slippage_cost": 1.0}
     engine.add_strategy(PredictiveTradingStrategy, setting)
     seen: list[float] = []
     strategy = engine.strategy
