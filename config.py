@@ -19,6 +19,8 @@ SHARED_DATA_DIR: Path = PROJECT_DIR.parent / "shared" / "data"
 SAMPLE_BARS_CSV: Path = SHARED_DATA_DIR / "rb0000_1min_2010_2016.csv.bz2"
 SAMPLE_TICKS_CSV: Path = SHARED_DATA_DIR / "SHFE.cu1909_ticks_20190916.csv"
 SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
+# the code that turns bars into predictions: part of the prediction cache key
+FEATURE_CODE_FILES: tuple[Path, ...] = (PROJECT_DIR / "data_processor.py", PROJECT_DIR / "ml_model.py")
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
 CHINA_TZ: ZoneInfo = ZoneInfo(TIMEZONE_NAME)
