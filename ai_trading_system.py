@@ -64,6 +64,72 @@ def _bundle_name(text: str) -> str:
     return text
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} 不是数字 / not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} 必须大于 0 / must be positive")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse type: a number of zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} 不是数字 / not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} 不能为负 / must not be negative")
+    return value
+
+
+OPTIMIZABLE: tuple[str, ...] = ("prediction_threshold", "trailing_percent", "fixed_size", "slippage_ticks")
+
+
+def _grid_param(text: str) -> tuple[str, list[float]]:
+    """An argparse type: NAME=START:END:STEP (inclusive) or NAME=V1,V2,... for one strategy parameter."""
+    name, _, spec = text.partition("=")
+    if name not in OPTIMIZABLE or not spec:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} 应为 NAME=START:END:STEP，NAME 为 {', '.join(OPTIMIZABLE)} 之一 / bad grid parameter")
+    try:
+        if ":" in spec:
+            start, end, step = (float(part) for part in spec.split(":"))
+            if step <= 0 or end < start:
+                raise ValueError
+            count = int(round((end - start) / step)) + 1
+            values = [round(start + i * step, 10) for i in range(count)]
+        else:
+            values = [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} 的网格无效（START ≤ END，STEP > 0）/ bad grid") from None
+    if name in ("fixed_size", "slippage_ticks"):
+        values = [int(v) for v in values]
+    return name, values
+
+
+def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `backtest` and `optimize`: the contract, the range, the model, costs, strategy settings."""
+    parser.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    parser.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+    parser.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
+    parser.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+    parser.add_argument("--capital", type=_positive_float, default=1_000_000.0, help="初始资金（默认 1,000,000）")
+    parser.add_argument("--rate", type=_non_negative_float, help="手续费率（默认取 settings/contracts.json）")
+    parser.add_argument("--slippage", type=_non_negative_float, help="滑点（价格单位，默认 滑点跳数 × 最小变动价位）")
+    parser.add_argument("--size", type=_positive_float, help="合约乘数（默认取 settings/contracts.json）")
+    parser.add_argument("--pricetick", type=_positive_float, help="最小变动价位（默认取 settings/contracts.json）")
+    parser.add_argument("--threshold", type=_positive_float, help="开仓阈值（默认取模型包中由验证集得出的阈值）")
+    parser.add_argument("--fixed-size", type=_positive_int, default=1, help="每次开仓手数（默认 1）")
+    parser.add_argument("--trailing-percent", type=_non_negative_float, default=0.8,
+                        help="移动止损百分比（默认 0.8，0 为关闭）")
+    parser.add_argument("--no-cache", action="store_true", help="不使用预测缓存 / recompute the predictions")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of GUIDE §2."""
     parser = argparse.ArgumentParser(
@@ -121,7 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
     show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
 
-    demo = commands.add_parser("demo", help="主流程：导入示例数据并显示数据库概况 / the main job on the sample data")
+    test = commands.add_parser("backtest", help="策略回测（模式 2）/ backtest the predictive strategy (mode 2)")
+    add_backtest_arguments(test)
+    test.add_argument("--report-dir", help="报告目录（默认 <home>/reports/模型_开始_结束）/ where the report goes")
+
+    opt = commands.add_parser("optimize", help="参数优化：网格/遗传算法，可滚动 / optimise strategy settings")
+    add_backtest_arguments(opt)
+    opt.add_argument("--param", action="append", required=True, type=_grid_param, metavar="NAME=START:END:STEP",
+                     help="待优化参数及其网格，可重复，例如 prediction_threshold=0.0005:0.002:0.0005")
+    opt.add_argument("--target", default="sharpe_ratio",
+                     help="优化目标（vnpy 统计项，默认 sharpe_ratio；如 total_net_pnl、return_drawdown_ratio）")
+    opt.add_argument("--method", choices=("grid", "ga"), default="grid", help="grid 穷举（默认）或 ga 遗传算法")
+    opt.add_argument("--walk-forward", type=_positive_int, default=0,
+                     help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）")
+    opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
+    opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
+
+    demo = commands.add_parser(
+        "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job")
     demo.add_argument(
         "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
     )
@@ -380,13 +463,125 @@ def cmd_model(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("total_net_pnl", "净盈亏 / net P&L", "{:,.2f}"),
+    ("total_return", "总收益率 / return %", "{:.2f}"),
+    ("annual_return", "年化收益率 / annual return %", "{:.2f}"),
+    ("max_ddpercent", "最大回撤 / max drawdown %", "{:.2f}"),
+    ("sharpe_ratio", "夏普比率 / Sharpe", "{:.2f}"),
+    ("total_trade_count", "成交笔数 / trades", "{:,}"),
+    ("total_commission", "手续费 / commission", "{:,.2f}"),
+    ("total_slippage", "滑点成本 / slippage", "{:,.2f}"),
+    ("buy_and_hold_return", "买入持有收益率 / buy & hold %", "{:.2f}"),
+)
+
+
+def print_backtest_summary(statistics: dict[str, Any]) -> None:
+    """The key statistics of one backtest."""
+    rows = []
+    for key, label, pattern in SUMMARY_ROWS:
+        value = statistics.get(key)
+        rows.append((label, "-" if value is None else pattern.format(value)))
+    print_table(rows, ("项目 / item", "值 / value"))
+
+
+def strategy_setting(args: argparse.Namespace) -> dict[str, Any]:
+    """Strategy parameters given on the command line."""
+    setting: dict[str, Any] = {"fixed_size": args.fixed_size, "trailing_percent": args.trailing_percent}
+    if args.threshold is not None:
+        setting["prediction_threshold"] = args.threshold
+    return setting
+
+
+def backtest_module(home: Home) -> Any:
+    """backtesting_module, imported after vnpy is bound to the home when nothing bound it yet (vnpy picks its
+    folder at first import); a backtest reads bars through data_collector, never through vnpy's folder."""
+    if "vnpy.trader.utility" not in sys.modules:
+        bind_vnpy_home(home, settings_for(home).database)
+    return import_module("backtesting_module")
+
+
+def run_and_report(home: Home, args: argparse.Namespace, model: str, folder: Path) -> dict[str, Any]:
+    """One backtest through the module, its report files, and the printed summary."""
+    module = backtest_module(home)
+    _stderr_progress(f"回测 / backtest: {args.vt_symbol} {args.start} ~ {args.end} 模型 / model {model}")
+    result = module.BacktestingModule(home).run_backtest(
+        args.vt_symbol, args.start, args.end, resolve_bundle(home, model), setting=strategy_setting(args),
+        interval=args.interval, capital=args.capital, rate=args.rate, slippage=args.slippage, size=args.size,
+        pricetick=args.pricetick, use_cache=not args.no_cache)
+    files = module.write_report(result, folder)
+    print_backtest_summary(result.statistics)
+    print(f"报告 / report: {folder}  ({', '.join(sorted(files))})")
+    return dict(result.statistics)
+
+
+def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
+    """Mode 2: backtest the predictive strategy with a bundle and write the report."""
+    folder = Path(args.report_dir) if args.report_dir else (
+        home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
+    run_and_report(home, args, args.model, folder)
+    return EXIT_OK
+
+
+def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
+    """Grid or genetic search of strategy settings on all cores; walk-forward reports out-of-sample results only."""
+    module = backtest_module(home)
+    grid = dict(args.param)
+    folder = Path(args.report_dir) if args.report_dir else (
+        home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
+    optimizer = module.Optimizer(module.BacktestingModule(home), args.workers)
+    start, end = module.as_china_time(args.start), module.as_china_time(args.end, end_of_day=True)
+    _stderr_progress(f"准备数据与预测 / loading bars and predictions: {args.vt_symbol} {args.start} ~ {args.end}")
+    job = optimizer.prepare(args.vt_symbol, start, end, resolve_bundle(home, args.model), args.interval,
+                            strategy_setting(args), args.target, args.capital, folder / "work")
+    if args.walk_forward:
+        table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
+        path = module.write_csv_atomic(table, folder / "walk_forward.csv")
+        print_table([tuple(str(v) for v in row) for row in table.itertuples(index=False)], list(table.columns))
+        print(f"样本外结果 / out-of-sample results: {path}")
+        return EXIT_OK
+    found = optimizer.search(job, grid, args.method, output=_stderr_progress)
+    path = module.write_csv_atomic(found.table, folder / "results.csv")
+    top = found.table.head(10)
+    print_table([tuple(str(v) for v in row) for row in top.itertuples(index=False)], list(top.columns))
+    print(f"最优参数 / best settings ({args.target}): {found.best}")
+    for warning in found.warnings:
+        print(f"警告 / warning: {warning}", file=sys.stderr)
+    print(f"全部结果 / all results: {path}")
+    return EXIT_OK
+
+
+DEMO_TRAIN: tuple[str, str] = ("2014-01-01", "2015-12-31")
+DEMO_TEST: tuple[str, str] = ("2016-01-01", "2016-12-31")
+DEMO_MODELS: dict[str, dict[str, Any]] = {
+    "demo_rf": {"model_type": "random_forest", "trees": 60},
+    "demo_lstm": {"model_type": "lstm", "epochs": 3, "lstm_units": (32, 32), "dense_units": 16, "train_stride": 4},
+}
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
-    """The main job: import the sample data and show what the database holds."""
+    """The main job: import the sample, train a RandomForest and a small LSTM on 2014-2015, backtest both on 2016."""
     result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
                                        progress=_stderr_progress)
     print_import(result)
+    settings = settings_for(home)
+    bars = data_collector.load_history_data(SAMPLE_VT_SYMBOL, *DEMO_TRAIN, home=home)
+    summaries = []
+    for name, overrides in DEMO_MODELS.items():
+        config = ml_model.ModelConfig.from_settings(settings.model, **overrides)
+        print(f"\n== 训练 / training {name} ({config.model_type}) on {DEMO_TRAIN[0]} ~ {DEMO_TRAIN[1]} ==")
+        train_args = argparse.Namespace(vt_symbol=SAMPLE_VT_SYMBOL, interval="1m")
+        train_fold(bars, train_args, config, home.models_dir / name, {})
+        print(f"\n== 回测 / backtest {name} on {DEMO_TEST[0]} ~ {DEMO_TEST[1]} ==")
+        test_args = build_parser().parse_args(["backtest", "--vt-symbol", SAMPLE_VT_SYMBOL, "--start", DEMO_TEST[0],
+                                               "--end", DEMO_TEST[1], "--model", name])
+        statistics = run_and_report(home, test_args, name, home.reports_dir / name)
+        summaries.append((name, *(pattern.format(statistics[key]) if statistics.get(key) is not None else "-"
+                                  for key, _, pattern in SUMMARY_ROWS[:6])))
     print()
-    return cmd_data(args, home)
+    print_table(summaries, ("模型 / model", *(label for _, label, _ in SUMMARY_ROWS[:6])))
+    print(f"模型 / bundles: {home.models_dir}\n报告 / reports: {home.reports_dir}")
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Handler] = {
@@ -396,6 +591,8 @@ COMMANDS: dict[str, Handler] = {
     "audit": cmd_audit,
     "train": cmd_train,
     "model": cmd_model,
+    "backtest": cmd_backtest,
+    "optimize": cmd_optimize,
     "demo": cmd_demo,
 }
 
@@ -420,6 +617,17 @@ def ask_training(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     )
 
 
+def ask_backtest(input_fn: Callable[[str], str]) -> tuple[str, ...]:
+    """Mode 2's questions; the answers become the `backtest` subcommand's options."""
+    return (
+        "backtest",
+        "--vt-symbol", _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+        "--start", _ask(input_fn, "开始日期 / start", "2016-01-01"),
+        "--end", _ask(input_fn, "结束日期 / end", "2016-12-31"),
+        "--model", _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
+    )
+
+
 @dataclass(frozen=True)
 class Mode:
     """One entry of the mode prompt: a key, a label, the argv it runs, or questions that build the argv."""
@@ -433,8 +641,9 @@ class Mode:
         return self.ask(input_fn) if self.ask is not None else self.argv
 
 
-# Trading (1) and backtest (2) join this menu when they work end to end.
+# Trading (1) joins this menu when it works end to end.
 MODES: tuple[Mode, ...] = (
+    Mode("2", "策略回测 / backtest the predictive strategy", ask=ask_backtest),
     Mode("3", "模型训练 / train a price-prediction model", ask=ask_training),
     Mode("4", "导入示例数据并查看 / import the sample data", ("demo",)),
     Mode("5", "查看数据库 / what the database holds", ("data",)),

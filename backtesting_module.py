@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -260,6 +262,189 @@ class BacktestingModule:
             predictions=pd.Series(predictions[first:], index=traded.index, name="prediction"),
             benchmark=benchmark, messages=engine.messages,
         )
+
+
+# --- optimisation ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizationJob:
+    """What every optimisation worker needs, written once to disk: bars and predictions are never recomputed."""
+
+    vt_symbol: str
+    interval: str
+    start: datetime
+    end: datetime
+    model_path: str
+    bars: pd.DataFrame
+    predictions: np.ndarray
+    costs: dict[str, float]  # rate, slippage, size, pricetick, capital
+    base_setting: dict[str, Any]
+    target: str
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PricePredictionModel]:
+    """One load per worker process of the job, its vnpy bars and the model (ONNX only: no TensorFlow)."""
+    with open(job_path, "rb") as handle:
+        job: OptimizationJob = pickle.load(handle)
+    bars = data_collector.frame_to_bars(job.bars, job.vt_symbol, data_collector.parse_interval(job.interval))
+    model = PricePredictionModel().load_model(job.model_path)
+    return job, bars, model
+
+
+def run_on_bars(job: OptimizationJob, bars: list[BarData], model: PricePredictionModel, setting: dict[str, Any],
+                start: datetime, end: datetime) -> dict[str, Any]:
+    """One backtest of the strategy on ready bars and predictions; JSON-safe statistics."""
+    costs = job.costs
+    engine = PreloadedBacktestingEngine(bars)
+    interval = data_collector.parse_interval(job.interval)
+    engine.set_parameters(vt_symbol=job.vt_symbol, interval=interval, start=start, end=end, rate=costs["rate"],
+                          slippage=costs["slippage"], size=costs["size"], pricetick=costs["pricetick"],
+                          capital=int(costs["capital"]))
+    engine.add_strategy(PredictiveTradingStrategy, {**job.base_setting, **setting})
+    engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(job.bars.index), job.predictions)
+    engine.load_data()
+    engine.run_backtesting()
+    failure = engine.failure()
+    if failure is not None:
+        raise StrategyFailed(f"策略在回测中抛出异常 / the strategy raised:\n{failure}")
+    engine.calculate_result()
+    return dict(json_safe(engine.calculate_statistics(output=False)))
+
+
+def evaluate_setting(job_path: str, setting: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
+    """vnpy's optimisation contract: (setting as text, target value, statistics) for one setting."""
+    job, bars, model = _worker_state(job_path)
+    statistics = run_on_bars(job, bars, model, setting, job.start, job.end)
+    value = statistics.get(job.target)
+    return str(setting), float(value) if value is not None else -math.inf, statistics
+
+
+def _target_of(result: tuple[str, float, dict[str, Any]]) -> float:
+    return result[1]
+
+
+@dataclass
+class OptimizationResult:
+    """All settings tried, best first, and warnings such as a best value on the edge of the grid."""
+
+    target: str
+    table: pd.DataFrame
+    best: dict[str, Any]
+    warnings: list[str]
+
+
+def grid_edges(best: dict[str, Any], grid: dict[str, list[float]]) -> list[str]:
+    """A warning for every parameter whose best value is the smallest or largest of three or more tried."""
+    warnings = []
+    for name, values in grid.items():
+        if len(values) >= 3 and best.get(name) in (min(values), max(values)):
+            warnings.append(f"最优参数 {name}={best[name]} 位于网格边缘 [{min(values)}, {max(values)}]，"
+                            "请扩大范围再试 / best value on the edge of the grid")
+    return warnings
+
+
+def results_table(results: list[tuple[str, float, dict[str, Any]]], names: list[str],
+                  target: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The results as a table sorted by the target (best first), and the best setting."""
+    import ast
+
+    rows = []
+    for text, value, statistics in results:
+        setting = ast.literal_eval(text)
+        rows.append({**{name: setting.get(name) for name in names}, target: value,
+                     **{key: statistics.get(key) for key in ("total_net_pnl", "total_return", "max_ddpercent",
+                                                             "sharpe_ratio", "total_trade_count")
+                        if key != target}})
+    table = pd.DataFrame(rows).sort_values(target, ascending=False, kind="stable").reset_index(drop=True)
+    best = {name: table.loc[0, name] for name in names} if len(table) else {}
+    return table, {k: v.item() if isinstance(v, np.generic) else v for k, v in best.items()}
+
+
+class Optimizer:
+    """Grid and genetic search of strategy settings on all cores, and walk-forward optimisation."""
+
+    def __init__(self, module: BacktestingModule, workers: int | None = None) -> None:
+        self.module = module
+        self.workers = workers or os.cpu_count() or 1
+
+    def prepare(self, vt_symbol: str, start: datetime, end: datetime, model_path: str | Path, interval: str,
+                base_setting: dict[str, Any], target: str, capital: float, folder: Path) -> Path:
+        """Load bars and predictions once and write the job every worker reads."""
+        module = self.module
+        spec = module.contract(vt_symbol)
+        warmup = int(base_setting.get("warmup_days", WARMUP_DAYS))
+        bars = module.load_bars(vt_symbol, start, end, interval, warmup)
+        model = PricePredictionModel().load_model(find_bundle(str(model_path), module.home.models_dir))
+        predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir)
+        costs = {"rate": spec.commission_rate, "slippage": spec.slippage_ticks * spec.pricetick,
+                 "size": spec.size, "pricetick": spec.pricetick, "capital": capital}
+        setting = {"model_path": str(model.path), "capital": capital, "commission_rate": spec.commission_rate,
+                   "margin_rate": spec.margin_rate, "slippage_cost": costs["slippage"], **base_setting}
+        job = OptimizationJob(vt_symbol, interval, start, end, str(model.path), bars, predictions, costs, setting,
+                              target)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "job.pkl"
+        with path.open("wb") as handle:
+            pickle.dump(job, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+    def search(self, job_path: Path, grid: dict[str, list[float]], method: str = "grid",
+               output: Callable[[str], None] = logger.info) -> OptimizationResult:
+        """Every grid point (or a genetic search over the grid) in worker processes."""
+        from vnpy.trader.optimize import OptimizationSetting, run_bf_optimization, run_ga_optimization
+
+        with job_path.open("rb") as handle:
+            target = pickle.load(handle).target
+        setting = OptimizationSetting()
+        for name, values in grid.items():
+            setting.params[name] = list(values)
+        setting.set_target(target)
+        evaluate: Any = functools.partial(evaluate_setting, str(job_path))  # vnpy hints a dict; it uses the tuple
+        if method == "ga":
+            size = len(setting.generate_settings())
+            results = run_ga_optimization(evaluate, setting, _target_of, max_workers=self.workers,
+                                          pop_size=min(40, max(4, size // 2)), ngen=10, output=output)
+        else:
+            results = run_bf_optimization(evaluate, setting, _target_of, max_workers=self.workers, output=output)
+        table, best = results_table(results, list(grid), target)
+        return OptimizationResult(target, table, best, grid_edges(best, grid))
+
+    def walk_forward(self, job_path: Path, grid: dict[str, list[float]], folds: int,
+                     method: str = "grid") -> pd.DataFrame:
+        """Optimise on each window, test the best settings on the next one; only out-of-sample rows are returned."""
+        with job_path.open("rb") as handle:
+            job: OptimizationJob = pickle.load(handle)
+        edges = pd.date_range(job.start, job.end, periods=folds + 2)
+        rows = []
+        for fold in range(folds):
+            train = (edges[fold].to_pydatetime(), edges[fold + 1].to_pydatetime())
+            test = (edges[fold + 1].to_pydatetime(), edges[fold + 2].to_pydatetime())
+            fold_job = replace(job, start=train[0], end=train[1])
+            fold_path = job_path.with_name(f"job_fold{fold + 1}.pkl")
+            with fold_path.open("wb") as handle:
+                pickle.dump(fold_job, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            found = self.search(fold_path, grid, method)
+            _, bars, model = _worker_state(str(job_path))
+            statistics = run_on_bars(job, bars, model, found.best, test[0], test[1])
+            rows.append({"fold": fold + 1, "optimised_from": train[0].date(), "optimised_to": train[1].date(),
+                         "tested_from": test[0].date(), "tested_to": test[1].date(), **found.best,
+                         **{key: statistics.get(key) for key in (job.target, "total_net_pnl", "total_return",
+                                                                 "max_ddpercent", "total_trade_count")}})
+        return pd.DataFrame(rows)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """A CSV written to a temporary name, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_csv(temp, index=False)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
 
 
 # --- reports ------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -213,7 +215,7 @@ def test_prompt_offers_only_working_modes_and_runs_the_choice(
 
     assert ai_trading_system.main(["--home", str(imported_home.root)], input_fn=reply) == 0
     assert "请选择运行模式" in prompts[0]
-    assert [m.key for m in ai_trading_system.MODES] == ["3", "4", "5"]  # training works; 1 and 2 not yet
+    assert [m.key for m in ai_trading_system.MODES] == ["2", "3", "4", "5"]  # trading (1) joins when it works
     assert "3. 模型训练" in prompts[0]
     assert all(f"{m.key}. {m.label}" in prompts[0] for m in ai_trading_system.MODES)
     assert "409,995" in capsys.readouterr().out
@@ -231,9 +233,59 @@ def test_prompt_retries_then_gives_up_with_exit_2(home: Home, capsys: pytest.Cap
     assert err.count("无效选择") == 3 and "多次输入无效" in err
 
 
-def test_demo_imports_the_sample_and_lists_the_database(
+def test_demo_without_the_training_years_exits_2_naming_the_missing_bars(
     home: Home, small_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert ai_trading_system.main(["--home", str(home.root), "demo", "--csv", str(small_csv)]) == 0
+    assert ai_trading_system.main(["--home", str(home.root), "demo", "--csv", str(small_csv)]) == 2
+    captured = capsys.readouterr()
+    assert "导入完成" in captured.out
+    assert "没有 rb0000.SHFE 1m 在 2014-01-01" in captured.err
+
+
+# --- backtest (mode 2) ---------------------------------------------------------------------------
+
+
+def backtest_argv(home: Home, bundle: Path, report: Path) -> list[str]:
+    return ["--home", str(home.root), "backtest", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end",
+            "2016-01-29", "--model", str(bundle), "--report-dir", str(report), "--no-cache"]
+
+
+def test_backtest_writes_every_report_file_and_prints_the_summary(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report"
+    assert ai_trading_system.main(backtest_argv(imported_home, rf_bundle, report)) == 0
+    assert {"report.png", "report.html", "statistics.json", "trades.csv", "daily.csv"} <= {
+        p.name for p in report.iterdir()}
+    statistics = json.loads((report / "statistics.json").read_text(encoding="utf-8"))
     out = capsys.readouterr().out
-    assert "导入完成" in out and "rb0000.SHFE       1m               500" in out
+    assert "净盈亏 / net P&L" in out and f"{statistics['total_net_pnl']:,.2f}" in out
+    assert statistics["total_trade_count"] > 0
+
+
+def test_backtest_of_a_strategy_that_raises_exits_1_with_the_traceback_and_no_report(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from predictive_trading_strategy import PredictiveTradingStrategy
+
+    original = PredictiveTradingStrategy.on_bar
+
+    def failing(self: PredictiveTradingStrategy, bar: Any) -> None:
+        if self.trading and bar.datetime.day == 15:
+            raise ZeroDivisionError("boom in on_bar")
+        original(self, bar)
+
+    monkeypatch.setattr(PredictiveTradingStrategy, "on_bar", failing)
+    report = tmp_path / "report"
+    assert ai_trading_system.main(backtest_argv(imported_home, rf_bundle, report)) == 1
+    assert "ZeroDivisionError: boom in on_bar" in caplog.text and "Traceback" in caplog.text
+    assert not report.exists()
+
+
+def test_backtest_with_a_missing_bundle_exits_2(imported_home: Home, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = backtest_argv(imported_home, tmp_path / "no_such_bundle", tmp_path / "report")
+    assert ai_trading_system.main(argv) == 2
+    assert "no_such_bundle" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
