@@ -1,0 +1,123 @@
+"""Backtests on real bars: the prediction cache, buy-and-hold, optimisation, and a golden run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ai_trading_system
+import data_collector
+from backtesting_module import (
+    BacktestingModule,
+    PreloadedBacktestingEngine,
+    buy_and_hold,
+    cached_predictions,
+    grid_edges,
+    prediction_key,
+)
+from config import CHINA_TZ, DataError, Home, resolve_home
+from ml_model import PricePredictionModel
+
+VT = "rb0000.SHFE"
+
+
+@pytest.fixture(scope="module")
+def january(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    """Real rb bars from 2015-12-20 (warm-up) to 2016-01-31."""
+    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ):pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
+
+
+def test_engine_refuses_bars_out_of_time_order(january: pd.DataFrame) -> None:
+    bars = data_collector.frame_to_bars(january.iloc[:10], VT)
+    with pytest.raises(DataError, match="严格递增"):
+        PreloadedBacktestingEngine([bars[1], bars[0], *bars[2:]])
+
+
+def test_prediction_cache_hits_on_the_same_bars_and_misses_when_a_bar_changes(
+    january: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    model = PricePredictionModel().load_model(rf_bundle)
+    first, hit = cached_predictions(model, january, VT, tmp_path)
+    assert not hit and len(list(tmp_path.glob("*.npy"))) == 1
+    again, hit = cached_predictions(model, january, VT, tmp_path)
+    assert hit
+    np.testing.assert_array_equal(first, again)
+    changed = january.copy()
+    changed.iloc[-1, changed.columns.get_loc("close")] += 1
+    assert prediction_key(model, changed) != prediction_key(model, january)
+    _, hit = cached_predictions(model, changed, VT, tmp_path)
+    assert not hit and len(list(tmp_path.glob("*.npy"))) == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_buy_and_hold_is_the_price_change_of_the_lots_less_costs(january: pd.DataFrame) -> None:
+    bars = january.loc[january.index >= pd.Timestamp("2016-01-04", tz=CHINA_TZ)]
+    series = buy_and_hold(bars, 1_000_000, 10, 2, 0.0001, 1.0)
+    entry = bars["close"].iloc[0] + 1
+    expected = 1_000_000 - entry * 2 * 10 * 0.0001 - 1.0 * 2 * 10 + (bars["close"].iloc[-1] - entry) * 2 * 10
+    assert series.iloc[-1] == pytest.approx(expected)
+    assert series.index[0] == pd.Timestamp("2016-01-04") and series.index.is_monotonic_increasing
+
+
+def test_best_value_on_the_edge_of_the_grid_is_warned() -> None:
+    grid = {"prediction_threshold": [0.0005, 0.001, 0.0015], "trailing_percent": [0.5, 1.0]}
+    warnings = grid_edges({"prediction_threshold": 0.0015, "trailing_percent": 0.5}, grid)
+    assert len(warnings) == 1 and "prediction_threshold=0.0015" in warnings[0]
+    assert grid_edges({"prediction_threshold": 0.001, "trailing_percent": 1.0}, grid) == []
+
+
+def run_january(module: BacktestingModule, january: pd.DataFrame, bundle: Path) -> tuple[dict, list]:
+    result = module.run_backtest(VT, "2016-01-04", "2016-01-31", bundle, setting={"fixed_size": 1}, bars=january,
+                                 use_cache=False)
+    return result.statistics, [(t.datetime, t.direction, t.offset, t.price, t.volume) for t in result.trades]
+
+
+def test_golden_backtest_on_real_bars_is_pinned_and_repeatable(
+    january: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    module = BacktestingModule(resolve_home(tmp_path / "home"))
+    statistics, trades = run_january(module, january, rf_bundle)
+    again, trades_again = run_january(module, january, rf_bundle)
+    assert trades == trades_again and statistics == again  # bit for bit on one machine
+    # pinned outcome of the fixed bundle (RF, 20 trees, depth 6, trained on 2015-09..12) on January 2016
+    assert statistics["total_trade_count"] == GOLDEN_TRADES
+    assert statistics["total_net_pnl"] == pytest.approx(GOLDEN_NET_PNL, abs=0.01)
+
+
+GOLDEN_TRADES = 74
+GOLDEN_NET_PNL = -1383.155
+
+
+def test_optimize_grid_writes_sorted_results_and_names_the_best(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "opt"
+    argv = ["--home", str(imported_home.root), "optimize", "--vt-symbol", VT, "--start", "2016-01-04", "--end",
+            "2016-01-29", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0005:0.0015:0.0005",
+            "--param", "trailing_percent=0.5,1.0", "--target", "total_net_pnl", "--workers", "2",
+            "--report-dir", str(report), "--no-cache"]
+    assert ai_trading_system.main(argv) == 0
+    table = pd.read_csv(report / "results.csv")
+    assert len(table) == 6
+    assert table["total_net_pnl"].is_monotonic_decreasing
+    assert set(table["prediction_threshold"]) == {0.0005, 0.001, 0.0015}
+    best = table.iloc[0]
+    assert f"'prediction_threshold': {best['prediction_threshold']}" in capsys.readouterr().out
+
+
+def test_walk_forward_reports_only_out_of_sample_windows(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "wf"
+    argv = ["--home", str(imported_home.root), "optimize", "--vt-symbol", VT, "--start", "2016-01-04", "--end",
+            "2016-02-26", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0005,0.001",
+            "--walk-forward", "2", "--workers", "2", "--report-dir", str(report), "--no-cache"]
+    assert ai_trading_system.main(argv) == 0
+    table = pd.read_csv(report / "walk_forward.csv", parse_dates=["optimised_to", "tested_from", "tested_to"])
+    assert list(table["fold"]) == [1, 2]
+    assert (table["tested_from"] >= table["optimised_to"]).all()  # each test window follows its optimisation
+    assert table["tested_from"].iloc[1] >= table["tested_to"].iloc[0] - timedelta(days=1)
