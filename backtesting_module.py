@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,10 @@ from config import (
 )
 from ml_model import PricePredictionModel, find_bundle
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy, batch_predictions
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +172,9 @@ def buy_and_hold(bars: pd.DataFrame, capital: float, size: float, volume: float,
     entry = close[0] + slippage
     cost = entry * volume * size * rate + slippage * volume * size
     balance = capital - cost + (close - entry) * volume * size
-    days = data_processor.trading_days(pd.DatetimeIndex(bars.index))
-    series = pd.Series(balance, index=pd.DatetimeIndex(days))
+    # by calendar date, as vnpy's daily results are, so the two line up day by day
+    days = pd.DatetimeIndex(bars.index).tz_localize(None).normalize()
+    series = pd.Series(balance, index=days)
     return series.groupby(level=0).last()
 
 
@@ -448,3 +453,237 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
 
 
 # --- reports ------------------------------------------------------------------------------------------------
+
+REPORT_FILES: tuple[str, ...] = ("statistics.json", "trades.csv", "daily.csv", "report.png", "report.html")
+REPORT_SIZE: tuple[float, float] = (14.0, 13.0)  # inches: at REPORT_DPI the PNG is 1540 x 1430 pixels
+REPORT_DPI: int = 110
+TRADE_COLUMNS: tuple[str, ...] = ("datetime", "direction", "offset", "price", "volume", "tradeid", "orderid")
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` to write it under before the rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def report_capital(result: BacktestResult) -> float:
+    """The capital the run started with."""
+    return float(result.setting.get("capital") or result.statistics.get("capital") or DEFAULT_CAPITAL)
+
+
+def daily_dates(daily: pd.DataFrame) -> pd.DatetimeIndex:
+    """vnpy's daily index (calendar dates) as timestamps at midnight, without a time zone."""
+    return pd.DatetimeIndex(pd.to_datetime(pd.Index(daily.index)), name="date")
+
+
+def wall_clock(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Times as China wall-clock time without a time zone, on the same axis as `daily_dates`."""
+    from config import CHINA_TZ
+
+    index = pd.DatetimeIndex(index)
+    return index.tz_convert(CHINA_TZ).tz_localize(None) if index.tz is not None else index
+
+
+def day_close_times(result: BacktestResult) -> pd.DatetimeIndex:
+    """When each vnpy day closed: the time of its last bar (vnpy marks a day's balance there), else its midnight."""
+    dates = daily_dates(result.daily)
+    times = wall_clock(pd.DatetimeIndex(result.bars.index))
+    last = pd.Series(times, index=times.normalize()).groupby(level=0).max()
+    return pd.DatetimeIndex(last.reindex(dates).fillna(pd.Series(dates, index=dates)), name="close_time")
+
+
+def benchmark_by_date(result: BacktestResult) -> pd.Series:
+    """The buy-and-hold balance on vnpy's daily dates; NaN on a date the benchmark has no trading day for."""
+    days = wall_clock(pd.DatetimeIndex(result.benchmark.index)).normalize()
+    benchmark = pd.Series(result.benchmark.to_numpy(dtype="float64"), index=days)
+    return benchmark.reindex(daily_dates(result.daily)).rename("buy_and_hold_balance")
+
+
+def equity_curves(result: BacktestResult) -> pd.DataFrame:
+    """Per vnpy day: balances, cumulative returns in % of capital, drawdown (money and %) and net P&L."""
+    capital = report_capital(result)
+    daily = result.daily
+    net_pnl = daily["net_pnl"].to_numpy(dtype="float64")
+    balance = daily["balance"].to_numpy(dtype="float64") if "balance" in daily else capital + np.cumsum(net_pnl)
+    peak = np.maximum.accumulate(balance) if len(balance) else balance
+    drawdown = daily["drawdown"].to_numpy(dtype="float64") if "drawdown" in daily else balance - peak
+    ddpercent = daily["ddpercent"].to_numpy(dtype="float64") if "ddpercent" in daily else drawdown / peak * 100
+    benchmark = benchmark_by_date(result).to_numpy()
+    return pd.DataFrame({
+        "balance": balance,
+        "buy_and_hold": benchmark,
+        "return_pct": (balance / capital - 1) * 100,
+        "buy_and_hold_return_pct": (benchmark / capital - 1) * 100,
+        "drawdown": drawdown,
+        "drawdown_pct": ddpercent,
+        "net_pnl": net_pnl,
+    }, index=daily_dates(daily))
+
+
+def report_statistics(result: BacktestResult) -> dict[str, Any]:
+    """vnpy's statistics with what was run, as plain JSON (NaN and inf as null)."""
+    return json_safe({"vt_symbol": result.vt_symbol, "start": result.start, "end": result.end,
+                      **result.statistics, "setting": result.setting})
+
+
+def trades_frame(trades: Sequence[TradeData]) -> pd.DataFrame:
+    """One row per trade: time in ISO form with its offset, vnpy's enums as their values."""
+    rows = [(trade.datetime.isoformat() if trade.datetime else None, getattr(trade.direction, "value", None),
+             getattr(trade.offset, "value", None), trade.price, trade.volume, trade.tradeid, trade.orderid)
+            for trade in trades]
+    return pd.DataFrame(rows, columns=list(TRADE_COLUMNS))
+
+
+def daily_frame(result: BacktestResult) -> pd.DataFrame:
+    """vnpy's daily results with the date as a column and the buy-and-hold balance; the per-day trade lists are
+    left out (trades.csv holds the trades)."""
+    frame = result.daily.drop(columns="trades", errors="ignore").rename_axis("date").reset_index()
+    frame["buy_and_hold_balance"] = benchmark_by_date(result).to_numpy()
+    return frame
+
+
+def _statistic(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "n/a"
+
+
+def report_title(result: BacktestResult) -> str:
+    """Symbol, range and the key statistics on two lines."""
+    stats = result.statistics
+    return (f"{result.vt_symbol}   {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d}\n"
+            f"net P&L {_statistic(stats.get('total_net_pnl'), ',.0f')}   "
+            f"return {_statistic(stats.get('total_return'), '.2f')}%   "
+            f"max drawdown {_statistic(stats.get('max_ddpercent'), '.2f')}%   "
+            f"Sharpe {_statistic(stats.get('sharpe_ratio'), '.2f')}   trades {len(result.trades)}")
+
+
+def _plot_trades(ax: Axes, trades: Sequence[TradeData]) -> None:
+    """Long entries as triangles up, short entries as triangles down, exits as crosses."""
+    from vnpy.trader.constant import Offset
+
+    entries = [t for t in trades if t.offset == Offset.OPEN]
+    groups = (
+        ("long entry", "^", "tab:green", [t for t in entries if t.direction == Direction.LONG]),
+        ("short entry", "v", "tab:red", [t for t in entries if t.direction != Direction.LONG]),
+        ("exit", "x", "black", [t for t in trades if t.offset != Offset.OPEN]),
+    )
+    for label, marker, color, chosen in groups:
+        if chosen:
+            times = wall_clock(pd.DatetimeIndex([t.datetime for t in chosen]))
+            ax.scatter(times, [t.price for t in chosen], marker=marker, color=color, s=45, zorder=3,
+                       label=f"{label} ({len(chosen)})")
+    if not trades:
+        ax.text(0.5, 0.9, "no trades", ha="center", va="center", fontsize=12, transform=ax.transAxes)
+
+
+def results_figure(result: BacktestResult) -> Figure:
+    """Four panels on one time axis: balance, cumulative return, drawdown, and price with trades and predictions."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import StrMethodFormatter
+
+    capital = report_capital(result)
+    curves = equity_curves(result)
+    figure = Figure(figsize=REPORT_SIZE, dpi=REPORT_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(report_title(result), fontsize=13)
+    balance_ax, return_ax, drawdown_ax, price_ax = figure.subplots(4, 1, sharex=True, height_ratios=[3, 2, 2, 3])
+
+    closes = day_close_times(result)
+    balance_ax.set_title("Balance at each day's close (vnpy daily results)")
+    balance_ax.plot(closes, curves["balance"], marker="o", markersize=3, label="strategy")
+    balance_ax.plot(closes, curves["buy_and_hold"], marker="o", markersize=3, label="buy and hold")
+    balance_ax.axhline(capital, color="grey", linewidth=0.8, linestyle="--", label="capital")
+    balance_ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    balance_ax.set_ylabel("balance")
+
+    return_ax.set_title("Cumulative return")
+    return_ax.plot(closes, curves["return_pct"], marker="o", markersize=3, label="strategy")
+    return_ax.plot(closes, curves["buy_and_hold_return_pct"], marker="o", markersize=3, label="buy and hold")
+    return_ax.axhline(0, color="grey", linewidth=0.8)
+    return_ax.set_ylabel("return (% of capital)")
+
+    drawdown_ax.set_title("Drawdown from the running peak")
+    drawdown_ax.fill_between(closes, curves["drawdown_pct"], 0, color="tab:red", alpha=0.3)
+    drawdown_ax.plot(closes, curves["drawdown_pct"], color="tab:red", label="strategy drawdown")
+    drawdown_ax.set_ylabel("drawdown (%)")
+
+    price_ax.set_title("Close price, trades and the model's prediction")
+    price_ax.plot(wall_clock(pd.DatetimeIndex(result.bars.index)), result.bars["close"].to_numpy(dtype="float64"),
+                  color="tab:blue", linewidth=0.8, label="close")
+    _plot_trades(price_ax, result.trades)
+    price_ax.set_ylabel("price")
+    price_ax.set_xlabel("date (China time)")
+    signal_ax = price_ax.twinx()
+    predictions = result.predictions.to_numpy(dtype="float64") * 1e4
+    finite = int(np.isfinite(predictions).sum())
+    signal_ax.plot(wall_clock(pd.DatetimeIndex(result.predictions.index)), predictions, color="tab:purple",
+                   linewidth=0.6, alpha=0.4, label=f"prediction ({finite:,} of {len(predictions):,} bars)")
+    signal_ax.axhline(0, color="tab:purple", linewidth=0.6, linestyle=":")
+    signal_ax.set_ylabel("predicted return (bp)")
+    price_ax.set_zorder(signal_ax.get_zorder() + 1)  # price and trades over the prediction line
+    price_ax.patch.set_visible(False)
+
+    for ax in (balance_ax, return_ax, drawdown_ax):
+        ax.legend(loc="upper left")
+        ax.grid(alpha=0.3)
+    handles, labels = price_ax.get_legend_handles_labels()
+    signal_handles, signal_labels = signal_ax.get_legend_handles_labels()
+    price_ax.legend(handles + signal_handles, labels + signal_labels, loc="upper left", fontsize=9)
+    price_ax.grid(alpha=0.3)
+    return figure
+
+
+def plot_results(result: BacktestResult, path: Path) -> Path:
+    """The four-panel PNG report at `path`, written under a temporary name and renamed."""
+    figure = results_figure(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        figure.savefig(temporary, format="png", dpi=REPORT_DPI)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def results_chart(result: BacktestResult) -> Any:
+    """The plotly figure of vnpy's `show_chart()` (balance, drawdown, daily P&L, P&L distribution) plus buy and hold."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    curves = equity_curves(result)
+    chart = make_subplots(rows=4, cols=1, subplot_titles=["Balance", "Drawdown", "Daily Pnl", "Pnl Distribution"],
+                          vertical_spacing=0.06)
+    chart.add_trace(go.Scatter(x=curves.index, y=curves["balance"], mode="lines", name="Balance"), row=1, col=1)
+    chart.add_trace(go.Scatter(x=curves.index, y=curves["buy_and_hold"], mode="lines", name="Buy and hold"),
+                    row=1, col=1)
+    chart.add_trace(go.Scatter(x=curves.index, y=curves["drawdown"], fillcolor="red", fill="tozeroy", mode="lines",
+                               name="Drawdown"), row=2, col=1)
+    chart.add_trace(go.Bar(x=curves.index, y=curves["net_pnl"], name="Daily Pnl"), row=3, col=1)
+    chart.add_trace(go.Histogram(x=curves["net_pnl"], nbinsx=100, name="Days"), row=4, col=1)
+    chart.update_layout(height=1000, width=1000, title_text=report_title(result).replace("\n", "<br>"),
+                        margin={"t": 120})
+    return chart
+
+
+def write_report(result: BacktestResult, folder: Path, engine_chart: Any | None = None) -> dict[str, Path]:
+    """statistics.json, trades.csv, daily.csv, report.png and report.html in `folder`: all are rendered under
+    temporary names first and renamed only when every one succeeded, so a failure leaves the previous report."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / name for name in REPORT_FILES}
+    staged = {name: temporary_path(path) for name, path in paths.items()}
+    try:
+        staged["statistics.json"].write_text(
+            json.dumps(report_statistics(result), ensure_ascii=False, indent=4, allow_nan=False), encoding="utf-8")
+        trades_frame(result.trades).to_csv(staged["trades.csv"], index=False)
+        daily_frame(result).to_csv(staged["daily.csv"], index=False)
+        plot_results(result, staged["report.png"])
+        chart = results_chart(result) if engine_chart is None else engine_chart
+        chart.write_html(staged["report.html"], include_plotlyjs=True)
+        for name, path in paths.items():
+            os.replace(staged[name], path)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+    return paths
