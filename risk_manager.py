@@ -437,7 +437,7 @@ class RiskManager:
         if not state.book_out_of_sync:
             state.halted, state.halt_reason = False, ""
         state.limit_up = state.limit_down = math.nan
-        logger.info("交易日 %s 开始，日初权益 %.2f / trading day started", day, state.day_start_equity)
+        logger.debug("交易日 %s 开始，日初权益 %.2f / trading day started", day, state.day_start_equity)
 
     def _check_daily_loss(self) -> None:
         """Halt opening once the day's loss passes the limit (logged the first time)."""
