@@ -64,12 +64,16 @@ def _bundle_name(text: str) -> str:
     return text
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a number above zero."""
+def _parse_float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} 不是数字 / not a number") from None
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above zero."""
+    value = _parse_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} 必须大于 0 / must be positive")
     return value
@@ -77,10 +81,7 @@ def _positive_float(text: str) -> float:
 
 def _non_negative_float(text: str) -> float:
     """An argparse type: a number of zero or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} 不是数字 / not a number") from None
+    value = _parse_float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} 不能为负 / must not be negative")
     return value

@@ -89,6 +89,16 @@ class PreloadedBacktestingEngine(BacktestingEngine):
         return next((msg for msg in self.messages if "Traceback (most recent call last)" in msg), None)
 
 
+def replay(engine: PreloadedBacktestingEngine) -> None:
+    """Load the bars and run the replay; a strategy exception (which vnpy swallows) raises StrategyFailed."""
+    engine.load_data()
+    engine.run_backtesting()
+    failure = engine.failure()
+    if failure is not None:
+        logger.error("策略运行出错，回测中止 / the strategy raised, backtest aborted\n%s", failure)
+        raise StrategyFailed(f"策略在回测中抛出异常，没有写出报告 / the strategy raised during the run:\n{failure}")
+
+
 @dataclass
 class BacktestResult:
     """One backtest: vnpy's daily results and statistics, the trades, and what the strategy saw."""
@@ -245,12 +255,7 @@ class BacktestingModule:
                               capital=int(capital))
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
-        engine.load_data()
-        engine.run_backtesting()
-        failure = engine.failure()
-        if failure is not None:
-            logger.error("策略运行出错，回测中止 / the strategy raised, backtest aborted\n%s", failure)
-            raise StrategyFailed(f"策略在回测中抛出异常，没有写出报告 / the strategy raised during the run:\n{failure}")
+        replay(engine)
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
         volume = float(chosen.get("fixed_size", PredictiveTradingStrategy.fixed_size))
@@ -309,11 +314,7 @@ def run_on_bars(job: OptimizationJob, bars: list[BarData], model: PricePredictio
                           capital=int(costs["capital"]))
     engine.add_strategy(PredictiveTradingStrategy, {**job.base_setting, **setting})
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(job.bars.index), job.predictions)
-    engine.load_data()
-    engine.run_backtesting()
-    failure = engine.failure()
-    if failure is not None:
-        raise StrategyFailed(f"策略在回测中抛出异常 / the strategy raised:\n{failure}")
+    replay(engine)
     engine.calculate_result()
     return dict(json_safe(engine.calculate_statistics(output=False)))
 
