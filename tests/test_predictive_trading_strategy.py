@@ -182,13 +182,14 @@ def test_bundle_of_another_product_is_refused(rf_bundle: Path) -> None:
         load_signal(str(rf_bundle), "cu1909.SHFE")
 
 
-def test_risk_veto_sends_nothing_and_logs_the_reason() -> None:
-    # 30 lots of rb at 3000 need 90,000 of margin: more than 5% of 1,000,000 for one order
+def test_an_order_above_the_single_trade_margin_shrinks_to_the_largest_allowed_volume() -> None:
+    # 30 lots of rb at 3001 need 90,030 of margin: more than 5% of 1,000,000 for one order
     strategy, engine = scripted_strategy([0.002], fixed_size=30)
     strategy.on_bar(bar_at(FRIDAY, 3000))
-    # the order shrinks to the largest volume the limits allow (16 lots: 48,000 ≤ 50,000)
-    assert [(o.volume) for o in engine.orders] == [16]
+    assert [o.volume for o in engine.orders] == [16]  # 16 lots: 48,016 ≤ 50,000
 
+
+def test_risk_veto_sends_nothing_and_logs_the_reason() -> None:
     strategy, engine = scripted_strategy([0.002], capital=50_000.0)
     strategy.on_bar(bar_at(FRIDAY, 3000))  # one lot needs 3,000 > 5% of 50,000
     assert engine.orders == []
