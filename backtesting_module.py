@@ -32,7 +32,7 @@ from config import (
     load_contracts,
     settings_dirs,
 )
-from ml_model import PricePredictionModel, find_bundle
+from ml_model import PricePredictionModel, find_bundle, json_safe
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy, batch_predictions
 
 if TYPE_CHECKING:
@@ -114,21 +114,6 @@ class BacktestResult:
     predictions: pd.Series  # the prediction at each traded bar's close
     benchmark: pd.Series  # buy-and-hold balance at each day's close
     messages: list[str] = field(default_factory=list)
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python numbers, dates to ISO text, NaN and inf to null."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def as_china_time(value: str | date | datetime, end_of_day: bool = False) -> datetime:

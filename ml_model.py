@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -550,7 +550,7 @@ class PricePredictionModel:
                 joblib.dump(self.network, temp / model_file, compress=3)
             (temp / FAST_FILE).write_bytes(self.onnx_bytes)
             (temp / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict(), indent=2), encoding="utf-8")
-            (temp / METRICS_FILE).write_text(json.dumps(_json_safe(self.metrics), indent=2, ensure_ascii=False),
+            (temp / METRICS_FILE).write_text(json.dumps(json_safe(self.metrics), indent=2, ensure_ascii=False),
                                              encoding="utf-8")
             files = {name: _file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
             metadata = {
@@ -574,7 +574,7 @@ class PricePredictionModel:
                 "created_at": datetime.now(CHINA_TZ).isoformat(timespec="seconds"),
                 "files": files,
             }
-            (temp / METADATA_FILE).write_text(json.dumps(_json_safe(metadata), indent=2, ensure_ascii=False),
+            (temp / METADATA_FILE).write_text(json.dumps(json_safe(metadata), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
             if target.exists():
                 os.replace(target, old)
@@ -629,14 +629,16 @@ class PricePredictionModel:
         return self.network
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python numbers, NaN to null."""
+def json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python numbers, dates to ISO text, NaN and inf to null."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
