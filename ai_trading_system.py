@@ -530,11 +530,14 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
     grid = dict(args.param)
     folder = Path(args.report_dir) if args.report_dir else (
         home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
-    optimizer = module.Optimizer(module.BacktestingModule(home), args.workers)
-    start, end = module.as_china_time(args.start), module.as_china_time(args.end, end_of_day=True)
+    backtests = module.BacktestingModule(home)
+    optimizer = module.Optimizer(backtests, args.workers)
+    start = data_collector.to_china_time(args.start)
+    end = data_collector.to_china_time(args.end, end_of_day=True)
+    costs = backtests.costs(args.vt_symbol, args.capital, args.rate, args.slippage, args.size, args.pricetick)
     _stderr_progress(f"准备数据与预测 / loading bars and predictions: {args.vt_symbol} {args.start} ~ {args.end}")
     job = optimizer.prepare(args.vt_symbol, start, end, resolve_bundle(home, args.model), args.interval,
-                            strategy_setting(args), args.target, args.capital, folder / "work")
+                            strategy_setting(args), args.target, costs, folder / "work", use_cache=not args.no_cache)
     if args.walk_forward:
         table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
         path = module.write_csv_atomic(table, folder / "walk_forward.csv")

@@ -116,11 +116,6 @@ class BacktestResult:
     messages: list[str] = field(default_factory=list)
 
 
-def as_china_time(value: str | date | datetime, end_of_day: bool = False) -> datetime:
-    """A start or end given as text, date or datetime, in China time."""
-    return data_collector.to_china_time(value, end_of_day=end_of_day)
-
-
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -173,6 +168,20 @@ def buy_and_hold(bars: pd.DataFrame, capital: float, size: float, volume: float,
     return series.groupby(level=0).last()
 
 
+def strategy_costs(model_path: str, costs: dict[str, float]) -> dict[str, Any]:
+    """The strategy parameters that make its risk book charge what the engine charges."""
+    return {"model_path": model_path, "capital": costs["capital"], "commission_rate": costs["rate"],
+            "margin_rate": costs["margin_rate"], "slippage_cost": costs["slippage"]}
+
+
+def set_engine_parameters(engine: BacktestingEngine, vt_symbol: str, interval: str, start: datetime, end: datetime,
+                          costs: dict[str, float]) -> None:
+    """vnpy's set_parameters with our costs (capital must be given: vnpy's default 0 zeroes every statistic)."""
+    engine.set_parameters(vt_symbol=vt_symbol, interval=data_collector.parse_interval(interval), start=start, end=end,
+                          rate=costs["rate"], slippage=costs["slippage"], size=costs["size"],
+                          pricetick=costs["pricetick"], capital=int(costs["capital"]))
+
+
 class BacktestingModule:
     """Runs the predictive strategy on vnpy's BacktestingEngine for one home (its database, settings and cache)."""
 
@@ -186,6 +195,17 @@ class BacktestingModule:
 
     def contract(self, vt_symbol: str) -> ContractSpec:
         return contract_spec(vt_symbol, self.contracts)
+
+    def costs(self, vt_symbol: str, capital: float = DEFAULT_CAPITAL, rate: float | None = None,
+              slippage: float | None = None, size: float | None = None,
+              pricetick: float | None = None) -> dict[str, float]:
+        """The engine's costs and the margin rate: each given value, else the contract's facts."""
+        spec = self.contract(vt_symbol)
+        pricetick = spec.pricetick if pricetick is None else pricetick
+        return {"rate": spec.commission_rate if rate is None else rate,
+                "slippage": spec.slippage_ticks * pricetick if slippage is None else slippage,
+                "size": spec.size if size is None else size, "pricetick": pricetick,
+                "margin_rate": spec.margin_rate, "capital": capital}
 
     def load_bars(self, vt_symbol: str, start: datetime, end: datetime, interval: str = "1m",
                   warmup_days: int = WARMUP_DAYS) -> pd.DataFrame:
@@ -210,14 +230,11 @@ class BacktestingModule:
         use_cache: bool = True,
     ) -> BacktestResult:
         """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.json."""
-        begin, finish = as_china_time(start), as_china_time(end, end_of_day=True)
+        begin = data_collector.to_china_time(start)
+        finish = data_collector.to_china_time(end, end_of_day=True)
         if begin >= finish:
             raise DataError(f"回测开始 {begin:%Y-%m-%d} 不早于结束 {finish:%Y-%m-%d} / start must be before end")
-        spec = self.contract(vt_symbol)
-        size = spec.size if size is None else size
-        pricetick = spec.pricetick if pricetick is None else pricetick
-        rate = spec.commission_rate if rate is None else rate
-        slippage = spec.slippage_ticks * pricetick if slippage is None else slippage
+        costs = self.costs(vt_symbol, capital, rate, slippage, size, pricetick)
         chosen = dict(setting or {})
         warmup_days = int(chosen.get("warmup_days", WARMUP_DAYS))
         if bars is None:
@@ -230,21 +247,18 @@ class BacktestingModule:
 
         model = PricePredictionModel().load_model(find_bundle(str(model_path), self.home.models_dir))
         predictions, _ = cached_predictions(model, bars, vt_symbol, self.cache_dir if use_cache else None)
-        chosen = {"model_path": str(model.path), "capital": capital, "commission_rate": rate,
-                  "margin_rate": spec.margin_rate, "slippage_cost": slippage, **chosen}
+        chosen = {**strategy_costs(str(model.path), costs), **chosen}
 
         engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(bars, vt_symbol,
                                                                          data_collector.parse_interval(interval)))
-        engine.set_parameters(vt_symbol=vt_symbol, interval=data_collector.parse_interval(interval), start=begin,
-                              end=finish, rate=rate, slippage=slippage, size=size, pricetick=pricetick,
-                              capital=int(capital))
+        set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
         replay(engine)
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
         volume = float(chosen.get("fixed_size", PredictiveTradingStrategy.fixed_size))
-        benchmark = buy_and_hold(traded, capital, size, volume, rate, slippage)
+        benchmark = buy_and_hold(traded, capital, costs["size"], volume, costs["rate"], costs["slippage"])
         statistics["buy_and_hold_end_balance"] = float(benchmark.iloc[-1])
         statistics["buy_and_hold_return"] = float((benchmark.iloc[-1] / capital - 1) * 100)
         trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
@@ -291,12 +305,8 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
 def run_on_bars(job: OptimizationJob, bars: list[BarData], model: PricePredictionModel, setting: dict[str, Any],
                 start: datetime, end: datetime) -> dict[str, Any]:
     """One backtest of the strategy on ready bars and predictions; JSON-safe statistics."""
-    costs = job.costs
     engine = PreloadedBacktestingEngine(bars)
-    interval = data_collector.parse_interval(job.interval)
-    engine.set_parameters(vt_symbol=job.vt_symbol, interval=interval, start=start, end=end, rate=costs["rate"],
-                          slippage=costs["slippage"], size=costs["size"], pricetick=costs["pricetick"],
-                          capital=int(costs["capital"]))
+    set_engine_parameters(engine, job.vt_symbol, job.interval, start, end, job.costs)
     engine.add_strategy(PredictiveTradingStrategy, {**job.base_setting, **setting})
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(job.bars.index), job.predictions)
     replay(engine)
@@ -361,18 +371,15 @@ class Optimizer:
         self.workers = workers or os.cpu_count() or 1
 
     def prepare(self, vt_symbol: str, start: datetime, end: datetime, model_path: str | Path, interval: str,
-                base_setting: dict[str, Any], target: str, capital: float, folder: Path) -> Path:
-        """Load bars and predictions once and write the job every worker reads."""
+                base_setting: dict[str, Any], target: str, costs: dict[str, float], folder: Path,
+                use_cache: bool = True) -> Path:
+        """Load bars and predictions once and write the job every worker reads; `costs` from module.costs()."""
         module = self.module
-        spec = module.contract(vt_symbol)
         warmup = int(base_setting.get("warmup_days", WARMUP_DAYS))
         bars = module.load_bars(vt_symbol, start, end, interval, warmup)
         model = PricePredictionModel().load_model(find_bundle(str(model_path), module.home.models_dir))
-        predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir)
-        costs = {"rate": spec.commission_rate, "slippage": spec.slippage_ticks * spec.pricetick,
-                 "size": spec.size, "pricetick": spec.pricetick, "capital": capital}
-        setting = {"model_path": str(model.path), "capital": capital, "commission_rate": spec.commission_rate,
-                   "margin_rate": spec.margin_rate, "slippage_cost": costs["slippage"], **base_setting}
+        predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir if use_cache else None)
+        setting = {**strategy_costs(str(model.path), costs), **base_setting}
         job = OptimizationJob(vt_symbol, interval, start, end, str(model.path), bars, predictions, costs, setting,
                               target)
         folder.mkdir(parents=True, exist_ok=True)

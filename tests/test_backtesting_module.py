@@ -121,3 +121,13 @@ def test_walk_forward_reports_only_out_of_sample_windows(
     assert list(table["fold"]) == [1, 2]
     assert (table["tested_from"] >= table["optimised_to"]).all()  # each test window follows its optimisation
     assert table["tested_from"].iloc[1] >= table["tested_to"].iloc[0] - timedelta(days=1)
+
+
+def test_costs_take_each_given_value_else_the_contract_facts(tmp_path: Path) -> None:
+    module = BacktestingModule(resolve_home(tmp_path / "home"))
+    assert module.costs(VT) == {"rate": 0.0001, "slippage": 1.0, "size": 10, "pricetick": 1, "margin_rate": 0.1,
+                                "capital": 1_000_000.0}
+    given = module.costs(VT, capital=500_000, rate=0.0002, slippage=0.0, pricetick=2.0)
+    assert given == {"rate": 0.0002, "slippage": 0.0, "size": 10, "pricetick": 2.0, "margin_rate": 0.1,
+                     "capital": 500_000}
+    assert module.costs(VT, pricetick=2.0)["slippage"] == 2.0  # one tick of the given price tick
