@@ -29,11 +29,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import sample_bars, timed  # noqa: E402
+from bench_common import add_input_arguments, library_versions, sample_bars, timed  # noqa: E402
 
 import data_collector  # noqa: E402
 import data_processor  # noqa: E402
-from config import SAMPLE_BARS_CSV, bind_vnpy_home, resolve_home, settings_for  # noqa: E402
+from config import bind_vnpy_home, resolve_home, settings_for  # noqa: E402
 
 VT_SYMBOL = "rb0000.SHFE"
 MODEL_TYPES: tuple[str, ...] = ("random_forest", "lstm")
@@ -221,27 +221,10 @@ class Runs:
                 "breakdown_seconds": {label: value for label, value in breakdown.items() if value > 0}}
 
 
-def library_versions() -> dict[str, str]:
-    """The model libraries' versions and vnpy's."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from ml_model import library_versions as ml_library_versions
-
-    found = ml_library_versions()
-    for package in ("vnpy", "vnpy_ctastrategy", "ta-lib"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "missing"
-    return found
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the backtest benchmark and print its JSON object."""
     parser = argparse.ArgumentParser(description="回测速度基准 / backtest speed benchmark")
-    parser.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="K线 CSV（默认示例数据）/ bar CSV")
-    parser.add_argument("--model", action="append", default=[], metavar="BUNDLE",
-                        help="已保存的模型包，可重复（每种类型一个）；否则在进程内训练 / saved bundle, repeatable")
+    add_input_arguments(parser)
     parser.add_argument("--bars", type=int, default=100_000,
                         help="未给 --start 时回测 --end 之前的最后几根K线 / traded bars when --start is not given")
     parser.add_argument("--start", default=None, help="回测开始日期（可选）/ first traded date (optional)")
@@ -357,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.repeat,
         "cpu_count": os.cpu_count(),
         "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "versions": library_versions(),
+        "versions": library_versions("vnpy", "vnpy_ctastrategy", "ta-lib"),
         "double_ma": yardstick,
         "double_ma_seconds_per_100k": round(yardstick["seconds"] * 100_000 / bars, 3),
         **ours,

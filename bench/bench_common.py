@@ -49,3 +49,28 @@ def sample_bars(csv: str | Path) -> pd.DataFrame:
     """The sample's bars indexed by bar-start datetime (the file stamps bar ends)."""
     frame, _ = read_bar_csv(csv, timestamp="end")
     return frame.set_index("datetime")
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """The model libraries' versions (ml_model.library_versions) and those of the `extra` packages."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ml_model import library_versions as model_versions
+
+    found = model_versions()
+    for package in extra:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
+
+def add_input_arguments(parser: Any) -> None:
+    """--csv and --model, shared by the benches that run saved bundles or train in-process."""
+    from config import SAMPLE_BARS_CSV
+
+    parser.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="K线 CSV（默认示例数据）/ bar CSV")
+    parser.add_argument("--model", action="append", default=[], metavar="BUNDLE",
+                        help="已保存的模型包，可重复（每种类型一个）；否则在进程内训练 / saved bundle, repeatable")
+

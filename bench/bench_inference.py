@@ -27,10 +27,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import constant_workload, sample_bars, timed  # noqa: E402
+from bench_common import add_input_arguments, constant_workload, library_versions, sample_bars, timed  # noqa: E402
 
 import data_processor  # noqa: E402
-from config import SAMPLE_BARS_CSV  # noqa: E402
 from data_processor import TrainingData, Windows  # noqa: E402
 
 VT_SYMBOL = "rb0000.SHFE"
@@ -362,12 +361,8 @@ def targets_met(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the inference benchmark and print its JSON object."""
-    from ml_model import library_versions as ml_library_versions
-
     parser = argparse.ArgumentParser(description="模型推理基准 / model inference benchmark")
-    parser.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="K线 CSV（默认示例数据）/ bar CSV")
-    parser.add_argument("--model", action="append", default=[], metavar="BUNDLE",
-                        help="已保存的模型包，可重复（每种类型一个）；否则在进程内训练 / saved bundle, repeatable")
+    add_input_arguments(parser)
     parser.add_argument("--start", default="2015-01-01", help="数据起始日期 / first date of the bars")
     parser.add_argument("--end", default="2016-06-30", help="数据结束日期（含）/ last date of the bars")
     parser.add_argument("--single", type=int, default=2000, help="单窗口计时的窗口数 / windows timed one by one")
@@ -439,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "first_bar": bars.index[0].isoformat(),
         "last_bar": bars.index[-1].isoformat(),
         "cpu_count": os.cpu_count(),
-        "versions": ml_library_versions(),
+        "versions": library_versions(),
         **(peak or {}),
         **results,
         "targets": {
