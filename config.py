@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import stat
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,6 +37,18 @@ ENV_PREFIX: str = "AI_TRADER_"
 VNTRADER_FOLDER: str = ".vntrader"
 VT_SETTING_FILENAME: str = "vt_setting.json"
 CONTRACTS_FILE: str = "contracts.json"
+STRATEGIES_FILE: str = "strategies.json"  # the live strategies: name -> class, vt_symbol and parameters
+AUDIT_FILENAME: str = "audit.jsonl"
+SECRETS_FILENAME: str = "secrets.enc"
+# secrets are read from these variables (or the encrypted secrets file), never from settings/
+SECRET_ENV: dict[str, str] = {
+    "ctp_user": "AI_TRADER_CTP_USER",
+    "ctp_password": "AI_TRADER_CTP_PASSWORD",
+    "ctp_auth_code": "AI_TRADER_CTP_AUTH_CODE",
+    "smtp_password": "AI_TRADER_SMTP_PASSWORD",
+}
+SECRET_KEY_ENV: str = "AI_TRADER_SECRET_KEY_FILE"  # where the secrets file's key lives (outside the repository)
+DEFAULT_SECRET_KEY: Path = Path("~/.config/ai_trader/secret.key")
 
 EXIT_OK: int = 0
 EXIT_BUG: int = 1
@@ -150,6 +167,115 @@ class ContractSpec:
             raise ConfigError(f"滑点跳数 {self.slippage_ticks} 不能为负 / slippage ticks must be ≥ 0")
 
 
+def _require_positive(section: str, owner: Any, names: Sequence[str]) -> None:
+    """ConfigError unless each named numeric field is > 0."""
+    for name in names:
+        value = getattr(owner, name)
+        if not value > 0:
+            raise ConfigError(f"{section}.{name} 必须 > 0，收到 {value} / must be positive")
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Thresholds of the resource and health monitor, and how alerts are paced."""
+
+    cpu_percent: float = 90.0
+    memory_percent: float = 90.0
+    disk_percent: float = 90.0
+    check_interval_seconds: float = 30.0
+    stale_data_seconds: float = 180.0  # no tick for this long inside a trading session is an alert
+    heartbeat_interval_seconds: float = 5.0  # how often the trading process touches its heartbeat file
+    strategy_silence_seconds: float = 300.0  # a trading strategy with no bar for this long in a session is stuck
+    alert_throttle_seconds: float = 600.0  # the same alert is sent at most once per window; repeats are counted
+    daily_summary_time: str = "15:30"  # HH:MM China time; empty turns the daily summary off
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_percent", "memory_percent", "disk_percent"):
+            if not 0 < getattr(self, name) <= 100:
+                raise ConfigError(f"monitor.{name} 必须在 (0, 100]，收到 {getattr(self, name)} / must be a percentage")
+        _require_positive("monitor", self, ("check_interval_seconds", "stale_data_seconds",
+                                            "heartbeat_interval_seconds", "strategy_silence_seconds"))
+        if self.alert_throttle_seconds < 0:
+            raise ConfigError(
+                f"monitor.alert_throttle_seconds 不能为负，收到 {self.alert_throttle_seconds} / must be ≥ 0"
+            )
+        if self.daily_summary_time:
+            parse_clock(self.daily_summary_time, "monitor.daily_summary_time")
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """The SMTP account alerts are sent from; the password comes from the environment or the secrets file."""
+
+    host: str = ""  # empty: alerts are logged and audited but not mailed
+    port: int = 465
+    security: str = "ssl"  # ssl | starttls | none (none only for a server on this machine)
+    username: str = ""
+    sender: str = ""
+    recipients: str = ""  # comma-separated addresses
+    timeout_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.security not in ("ssl", "starttls", "none"):
+            raise ConfigError(f"email.security 必须是 ssl、starttls 或 none，收到 {self.security!r} / unknown security")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"email.port 必须在 1-65535，收到 {self.port} / bad port")
+        _require_positive("email", self, ("timeout_seconds",))
+        if self.host and not (self.sender and self.recipient_list):
+            raise ConfigError(
+                "email.host 已设置，但 email.sender 或 email.recipients 为空 / sender and recipients are needed"
+            )
+
+    @property
+    def recipient_list(self) -> list[str]:
+        return [address.strip() for address in self.recipients.split(",") if address.strip()]
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Which CTP environment to trade on: a SimNow preset by name, or `live` with the fronts given here."""
+
+    environment: str = "simnow"  # simnow, simnow2, simnow3, simnow_7x24 or live
+    broker_id: str = ""  # empty: the preset's
+    td_address: str = ""
+    md_address: str = ""
+    app_id: str = ""  # 产品名称
+    counter: str = "实盘"  # 柜台环境: 实盘 or 测试
+    connect_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.counter not in ("实盘", "测试"):
+            raise ConfigError(f"broker.counter（柜台环境）必须是 实盘 或 测试，收到 {self.counter!r} / unknown counter")
+        _require_positive("broker", self, ("connect_timeout_seconds",))
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    """How restart_script supervises the trading process."""
+
+    command: str = "{python} ai_trading_system.py trade --gateway ctp --no-ui"  # {python}: this interpreter
+    heartbeat_timeout_seconds: float = 120.0  # a child whose heartbeat file is older than this is hung
+    startup_grace_seconds: float = 90.0  # time a new child has before its first heartbeat is due
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    max_crashes: int = 5  # this many crashes within crash_window_seconds: give up and alert
+    crash_window_seconds: float = 900.0
+    stop_timeout_seconds: float = 30.0  # SIGTERM, then SIGKILL after this long
+    follow_calendar: bool = False  # run only around trading sessions
+    lead_minutes: int = 10  # with follow_calendar: start this long before a session, stop this long after
+
+    def __post_init__(self) -> None:
+        if not self.command.strip():
+            raise ConfigError("watchdog.command 不能为空 / command is empty")
+        _require_positive("watchdog", self, ("heartbeat_timeout_seconds", "startup_grace_seconds",
+                                             "backoff_initial_seconds", "backoff_max_seconds", "max_crashes",
+                                             "crash_window_seconds", "stop_timeout_seconds"))
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ConfigError("watchdog.backoff_max_seconds 不能小于 backoff_initial_seconds / max below initial")
+        if self.lead_minutes < 0:
+            raise ConfigError(f"watchdog.lead_minutes 不能为负，收到 {self.lead_minutes} / must be ≥ 0")
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """All typed settings of the application."""
@@ -157,9 +283,16 @@ class AppSettings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    email: EmailSettings = field(default_factory=EmailSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
 
 
-SECTIONS: dict[str, type] = {"database": DatabaseSettings, "model": ModelSettings, "risk": RiskSettings}
+SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings, "model": ModelSettings, "risk": RiskSettings, "monitor": MonitorSettings,
+    "email": EmailSettings, "broker": BrokerSettings, "watchdog": WatchdogSettings,
+}
 
 
 def _coerce(section: str, name: str, kind: Any, value: Any, source: str, from_env: bool) -> Any:
@@ -170,6 +303,8 @@ def _coerce(section: str, name: str, kind: Any, value: Any, source: str, from_en
             value = json.loads(value)
         except json.JSONDecodeError:
             raise ConfigError(f"{where} 的值 {value!r} 不是数字 / not a number") from None
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} 必须是 true 或 false，收到 {value!r} / must be a boolean")
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{where} 必须是整数，收到 {value!r} / must be an integer")
     if kind is float:
@@ -183,7 +318,7 @@ def _coerce(section: str, name: str, kind: Any, value: Any, source: str, from_en
 
 def _field_types(cls: type) -> dict[str, Any]:
     """Map a settings dataclass's field names to their runtime types."""
-    names = {"int": int, "float": float, "str": str}
+    names = {"int": int, "float": float, "str": str, "bool": bool}
     return {f.name: names[f.type] if isinstance(f.type, str) else f.type for f in fields(cls)}
 
 
@@ -219,8 +354,8 @@ def load_settings(
     for folder in settings_dirs:
         if folder.is_dir():
             for extra in sorted(folder.glob("*.json")):
-                if extra.stem not in SECTIONS and extra.name != CONTRACTS_FILE:
-                    choices = ", ".join([*(f"{name}.json" for name in SECTIONS), CONTRACTS_FILE])
+                if extra.stem not in SECTIONS and extra.name not in (CONTRACTS_FILE, STRATEGIES_FILE):
+                    choices = ", ".join([*(f"{name}.json" for name in SECTIONS), CONTRACTS_FILE, STRATEGIES_FILE])
                     raise ConfigError(f"{extra}: 未知设置文件（可用：{choices}）/ unknown settings file")
         for section in SECTIONS:
             path = folder / f"{section}.json"
@@ -232,6 +367,14 @@ def load_settings(
         _apply(section, merged[section], raw, f"环境变量 {prefix}*", from_env=True)
     parts = {section: cls(**merged[section]) for section, cls in SECTIONS.items()}
     return AppSettings(**parts)
+
+
+def parse_clock(text: str, where: str) -> clock_time:
+    """An `HH:MM` time of day, or ConfigError naming where it came from."""
+    match = re.fullmatch(r"(\d{2}):(\d{2})", text)
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ConfigError(f"{where} 必须是 HH:MM 格式的时间，收到 {text!r} / must be HH:MM")
+    return clock_time(int(match[1]), int(match[2]))
 
 
 def product_of(vt_symbol: str) -> str:
@@ -261,6 +404,60 @@ def causal_trading_day(when: datetime) -> date:
     after_midnight = local.hour < NIGHT_UNTIL_HOUR
     anchor = local.date() - timedelta(days=1) if after_midnight else local.date()
     return anchored_trading_day(anchor, after_midnight or local.hour >= NIGHT_FROM_HOUR)
+
+
+# --- trading sessions (China time; exchange holidays are not modelled: a holiday looks like a quiet session) ---
+
+Session = tuple[clock_time, clock_time]
+DAY_SESSIONS: tuple[Session, ...] = (
+    (clock_time(9, 0), clock_time(10, 15)), (clock_time(10, 30), clock_time(11, 30)),
+    (clock_time(13, 30), clock_time(15, 0)),
+)
+INDEX_DAY_SESSIONS: tuple[Session, ...] = (
+    (clock_time(9, 30), clock_time(11, 30)), (clock_time(13, 0), clock_time(15, 0)),
+)
+# night sessions start at 21:00; an end before the start means after midnight
+NIGHT_ENDS: dict[str, clock_time] = {
+    "rb": clock_time(23, 0), "hc": clock_time(23, 0), "cu": clock_time(1, 0), "au": clock_time(2, 30),
+    "ag": clock_time(2, 30),
+}
+NIGHT_START: clock_time = clock_time(21, 0)
+
+
+def sessions_of(product: str) -> tuple[Session, ...]:
+    """The product's trading sessions of one trading day, night (if any) first."""
+    day = INDEX_DAY_SESSIONS if product in ("IF", "IH", "IC", "IM") else DAY_SESSIONS
+    night_end = NIGHT_ENDS.get(product)
+    return day if night_end is None else ((NIGHT_START, night_end), *day)
+
+
+def in_session(when: datetime, product: str) -> bool:
+    """Whether a time-zone-aware time falls inside one of the product's sessions (weekdays; after-midnight too)."""
+    local = when.astimezone(CHINA_TZ)
+    moment = local.time()
+    for start, end in sessions_of(product):
+        if start < end:
+            if start <= moment < end and local.weekday() < 5:
+                return True
+        elif moment >= start and local.weekday() < 5:  # the evening part of a night that runs past midnight
+            return True
+        elif moment < end and (local - timedelta(days=1)).weekday() < 5:  # its after-midnight part
+            return True
+    return False
+
+
+def next_session_start(when: datetime, product: str) -> datetime:
+    """The start of the product's next session at or after `when` (a session already running counts as now)."""
+    local = when.astimezone(CHINA_TZ)
+    if in_session(local, product):
+        return local
+    probe = local.replace(second=0, microsecond=0)
+    starts = {start for start, _ in sessions_of(product)}
+    for _ in range(8 * 24 * 60):  # a week and a day of minutes always holds a session
+        probe += timedelta(minutes=1)
+        if probe.time() in starts and in_session(probe, product):
+            return probe
+    raise ConfigError(f"品种 {product} 没有交易时段 / product has no sessions")
 
 
 def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str, ContractSpec]:
@@ -317,6 +514,23 @@ class Home:
     @property
     def settings_dir(self) -> Path:
         return self.root / "settings"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / AUDIT_FILENAME
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.root / SECRETS_FILENAME
+
+    @property
+    def run_dir(self) -> Path:
+        """Heartbeat and lock files of the running trading process and its watchdog."""
+        return self.root / "run"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.run_dir / "trading.heartbeat"
 
     def database_path(self, settings: DatabaseSettings) -> Path:
         return self.vntrader_dir / settings.database
@@ -396,3 +610,177 @@ def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
             f"本进程的 vnpy 已绑定到 {bound}，无法切换到 {home.root}；请在新进程中使用 --home / "
             "vnpy is already bound to another home in this process"
         )
+
+
+# --- secrets: environment or an encrypted file, redacted everywhere -----------------------------------------
+
+_REDACTED: set[str] = set()
+_REDACT_LOCK = threading.Lock()
+_REDACT_PATTERN: re.Pattern[str] | None = None
+MIN_SECRET_LENGTH: int = 4  # shorter values would redact ordinary numbers in logs
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Named secrets (ctp_user, ctp_password, ctp_auth_code, smtp_password); the repr never shows values."""
+
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def __repr__(self) -> str:
+        return f"Secrets(names={sorted(self.values)})"
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Add values to what `redact` and the logging filter replace with ***."""
+    global _REDACT_PATTERN
+    with _REDACT_LOCK:
+        _REDACTED.update(value for value in values if len(value) >= MIN_SECRET_LENGTH)
+        if _REDACTED:
+            ordered = sorted(_REDACTED, key=len, reverse=True)  # longest first: a secret may contain another
+            _REDACT_PATTERN = re.compile("|".join(re.escape(value) for value in ordered))
+
+
+def redact(text: str) -> str:
+    """The text with every registered secret replaced by ***."""
+    pattern = _REDACT_PATTERN
+    return text if pattern is None else pattern.sub("***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that renders each record's message with secrets replaced by ***."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _REDACT_PATTERN is not None:
+            message = record.getMessage()
+            cleaned = redact(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def install_redaction(logger_: logging.Logger | None = None) -> RedactingFilter:
+    """Attach the redacting filter to every handler of a logger (the root logger by default)."""
+    target = logger_ or logging.getLogger()
+    chosen = RedactingFilter()
+    for handler in target.handlers:
+        if not any(isinstance(item, RedactingFilter) for item in handler.filters):
+            handler.addFilter(chosen)
+    return chosen
+
+
+def check_private(path: Path) -> None:
+    """ConfigError unless a file holding secrets is readable and writable by its owner only."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{path} 含有密钥，但其他用户也能读取（权限 {stat.S_IMODE(mode):o}）；请执行 chmod 600 {path} / "
+            "secret file is readable by others"
+        )
+
+
+def secret_key_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the secrets file's key is kept: `AI_TRADER_SECRET_KEY_FILE`, else ~/.config/ai_trader/secret.key."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(SECRET_KEY_ENV) or DEFAULT_SECRET_KEY).expanduser()
+
+
+def _fernet(key_path: Path, create: bool) -> Any:
+    """The Fernet cipher of the key file; a new key (mode 600) when `create` and none exists."""
+    from cryptography.fernet import Fernet
+
+    if not key_path.exists():
+        if not create:
+            raise ConfigError(f"找不到密钥文件 {key_path}；请设置 {SECRET_KEY_ENV} 或重新保存密钥 / key file missing")
+        if key_path.resolve().is_relative_to(PROJECT_DIR):
+            raise ConfigError(f"密钥文件 {key_path} 不能放在项目目录中 / the key must live outside the repository")
+        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(Fernet.generate_key())
+    check_private(key_path)
+    return Fernet(key_path.read_bytes().strip())
+
+
+def read_secrets_file(path: Path, key_path: Path) -> dict[str, str]:
+    """Decrypt the secrets file into a name -> value mapping."""
+    from cryptography.fernet import InvalidToken
+
+    check_private(path)
+    try:
+        data = json.loads(_fernet(key_path, create=False).decrypt(path.read_bytes()))
+    except InvalidToken:
+        raise ConfigError(f"{path} 无法用 {key_path} 解密：密钥不匹配或文件已损坏 / cannot decrypt") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path} 内容格式错误 / secrets file is malformed")
+    return data
+
+
+def load_secrets(home: Home, environ: Mapping[str, str] | None = None) -> Secrets:
+    """Secrets from the home's encrypted file, overridden by environment variables; registered for redaction."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    if home.secrets_path.exists():
+        values.update(read_secrets_file(home.secrets_path, secret_key_path(environ)))
+    for name, variable in SECRET_ENV.items():
+        if environ.get(variable):
+            values[name] = environ[variable]
+    register_secrets(values.values())
+    return Secrets(values)
+
+
+def save_secret(home: Home, name: str, value: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Store one secret in the home's encrypted file (mode 600), creating the key outside the repository if needed."""
+    if name not in SECRET_ENV:
+        raise ConfigError(f"未知密钥名 {name!r}（可用：{', '.join(SECRET_ENV)}）/ unknown secret name")
+    if not value:
+        raise ConfigError(f"密钥 {name} 不能为空 / empty secret")
+    key_path = secret_key_path(environ)
+    cipher = _fernet(key_path, create=True)
+    current = read_secrets_file(home.secrets_path, key_path) if home.secrets_path.exists() else {}
+    current[name] = value
+    home.root.mkdir(parents=True, exist_ok=True)
+    temp = home.secrets_path.with_name(f".{SECRETS_FILENAME}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(cipher.encrypt(json.dumps(current).encode("utf-8")))
+        os.replace(temp, home.secrets_path)
+    finally:
+        temp.unlink(missing_ok=True)
+    register_secrets([value])
+    return home.secrets_path
+
+
+# --- audit log ----------------------------------------------------------------------------------------------
+
+
+class AuditLog:
+    """Append-only JSON lines (logins, strategy start/stop, orders, trades, rejections, model loads, alerts,
+    restarts), one flushed line per event, secrets redacted; safe from several threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, event: str, **fields_: Any) -> None:
+        """Append one event with the time (China, ISO) and process id."""
+        record = {"time": datetime.now(CHINA_TZ).isoformat(timespec="milliseconds"), "event": event,
+                  "pid": os.getpid(), **fields_}
+        line = redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: each line lands whole at the end even with the watchdog writing too
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every event written so far (for tests and the status command)."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
