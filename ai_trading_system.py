@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import import_module
@@ -14,6 +17,7 @@ from typing import Any
 
 import data_collector
 import data_processor
+import live_trading
 import ml_model
 from config import (
     EXIT_BAD_INPUT,
@@ -21,11 +25,20 @@ from config import (
     EXIT_OK,
     SAMPLE_BARS_CSV,
     SAMPLE_VT_SYMBOL,
+    SECRET_ENV,
+    STRATEGIES_FILE,
     AppError,
     ConfigError,
     Home,
     bind_vnpy_home,
+    contract_spec,
+    install_redaction,
+    load_contracts,
+    load_secrets,
+    product_of,
     resolve_home,
+    save_secret,
+    settings_dirs,
     settings_for,
 )
 
@@ -203,6 +216,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）")
     opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
     opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
+
+    trade = commands.add_parser(
+        "trade", help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator")
+    trade.add_argument("--gateway", choices=("ctp", "sim"), default="ctp",
+                       help="ctp：SimNow 或实盘（settings/broker.json）；sim：本地回放历史数据的模拟交易所")
+    trade.add_argument("--no-ui", action="store_true", help="不开图形界面（服务器）；Ctrl-C / SIGTERM 正常停止")
+    trade.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
+    trade.add_argument("--vt-symbol", help="覆盖策略的合约，例如 rb2605.SHFE")
+    trade.add_argument("--model", help="覆盖策略的模型包路径或名称")
+    trade.add_argument("--threshold", type=_positive_float, help="覆盖开仓阈值")
+    trade.add_argument("--capital", type=_positive_float, default=1_000_000.0,
+                       help="策略资金（风控基数；模拟交易所的初始资金），默认 1,000,000")
+    trade.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
+    trade.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
+    trade.add_argument("--connect-timeout", type=_positive_float,
+                       help="登录与合约查询的超时秒数（默认 settings/broker.json 的 connect_timeout_seconds，30）")
+    trade.add_argument("--adopt-broker-position", action="store_true",
+                       help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）")
+    trade.add_argument("--replay-start", help="sim：回放开始日期 YYYY-MM-DD")
+    trade.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
+    trade.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
+    trade.add_argument("--replay-mode", choices=("bar", "tick"), default="bar", help="sim：回放K线或 tick（默认 bar）")
+    trade.add_argument("--replay-csv", help="sim：从 CSV 回放，而不是数据库")
+    trade.add_argument("--warmup-days", type=_positive_int, default=10, help="sim：回放开始前提供的历史天数（默认 10）")
+    trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
+
+    keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
+    keep.add_argument("action", choices=("set", "list"),
+                      help="set：保存一个密钥（从终端读入，不回显）；list：列出已保存的名称")
+    keep.add_argument("name", nargs="?", choices=tuple(SECRET_ENV), help="密钥名")
 
     demo = commands.add_parser(
         "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job")
@@ -588,6 +631,124 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+# --- live trading (mode 1) ------------------------------------------------------------------
+
+
+def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: float) -> dict[str, Any]:
+    """The simulated exchange's connect setting from the command line."""
+    if not args.replay_start or not args.replay_end:
+        raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
+    return {"vt_symbol": vt_symbol, "home": str(home.root), "mode": args.replay_mode, "csv": args.replay_csv or "",
+            "start": args.replay_start, "end": args.replay_end, "speed": args.speed, "capital": capital,
+            "warmup_days": args.warmup_days}
+
+
+def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.StrategyConfig:
+    """The strategy to run: settings/strategies.json's entry (the only one, or --strategy), command-line overrides."""
+    configs = live_trading.load_strategy_configs(home)
+    if not configs:
+        raise ConfigError(f"settings/{STRATEGIES_FILE} 中没有策略 / no strategy configured")
+    name = args.strategy or (next(iter(configs)) if len(configs) == 1 else "")
+    if name not in configs:
+        raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
+    config = configs[name]
+    setting = dict(config.setting)
+    if args.model:
+        setting["model_path"] = str(resolve_bundle(home, args.model))
+    elif setting.get("model_path"):
+        setting["model_path"] = str(resolve_bundle(home, str(setting["model_path"])))
+    else:
+        raise ConfigError(f"策略 {name} 没有 model_path；请用 --model 指定模型包 / no model")
+    if args.threshold is not None:
+        setting["prediction_threshold"] = args.threshold
+    return live_trading.StrategyConfig(name, config.class_name, args.vt_symbol or config.vt_symbol, setting)
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM end a headless run cleanly (strategies stopped, recorder flushed, engines closed)."""
+    def handler(signum: int, _frame: Any) -> None:
+        logger.info("收到信号 %s，正在停止 / stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    threading.excepthook = log_thread_exception
+
+
+def log_thread_exception(hook: Any) -> None:
+    """Headless runs log an uncaught exception in any thread instead of printing it (GUIDE §7)."""
+    name = hook.thread.name if hook.thread is not None else "?"
+    logger.error("线程 %s 未捕获异常 / uncaught exception in a thread: %s", name, hook.exc_value,
+                 exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback) if hook.exc_value else None)
+
+
+def cmd_trade(args: argparse.Namespace, home: Home) -> int:
+    """Mode 1: trade live through CTP, or rehearse the whole live path on the simulated exchange."""
+    settings = settings_for(home)
+    secrets = load_secrets(home)
+    install_redaction()
+    config = chosen_strategy(args, home)
+    spec = contract_spec(config.vt_symbol, load_contracts(settings_dirs(home)))
+    simulated = args.gateway == "sim"
+    capital = float(config.setting.get("capital", args.capital))
+    setting = {**live_trading.live_costs(spec, capital, simulated), **config.setting}
+    config = live_trading.StrategyConfig(config.name, config.class_name, config.vt_symbol, setting)
+    if simulated:
+        gateway, connect = "SIM", sim_setting(args, home, config.vt_symbol, capital)
+    else:
+        gateway = "CTP"
+        connect = live_trading.ctp_setting(settings.broker, secrets, args.td_address, args.md_address)
+    stop = threading.Event()
+    if args.no_ui:
+        install_stop_signals(stop)
+    system = live_trading.AITradingSystem(home, settings, secrets)
+    try:
+        system.monitor.attach(system.event_engine, product_of(config.vt_symbol))
+        system.connect_gateway(gateway, connect, args.connect_timeout or settings.broker.connect_timeout_seconds)
+        system.record([config.vt_symbol], home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None)
+        if not system.start_trading(config, adopt_position=args.adopt_broker_position):
+            return EXIT_BAD_INPUT  # a human must reconcile the position first
+        finished = system.release_replay() if simulated else None
+        if args.no_ui:
+            system.run_headless(stop, finished)
+        else:
+            system.run_ui(Path(args.screenshot) if args.screenshot else None)
+        print_trade_summary(system, config)
+        return EXIT_OK
+    finally:
+        system.close()
+
+
+def print_trade_summary(system: live_trading.AITradingSystem, config: live_trading.StrategyConfig) -> None:
+    """Orders, trades and the final position of the run."""
+    strategy = system.cta_engine.strategies.get(config.name)
+    orders = system.main_engine.get_all_orders()
+    trades = system.main_engine.get_all_trades()
+    rows = [("策略 / strategy", config.name), ("合约 / contract", config.vt_symbol),
+            ("委托 / orders", len(orders)), ("成交 / trades", len(trades)),
+            ("持仓 / position", strategy.pos if strategy else "-"),
+            ("审计日志 / audit log", system.audit.path)]
+    if system.collector is not None:
+        stats = system.collector.stats
+        rows += [("记录 tick / ticks recorded", stats.ticks_stored), ("记录K线 / bars recorded", stats.bars_stored)]
+    print_table(rows, ("项目 / item", "值 / value"))
+
+
+def cmd_secrets(args: argparse.Namespace, home: Home) -> int:
+    """Store a secret in the home's encrypted file (key outside the repository), or list the stored names."""
+    if args.action == "list":
+        secrets = load_secrets(home)
+        rows = [(name, SECRET_ENV[name], "已设置 / set" if secrets.get(name) else "-") for name in SECRET_ENV]
+        print_table(rows, ("名称 / name", "环境变量 / variable", "状态 / state"))
+        return EXIT_OK
+    if not args.name:
+        raise ConfigError(f"请指定密钥名（{', '.join(SECRET_ENV)}）/ name needed")
+    value = getpass.getpass(f"{args.name}（不回显 / hidden）: ")
+    path = save_secret(home, args.name, value)
+    print(f"已加密保存 {args.name} 到 {path} / stored")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Handler] = {
     "import": cmd_import,
     "data": cmd_data,
@@ -598,6 +759,8 @@ COMMANDS: dict[str, Handler] = {
     "backtest": cmd_backtest,
     "optimize": cmd_optimize,
     "demo": cmd_demo,
+    "trade": cmd_trade,
+    "secrets": cmd_secrets,
 }
 
 

@@ -332,7 +332,7 @@ def _apply(section: str, values: dict[str, Any], raw: Mapping[str, Any], source:
         values[name] = _coerce(section, name, types[name], value, source, from_env)
 
 
-def _read_settings_file(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     """Read one settings JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -360,7 +360,7 @@ def load_settings(
         for section in SECTIONS:
             path = folder / f"{section}.json"
             if path.is_file():
-                _apply(section, merged[section], _read_settings_file(path), str(path))
+                _apply(section, merged[section], read_json_object(path), str(path))
     for section in SECTIONS:
         prefix = f"{ENV_PREFIX}{section.upper()}_"
         raw = {key[len(prefix):].lower(): value for key, value in environ.items() if key.startswith(prefix)}
@@ -468,7 +468,7 @@ def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str,
         path = folder / CONTRACTS_FILE
         if not path.is_file():
             continue
-        for product, raw in _read_settings_file(path).items():
+        for product, raw in read_json_object(path).items():
             if not isinstance(raw, dict) or not set(raw) <= known:
                 raise ConfigError(f"{path}: {product} 必须是含 {sorted(known)} 的对象 / bad contract entry")
             try:
@@ -574,7 +574,7 @@ def prepare_home(home: Home, settings: DatabaseSettings) -> None:
         raise ConfigError(f"无法创建主目录 {home.vntrader_dir}：{exc.strerror} / cannot create home") from None
     current: dict[str, Any] = {}
     if home.vt_setting_path.exists():
-        current = _read_settings_file(home.vt_setting_path)
+        current = read_json_object(home.vt_setting_path)
     wanted = {
         "database.name": settings.name,
         "database.database": settings.database,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import threading
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -160,3 +164,135 @@ def test_bind_vnpy_home_points_vnpy_at_the_home_in_china_time(tmp_path: Path) ->
     assert lines[0] == f"{home} Asia/Shanghai sqlite True Asia/Shanghai"
     assert lines[1] == "refused True"
     assert not (tmp_path / ".vntrader").exists()
+
+
+# --- sessions, secrets, redaction, audit ---------------------------------------------------------------------
+
+
+def _cst(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=config.CHINA_TZ)  # type: ignore[misc]
+
+
+def test_sessions_know_lunch_nights_and_weekends() -> None:
+    tuesday = (2026, 11, 24)
+    assert config.in_session(_cst(*tuesday, 10, 0), "rb")
+    assert not config.in_session(_cst(*tuesday, 10, 20), "rb")  # the 10:15-10:30 break
+    assert not config.in_session(_cst(*tuesday, 12, 0), "rb")
+    assert config.in_session(_cst(*tuesday, 22, 30), "rb") and not config.in_session(_cst(*tuesday, 23, 30), "rb")
+    assert config.in_session(_cst(*tuesday, 23, 30), "cu")
+    assert config.in_session(_cst(2026, 11, 28, 0, 30), "cu")  # Friday night runs past midnight into Saturday
+    assert not config.in_session(_cst(2026, 11, 29, 0, 30), "cu")  # no session on Saturday night
+    assert not config.in_session(_cst(2026, 11, 28, 10, 0), "rb")
+    assert not config.in_session(_cst(*tuesday, 9, 15), "IF") and config.in_session(_cst(*tuesday, 13, 10), "IF")
+
+
+def test_next_session_start_skips_breaks_and_weekends() -> None:
+    assert config.next_session_start(_cst(2026, 11, 24, 11, 40), "rb") == _cst(2026, 11, 24, 13, 30)
+    assert config.next_session_start(_cst(2026, 11, 27, 23, 30), "rb") == _cst(2026, 11, 30, 9, 0)
+    assert config.next_session_start(_cst(2026, 11, 28, 12, 0), "cu") == _cst(2026, 11, 30, 9, 0)
+    assert config.next_session_start(_cst(2026, 11, 24, 15, 30), "au") == _cst(2026, 11, 24, 21, 0)
+    running = _cst(2026, 11, 24, 10, 0)
+    assert config.next_session_start(running, "rb") == running
+
+
+def test_operations_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="email.security"):
+        config.EmailSettings(security="tls")
+    with pytest.raises(ConfigError, match="sender"):
+        config.EmailSettings(host="127.0.0.1")
+    with pytest.raises(ConfigError, match="daily_summary_time"):
+        config.MonitorSettings(daily_summary_time="25:00")
+    with pytest.raises(ConfigError, match="backoff_max_seconds"):
+        config.WatchdogSettings(backoff_initial_seconds=10, backoff_max_seconds=1)
+    with pytest.raises(ConfigError, match="true 或 false"):
+        load_settings([], environ={"AI_TRADER_WATCHDOG_FOLLOW_CALENDAR": "1"})
+    assert load_settings([], environ={"AI_TRADER_WATCHDOG_FOLLOW_CALENDAR": "true"}).watchdog.follow_calendar
+    assert config.EmailSettings(host="h", sender="a@x", recipients="b@x, c@x").recipient_list == ["b@x", "c@x"]
+
+
+def test_secrets_round_trip_through_the_encrypted_file_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    env = {config.SECRET_KEY_ENV: str(tmp_path / "keys" / "secret.key")}
+    config.save_secret(home, "ctp_password", "pw-Файл-9x", environ=env)
+    config.save_secret(home, "smtp_password", "smtp-secret-1", environ=env)
+    raw = home.secrets_path.read_bytes()
+    assert b"pw-" not in raw and b"smtp-secret" not in raw  # encrypted at rest
+    assert oct(home.secrets_path.stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "keys" / "secret.key").stat().st_mode & 0o777) == "0o600"
+    secrets = config.load_secrets(home, environ=env)
+    assert (secrets.get("ctp_password"), secrets.get("smtp_password"), secrets.get("ctp_user")) == (
+        "pw-Файл-9x", "smtp-secret-1", "")
+    assert "pw-" not in repr(secrets)
+    env["AI_TRADER_CTP_PASSWORD"] = "from-env-77"
+    assert config.load_secrets(home, environ=env).get("ctp_password") == "from-env-77"
+
+
+def test_secrets_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "home")
+    env = {config.SECRET_KEY_ENV: str(tmp_path / "keys" / "secret.key")}
+    config.save_secret(home, "ctp_user", "123456", environ=env)
+    home.secrets_path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        config.load_secrets(home, environ=env)
+
+
+def test_secrets_file_with_the_wrong_key_is_a_clear_error(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "home")
+    config.save_secret(home, "ctp_user", "123456", environ={config.SECRET_KEY_ENV: str(tmp_path / "k1")})
+    with pytest.raises(ConfigError, match="无法用"):
+        config.save_secret(home, "ctp_password", "x" * 8, environ={config.SECRET_KEY_ENV: str(tmp_path / "k2")})
+
+
+def test_secret_key_inside_the_project_is_refused(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "home")
+    inside = config.PROJECT_DIR / "settings" / "never.key"
+    with pytest.raises(ConfigError, match="项目目录"):
+        config.save_secret(home, "ctp_user", "123456", environ={config.SECRET_KEY_ENV: str(inside)})
+    assert not inside.exists()
+
+
+def test_redaction_covers_log_lines_tracebacks_and_audit(tmp_path: Path) -> None:
+    config.register_secrets(["S3cret-Pass", "abc"])  # too short values are not redacted
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    test_logger = logging.getLogger("test_redaction")
+    test_logger.addHandler(handler)
+    config.install_redaction(test_logger)
+    try:
+        test_logger.warning("login with %s failed", "S3cret-Pass")
+        try:
+            raise RuntimeError("bad password S3cret-Pass")
+        except RuntimeError:
+            test_logger.exception("abc")
+    finally:
+        test_logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "S3cret-Pass" not in text
+    assert "login with *** failed" in text and "RuntimeError: bad password ***" in text and "\nabc\n" in text
+    audit = config.AuditLog(tmp_path / "audit.jsonl")
+    audit.write("login", password="S3cret-Pass", account="u1")
+    audit.write("order", price=3001.0)
+    events = audit.read()
+    assert [e["event"] for e in events] == ["login", "order"]
+    assert events[0]["password"] == "***" and events[1]["price"] == 3001.0
+    assert "S3cret-Pass" not in (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
+
+
+def test_audit_log_appends_whole_lines_from_many_threads(tmp_path: Path) -> None:
+    audit = config.AuditLog(tmp_path / "audit.jsonl")
+    audit.write("first")
+
+    def burst(index: int) -> None:
+        for n in range(50):
+            audit.write("order", thread=index, n=n, note="x" * 200)
+
+    workers = [threading.Thread(target=burst, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    events = audit.read()
+    assert len(events) == 201 and events[0]["event"] == "first"
+    assert sorted((e["thread"], e["n"]) for e in events[1:]) == [(i, n) for i in range(4) for n in range(50)]
