@@ -828,11 +828,11 @@ class DataCollector:
     """
 
     def __init__(self, main_engine: Any, home: Home | str | Path | None = None, batch_size: int = 500,
-                 flush_interval: float = 1.0, max_pending: int = 200_000) -> None:
+                 flush_interval: float = 1.0, max_pending: int = 200_000, database: Path | None = None) -> None:
         if batch_size < 1 or flush_interval <= 0 or max_pending < batch_size:
             raise DataError("batch_size ≥ 1、flush_interval > 0、max_pending ≥ batch_size / bad recorder settings")
         self.main_engine = main_engine
-        self.path: Path = database_path(home)
+        self.path: Path = database or database_path(home)  # `database`: another file, e.g. a simulation's own
         connect(self.path).close()  # fail here, not in the writer thread, if the database cannot be opened
         self.batch_size, self.flush_interval, self.max_pending = batch_size, flush_interval, max_pending
         self.vt_symbols: set[str] = set()
