@@ -579,6 +579,7 @@ def prepare_home(home: Home, settings: DatabaseSettings) -> None:
         "database.name": settings.name,
         "database.database": settings.database,
         "database.timezone": TIMEZONE_NAME,
+        "log.console": False,  # vnpy's loguru would print to stdout; the trading system forwards its log events
     }
     if any(current.get(key) != value for key, value in wanted.items()):
         write_json_atomic(home.vt_setting_path, {**current, **wanted})

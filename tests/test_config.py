@@ -115,7 +115,7 @@ def test_prepare_home_writes_china_time_sqlite_settings_and_keeps_user_keys(tmp_
     prepare_home(home, load_settings([], environ={}).database)
     written = json.loads(home.vt_setting_path.read_text(encoding="utf-8"))
     assert written == {"font.size": 16, "database.timezone": "Asia/Shanghai", "database.name": "sqlite",
-                       "database.database": "database.db"}
+                       "database.database": "database.db", "log.console": False}
     assert sorted(p.name for p in home.vntrader_dir.iterdir()) == ["vt_setting.json"]
 
 
@@ -169,8 +169,8 @@ def test_bind_vnpy_home_points_vnpy_at_the_home_in_china_time(tmp_path: Path) ->
 # --- sessions, secrets, redaction, audit ---------------------------------------------------------------------
 
 
-def _cst(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=config.CHINA_TZ)  # type: ignore[misc]
+def _cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=config.CHINA_TZ)
 
 
 def test_sessions_know_lunch_nights_and_weekends() -> None:
