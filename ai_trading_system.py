@@ -638,9 +638,10 @@ def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: f
     """The simulated exchange's connect setting from the command line."""
     if not args.replay_start or not args.replay_end:
         raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
-    return {"vt_symbol": vt_symbol, "home": str(home.root), "mode": args.replay_mode, "csv": args.replay_csv or "",
+    return {"vt_symbol": vt_symbol, "home": str(home.root), "mode": args.replay_mode,
+            "csv": str(Path(args.replay_csv).resolve()) if args.replay_csv else "",
             "start": args.replay_start, "end": args.replay_end, "speed": args.speed, "capital": capital,
-            "warmup_days": args.warmup_days}
+            "warmup_days": args.warmup_days, "hold": True}  # replay once the strategy has started
 
 
 def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.StrategyConfig:
@@ -687,6 +688,7 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     settings = settings_for(home)
     secrets = load_secrets(home)
     install_redaction()
+    bind_vnpy_home(home, settings.database)  # before anything imports vnpy's engines (GUIDE §6)
     config = chosen_strategy(args, home)
     spec = contract_spec(config.vt_symbol, load_contracts(settings_dirs(home)))
     simulated = args.gateway == "sim"
@@ -698,6 +700,7 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     else:
         gateway = "CTP"
         connect = live_trading.ctp_setting(settings.broker, secrets, args.td_address, args.md_address)
+    screenshot = Path(args.screenshot).resolve() if args.screenshot else None  # MainEngine changes the directory
     stop = threading.Event()
     if args.no_ui:
         install_stop_signals(stop)
@@ -712,11 +715,11 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
         if args.no_ui:
             system.run_headless(stop, finished)
         else:
-            system.run_ui(Path(args.screenshot) if args.screenshot else None)
-        print_trade_summary(system, config)
-        return EXIT_OK
+            system.run_ui(screenshot)
     finally:
         system.close()
+    print_trade_summary(system, config)
+    return EXIT_OK
 
 
 def print_trade_summary(system: live_trading.AITradingSystem, config: live_trading.StrategyConfig) -> None:

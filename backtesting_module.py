@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from vnpy.trader.constant import Direction, Interval
-from vnpy.trader.object import BarData, TradeData
+from vnpy.trader.object import BarData, OrderData, TradeData
 from vnpy_ctastrategy.backtesting import BacktestingEngine
 
 import data_collector
@@ -114,6 +114,7 @@ class BacktestResult:
     predictions: pd.Series  # the prediction at each traded bar's close
     benchmark: pd.Series  # buy-and-hold balance at each day's close
     messages: list[str] = field(default_factory=list)
+    orders: list[OrderData] = field(default_factory=list)  # every order the strategy sent, in sending order
 
 
 def file_sha256(path: Path) -> str:
@@ -270,6 +271,7 @@ class BacktestingModule:
             statistics=statistics, trades=trades, bars=traded,
             predictions=pd.Series(predictions[first:], index=traded.index, name="prediction"),
             benchmark=benchmark, messages=engine.messages,
+            orders=sorted(engine.limit_orders.values(), key=lambda o: int(o.orderid)),
         )
 
 

@@ -804,6 +804,126 @@ def download_history(
         conn.close()
 
 
+# --- tick loading (ticks to replay: a tick CSV or the dbtickdata table; used by sim_gateway) ----------------
+
+# TickData field -> column of the tick CSV layout of the copper sample (tqsdk's recorded ticks); times China time
+TICK_CSV_COLUMNS: dict[str, str] = {
+    "last_price": "last_price", "high_price": "highest", "low_price": "lowest", "volume": "volume",
+    "turnover": "amount", "open_interest": "open_interest",
+    **{f"{side}_{kind}_{level}": f"{side}_{kind}{level}"
+       for side in ("bid", "ask") for kind in ("price", "volume") for level in range(1, 6)},
+}
+TICK_TOTALS: tuple[str, ...] = ("volume", "turnover", "open_interest")
+
+
+def _tick_problem_message(path: Path, problems: list[tuple[int, str]]) -> str:
+    """One error text naming the tick file and its first problem lines."""
+    lines = [f"{path}: 有 {len(problems)} 处问题，未读取任何 tick / tick file rejected:"]
+    lines += [f"  第 {line} 行 / line {line}: {text}" for line, text in problems[:MAX_PROBLEMS_SHOWN]]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  …… 另有 {len(problems) - MAX_PROBLEMS_SHOWN} 处 / more")
+    return "\n".join(lines)
+
+
+def _tick_value_problems(times: pd.Series, values: dict[str, pd.Series]) -> list[tuple[int, str]]:
+    """(position, problem) for unparseable times, times going backwards, bad prices and negative totals or depth."""
+    problems = [(i, "时间无法解析 / unparseable time") for i in _where(times.isna())]
+    stamps = times.to_numpy("datetime64[ns]")
+    backwards = np.concatenate(([False], stamps[1:] < stamps[:-1])) & times.notna().to_numpy()
+    problems += [(i, f"时间 {times.iloc[i]} 早于上一行 / time goes backwards") for i in _where(backwards)]
+    last = values["last_price"]
+    problems += [(i, f"last_price {last.iloc[i]!r} 必须是正数 / price must be positive")
+                 for i in _where(~(np.isfinite(last) & (last > 0)))]
+    for name in TICK_TOTALS:
+        column = values[name]
+        problems += [(i, f"{name} {column.iloc[i]!r} 必须是非负数 / must be a number ≥ 0")
+                     for i in _where(~(np.isfinite(column) & (column >= 0)))]
+    for name, column in values.items():
+        if name not in TICK_TOTALS and name != "last_price":  # empty depth levels are 0, as gateways send them
+            problems += [(i, f"{name} {column.iloc[i]!r} 为负 / negative") for i in _where(column < 0)]
+    return problems
+
+
+def read_tick_csv(path: str | Path, vt_symbol: str) -> list[TickData]:
+    """Read and validate a tick CSV in the copper sample's layout (`datetime,last_price,…,ask_volume5`, China time).
+
+    `highest`/`lowest` are the day's high and low, `volume`/`amount` cumulative; an empty depth level reads as 0.
+    """
+    path = Path(path)
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    text = decode_text(path, read_file_bytes(path))
+    header = read_header(path, text)
+    wanted = ["datetime", *TICK_CSV_COLUMNS.values()]
+    missing = [column for column in wanted if column not in header]
+    if missing:
+        raise DataError(f"{path}: 表头缺少列 {missing}；需要 {', '.join(wanted)} / not a tick CSV of the known layout")
+    wrong_width = field_count_problems(text, len(header))
+    if wrong_width:
+        raise DataError(_tick_problem_message(path, wrong_width))
+    raw = _tokenize(path, text, wanted)
+    raw = raw[raw.notna().any(axis=1)]
+    if raw.empty:
+        raise DataError(f"{path}: 只有表头，没有数据行 / header only, no rows")
+    parsed = pd.to_datetime(raw["datetime"].astype("str"), format="ISO8601", errors="coerce")
+    times = parsed.dt.tz_localize(CHINA_TZ) if parsed.dt.tz is None else parsed.dt.tz_convert(CHINA_TZ)
+    values = {name: _numeric(raw, column) for name, column in TICK_CSV_COLUMNS.items()}
+    problems = [(int(raw.index[i]) + 2, text) for i, text in _tick_value_problems(times, values)]
+    if problems:
+        raise DataError(_tick_problem_message(path, sorted(problems)))
+    columns = {name: column.fillna(0.0).tolist() for name, column in values.items()}
+    names = list(columns)
+    return [
+        TickData(gateway_name="CSV", symbol=symbol, exchange=exchange, datetime=when,
+                 **dict(zip(names, row, strict=True)))
+        for when, *row in zip(times.dt.to_pydatetime().tolist(), *columns.values(), strict=True)
+    ]
+
+
+def _stored_tick(row: tuple[Any, ...], symbol: str, exchange: Exchange) -> TickData:
+    """A TickData from one dbtickdata row ("datetime", then TICK_COLUMNS); NULL numbers read as 0."""
+    moment, *values = row
+    fields = dict(zip(TICK_COLUMNS, values, strict=True))
+    localtime = fields.pop("localtime")
+    name = fields.pop("name") or ""
+    numbers = {key: float(value) if value is not None else 0.0 for key, value in fields.items()}
+    return TickData(gateway_name="DB", symbol=symbol, exchange=exchange, datetime=to_china_time(moment), name=name,
+                    localtime=to_china_time(localtime) if localtime else None, **numbers)
+
+
+def load_tick_data(
+    vt_symbol: str,
+    start: str | date | datetime,
+    end: str | date | datetime,
+    home: Home | str | Path | None = None,
+) -> list[TickData]:
+    """Stored ticks (the `dbtickdata` table `save_ticks` writes) from start to end, oldest first, in China time.
+
+    A date `end` includes that whole day; no stored tick in the range is a DataError naming what is stored.
+    """
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
+    if begin > finish:
+        raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
+    columns = ", ".join(f'"{name}"' for name in TICK_COLUMNS)
+    conn = connect(database_path(home))
+    try:
+        rows = conn.execute(
+            f'SELECT "datetime", {columns} FROM "dbtickdata" WHERE "symbol" = ? AND "exchange" = ? '
+            'AND "datetime" >= ? AND "datetime" <= ? ORDER BY "datetime"',
+            (symbol, exchange.value, db_time(begin), db_time(finish)),
+        ).fetchall()
+        stored = [s for s in stored_series(conn) if s.vt_symbol == vt_symbol] if not rows else []
+    finally:
+        conn.close()
+    if not rows:
+        held = "; ".join(f"{s.interval} {s.first:%Y-%m-%d} ~ {s.last:%Y-%m-%d} ({s.count:,})" for s in stored)
+        raise DataError(
+            f"数据库中没有 {vt_symbol} 在 {begin:%Y-%m-%d %H:%M} ~ {finish:%Y-%m-%d %H:%M} 的 tick"
+            f"（已有：{held or '无'}）/ no ticks stored for this request"
+        )
+    return [_stored_tick(row, symbol, exchange) for row in rows]
+
+
 # --- live recording ---------------------------------------------------------------------------------
 
 _STOP = object()

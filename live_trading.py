@@ -215,15 +215,15 @@ class AITradingSystem:
 
     def __init__(self, home: Home, settings: AppSettings, secrets: Secrets, audit: AuditLog | None = None) -> None:
         bind_vnpy_home(home, settings.database)
-        from sim_gateway import SimGateway
         from vnpy.event import EventEngine
         from vnpy.trader.engine import MainEngine
-        from vnpy.trader.event import EVENT_ORDER, EVENT_TRADE
+        from vnpy.trader.event import EVENT_LOG, EVENT_ORDER, EVENT_TRADE
         from vnpy_ctastrategy import CtaStrategyApp
         from vnpy_ctastrategy.base import EVENT_CTA_LOG
         from vnpy_ctp import CtpGateway
 
         import monitor
+        from sim_gateway import SimGateway
 
         self.home, self.settings, self.secrets = home, settings, secrets
         self.audit = audit or AuditLog(home.audit_path)
@@ -237,12 +237,13 @@ class AITradingSystem:
         self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path,
                                              home.root)
         self.collector: data_collector.DataCollector | None = None
-        self.strategy_name = ""
-        self.closed = False
+        self.strategy_name = self.gateway_name = ""
+        self.closed = self.engine_closed = False
         self._order_states: dict[str, str] = {}
         self.event_engine.register(EVENT_ORDER, self._on_order)
         self.event_engine.register(EVENT_TRADE, self._on_trade)
         self.event_engine.register(EVENT_CTA_LOG, self._on_strategy_log)
+        self.event_engine.register(EVENT_LOG, self._on_log)
 
     # -- audit trail --
 
@@ -255,7 +256,7 @@ class AITradingSystem:
                 self.audit.write("order", vt_orderid=order.vt_orderid, vt_symbol=order.vt_symbol,
                                  direction=order.direction.value if order.direction else "",
                                  offset=order.offset.value, price=order.price, volume=order.volume,
-                                 traded=order.traded, status=order.status.value, time=order.datetime)
+                                 traded=order.traded, status=order.status.value, exchange_time=order.datetime)
         except Exception:
             logger.exception("委托审计失败 / order audit failed")
 
@@ -264,9 +265,17 @@ class AITradingSystem:
             trade = event.data
             self.audit.write("trade", vt_tradeid=trade.vt_tradeid, vt_orderid=trade.vt_orderid,
                              vt_symbol=trade.vt_symbol, direction=trade.direction.value if trade.direction else "",
-                             offset=trade.offset.value, price=trade.price, volume=trade.volume, time=trade.datetime)
+                             offset=trade.offset.value, price=trade.price, volume=trade.volume,
+                             exchange_time=trade.datetime)
         except Exception:
             logger.exception("成交审计失败 / trade audit failed")
+
+    def _on_log(self, event: Any) -> None:
+        """Gateway and engine log events into our log (redacted, one stream on stderr)."""
+        try:
+            logger.info("%s | %s", event.data.gateway_name, event.data.msg)
+        except Exception:
+            logger.exception("日志事件处理失败 / log handler failed")
 
     def _on_strategy_log(self, event: Any) -> None:
         """Strategy log lines to the log; risk rejections and model loads to the audit trail too."""
@@ -292,6 +301,7 @@ class AITradingSystem:
         """Connect and wait for login and the contract query, or raise TransientError after `timeout` seconds."""
         from vnpy.trader.event import EVENT_LOG
 
+        self.gateway_name = name
         watch = ConnectionWatch(name, self._connection_changed)
         self.event_engine.register(EVENT_LOG, watch.on_log)
         fronts = f"{setting.get('交易服务器', '')} / {setting.get('行情服务器', '')}" if name == "CTP" else name
@@ -406,11 +416,24 @@ class AITradingSystem:
         qapp = create_qapp()
         window = MainWindow(self.main_engine, self.event_engine)
         window.showMaximized()
-        window.open_widget(CtaManager, "CtaStrategy")
+        # CtaManager calls init_engine() again, which would try to add our running strategy a second time
+        self.cta_engine.init_engine = lambda: None
+        try:
+            window.open_widget(CtaManager, "CtaStrategy")
+        finally:
+            del self.cta_engine.init_engine
+        for strategy in self.cta_engine.strategies.values():  # the widgets only show what arrives after them
+            self.cta_engine.put_strategy_event(strategy)
+        if self.gateway_name:
+            gateway: Any = self.main_engine.get_gateway(self.gateway_name)
+            gateway.query_account()
+            gateway.query_position()
         if screenshot is not None:
             def capture() -> None:
+                window.resize(1600, 1000)
                 window.grab().save(str(screenshot))
                 cta = window.widgets["CtaStrategy"]
+                cta.resize(1600, 900)
                 cta.grab().save(str(screenshot.with_name(f"{screenshot.stem}_cta{screenshot.suffix}")))
                 logger.info("截图已保存 %s / screenshot saved", screenshot)
                 self.close()
@@ -418,6 +441,7 @@ class AITradingSystem:
 
             QtCore.QTimer.singleShot(1500, capture)
         qapp.exec()
+        self.engine_closed = True  # by close() above, or by MainWindow once the user confirmed 确认退出
 
     def close(self) -> None:
         """Stop strategies (state saved), flush the recorder, stop alerts, close the engines; safe to call twice."""
@@ -425,12 +449,14 @@ class AITradingSystem:
             return
         self.closed = True
         if self.strategy_name:
-            self.cta_engine.stop_all_strategies()
+            if not self.engine_closed:
+                self.cta_engine.stop_all_strategies()
+                self.drain(5.0)
             self.audit.write("strategy_stop", strategy=self.strategy_name)
-            self.drain(5.0)
         if self.collector is not None:
             self.collector.stop()
         self.monitor.detach()
         self.mailer.stop(5.0)
-        self.main_engine.close()
+        if not self.engine_closed:  # MainWindow's exit dialog closes the engines itself
+            self.main_engine.close()
         logger.info("交易系统已关闭 / trading system closed")

@@ -395,6 +395,10 @@ class RiskManager:
             self._out_of_sync(f"成交 {trade.vt_tradeid} 方向或开平未知：{trade.direction}, {trade.offset}")
             return
         state, size = self._state, self.spec.size
+        if trade.datetime is not None and state.trading_day is not None:
+            day = causal_trading_day(_aware(trade.datetime))
+            if day > state.trading_day:  # a fill on a session's first bar (21:00) belongs to the new trading day
+                self._start_day(day, trade.price)
         if not math.isfinite(state.last_price):
             state.last_price = trade.price
         state.commission += trade.price * trade.volume * size * self.spec.commission_rate

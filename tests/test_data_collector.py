@@ -811,3 +811,56 @@ def test_saving_no_bars_is_a_clear_error(home: Home) -> None:
     with pytest.raises(DataError, match="没有要保存的K线"):
         data_collector.save_bars(conn, [])
     conn.close()
+
+
+# --- tick loading ------------------------------------------------------------------------------
+
+
+def tick_fields(tick: TickData) -> dict[str, Any]:
+    """A tick's values without the gateway it came from."""
+    return {key: value for key, value in vars(tick).items() if key != "gateway_name"}
+
+
+def test_read_tick_csv_reads_every_field_of_the_copper_sample() -> None:
+    expected = [tick for _, tick in read_copper_ticks()]
+    ticks = data_collector.read_tick_csv(config.SAMPLE_TICKS_CSV, "cu1909.SHFE")
+    assert [tick_fields(t) for t in ticks] == [tick_fields(t) for t in expected]
+    assert ticks[-1].datetime == datetime(2019, 9, 16, 14, 59, 59, 999500, tzinfo=CHINA_TZ)
+    assert (ticks[-1].ask_price_5, ticks[-1].ask_volume_5) == (0.0, 0.0)  # an empty depth level
+
+
+def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path) -> None:
+    header, *rows = config.SAMPLE_TICKS_CSV.read_text(encoding="utf-8").splitlines()[:6]
+    bad = [rows[0], rows[2], rows[1],  # line 4 goes back in time
+           rows[3].replace("47800.0", "abc", 1),  # line 5: last_price
+           rows[4].replace(",7370,", ",-5,", 1),  # line 6: volume
+           "2019-09-16 25:61:00," + rows[4].split(",", 1)[1]]  # line 7: time
+    path = write_lines(tmp_path / "ticks.csv", [header, *bad])
+    with pytest.raises(DataError) as error:
+        data_collector.read_tick_csv(path, "cu1909.SHFE")
+    message = str(error.value)
+    for line, reason in ((4, "time goes backwards"), (5, "price must be positive"), (6, "must be a number ≥ 0"),
+                         (7, "unparseable time")):
+        assert f"第 {line} 行 / line {line}: " in message and reason in message
+    assert "第 2 行" not in message and "第 3 行" not in message
+    bars = write_lines(tmp_path / "bars.csv", [HEADER, "2016-1-4,9:01:00,1,2,1,2,3"])
+    with pytest.raises(DataError, match="not a tick CSV"):
+        data_collector.read_tick_csv(bars, "cu1909.SHFE")
+
+
+def test_load_tick_data_returns_the_stored_ticks_in_range(tmp_path: Path) -> None:
+    ticks = data_collector.read_tick_csv(config.SAMPLE_TICKS_CSV, "cu1909.SHFE")
+    conn = data_collector.connect(database_path(tmp_path))
+    data_collector.save_ticks(conn, ticks)
+    conn.close()
+
+    loaded = data_collector.load_tick_data("cu1909.SHFE", "2019-09-16", "2019-09-16", home=tmp_path)
+    assert [tick_fields(t) for t in loaded] == [tick_fields(t) for t in ticks]
+    assert {t.gateway_name for t in loaded} == {"DB"}
+    start, end = china(2019, 9, 16, 14, 10), china(2019, 9, 16, 14, 20)
+    part = data_collector.load_tick_data("cu1909.SHFE", start, end, home=tmp_path)
+    assert [t.datetime for t in part] == [t.datetime for t in ticks if start <= t.datetime <= end] and part
+    with pytest.raises(DataError, match=r"没有 cu1909\.SHFE.*tick 2019-09-16 ~ 2019-09-16 \(200\)"):
+        data_collector.load_tick_data("cu1909.SHFE", "2019-09-17", "2019-09-17", home=tmp_path)
+    with pytest.raises(DataError, match="start after end"):
+        data_collector.load_tick_data("cu1909.SHFE", "2019-09-17", "2019-09-16", home=tmp_path)

@@ -529,3 +529,16 @@ def test_realised_pnl_back_to_flat_equals_sell_minus_buy_turnover(steps: list[tu
     assert book.state.commission == pytest.approx((sold + bought) * RB.size * RB.commission_rate)
     assert book.state.slippage_cost == traded * RB.size
     assert "持仓与成交不一致" not in book.state.halt_reason
+
+
+def test_a_fill_on_the_night_sessions_first_bar_is_todays_and_rolls_the_day_before_it() -> None:
+    book = manager()
+    book.mark(3000, at(5, 14, 0))  # Tuesday's day session
+    book.update_trade(replace(trade(SHORT, OPEN, 1, 3000), datetime=at(5, 14, 59)))
+    # the order decided on 14:59 fills on the 21:00 bar, before the strategy marks that bar: Wednesday's trading day
+    book.update_trade(replace(trade(SHORT, OPEN, 2, 3010), datetime=at(5, 21, 0)))
+    assert (book.state.positions.short_yd, book.state.positions.short_today) == (1, 2)
+    book.mark(3005, at(5, 21, 0))
+    book.update_trade(replace(trade(LONG, TODAY, 2, 3000), datetime=at(5, 22, 30)))
+    assert (book.state.positions.short_yd, book.state.positions.short_today) == (1, 0)
+    assert not book.halted

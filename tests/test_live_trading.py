@@ -1,0 +1,367 @@
+"""Live trading: CTP settings and connect timeout against local fronts, the simulated exchange through the whole
+live path, parity with the backtest, the position check after a restart, and the offscreen UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import live_trading
+from config import PROJECT_DIR, BrokerSettings, ConfigError, Home, Secrets, TransientError, resolve_home
+
+PASSWORD = "Pw-Secret-7f3a9"
+AUTH_CODE = "AUTH-0f1e2d3c4b5a6978"
+
+
+# --- settings and connection state (pure) --------------------------------------------------------------------
+
+
+def test_simnow_preset_gives_documented_fronts_and_ids_and_secrets_come_from_outside() -> None:
+    secrets = Secrets({"ctp_user": "123456", "ctp_password": PASSWORD})
+    setting = live_trading.ctp_setting(BrokerSettings(environment="simnow_7x24"), secrets)
+    assert setting["交易服务器"] == "tcp://182.254.243.31:40001"
+    assert setting["行情服务器"] == "tcp://182.254.243.31:40011"
+    assert (setting["经纪商代码"], setting["产品名称"], setting["授权编码"]) == (
+        "9999", "simnow_client_test", "0000000000000000")
+    assert (setting["用户名"], setting["密码"], setting["柜台环境"]) == ("123456", PASSWORD, "实盘")
+    local = live_trading.ctp_setting(BrokerSettings(), secrets, "127.0.0.1:41205", "tcp://127.0.0.1:41206")
+    assert (local["交易服务器"], local["行情服务器"]) == ("tcp://127.0.0.1:41205", "tcp://127.0.0.1:41206")
+
+
+def test_live_environment_needs_every_field_and_names_the_missing_ones() -> None:
+    with pytest.raises(ConfigError) as error:
+        live_trading.ctp_setting(BrokerSettings(environment="live", td_address="tcp://10.0.0.1:41205"),
+                                 Secrets({"ctp_user": "8001"}))
+    message = str(error.value)
+    for missing in ("密码", "经纪商代码", "行情服务器", "产品名称", "授权编码", "AI_TRADER_CTP_PASSWORD"):
+        assert missing in message
+    assert "交易服务器" not in message.split("CTP 设置缺少：")[1].split("。")[0]
+    with pytest.raises(ConfigError, match="地址"):
+        live_trading.ctp_setting(BrokerSettings(), Secrets({"ctp_user": "1", "ctp_password": "2"}), "tcp://host")
+    with pytest.raises(ConfigError, match="environment"):
+        live_trading.ctp_setting(BrokerSettings(environment="simnow9"), Secrets())
+
+
+def test_connection_watch_needs_both_logins_and_the_contract_query() -> None:
+    changes: list[tuple[bool, str]] = []
+    watch = live_trading.ConnectionWatch("CTP", lambda up, detail: changes.append((up, detail)))
+    for line in ("交易服务器连接成功", "交易服务器授权验证成功", "交易服务器登录成功", "行情服务器登录成功"):
+        watch.update(line)
+    with pytest.raises(TransientError, match="已完成：交易登录、行情登录"):
+        watch.wait(0.01, "tcp://127.0.0.1:1")
+    watch.update("合约信息查询成功")
+    watch.wait(0.01, "tcp://127.0.0.1:1")
+    watch.update("行情服务器连接断开，原因4097")
+    watch.update("行情服务器登录成功")
+    assert changes == [(True, "登录成功"), (False, "行情服务器连接断开，原因4097"), (True, "行情重新登录")]
+
+
+def test_refused_login_is_a_configuration_error_not_a_retry() -> None:
+    watch = live_trading.ConnectionWatch("CTP", lambda up, detail: None)
+    watch.update("交易服务器登录失败，代码：3，信息：CTP:不合法的登录")
+    with pytest.raises(ConfigError, match="不合法的登录"):
+        watch.wait(5, "tcp://127.0.0.1:1")
+
+
+def test_strategies_json_is_validated_and_the_homes_file_wins(home: Home) -> None:
+    configs = live_trading.load_strategy_configs(home)
+    assert configs["ai_rb"].vt_symbol == "rb0000.SHFE" and configs["ai_rb"].setting["model_path"] == "demo_rf"
+    home.settings_dir.mkdir(parents=True)
+    path = home.settings_dir / "strategies.json"
+    path.write_text(json.dumps({"ai_rb": {"vt_symbol": "rb2605.SHFE", "setting": {"fixed_size": 2}}}), "utf-8")
+    assert live_trading.load_strategy_configs(home)["ai_rb"].vt_symbol == "rb2605.SHFE"
+    path.write_text(json.dumps({"ai_rb": {"vt_symbol": "rb2605.SHFE", "setting": {"fast_window": 2}}}), "utf-8")
+    with pytest.raises(ConfigError, match="fast_window"):
+        live_trading.load_strategy_configs(home)
+
+
+def test_vnpy_strategy_json_is_rewritten_from_ours(home: Home) -> None:
+    home.vntrader_dir.mkdir(parents=True)
+    path = home.vntrader_dir / "cta_strategy_setting.json"
+    path.write_text(json.dumps({"old": {"class_name": "X", "vt_symbol": "a.SHFE", "setting": {}},
+                                "ai_rb": {"class_name": "PredictiveTradingStrategy", "vt_symbol": "rb0000.SHFE",
+                                          "setting": {"fixed_size": 5}}}), "utf-8")
+    config = live_trading.StrategyConfig("ai_rb", "PredictiveTradingStrategy", "rb0000.SHFE", {"fixed_size": 1})
+    assert live_trading.reconcile_vnpy_setting(home, config) == ["移除 old", "更新 ai_rb"]
+    assert json.loads(path.read_text("utf-8")) == {"ai_rb": config.vnpy_entry()}
+    assert live_trading.reconcile_vnpy_setting(home, config) == []
+
+
+# --- running the CLI in a fresh process ------------------------------------------------------------------------
+
+
+def run_cli(home: Home, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python ai_trading_system.py --home H ...` with a private HOME, offscreen Qt and our secrets."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AI_TRADER_")}
+    full_env.update({"HOME": str(home.root.parent), "XDG_CONFIG_HOME": str(home.root.parent / "xdg"),
+                     "QT_QPA_PLATFORM": "offscreen", "TF_CPP_MIN_LOG_LEVEL": "3",
+                     "AI_TRADER_CTP_USER": "208866", "AI_TRADER_CTP_PASSWORD": PASSWORD,
+                     "AI_TRADER_CTP_AUTH_CODE": AUTH_CODE})
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(PROJECT_DIR / "ai_trading_system.py"), "--home", str(home.root),
+                           *args], capture_output=True, text=True, env=full_env, cwd=home.root.parent,
+                          timeout=timeout)
+
+
+def assert_no_secret_anywhere(home: Home, *outputs: str) -> None:
+    """The configured password and auth code appear in no file under the home, nor in the process output."""
+    for text in outputs:
+        assert PASSWORD not in text and AUTH_CODE not in text
+    for path in home.root.parent.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert PASSWORD.encode() not in data and AUTH_CODE.encode() not in data, path
+
+
+@pytest.fixture
+def dropping_front() -> Iterator[int]:
+    """A local TCP front that accepts every connection and closes it at once."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    worker = threading.Thread(target=serve, daemon=True)
+    worker.start()
+    yield server.getsockname()[1]
+    stop.set()
+    worker.join(2)
+    server.close()
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.mark.parametrize("front", ["nothing_listens", "drops_connections"])
+def test_ctp_that_never_logs_in_exits_3_within_the_timeout_and_leaks_no_secret(
+    front: str, tmp_path: Path, rf_bundle: Path, request: pytest.FixtureRequest
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    port = request.getfixturevalue("dropping_front") if front == "drops_connections" else closed_port()
+    address = f"tcp://127.0.0.1:{port}"
+    started = time.monotonic()
+    result = run_cli(home, "trade", "--gateway", "ctp", "--no-ui", "--td-address", address, "--md-address", address,
+                     "--model", str(rf_bundle), env={"AI_TRADER_BROKER_CONNECT_TIMEOUT_SECONDS": "3"})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "3 秒内未完成登录和合约查询" in result.stderr and address in result.stderr
+    if front == "drops_connections":
+        assert "连接断开" in result.stderr
+    assert elapsed < 60  # a hang would run into the subprocess timeout instead
+    assert_no_secret_anywhere(home, result.stdout, result.stderr)
+
+
+# --- the simulated exchange through the whole live path --------------------------------------------------------
+
+
+def home_with_bars(imported_home: Home, tmp_path: Path) -> Home:
+    """A new home holding a consistent copy of the imported sample database."""
+    home = resolve_home(tmp_path / "home")
+    home.vntrader_dir.mkdir(parents=True)
+    source = sqlite3.connect(f"file:{imported_home.vntrader_dir / 'database.db'}?mode=ro", uri=True)
+    target = sqlite3.connect(home.vntrader_dir / "database.db")
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return home
+
+
+def audit_events(home: Home, kind: str) -> list[dict[str, Any]]:
+    lines = (home.root / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+    return [event for event in map(json.loads, lines) if event["event"] == kind]
+
+
+SIM_ARGS = ("trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end", "2016-06-10",
+            "--speed", "max")
+
+
+@pytest.fixture(scope="module")
+def sim_run(imported_home: Home, rf_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[Home, subprocess.CompletedProcess[str]]:
+    """The issue's acceptance command on a copy of the sample data: replay 2016-06-01..10 at full speed."""
+    home = home_with_bars(imported_home, tmp_path_factory.mktemp("sim"))
+    return home, run_cli(home, *SIM_ARGS, "--model", str(rf_bundle))
+
+
+def test_sim_replay_trades_records_and_audits_then_exits_0(sim_run: tuple[Home, Any]) -> None:
+    home, result = sim_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(audit_events(home, "strategy_start")) == 1 and len(audit_events(home, "strategy_stop")) == 1
+    assert audit_events(home, "model_load") and len(audit_events(home, "trade")) >= 2
+    recorded = sqlite3.connect(home.vntrader_dir / live_trading.SIM_RECORDING_DB)
+    try:
+        ticks = recorded.execute("SELECT COUNT(*) FROM dbtickdata").fetchone()[0]
+        bars = recorded.execute("SELECT COUNT(*), MIN(datetime), MAX(datetime) FROM dbbardata").fetchone()
+    finally:
+        recorded.close()
+    research = sqlite3.connect(home.vntrader_dir / "database.db")
+    try:
+        stored_ticks = research.execute("SELECT COUNT(*) FROM dbtickdata").fetchone()[0]
+    finally:
+        research.close()
+    assert ticks > 4 * 1500 and bars[0] > 1500 and bars[1].startswith("2016-06-01")
+    assert stored_ticks == 0  # the rehearsal never writes into the research database
+    assert "成交 / trades" in result.stdout
+    assert_no_secret_anywhere(home, result.stdout, result.stderr)
+
+
+PARITY_SCRIPT = """
+import json
+from config import Secrets, bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_dirs, settings_for
+import live_trading
+
+home = resolve_home()
+settings = settings_for(home)
+bind_vnpy_home(home, settings.database)
+spec = contract_spec("rb0000.SHFE", load_contracts(settings_dirs(home)))
+setting = {**live_trading.live_costs(spec, 1_000_000.0, True), **SETTING}
+config = live_trading.StrategyConfig("parity", "PredictiveTradingStrategy", "rb0000.SHFE", setting)
+system = live_trading.AITradingSystem(home, settings, Secrets())
+predictions = []
+try:
+    system.connect_gateway("SIM", {"vt_symbol": "rb0000.SHFE", "home": str(home.root), "start": START, "end": END,
+                                   "speed": "max", "hold": True, "warmup_days": 10}, 30)
+    assert system.start_trading(config)
+    strategy = system.cta_engine.strategies["parity"]
+    online = strategy.signal.update
+
+    def update(bar):
+        value = online(bar)
+        predictions.append([bar.datetime.isoformat(), value])
+        return value
+
+    strategy.signal.update = update  # the replay is held until release: no bar is missed
+    assert system.release_replay().wait(300)
+    system.drain()
+    gateway = system.main_engine.get_gateway("SIM")
+    orders = [[o.datetime.isoformat(), o.direction.value, o.offset.value, o.price, o.volume, o.status.value]
+              for o in gateway.orders]
+    trades = [[t.datetime.isoformat(), t.direction.value, t.price, t.volume] for t in gateway.trades]
+    position = strategy.pos
+finally:
+    system.close()
+print("PARITY" + json.dumps({"predictions": predictions, "orders": orders, "trades": trades, "pos": position}))
+"""
+
+
+def test_sim_exchange_and_backtest_give_the_same_predictions_orders_and_position(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    import bisect
+
+    import numpy as np
+    import pandas as pd
+    from vnpy.trader.constant import Direction, Offset
+
+    from backtesting_module import BacktestingModule
+    from tests.conftest import run_python
+
+    home = home_with_bars(imported_home, tmp_path)
+    start, end = "2016-03-01", "2016-03-09"
+    setting = {"model_path": str(rf_bundle), "fixed_size": 1, "trailing_percent": 0.8, "warmup_days": 10}
+    code = f"START, END, SETTING = {start!r}, {end!r}, {setting!r}\n" + PARITY_SCRIPT
+    result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    live = json.loads(result.stdout.split("PARITY", 1)[1])
+
+    backtest = BacktestingModule(home).run_backtest("rb0000.SHFE", start, end, rf_bundle, setting=dict(setting),
+                                                    use_cache=False)
+    live_predictions = pd.Series([value for _, value in live["predictions"]],
+                                 index=pd.DatetimeIndex([time for time, _ in live["predictions"]]))
+    assert len(live_predictions) == len(backtest.predictions) > 1500
+    assert (live_predictions.index == backtest.predictions.index).all()
+    np.testing.assert_allclose(live_predictions.to_numpy(), backtest.predictions.to_numpy(), rtol=0, atol=1e-7)
+
+    # The exchange stamps an order with its replay clock: an order sent when a bar's first tick completed the
+    # previous bar is that previous bar's decision (vnpy's backtester stamps it with that bar); an order sent from
+    # on_trade after a bar's fills is that bar's. SHFE's CLOSE becomes CLOSETODAY / CLOSEYESTERDAY through vnpy's
+    # OffsetConverter on the live path, so offsets are compared as open / close.
+    bar_times = list(backtest.bars.index)
+
+    def decided_at(stamp: str) -> pd.Timestamp:
+        moment = pd.Timestamp(stamp)
+        if moment.second:
+            return moment.floor("min")
+        return bar_times[bisect.bisect_left(bar_times, moment) - 1]
+
+    def kind(offset: str) -> str:
+        return "open" if offset == Offset.OPEN.value else "close"
+
+    live_orders = [(decided_at(t), d, kind(o), p, v) for t, d, o, p, v, _ in live["orders"]]
+    expected = [(pd.Timestamp(o.datetime), getattr(o.direction, "value", ""), kind(o.offset.value), o.price,
+                 o.volume) for o in backtest.orders]
+    assert len(expected) >= 10
+    assert live_orders == expected
+    live_trades = [(pd.Timestamp(t), d, p, v) for t, d, p, v in live["trades"]]
+    assert live_trades == [(pd.Timestamp(t.datetime), getattr(t.direction, "value", ""), t.price, t.volume)
+                           for t in backtest.trades]
+    final = sum(t.volume if t.direction == Direction.LONG else -t.volume for t in backtest.trades)
+    assert live["pos"] == final
+
+
+def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_alerts(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    home = home_with_bars(imported_home, tmp_path)
+    state = home.vntrader_dir / "cta_strategy_data.json"
+    state.write_text(json.dumps({"ai_rb": {"pos": 3, "entry_price": 2000.0}}), encoding="utf-8")
+    args = ("trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end", "2016-06-01",
+            "--model", str(rf_bundle))
+    refused = run_cli(home, *args)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "记录的持仓 3 与券商持仓 0" in refused.stderr and "--adopt-broker-position" in refused.stderr
+    assert audit_events(home, "position_mismatch")[0]["strategy_pos"] == 3
+    assert [e["severity"] for e in audit_events(home, "alert")] == ["CRITICAL"]
+    assert not audit_events(home, "strategy_start") and not audit_events(home, "order")
+
+    adopted = run_cli(home, *args, "--adopt-broker-position")
+    assert adopted.returncode == 0, adopted.stderr[-3000:]
+    assert audit_events(home, "position_adopted")[0]["broker_pos"] == 0
+    assert len(audit_events(home, "strategy_start")) == 1
+
+
+def test_ui_opens_offscreen_with_the_strategy_loaded_and_closes_without_the_exit_dialog(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    from PySide6.QtGui import QImage
+
+    home = home_with_bars(imported_home, tmp_path)
+    shot = tmp_path / "main_window.png"
+    result = run_cli(home, "trade", "--gateway", "sim", "--replay-start", "2016-06-01", "--replay-end", "2016-06-01",
+                     "--speed", "60", "--model", str(rf_bundle), "--screenshot", str(shot), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in (shot, tmp_path / "main_window_cta.png"):
+        image = QImage(str(path))
+        assert (image.width(), image.height()) >= (1600, 900)
+        colours = {image.pixel(x, y) for x in range(0, image.width(), 40) for y in range(0, image.height(), 40)}
+        assert len(colours) > 5  # a rendered window, not a blank image
+    assert len(audit_events(home, "strategy_start")) == 1 and len(audit_events(home, "strategy_stop")) == 1
