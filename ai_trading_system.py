@@ -798,6 +798,30 @@ def ask_backtest(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     )
 
 
+def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
+    """Mode 1's questions: the simulated exchange (replaying history) or CTP (SimNow or live, settings/broker.json)."""
+    gateway = _ask(input_fn, "网关 / gateway (sim 历史回放模拟 | ctp SimNow或实盘)", "sim")
+    if gateway != "sim":
+        return ("trade", "--gateway", gateway)
+    return (
+        "trade", "--gateway", "sim",
+        "--replay-start", _ask(input_fn, "回放开始 / replay start", "2016-06-01"),
+        "--replay-end", _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
+        "--speed", _ask(input_fn, "速度 / speed (max | 倍速 N)", "60"),
+        "--model", _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
+    )
+
+
+def live_account_confirmed(home: Home, input_fn: Callable[[str], str]) -> bool:
+    """Before the prompt connects to a live (non-simulation) CTP account, the user must type YES."""
+    broker = settings_for(home).broker
+    if broker.environment != "live":
+        return True
+    answer = input_fn(f"即将连接实盘账户（真实资金，交易前置 {broker.td_address or '见 settings/broker.json'}）。"
+                      "确认请输入 YES / type YES to connect to a LIVE account: ")
+    return answer.strip() == "YES"
+
+
 @dataclass(frozen=True)
 class Mode:
     """One entry of the mode prompt: a key, a label, the argv it runs, or questions that build the argv."""
@@ -811,8 +835,8 @@ class Mode:
         return self.ask(input_fn) if self.ask is not None else self.argv
 
 
-# Trading (1) joins this menu when it works end to end.
 MODES: tuple[Mode, ...] = (
+    Mode("1", "实盘/仿真交易 / trade (CTP, or the simulated exchange)", ask=ask_trading),
     Mode("2", "策略回测 / backtest the predictive strategy", ask=ask_backtest),
     Mode("3", "模型训练 / train a price-prediction model", ask=ask_training),
     Mode("4", "导入示例数据并查看 / import the sample data", ("demo",)),
@@ -856,6 +880,7 @@ def main(argv: Sequence[str] | None = None, input_fn: Callable[[str], str] = inp
     """Run one command (or the mode prompt) and return the exit code."""
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    chosen: tuple[str, ...] | None = None
     try:
         args = parser.parse_args(arguments)
         if args.command is None:
@@ -866,6 +891,10 @@ def main(argv: Sequence[str] | None = None, input_fn: Callable[[str], str] = inp
         setup_logging(args.verbose)
         home = resolve_home(args.home)
         settings_for(home)
+        if chosen is not None and args.command == "trade" and args.gateway == "ctp":
+            if not live_account_confirmed(home, input_fn):
+                print("未确认，已取消 / not confirmed, nothing was connected", file=sys.stderr)
+                return EXIT_OK
         return COMMANDS[args.command](args, home)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ import pytest
 import ai_trading_system
 import data_collector
 import data_processor
-from config import Home
+from config import Home, resolve_home
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -215,10 +215,41 @@ def test_prompt_offers_only_working_modes_and_runs_the_choice(
 
     assert ai_trading_system.main(["--home", str(imported_home.root)], input_fn=reply) == 0
     assert "请选择运行模式" in prompts[0]
-    assert [m.key for m in ai_trading_system.MODES] == ["2", "3", "4", "5"]  # trading (1) joins when it works
+    assert [m.key for m in ai_trading_system.MODES] == ["1", "2", "3", "4", "5"]
+    assert "1. 实盘/仿真交易" in prompts[0]
     assert "3. 模型训练" in prompts[0]
     assert all(f"{m.key}. {m.label}" in prompts[0] for m in ai_trading_system.MODES)
     assert "409,995" in capsys.readouterr().out
+
+
+def test_prompt_trading_asks_for_the_replay_or_the_gateway() -> None:
+    sim = ai_trading_system.ask_trading(prompt_with("", "2016-03-01", "", "max", "rf"))
+    assert sim == ("trade", "--gateway", "sim", "--replay-start", "2016-03-01", "--replay-end", "2016-06-10",
+                   "--speed", "max", "--model", "rf")
+    assert ai_trading_system.ask_trading(prompt_with("ctp")) == ("trade", "--gateway", "ctp")
+
+
+def test_prompt_asks_before_connecting_a_live_account_and_stops_without_yes(
+    home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home.settings_dir.mkdir(parents=True)
+    (home.settings_dir / "broker.json").write_text(json.dumps(
+        {"environment": "live", "broker_id": "8888", "td_address": "tcp://127.0.0.1:1",
+         "md_address": "tcp://127.0.0.1:1", "app_id": "desk"}), encoding="utf-8")
+    questions: list[str] = []
+    answers = iter(["1", "ctp", "yes"])
+
+    def reply(prompt: str) -> str:
+        questions.append(prompt)
+        return next(answers)
+
+    assert ai_trading_system.main(["--home", str(home.root)], input_fn=reply) == 0
+    assert "实盘账户" in questions[-1] and "YES" in questions[-1]
+    assert "未确认，已取消" in capsys.readouterr().err
+    assert not (home.root / "audit.jsonl").exists()  # nothing was started
+    assert ai_trading_system.live_account_confirmed(home, prompt_with("YES"))
+    simnow = resolve_home(home.root.parent / "simnow")
+    assert ai_trading_system.live_account_confirmed(simnow, prompt_with())  # SimNow needs no confirmation
 
 
 @pytest.mark.parametrize("replies", [("q",), ()])
@@ -228,7 +259,7 @@ def test_prompt_quit_or_end_of_input_exits_0_doing_nothing(home: Home, replies: 
 
 
 def test_prompt_retries_then_gives_up_with_exit_2(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ai_trading_system.main(["--home", str(home.root)], input_fn=prompt_with("9", "x", "1")) == 2
+    assert ai_trading_system.main(["--home", str(home.root)], input_fn=prompt_with("9", "x", "7")) == 2
     err = capsys.readouterr().err
     assert err.count("无效选择") == 3 and "多次输入无效" in err
 
