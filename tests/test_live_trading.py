@@ -22,6 +22,8 @@ from config import PROJECT_DIR, BrokerSettings, ConfigError, Home, Secrets, Tran
 
 PASSWORD = "Pw-Secret-7f3a9"
 AUTH_CODE = "AUTH-0f1e2d3c4b5a6978"
+SMTP_PASSWORD = "Smtp-Secret-51c8e2"
+SECRETS = (PASSWORD, AUTH_CODE, SMTP_PASSWORD)
 
 
 # --- settings and connection state (pure) --------------------------------------------------------------------
@@ -108,7 +110,7 @@ def run_cli(home: Home, *args: str, env: dict[str, str] | None = None,
     full_env.update({"HOME": str(home.root.parent), "XDG_CONFIG_HOME": str(home.root.parent / "xdg"),
                      "QT_QPA_PLATFORM": "offscreen", "TF_CPP_MIN_LOG_LEVEL": "3",
                      "AI_TRADER_CTP_USER": "208866", "AI_TRADER_CTP_PASSWORD": PASSWORD,
-                     "AI_TRADER_CTP_AUTH_CODE": AUTH_CODE})
+                     "AI_TRADER_CTP_AUTH_CODE": AUTH_CODE, "AI_TRADER_SMTP_PASSWORD": SMTP_PASSWORD})
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(PROJECT_DIR / "ai_trading_system.py"), "--home", str(home.root),
                            *args], capture_output=True, text=True, env=full_env, cwd=home.root.parent,
@@ -116,13 +118,14 @@ def run_cli(home: Home, *args: str, env: dict[str, str] | None = None,
 
 
 def assert_no_secret_anywhere(home: Home, *outputs: str) -> None:
-    """The configured password and auth code appear in no file under the home, nor in the process output."""
+    """No configured secret appears in any file beside the home (logs, json, reports, databases) or the output."""
     for text in outputs:
-        assert PASSWORD not in text and AUTH_CODE not in text
-    for path in home.root.parent.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            assert PASSWORD.encode() not in data and AUTH_CODE.encode() not in data, path
+        assert not any(secret in text for secret in SECRETS)
+    files = [path for path in home.root.parent.rglob("*") if path.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert not any(secret.encode() in data for secret in SECRETS), path
 
 
 @pytest.fixture
@@ -365,3 +368,16 @@ def test_ui_opens_offscreen_with_the_strategy_loaded_and_closes_without_the_exit
         colours = {image.pixel(x, y) for x in range(0, image.width(), 40) for y in range(0, image.height(), 40)}
         assert len(colours) > 5  # a rendered window, not a blank image
     assert len(audit_events(home, "strategy_start")) == 1 and len(audit_events(home, "strategy_stop")) == 1
+
+
+def test_full_demo_then_a_simulated_trading_run_leave_no_secret_in_any_file(tmp_path: Path) -> None:
+    """The README's main job and a rehearsal on its models, with every secret set in the environment."""
+    home = resolve_home(tmp_path / "home")
+    demo = run_cli(home, "demo", timeout=900)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (home.models_dir / "demo_rf" / "fast.onnx").exists() and (home.models_dir / "demo_lstm").is_dir()
+    trade = run_cli(home, "trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end",
+                    "2016-06-03", "--speed", "max")  # the strategy's model from settings/strategies.json: demo_rf
+    assert trade.returncode == 0, trade.stderr[-3000:]
+    assert audit_events(home, "trade")
+    assert_no_secret_anywhere(home, demo.stdout, demo.stderr, trade.stdout, trade.stderr)
