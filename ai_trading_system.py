@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--vt-symbol", help="覆盖策略的合约，例如 rb2605.SHFE")
     trade.add_argument("--model", help="覆盖策略的模型包路径或名称")
     trade.add_argument("--threshold", type=_positive_float, help="覆盖开仓阈值")
-    trade.add_argument("--capital", type=_positive_float, default=1_000_000.0,
-                       help="策略资金（风控基数；模拟交易所的初始资金），默认 1,000,000")
+    trade.add_argument("--capital", type=_positive_float,
+                       help="策略资金（风控基数；模拟交易所的初始资金），默认取策略设置的 capital，否则 1,000,000")
     trade.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
     trade.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
     trade.add_argument("--connect-timeout", type=_positive_float,
@@ -634,6 +634,9 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
 # --- live trading (mode 1) ------------------------------------------------------------------
 
 
+DEFAULT_CAPITAL: float = 1_000_000.0
+
+
 def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: float) -> dict[str, Any]:
     """The simulated exchange's connect setting from the command line."""
     if not args.replay_start or not args.replay_end:
@@ -692,7 +695,7 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     config = chosen_strategy(args, home)
     spec = contract_spec(config.vt_symbol, load_contracts(settings_dirs(home)))
     simulated = args.gateway == "sim"
-    capital = float(config.setting.get("capital", args.capital))
+    capital = float(args.capital or config.setting.get("capital", DEFAULT_CAPITAL))
     setting = {**live_trading.live_costs(spec, capital, simulated), **config.setting}
     config = live_trading.StrategyConfig(config.name, config.class_name, config.vt_symbol, setting)
     if simulated:

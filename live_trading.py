@@ -31,6 +31,7 @@ from config import (
 )
 
 logger = logging.getLogger("live_trading")
+RISK_REJECTION: str = "风控拒绝"  # how PredictiveTradingStrategy.send starts a vetoed order's log line
 
 
 # SimNow's test environment as SimNow documents it: three fronts for trading hours and one 7x24 front
@@ -278,14 +279,12 @@ class AITradingSystem:
             logger.exception("日志事件处理失败 / log handler failed")
 
     def _on_strategy_log(self, event: Any) -> None:
-        """Strategy log lines to the log; risk rejections and model loads to the audit trail too."""
+        """Strategy log lines to the log; risk rejections to the audit trail too."""
         try:
             message = str(event.data.msg)
             logger.info("%s", message)
-            if "风控拒绝" in message:
+            if RISK_REJECTION in message:
                 self.audit.write("risk_rejection", strategy=self.strategy_name, message=message)
-            elif "已加载" in message and "模型" in message:
-                self.audit.write("model_load", strategy=self.strategy_name, message=message)
         except Exception:
             logger.exception("策略日志处理失败 / strategy log handler failed")
 
@@ -302,13 +301,15 @@ class AITradingSystem:
         from vnpy.trader.event import EVENT_LOG
 
         self.gateway_name = name
+        if name != "CTP":  # the simulated exchange has its contract when connect returns (or raises)
+            self.main_engine.connect(setting, name)
+            self._connection_changed(True, f"{name} 已连接")
+            return
         watch = ConnectionWatch(name, self._connection_changed)
         self.event_engine.register(EVENT_LOG, watch.on_log)
-        fronts = f"{setting.get('交易服务器', '')} / {setting.get('行情服务器', '')}" if name == "CTP" else name
+        fronts = f"{setting['交易服务器']} / {setting['行情服务器']}"
         logger.info("连接 %s（%s）/ connecting", name, fronts)
         self.main_engine.connect(setting, name)
-        if name != "CTP":  # the simulated exchange is ready when connect returns
-            watch.update("交易服务器登录成功 行情服务器登录成功 合约信息查询成功")
         watch.wait(timeout, fronts)
         logger.info("%s 已登录，合约 %d 个 / logged in", name, len(self.main_engine.get_all_contracts()))
 
