@@ -486,7 +486,8 @@ class SimGateway(BaseGateway):
     # -- BaseGateway --
 
     def connect(self, setting: dict) -> None:
-        """Validate the setting, load the data, publish contract, account and positions, start the replay thread."""
+        """Validate the setting, load the data, publish contract, account and positions and (once the event engine
+        has handled them) start the replay thread."""
         if self.settings is not None:
             raise ConfigError(f"{self.gateway_name} 已连接，不能重复连接 / already connected")
         settings = parse_settings(setting)
@@ -512,6 +513,8 @@ class SimGateway(BaseGateway):
         self.write_log(f"SIM 连接成功：回放 {settings.vt_symbol} {settings.start:%Y-%m-%d} ~ {settings.end:%Y-%m-%d}，"
                        f"{count:,} 个{'K线' if settings.mode == 'bar' else ' tick'}，速度 {speed}，"
                        f"订阅后{'调用 release() 后' if settings.hold else ''}开始 / connected")
+        if getattr(self.event_engine, "_thread", None) is not threading.current_thread():  # return once MainEngine
+            self._sync(timeout=JOIN_SECONDS)  # knows the contract: CtaEngine subscribes only to known contracts
         self._thread = threading.Thread(target=self._run, name=f"SimReplay-{self.gateway_name}", daemon=True)
         self._thread.start()
 
@@ -761,8 +764,9 @@ class SimGateway(BaseGateway):
         self.on_event(self._private_type, (self._epoch_sent, when, price))
         return self._epoch_sent
 
-    def _sync(self) -> bool:
+    def _sync(self, timeout: float = math.inf) -> bool:
         """Wait until the event engine has handled every event this gateway put; False when the replay must stop."""
+        deadline = time.monotonic() + timeout
         while True:
             with self._puts_lock:
                 mark = self._puts
@@ -771,7 +775,8 @@ class SimGateway(BaseGateway):
             done = threading.Event()
             self.event_engine.put(Event(self._private_type, done))
             while not done.wait(POLL_SECONDS):
-                if self._stop.is_set() or not getattr(self.event_engine, "_active", True):
+                stopped = self._stop.is_set() or not getattr(self.event_engine, "_active", True)
+                if stopped or time.monotonic() > deadline:
                     return False
             self._synced_puts = mark  # handlers may have put more since: go round again
 

@@ -377,6 +377,23 @@ def test_tick_matching_equals_vnpy_backtester_on_the_copper_ticks(make_replay: C
     assert [t.last_price for t in replay.ticks] == [t.last_price for t in ticks]
 
 
+def test_tick_mode_replays_the_stored_ticks_as_they_are(make_replay: Callable[[], Replay], home: Home) -> None:
+    ticks = data_collector.read_tick_csv(SAMPLE_TICKS_CSV, CU)
+    conn = data_collector.connect(data_collector.database_path(home))
+    data_collector.save_ticks(conn, ticks)
+    conn.close()
+    replay = make_replay()
+    replay.connect(vt_symbol=CU, home=str(home.root), mode="tick", start="2019-09-16", end="2019-09-16")
+    now = datetime.now(CHINA_TZ)
+    assert replay.gateway.query_history(HistoryRequest("cu1909", Exchange.SHFE, now - timedelta(days=3), now)) == []
+    replay.start()
+    assert replay.gateway.finished.wait(30) and not replay.errors
+    fields = ("datetime", "last_price", "volume", "turnover", "open_interest", "bid_price_1", "ask_price_5")
+    assert [[getattr(t, f) for f in fields] for t in replay.ticks] == [[getattr(t, f) for f in fields] for t in ticks]
+    assert {t.gateway_name for t in replay.ticks} == {replay.name}
+    assert len(replay.bars) == 50  # 14:01 .. 14:58: no closing tick is added in tick mode
+
+
 def test_matching_rules_are_vnpys_at_the_edges() -> None:
     bar = BarData(gateway_name="DB", symbol="rb0000", exchange=Exchange.SHFE, datetime=china("2016-01-04 09:00:00"),
                   open_price=2006, high_price=2015, low_price=2001, close_price=2010)
@@ -594,6 +611,10 @@ def test_connect_twice_is_refused_and_close_is_idempotent_and_unregisters(
     setting = {"vt_symbol": RB, "home": str(home.root), "csv": str(write_bars(tmp_path / "bars.csv")),
                "start": "2016-01-04", "end": "2016-01-04"}
     replay.connect(**setting)
+    contract = replay.engine.get_contract(RB)  # connect returns once MainEngine knows the contract
+    assert contract is not None and contract.gateway_name == replay.name
+    assert (contract.size, contract.pricetick, contract.history_data, contract.net_position) == (10, 1, True, False)
+    assert replay.engine.get_account(f"{replay.name}.{replay.name}") is not None
     with pytest.raises(ConfigError, match="already connected"):
         replay.connect(**setting)
     handlers: Any = replay.engine.event_engine._handlers  # noqa: SLF001 - checking the registration itself
