@@ -29,7 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import add_input_arguments, library_versions, sample_bars, timed  # noqa: E402
+from bench_common import add_input_arguments, library_versions, sample_bars, train_briefly  # noqa: E402
 
 import data_collector  # noqa: E402
 import data_processor  # noqa: E402
@@ -156,22 +156,13 @@ def run_ours(module: Any, frame: pd.DataFrame, start: datetime, end: datetime, b
 
 def train_bundle(model_type: str, bars: pd.DataFrame, folder: Path, epochs: int, train_stride: int) -> tuple[Path, str]:
     """Train a bundle in this process on bars before the backtest and save it; the LSTM only briefly."""
-    from ml_model import ModelConfig, PricePredictionModel
+    def data_for(config: Any) -> Any:
+        progress(f"prepare_training_data on {len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
+        return data_processor.prepare_training_data(bars, VT_SYMBOL, horizon=config.horizon,
+                                                    sequence_length=config.sequence_length,
+                                                    features_count=config.features_count)
 
-    if model_type == "lstm":
-        config = ModelConfig(model_type="lstm", epochs=epochs, train_stride=train_stride)
-        source = f"trained in-process: {epochs} epoch(s) on every {train_stride}th training window"
-    else:
-        config = ModelConfig(model_type="random_forest")
-        source = (f"trained in-process: {config.trees} trees, max_depth {config.max_depth}, "
-                  f"min_samples_leaf {config.min_samples_leaf}")
-    progress(f"prepare_training_data on {len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
-    data = data_processor.prepare_training_data(bars, VT_SYMBOL, horizon=config.horizon,
-                                                sequence_length=config.sequence_length,
-                                                features_count=config.features_count)
-    model = PricePredictionModel(model_type, config)
-    progress(f"training {model_type} ({source})")
-    seconds, _ = timed(model.train, data, lambda message: progress(f"  {message}"))
+    model, data, source, seconds = train_briefly(model_type, epochs, train_stride, data_for, progress)
     model.evaluate(data, "test")
     path = model.save_model(folder / model_type, extra={"vt_symbol": VT_SYMBOL})
     return path, f"{source}, {seconds:.1f} s, on {len(bars)} bars {bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d}"

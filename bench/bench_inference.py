@@ -27,7 +27,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_common import add_input_arguments, constant_workload, library_versions, sample_bars, timed  # noqa: E402
+from bench_common import (  # noqa: E402
+    add_input_arguments,
+    constant_workload,
+    library_versions,
+    sample_bars,
+    timed,
+    train_briefly,
+)
 
 import data_processor  # noqa: E402
 from data_processor import TrainingData, Windows  # noqa: E402
@@ -86,18 +93,7 @@ def bundle_windows(bars: pd.DataFrame, model: Any) -> tuple[np.ndarray, Windows]
 
 def build_subject(model_type: str, data: TrainingData, single: int, epochs: int, train_stride: int) -> Subject:
     """Train a model in this process: the LSTM briefly (inference speed does not depend on its weights)."""
-    from ml_model import ModelConfig, PricePredictionModel
-
-    if model_type == "lstm":
-        config = ModelConfig(model_type="lstm", epochs=epochs, train_stride=train_stride)
-        source = f"trained in-process: {epochs} epoch(s) on every {train_stride}th training window"
-    else:
-        config = ModelConfig(model_type="random_forest")
-        source = (f"trained in-process: {config.trees} trees, max_depth {config.max_depth}, "
-                  f"min_samples_leaf {config.min_samples_leaf}")
-    model = PricePredictionModel(model_type, config)
-    progress(f"training {model_type} ({source})")
-    seconds, _ = timed(model.train, data, lambda message: progress(f"  {message}"))
+    model, _, source, seconds = train_briefly(model_type, epochs, train_stride, lambda _config: data, progress)
     test = data.windows("test")
     return Subject(model, source, seconds, test.take(np.arange(min(single, len(test)))), all_windows(data),
                    data.scaled)
