@@ -31,6 +31,7 @@ from config import (
 )
 
 logger = logging.getLogger("live_trading")
+DRAIN_EVENT: str = "eAiTraderDrain"  # carries a threading.Event that its handler sets
 RISK_REJECTION: str = "风控拒绝"  # how PredictiveTradingStrategy.send starts a vetoed order's log line
 
 
@@ -245,6 +246,7 @@ class AITradingSystem:
         self.event_engine.register(EVENT_TRADE, self._on_trade)
         self.event_engine.register(EVENT_CTA_LOG, self._on_strategy_log)
         self.event_engine.register(EVENT_LOG, self._on_log)
+        self.event_engine.register(DRAIN_EVENT, lambda event: event.data.set())
 
     # -- audit trail --
 
@@ -403,9 +405,7 @@ class AITradingSystem:
         from vnpy.event import Event
 
         done = threading.Event()
-        marker = f"eDrain{id(done)}"
-        self.event_engine.register(marker, lambda _event: done.set())
-        self.event_engine.put(Event(marker))
+        self.event_engine.put(Event(DRAIN_EVENT, done))  # handled in order, after everything queued before it
         done.wait(timeout)
 
     def run_ui(self, screenshot: Path | None = None) -> None:
