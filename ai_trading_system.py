@@ -20,6 +20,7 @@ import data_processor
 import live_trading
 import ml_model
 from config import (
+    DEFAULT_CAPITAL,
     EXIT_BAD_INPUT,
     EXIT_BUG,
     EXIT_OK,
@@ -40,9 +41,10 @@ from config import (
     save_secret,
     settings_dirs,
     settings_for,
+    write_csv_atomic,
 )
 
-logger = logging.getLogger("ai_trading_system")
+logger = logging.getLogger("ai_trading_system")  # not __name__: run as a script, that would be "__main__"
 
 Handler = Callable[[argparse.Namespace, Home], int]
 
@@ -583,12 +585,12 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
                             strategy_setting(args), args.target, costs, folder / "work", use_cache=not args.no_cache)
     if args.walk_forward:
         table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
-        path = module.write_csv_atomic(table, folder / "walk_forward.csv")
+        path = write_csv_atomic(table, folder / "walk_forward.csv")
         print_table([tuple(str(v) for v in row) for row in table.itertuples(index=False)], list(table.columns))
         print(f"样本外结果 / out-of-sample results: {path}")
         return EXIT_OK
     found = optimizer.search(job, grid, args.method, output=_stderr_progress)
-    path = module.write_csv_atomic(found.table, folder / "results.csv")
+    path = write_csv_atomic(found.table, folder / "results.csv")
     top = found.table.head(10)
     print_table([tuple(str(v) for v in row) for row in top.itertuples(index=False)], list(top.columns))
     print(f"最优参数 / best settings ({args.target}): {found.best}")
@@ -632,9 +634,6 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
 
 
 # --- live trading (mode 1) ------------------------------------------------------------------
-
-
-DEFAULT_CAPITAL: float = 1_000_000.0
 
 
 def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: float) -> dict[str, Any]:

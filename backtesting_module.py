@@ -24,15 +24,20 @@ from vnpy_ctastrategy.backtesting import BacktestingEngine
 import data_collector
 import data_processor
 from config import (
+    DEFAULT_CAPITAL,
     FEATURE_CODE_FILES,
     ContractSpec,
     DataError,
     Home,
+    atomic_path,
     contract_spec,
+    file_sha256,
+    json_safe,
     load_contracts,
     settings_dirs,
+    temporary_path,
 )
-from ml_model import PricePredictionModel, find_bundle, json_safe
+from ml_model import PricePredictionModel, find_bundle
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy, batch_predictions
 
 if TYPE_CHECKING:
@@ -41,7 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CAPITAL: float = 1_000_000.0
 WARMUP_DAYS: int = 10
 
 
@@ -117,10 +121,6 @@ class BacktestResult:
     orders: list[OrderData] = field(default_factory=list)  # every order the strategy sent, in sending order
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def prediction_key(model: PricePredictionModel, frame: pd.DataFrame) -> str:
     """Fingerprint of model + bars + feature code: any change gives another cache entry."""
     digest = hashlib.sha256()
@@ -143,14 +143,8 @@ def cached_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symb
         if cached.shape == (len(frame),):
             return cached, True
     predictions = batch_predictions(model, frame, vt_symbol)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("wb") as handle:
-            np.save(handle, predictions, allow_pickle=False)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_path(path) as temp, temp.open("wb") as handle:
+        np.save(handle, predictions, allow_pickle=False)
     return predictions, False
 
 
@@ -435,29 +429,12 @@ class Optimizer:
         return pd.DataFrame(rows)
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """A CSV written to a temporary name, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(temp, index=False)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
-
-
 # --- reports ------------------------------------------------------------------------------------------------
 
 REPORT_FILES: tuple[str, ...] = ("statistics.json", "trades.csv", "daily.csv", "report.png", "report.html")
 REPORT_SIZE: tuple[float, float] = (14.0, 13.0)  # inches: at REPORT_DPI the PNG is 1540 x 1430 pixels
 REPORT_DPI: int = 110
 TRADE_COLUMNS: tuple[str, ...] = ("datetime", "direction", "offset", "price", "volume", "tradeid", "orderid")
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside `path` to write it under before the rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def report_capital(result: BacktestResult) -> float:
@@ -630,13 +607,8 @@ def results_figure(result: BacktestResult) -> Figure:
 def plot_results(result: BacktestResult, path: Path) -> Path:
     """The four-panel PNG report at `path`, written under a temporary name and renamed."""
     figure = results_figure(result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
+    with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=REPORT_DPI)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import re
+import shutil
 import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,6 +45,7 @@ CONTRACTS_FILE: str = "contracts.json"
 STRATEGIES_FILE: str = "strategies.json"  # the live strategies: name -> class, vt_symbol and parameters
 AUDIT_FILENAME: str = "audit.jsonl"
 SECRETS_FILENAME: str = "secrets.enc"
+DEFAULT_CAPITAL: float = 1_000_000.0  # the account size a backtest, the simulated exchange and the strategy assume
 # secrets are read from these variables (or the encrypted secrets file), never from settings/
 SECRET_ENV: dict[str, str] = {
     "ctp_user": "AI_TRADER_CTP_USER",
@@ -556,16 +562,6 @@ def settings_for(home: Home, environ: Mapping[str, str] | None = None) -> AppSet
     return load_settings(settings_dirs(home), environ)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(json.dumps(data, ensure_ascii=False, indent=4), encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def prepare_home(home: Home, settings: DatabaseSettings) -> None:
     """Create the home's `.vntrader/` and make vt_setting.json use SQLite there in China Standard Time."""
     try:
@@ -611,6 +607,130 @@ def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
             f"本进程的 vnpy 已绑定到 {bound}，无法切换到 {home.root}；请在新进程中使用 --home / "
             "vnpy is already bound to another home in this process"
         )
+
+
+# --- files, JSON and event handlers: one home for the small helpers every module uses -------------------
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` to write it under before the rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name to write to; renamed over `path` when the block succeeds, removed whatever happens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temporary_path(path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 text to a temporary file beside `path`, then rename it over `path`."""
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json_atomic(path: Path, data: Any, indent: int = 4) -> Path:
+    """Write JSON (non-ASCII kept readable) atomically."""
+    return write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=indent))
+
+
+def write_csv_atomic(frame: Any, path: Path) -> Path:
+    """Write a pandas DataFrame as CSV (without its index) atomically."""
+    with atomic_path(path) as temp:
+        frame.to_csv(temp, index=False)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `path`; when the block succeeds it replaces `path` (and any old folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    try:
+        yield temp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(temp, path)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python numbers, dates to ISO text, enums to their values, NaN and inf to null,
+    anything else JSON cannot hold to its text."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    numpy = sys.modules.get("numpy")  # a numpy scalar can only exist once numpy is imported
+    if numpy is not None and isinstance(value, numpy.generic):
+        value = value.item()
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+HANDLER_LOG_SECONDS: float = 60.0  # a failing handler logs its traceback at most this often, a one-line error otherwise
+
+
+class GuardedHandler:
+    """An event handler that logs and counts its exceptions and never raises: an exception would otherwise stop
+    vnpy's event engine thread's handler loop for that event, or a live strategy."""
+
+    def __init__(self, name: str, handler: Callable[[Any], None], log: logging.Logger) -> None:
+        self.name = name
+        self.handler = handler
+        self.log = log
+        self.errors = 0
+        self._traceback_at = -HANDLER_LOG_SECONDS
+
+    def __call__(self, event: Any) -> None:
+        try:
+            self.handler(event)
+        except Exception as exc:
+            try:
+                self.errors += 1
+                now = time.monotonic()
+                if now - self._traceback_at >= HANDLER_LOG_SECONDS:
+                    self._traceback_at = now
+                    self.log.exception("事件处理器 %s 出错（已忽略）/ event handler %s failed", self.name, self.name)
+                else:
+                    self.log.error("事件处理器 %s 又出错（第 %d 次，已忽略）/ event handler %s failed again: %r",
+                                   self.name, self.errors, self.name, exc)
+            except Exception:  # nothing may escape into the event engine
+                pass
+
+
+def guarded(name: str, handler: Callable[[Any], None], log: logging.Logger) -> GuardedHandler:
+    """Wrap an event handler we register: each exception is counted and logged (the traceback at most once a
+    minute), never raised."""
+    return GuardedHandler(name, handler, log)
 
 
 # --- secrets: environment or an encrypted file, redacted everywhere -----------------------------------------
@@ -744,15 +864,10 @@ def save_secret(home: Home, name: str, value: str, environ: Mapping[str, str] | 
     cipher = _fernet(key_path, create=True)
     current = read_secrets_file(home.secrets_path, key_path) if home.secrets_path.exists() else {}
     current[name] = value
-    home.root.mkdir(parents=True, exist_ok=True)
-    temp = home.secrets_path.with_name(f".{SECRETS_FILENAME}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(home.secrets_path) as temp:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(cipher.encrypt(json.dumps(current).encode("utf-8")))
-        os.replace(temp, home.secrets_path)
-    finally:
-        temp.unlink(missing_ok=True)
     register_secrets([value])
     return home.secrets_path
 

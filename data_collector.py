@@ -33,6 +33,7 @@ from config import (
     DataError,
     Home,
     TransientError,
+    guarded,
     prepare_home,
     resolve_home,
     settings_for,
@@ -960,6 +961,7 @@ class DataCollector:
         self._lock = threading.RLock()  # re-entrant: stop() may run in a signal handler
         self._thread: threading.Thread | None = None
         self._stopped = self._registered = False
+        self._tick_handler = guarded("recorder.tick", self._on_tick_event, logger)
         self._stats = RecorderStats()
         self._ticks: list[TickData] = []  # writer thread only, from here down; lists are mutated in place
         self._bars: list[BarData] = []
@@ -990,18 +992,15 @@ class DataCollector:
             requests.append((vt_symbol, SubscribeRequest(symbol=symbol, exchange=exchange), contract.gateway_name))
         self.vt_symbols.update(vt_symbol for vt_symbol, _, _ in requests)
         if not self._registered:  # before subscribing, so the first tick is not missed
-            self.main_engine.event_engine.register(EVENT_TICK, self._on_tick_event)
+            self.main_engine.event_engine.register(EVENT_TICK, self._tick_handler)
             self._registered = True
         for _, request, gateway_name in requests:
             self.main_engine.subscribe(request, gateway_name)
 
     def _on_tick_event(self, event: Any) -> None:
-        """Event-engine handler: record ticks of subscribed symbols; never raises."""
-        try:
-            if not self._stopped and event.data.vt_symbol in self.vt_symbols:
-                self.save_tick_data(event.data)
-        except Exception:
-            logger.exception("行情记录处理 tick 事件失败 / tick event handler failed")
+        """Event-engine handler (registered guarded): record ticks of subscribed symbols."""
+        if not self._stopped and event.data.vt_symbol in self.vt_symbols:
+            self.save_tick_data(event.data)
 
     def save_tick_data(self, tick: TickData) -> None:
         """Queue a tick for the writer thread; never blocks on the database; DataError after stop()."""
@@ -1025,7 +1024,7 @@ class DataCollector:
             self._stopped = True
             self._queue.put(_STOP)
         if self._registered:
-            self.main_engine.event_engine.unregister(EVENT_TICK, self._on_tick_event)
+            self.main_engine.event_engine.unregister(EVENT_TICK, self._tick_handler)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

@@ -25,12 +25,13 @@ from config import (
     Secrets,
     TransientError,
     bind_vnpy_home,
+    guarded,
     read_json_object,
     settings_dirs,
     write_json_atomic,
 )
 
-logger = logging.getLogger("live_trading")
+logger = logging.getLogger(__name__)
 DRAIN_EVENT: str = "eAiTraderDrain"  # carries a threading.Event that its handler sets
 RISK_REJECTION: str = "风控拒绝"  # how PredictiveTradingStrategy.send starts a vetoed order's log line
 
@@ -168,13 +169,10 @@ class ConnectionWatch:
         self.ready = threading.Event()
 
     def on_log(self, event: Any) -> None:
-        """EVENT_LOG handler: mark progress, count drops, catch login failures; never raises."""
-        try:
-            log = event.data
-            if log.gateway_name == self.gateway_name:
-                self.update(str(log.msg))
-        except Exception:
-            logger.exception("连接状态处理失败 / connection watch failed")
+        """EVENT_LOG handler: mark progress, count drops, catch login failures."""
+        log = event.data
+        if log.gateway_name == self.gateway_name:
+            self.update(str(log.msg))
 
     def update(self, message: str) -> None:
         """One gateway log line."""
@@ -242,53 +240,41 @@ class AITradingSystem:
         self.strategy_name = self.gateway_name = ""
         self.closed = self.engine_closed = False
         self._order_states: dict[str, str] = {}
-        self.event_engine.register(EVENT_ORDER, self._on_order)
-        self.event_engine.register(EVENT_TRADE, self._on_trade)
-        self.event_engine.register(EVENT_CTA_LOG, self._on_strategy_log)
-        self.event_engine.register(EVENT_LOG, self._on_log)
-        self.event_engine.register(DRAIN_EVENT, lambda event: event.data.set())
+        self.event_engine.register(EVENT_ORDER, guarded("audit.order", self._on_order, logger))
+        self.event_engine.register(EVENT_TRADE, guarded("audit.trade", self._on_trade, logger))
+        self.event_engine.register(EVENT_CTA_LOG, guarded("strategy_log", self._on_strategy_log, logger))
+        self.event_engine.register(EVENT_LOG, guarded("log", self._on_log, logger))
+        self.event_engine.register(DRAIN_EVENT, guarded("drain", lambda event: event.data.set(), logger))
 
     # -- audit trail --
 
     def _on_order(self, event: Any) -> None:
         """Audit each order once per status."""
-        try:
-            order = event.data
-            if self._order_states.get(order.vt_orderid) != order.status.value:
-                self._order_states[order.vt_orderid] = order.status.value
-                self.audit.write("order", vt_orderid=order.vt_orderid, vt_symbol=order.vt_symbol,
-                                 direction=order.direction.value if order.direction else "",
-                                 offset=order.offset.value, price=order.price, volume=order.volume,
-                                 traded=order.traded, status=order.status.value, exchange_time=order.datetime)
-        except Exception:
-            logger.exception("委托审计失败 / order audit failed")
+        order = event.data
+        if self._order_states.get(order.vt_orderid) != order.status.value:
+            self._order_states[order.vt_orderid] = order.status.value
+            self.audit.write("order", vt_orderid=order.vt_orderid, vt_symbol=order.vt_symbol,
+                             direction=order.direction.value if order.direction else "",
+                             offset=order.offset.value, price=order.price, volume=order.volume,
+                             traded=order.traded, status=order.status.value, exchange_time=order.datetime)
 
     def _on_trade(self, event: Any) -> None:
-        try:
-            trade = event.data
-            self.audit.write("trade", vt_tradeid=trade.vt_tradeid, vt_orderid=trade.vt_orderid,
-                             vt_symbol=trade.vt_symbol, direction=trade.direction.value if trade.direction else "",
-                             offset=trade.offset.value, price=trade.price, volume=trade.volume,
-                             exchange_time=trade.datetime)
-        except Exception:
-            logger.exception("成交审计失败 / trade audit failed")
+        trade = event.data
+        self.audit.write("trade", vt_tradeid=trade.vt_tradeid, vt_orderid=trade.vt_orderid,
+                         vt_symbol=trade.vt_symbol, direction=trade.direction.value if trade.direction else "",
+                         offset=trade.offset.value, price=trade.price, volume=trade.volume,
+                         exchange_time=trade.datetime)
 
     def _on_log(self, event: Any) -> None:
         """Gateway and engine log events into our log (redacted, one stream on stderr)."""
-        try:
-            logger.info("%s | %s", event.data.gateway_name, event.data.msg)
-        except Exception:
-            logger.exception("日志事件处理失败 / log handler failed")
+        logger.info("%s | %s", event.data.gateway_name, event.data.msg)
 
     def _on_strategy_log(self, event: Any) -> None:
         """Strategy log lines to the log; risk rejections to the audit trail too."""
-        try:
-            message = str(event.data.msg)
-            logger.info("%s", message)
-            if RISK_REJECTION in message:
-                self.audit.write("risk_rejection", strategy=self.strategy_name, message=message)
-        except Exception:
-            logger.exception("策略日志处理失败 / strategy log handler failed")
+        message = str(event.data.msg)
+        logger.info("%s", message)
+        if RISK_REJECTION in message:
+            self.audit.write("risk_rejection", strategy=self.strategy_name, message=message)
 
     def _connection_changed(self, connected: bool, detail: str) -> None:
         self.monitor.set_gateway_state(connected, detail)
@@ -308,7 +294,7 @@ class AITradingSystem:
             self._connection_changed(True, f"{name} 已连接")
             return
         watch = ConnectionWatch(name, self._connection_changed)
-        self.event_engine.register(EVENT_LOG, watch.on_log)
+        self.event_engine.register(EVENT_LOG, guarded("connection_watch", watch.on_log, logger))
         fronts = f"{setting['交易服务器']} / {setting['行情服务器']}"
         logger.info("连接 %s（%s）/ connecting", name, fronts)
         self.main_engine.connect(setting, name)

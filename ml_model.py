@@ -8,18 +8,17 @@ import logging
 import math
 import os
 import platform
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from config import CHINA_TZ, ModelError, ModelSettings
+from config import CHINA_TZ, ModelError, ModelSettings, atomic_folder, atomic_path, file_sha256, json_safe
 from data_processor import FEATURE_NAMES, FEATURE_VERSION, Scaler, TrainingData, Windows
 
 logger = logging.getLogger(__name__)
@@ -303,14 +302,6 @@ def _strided(windows: Windows, stride: int) -> Windows:
     return Windows(windows.view, windows.starts[keep], windows.labels[keep], windows.sequence_length)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_fingerprint(data: TrainingData) -> str:
     """sha256 of the bar times, closes and selected features the model was trained and tested on."""
     digest = hashlib.sha256()
@@ -535,12 +526,7 @@ class PricePredictionModel:
         if self.network is None or self.onnx_bytes is None or self.scaler is None:
             raise ModelError("没有可保存的已训练模型 / nothing trained to save")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
-        try:
+        with atomic_folder(target) as temp:
             model_file = MODEL_FILES[self.model_type]
             if self.model_type == "lstm":
                 self.network.save(temp / model_file)
@@ -552,7 +538,7 @@ class PricePredictionModel:
             (temp / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict(), indent=2), encoding="utf-8")
             (temp / METRICS_FILE).write_text(json.dumps(json_safe(self.metrics), indent=2, ensure_ascii=False),
                                              encoding="utf-8")
-            files = {name: _file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
+            files = {name: file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
             metadata = {
                 **self.metadata,
                 **(extra or {}),
@@ -576,12 +562,6 @@ class PricePredictionModel:
             }
             (temp / METADATA_FILE).write_text(json.dumps(json_safe(metadata), indent=2, ensure_ascii=False),
                                               encoding="utf-8")
-            if target.exists():
-                os.replace(target, old)
-            os.replace(temp, target)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
         self.metadata = metadata
         self.path = target
         return target
@@ -629,21 +609,6 @@ class PricePredictionModel:
         return self.network
 
 
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python numbers, dates to ISO text, NaN and inf to null."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def find_bundle(text: str, models_dir: Path) -> Path:
     """A bundle given as a folder path, else as a name under `models_dir`."""
     path = Path(text).expanduser()
@@ -682,7 +647,7 @@ def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | N
         file = folder / name
         if not file.is_file():
             raise ModelError(f"模型包 {folder} 缺少文件 {name}；{retrain}")
-        if _file_sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise ModelError(f"模型包 {folder} 的 {name} 与元数据记录的校验和不符（损坏或被改动）；{retrain}")
     for name in (MODEL_FILES[metadata["model_type"]], FAST_FILE, SCALER_FILE):
         if name not in metadata["files"]:
@@ -789,12 +754,6 @@ def write_training_report(path: Path, history: TrainingHistory, prediction: np.n
         table.set_fontsize(11)
         table.scale(1.0, 1.8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return path

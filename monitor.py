@@ -34,11 +34,14 @@ from config import (
     ConfigError,
     DataError,
     EmailSettings,
+    GuardedHandler,
     Home,
     MonitorSettings,
     TransientError,
+    guarded,
     in_session,
     install_redaction,
+    json_safe,
     load_secrets,
     parse_clock,
     product_of,
@@ -59,7 +62,6 @@ MAX_DIGEST: int = 200  # alerts kept for the daily summary
 MAX_KEYS: int = 1000  # throttle entries kept before expired ones are pruned
 SUBJECT_CHARS: int = 100
 SESSION_PROBE_SECONDS: float = 60.0  # sessions start and end on whole minutes
-HANDLER_LOG_SECONDS: float = 60.0  # a failing handler logs its traceback at most this often
 EMAIL_HOWTO: str = (
     "未配置邮件服务器：请在 settings/email.json（或主目录的 settings/email.json）中设置 "
     "host、port、security（ssl/starttls/none）、username、sender、recipients，"
@@ -563,13 +565,6 @@ def resource_issues(usage: ResourceUsage, settings: MonitorSettings) -> list[Hea
                         "WARNING") for check, zh, en, value, limit in rows if value >= limit]
 
 
-def _json_safe(value: Any) -> Any:
-    """A value JSON can hold: numbers, strings, booleans and None as they are, anything else as text."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(getattr(value, "value", value))
-
-
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat(timespec="seconds")
 
@@ -606,8 +601,10 @@ class SystemMonitor:
         self._summary_day: date | None = None
         self._resources: ResourceUsage | None = None
         self._issues: list[HealthIssue] = []
-        self._handler_errors = 0
-        self._error_logged: dict[str, float] = {}
+        self._guards: dict[str, GuardedHandler] = {
+            name: guarded(f"monitor.{name}", handler, logger)
+            for name, handler in (("timer", self._handle_timer), ("tick", self._handle_tick),
+                                  ("strategy", self._handle_strategy), ("trade", self._handle_trade))}
 
     # --- wiring --------------------------------------------------------------------------------------------
 
@@ -640,33 +637,19 @@ class SystemMonitor:
 
     def on_timer(self, event: Any) -> None:
         """EVENT_TIMER (every second): heartbeat, checks and the daily summary when due."""
-        self._guarded("timer", self._handle_timer, event)
+        self._guards["timer"](event)
 
     def on_tick(self, event: Any) -> None:
         """EVENT_TICK: remember when market data last arrived."""
-        self._guarded("tick", self._handle_tick, event)
+        self._guards["tick"](event)
 
     def on_strategy(self, event: Any) -> None:
         """EVENT_CTA_STRATEGY: a strategy's variables; the event itself is the strategy's heartbeat."""
-        self._guarded("strategy", self._handle_strategy, event)
+        self._guards["strategy"](event)
 
     def on_trade(self, event: Any) -> None:
         """EVENT_TRADE: count fills."""
-        self._guarded("trade", self._handle_trade, event)
-
-    def _guarded(self, name: str, handler: Callable[[Any], None], event: Any) -> None:
-        """Run a handler; log its exception (traceback at most once a minute per handler), never raise."""
-        try:
-            handler(event)
-        except Exception:
-            try:
-                self._handler_errors += 1
-                now = time.monotonic()
-                if now - self._error_logged.get(name, -HANDLER_LOG_SECONDS) >= HANDLER_LOG_SECONDS:
-                    self._error_logged[name] = now
-                    logger.exception("监控处理器 %s 出错（已忽略）/ monitor handler %s failed", name, name)
-            except Exception:  # nothing may escape into the event engine
-                pass
+        self._guards["trade"](event)
 
     def _handle_timer(self, event: Any) -> None:
         now = self._clock()
@@ -692,7 +675,7 @@ class SystemMonitor:
         with self._lock:
             state = self._strategies.setdefault(name, _StrategyState())
             state.vt_symbol = str(data.get("vt_symbol") or state.vt_symbol)
-            state.variables = {str(k): _json_safe(v) for k, v in dict(variables).items()}
+            state.variables = {str(k): json_safe(v) for k, v in dict(variables).items()}
             state.last_event = now
 
     def _handle_trade(self, event: Any) -> None:
@@ -898,7 +881,7 @@ class SystemMonitor:
                 "heartbeat": {"path": None if self._heartbeat_path is None else str(self._heartbeat_path),
                               "last": _iso(self._last_heartbeat)},
                 "issues": [asdict(issue) for issue in self._issues],
-                "handler_errors": self._handler_errors,
+                "handler_errors": sum(guard.errors for guard in self._guards.values()),
                 "mailer": asdict(self.mailer.stats),
             }
 

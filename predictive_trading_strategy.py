@@ -13,7 +13,16 @@ from vnpy.trader.object import BarData, OrderData, OrderRequest, TickData, Trade
 from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
 from vnpy_ctastrategy import CtaTemplate
 
-from config import AppError, ConfigError, ContractSpec, ModelError, RiskSettings, product_of, resolve_home
+from config import (
+    DEFAULT_CAPITAL,
+    AppError,
+    ConfigError,
+    ContractSpec,
+    ModelError,
+    RiskSettings,
+    product_of,
+    resolve_home,
+)
 from data_processor import FEATURE_WARMUP, FeatureState, build_features, make_windows
 from ml_model import PricePredictionModel, find_bundle
 from risk_manager import PositionBook, RiskManager
@@ -131,7 +140,7 @@ class PredictiveTradingStrategy(CtaTemplate):
     trailing_percent: float = 0.8  # 0 switches the trailing stop off
     slippage_ticks: int = 1  # price allowance of each order, in ticks
     warmup_days: int = 10
-    capital: float = 1_000_000.0
+    capital: float = DEFAULT_CAPITAL
     margin_rate: float = 0.1  # the composition root fills these from settings/contracts.json
     commission_rate: float = 0.0001
     slippage_cost: float = 0.0  # per unit traded, charged by the risk book as a backtest charges it; 0 live

@@ -41,7 +41,7 @@ from config import (
     settings_for,
 )
 
-logger = logging.getLogger("restart_script")
+logger = logging.getLogger("restart_script")  # not __name__: run as a script, that would be "__main__"
 
 LOCK_FILENAME: str = "watchdog.lock"
 OUTPUT_FILENAME: str = "trading.out"  # the child's stdout and stderr, appended

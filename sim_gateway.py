@@ -53,12 +53,14 @@ from vnpy.trader.object import (
 import data_collector
 from config import (
     CHINA_TZ,
+    DEFAULT_CAPITAL,
     ConfigError,
     ContractSpec,
     DataError,
     Home,
     causal_trading_day,
     contract_spec,
+    guarded,
     load_contracts,
     resolve_home,
     settings_dirs,
@@ -71,7 +73,6 @@ SETTING_KEYS: tuple[str, ...] = (
 )
 MODES: tuple[str, ...] = ("bar", "tick")
 SPEED_MAX: str = "max"
-DEFAULT_CAPITAL: float = 1_000_000.0
 DEFAULT_WARMUP_DAYS: int = 10
 TICK_SECONDS: tuple[float, ...] = (0.0, 20.0, 40.0, 59.0)  # a bar's open, first extreme, second extreme, close
 GAP_SECONDS: float = 300.0  # a replay gap longer than this (break, night, weekend) ...
@@ -446,6 +447,7 @@ class SimGateway(BaseGateway):
         self._thread: threading.Thread | None = None
         self._private_type = f"eSimReplay.{gateway_name}"
         self._registered = False
+        self._private_handler = guarded("sim.private", self._on_private, logger)
         self._puts_lock = threading.Lock()
         self._puts = self._synced_puts = 0
         self._order_count = self._trade_count = 0
@@ -502,7 +504,7 @@ class SimGateway(BaseGateway):
             self.settings, self.book, self.contract = settings, SimBook(spec, settings.capital), contract
         if not settings.hold:
             self._released.set()
-        self.event_engine.register(self._private_type, self._on_private)
+        self.event_engine.register(self._private_type, self._private_handler)
         self._registered = True
         self.on_contract(copy(contract))
         self.write_log("合约信息查询成功 / contract ready")
@@ -527,7 +529,7 @@ class SimGateway(BaseGateway):
             if thread.is_alive():
                 logger.error("回放线程 %.0f 秒内未结束 / replay thread still running", JOIN_SECONDS)
         if self._registered:
-            self.event_engine.unregister(self._private_type, self._on_private)
+            self.event_engine.unregister(self._private_type, self._private_handler)
             self._registered = False
         self.finished.set()
 
@@ -748,15 +750,12 @@ class SimGateway(BaseGateway):
     # -- the replay thread --
 
     def _on_private(self, event: Event) -> None:
-        """Event-engine handler of the replay's private events: a sync point, or a mark before each price."""
-        try:
-            if isinstance(event.data, threading.Event):
-                event.data.set()
-            else:
-                with self._lock:
-                    self._epoch, self.clock, self._last_price = event.data
-        except Exception:
-            logger.exception("SIM 内部事件处理失败 / private event handler failed")
+        """Event-engine handler (registered guarded) of the replay's private events: a sync point, or a mark."""
+        if isinstance(event.data, threading.Event):
+            event.data.set()
+        else:
+            with self._lock:
+                self._epoch, self.clock, self._last_price = event.data
 
     def _put_mark(self, when: datetime, price: float) -> int:
         """Queue a mark: when the event engine reaches it, the clock, the last price and the epoch move on."""

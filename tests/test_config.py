@@ -296,3 +296,69 @@ def test_audit_log_appends_whole_lines_from_many_threads(tmp_path: Path) -> None
     events = audit.read()
     assert len(events) == 201 and events[0]["event"] == "first"
     assert sorted((e["thread"], e["n"]) for e in events[1:]) == [(i, n) for i in range(4) for n in range(50)]
+
+
+def test_json_safe_turns_numpy_dates_enums_and_non_finite_numbers_into_plain_json() -> None:
+    import numpy as np
+    from vnpy.trader.constant import Direction
+
+    value = {1: np.float32(0.5), "n": np.int64(7), "when": datetime(2016, 1, 4, 9, 0, tzinfo=config.CHINA_TZ),
+             "side": Direction.LONG, "bad": [float("nan"), np.float64("inf")], "path": Path("/x"), "ok": (True, None)}
+    assert config.json_safe(value) == {"1": 0.5, "n": 7, "when": "2016-01-04T09:00:00+08:00",
+                                       "side": Direction.LONG.value, "bad": [None, None], "path": "/x",
+                                       "ok": [True, None]}
+    assert json.dumps(config.json_safe(value), allow_nan=False)  # strict JSON: no NaN left
+
+
+def test_atomic_writes_leave_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    config.write_json_atomic(target, {"a": 1})
+    with pytest.raises(RuntimeError), config.atomic_path(target) as temp:
+        temp.write_text("half", encoding="utf-8")
+        raise RuntimeError("crash while writing")
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]  # no temporary left behind
+    assert config.write_text_atomic(target, "new") == target and target.read_text(encoding="utf-8") == "new"
+
+
+def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    with config.atomic_folder(folder) as temp:
+        (temp / "a.txt").write_text("1", encoding="utf-8")
+    with pytest.raises(RuntimeError), config.atomic_folder(folder) as temp:
+        (temp / "b.txt").write_text("2", encoding="utf-8")
+        raise RuntimeError("crash half way")
+    assert [p.name for p in folder.iterdir()] == ["a.txt"]
+    with config.atomic_folder(folder) as temp:
+        (temp / "c.txt").write_text("3", encoding="utf-8")
+    assert [p.name for p in folder.iterdir()] == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_file_sha256_is_the_digest_of_the_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 10_000  # 2.5 MB: several read blocks
+    path.write_bytes(data)
+    assert config.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_guarded_handler_counts_and_logs_every_failure_with_one_traceback_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[int] = []
+
+    def handler(event: int) -> None:
+        seen.append(event)
+        if event % 2:
+            raise ValueError(f"bad event {event}")
+
+    guard = config.guarded("unit", handler, logging.getLogger("test_guarded"))
+    with caplog.at_level(logging.ERROR, logger="test_guarded"):
+        for event in range(6):
+            guard(event)  # never raises
+    assert seen == [0, 1, 2, 3, 4, 5] and guard.errors == 3
+    records = [r for r in caplog.records if r.name == "test_guarded"]
+    assert len(records) == 3 and [r.exc_info is not None for r in records] == [True, False, False]
+    assert "bad event 5" in records[-1].getMessage() and "第 3 次" in records[-1].getMessage()

@@ -452,7 +452,7 @@ def test_handlers_swallow_their_own_errors(
     watcher.on_strategy(Event("eCtaStrategy", "not a dict"))
     watcher.on_strategy(Event("eCtaStrategy", {"no": "name"}))
     assert watcher.status()["handler_errors"] == 2
-    assert "监控处理器 strategy 出错" in caplog.text
+    assert "事件处理器 monitor.strategy 出错" in caplog.text
 
 
 def test_heartbeat_is_written_atomically_on_timer_events_at_its_interval(

@@ -623,7 +623,7 @@ def test_connect_twice_is_refused_and_close_is_idempotent_and_unregisters(
     with caplog.at_level(logging.ERROR, logger="sim_gateway"):
         replay.engine.event_engine.put(Event(private, "not a mark"))  # a broken event is logged, never raised
         replay.drain()
-    assert "private event handler failed" in caplog.text
+    assert "event handler sim.private failed" in caplog.text
     replay.gateway.close()
     replay.gateway.close()
     assert private not in handlers and replay.gateway.finished.is_set()
