@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from datetime import time as clock_time
 from enum import Enum
 from pathlib import Path
@@ -30,12 +30,12 @@ SAMPLE_BARS_CSV: Path = SHARED_DATA_DIR / "rb0000_1min_2010_2016.csv.bz2"
 SAMPLE_TICKS_CSV: Path = SHARED_DATA_DIR / "SHFE.cu1909_ticks_20190916.csv"
 SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
 # the code that turns bars into predictions: part of the prediction cache key
-FEATURE_CODE_FILES: tuple[Path, ...] = (PROJECT_DIR / "data_processor.py", PROJECT_DIR / "ml_model.py")
+FEATURE_CODE_FILES: tuple[Path, ...] = (
+    PROJECT_DIR / "trading_calendar.py", PROJECT_DIR / "data_processor.py", PROJECT_DIR / "ml_model.py",
+)
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
 CHINA_TZ: ZoneInfo = ZoneInfo(TIMEZONE_NAME)
-NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's night session
-NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
 
 HOME_ENV: str = "AI_TRADER_HOME"
 ENV_PREFIX: str = "AI_TRADER_"
@@ -390,80 +390,6 @@ def product_of(vt_symbol: str) -> str:
     if not letters:
         raise DataError(f"无法从 {vt_symbol!r} 识别品种代码 / cannot tell the product of this vt_symbol")
     return letters
-
-
-def _next_weekday(day: date) -> date:
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
-
-
-def anchored_trading_day(anchor: date, night: bool) -> date:
-    """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
-    day = _next_weekday(anchor)
-    return _next_weekday(day + timedelta(days=1)) if night else day
-
-
-def causal_trading_day(when: datetime) -> date:
-    """`causal_trading_days` for one time-zone-aware time: a night belongs to the next weekday after its evening."""
-    local = when.astimezone(CHINA_TZ)
-    after_midnight = local.hour < NIGHT_UNTIL_HOUR
-    anchor = local.date() - timedelta(days=1) if after_midnight else local.date()
-    return anchored_trading_day(anchor, after_midnight or local.hour >= NIGHT_FROM_HOUR)
-
-
-# --- trading sessions (China time; exchange holidays are not modelled: a holiday looks like a quiet session) ---
-
-Session = tuple[clock_time, clock_time]
-DAY_SESSIONS: tuple[Session, ...] = (
-    (clock_time(9, 0), clock_time(10, 15)), (clock_time(10, 30), clock_time(11, 30)),
-    (clock_time(13, 30), clock_time(15, 0)),
-)
-INDEX_DAY_SESSIONS: tuple[Session, ...] = (
-    (clock_time(9, 30), clock_time(11, 30)), (clock_time(13, 0), clock_time(15, 0)),
-)
-# night sessions start at 21:00; an end before the start means after midnight
-NIGHT_ENDS: dict[str, clock_time] = {
-    "rb": clock_time(23, 0), "hc": clock_time(23, 0), "cu": clock_time(1, 0), "au": clock_time(2, 30),
-    "ag": clock_time(2, 30),
-}
-NIGHT_START: clock_time = clock_time(21, 0)
-
-
-def sessions_of(product: str) -> tuple[Session, ...]:
-    """The product's trading sessions of one trading day, night (if any) first."""
-    day = INDEX_DAY_SESSIONS if product in ("IF", "IH", "IC", "IM") else DAY_SESSIONS
-    night_end = NIGHT_ENDS.get(product)
-    return day if night_end is None else ((NIGHT_START, night_end), *day)
-
-
-def in_session(when: datetime, product: str) -> bool:
-    """Whether a time-zone-aware time falls inside one of the product's sessions (weekdays; after-midnight too)."""
-    local = when.astimezone(CHINA_TZ)
-    moment = local.time()
-    for start, end in sessions_of(product):
-        if start < end:
-            if start <= moment < end and local.weekday() < 5:
-                return True
-        elif moment >= start and local.weekday() < 5:  # the evening part of a night that runs past midnight
-            return True
-        elif moment < end and (local - timedelta(days=1)).weekday() < 5:  # its after-midnight part
-            return True
-    return False
-
-
-def next_session_start(when: datetime, product: str) -> datetime:
-    """The start of the product's next session at or after `when` (a session already running counts as now)."""
-    local = when.astimezone(CHINA_TZ)
-    if in_session(local, product):
-        return local
-    probe = local.replace(second=0, microsecond=0)
-    starts = {start for start, _ in sessions_of(product)}
-    for _ in range(8 * 24 * 60):  # a week and a day of minutes always holds a session
-        probe += timedelta(minutes=1)
-        if probe.time() in starts and in_session(probe, product):
-            return probe
-    raise ConfigError(f"品种 {product} 没有交易时段 / product has no sessions")
 
 
 def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str, ContractSpec]:

@@ -1,4 +1,4 @@
-"""Cleaning, trading calendar, causal features, labels, chronological splits, scaling, windows, online features."""
+"""Cleaning, causal features, labels, chronological splits, scaling, windows, online features."""
 
 from __future__ import annotations
 
@@ -6,256 +6,32 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from vnpy.trader.object import BarData
 
-from config import (
-    CHINA_TZ,
-    NIGHT_FROM_HOUR,
-    NIGHT_UNTIL_HOUR,
-    DataError,
-    anchored_trading_day,
-    product_of,
+from config import CHINA_TZ, DataError
+from trading_calendar import (
+    MINUTES_PER_DAY,
+    BarCalendar,
+    SessionEra,
+    add_calendar,
+    as_china_index,
+    bar_minutes,
+    causal_trading_days,
+    is_night,
+    known_eras,
+    progress_since_open,
+    resolve_vt_symbol,
+    session_eras,
+    session_mask,
+    session_progress,
 )
 
 OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
-MINUTES_PER_DAY: int = 1440
-
-
-# --- the product's session table -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionEra:
-    """A product's trading windows from `since` on; each window is [open, close) of bar START times."""
-
-    since: date
-    windows: tuple[tuple[time, time], ...]
-
-    def minute_table(self) -> np.ndarray:
-        """Position of each minute of the day in its window (0..1), NaN outside every window."""
-        table = np.full(MINUTES_PER_DAY, np.nan)
-        for start, end in self.windows:
-            first, last = start.hour * 60 + start.minute, end.hour * 60 + end.minute
-            length = (last - first) % MINUTES_PER_DAY
-            for offset in range(length):
-                table[(first + offset) % MINUTES_PER_DAY] = offset / length
-        return table
-
-
-def _windows(*pairs: str) -> tuple[tuple[time, time], ...]:
-    return tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in (p.split("-") for p in pairs))
-
-
-SHFE_DAY = ("09:00-10:15", "10:30-11:30", "13:30-15:00")
-# Published exchange hours by product and era (night windows first: they open the trading day).
-SESSION_TABLE: dict[str, tuple[SessionEra, ...]] = {
-    "rb": (
-        SessionEra(date(2009, 3, 27), _windows(*SHFE_DAY)),
-        SessionEra(date(2014, 12, 26), _windows("21:00-01:00", *SHFE_DAY)),
-        SessionEra(date(2016, 5, 3), _windows("21:00-23:00", *SHFE_DAY)),
-    ),
-    "hc": (
-        SessionEra(date(2014, 3, 21), _windows(*SHFE_DAY)),
-        SessionEra(date(2014, 12, 26), _windows("21:00-01:00", *SHFE_DAY)),
-        SessionEra(date(2016, 5, 3), _windows("21:00-23:00", *SHFE_DAY)),
-    ),
-    "cu": (
-        SessionEra(date(1993, 3, 1), _windows(*SHFE_DAY)),
-        SessionEra(date(2013, 12, 20), _windows("21:00-01:00", *SHFE_DAY)),
-    ),
-    "au": (
-        SessionEra(date(2008, 1, 9), _windows(*SHFE_DAY)),
-        SessionEra(date(2013, 7, 5), _windows("21:00-02:30", *SHFE_DAY)),
-    ),
-    "ag": (
-        SessionEra(date(2012, 5, 10), _windows(*SHFE_DAY)),
-        SessionEra(date(2013, 7, 5), _windows("21:00-02:30", *SHFE_DAY)),
-    ),
-    "IF": (
-        SessionEra(date(2010, 4, 16), _windows("09:15-11:30", "13:00-15:15")),
-        SessionEra(date(2016, 1, 1), _windows("09:30-11:30", "13:00-15:00")),
-    ),
-}
-
-
-def infer_session_era(index: pd.DatetimeIndex, min_share: float = 0.2) -> SessionEra:
-    """Windows of a product missing from the table: minutes of day traded on at least `min_share` of days."""
-    minutes = np.asarray(index.hour * 60 + index.minute)
-    days = max(len(np.unique(np.asarray(index.normalize()))), 1)
-    counts = np.bincount(minutes, minlength=MINUTES_PER_DAY)
-    traded = counts >= max(1.0, min_share * days)
-    windows: list[tuple[time, time]] = []
-    start: int | None = None
-    for minute in range(MINUTES_PER_DAY + 1):
-        on = minute < MINUTES_PER_DAY and bool(traded[minute])
-        if on and start is None:
-            start = minute
-        elif not on and start is not None:
-            windows.append((time(start // 60, start % 60), time((minute // 60) % 24, minute % 60)))
-            start = None
-    if not windows:
-        raise DataError("数据太少，无法推断交易时段 / too few bars to infer the trading sessions")
-    first_day = index.min().date() if len(index) else date(1990, 1, 1)
-    return SessionEra(first_day, tuple(windows))
-
-
-def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -> tuple[SessionEra, ...]:
-    """The product's eras from the session table, or inferred from the bars when the product is not in it."""
-    if vt_symbol is not None:
-        eras = SESSION_TABLE.get(product_of(vt_symbol))
-        if eras is not None:
-            return eras
-    if index is None or len(index) == 0:
-        raise DataError(
-            f"品种 {vt_symbol!r} 不在交易时段表中，且没有数据可推断；请在 data_processor.SESSION_TABLE 中添加 / "
-            "unknown product and no bars to infer its sessions from"
-        )
-    return (infer_session_era(index),)
-
-
-def known_eras(vt_symbol: str | None) -> tuple[SessionEra, ...] | None:
-    """The product's eras from the session table, or None for a product not in it."""
-    return SESSION_TABLE.get(product_of(vt_symbol)) if vt_symbol is not None else None
-
-
-SESSION_GAP_MINUTES: int = 15  # a pause this long opens a new session when the product's hours are unknown
-SESSION_SPAN_MINUTES: float = 240.0
-
-
-def progress_since_open(index: pd.DatetimeIndex) -> np.ndarray:
-    """Session progress for a product missing from the table: minutes since the last pause, over 240, capped at 1.
-
-    Inferring the windows from the bars themselves would let later bars change earlier features (a leak).
-    """
-    stamps = np.asarray(index.as_unit("us").asi8) // 10**6  # seconds
-    opens = np.r_[True, np.diff(stamps) >= SESSION_GAP_MINUTES * 60] if len(stamps) else np.zeros(0, dtype=bool)
-    opened_at = np.maximum.accumulate(np.where(opens, stamps, np.iinfo(np.int64).min)) if len(stamps) else stamps
-    return np.minimum((stamps - opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
-
-
-def resolve_vt_symbol(df: pd.DataFrame, vt_symbol: str | None) -> str | None:
-    """The explicit vt_symbol, else the one `load_history_data` recorded in `df.attrs`."""
-    return vt_symbol if vt_symbol is not None else df.attrs.get("vt_symbol")
-
-
-# --- the trading calendar ----------------------------------------------------------------------------
-
-
-def _as_index(times: pd.DatetimeIndex | pd.Series | Sequence[datetime]) -> pd.DatetimeIndex:
-    index = pd.DatetimeIndex(times)
-    if index.tz is None:
-        raise DataError("时间必须带时区（Asia/Shanghai）/ datetimes must be time-zone aware")
-    return index.tz_convert(CHINA_TZ)
-
-
-def session_dates(index: pd.DatetimeIndex) -> np.ndarray:
-    """The date whose hours a bar trades under: the evening's date for night bars after midnight."""
-    days = np.asarray(index.tz_localize(None).normalize().values.astype("datetime64[D]"))
-    after_midnight = np.asarray(index.hour < NIGHT_UNTIL_HOUR)
-    return np.where(after_midnight, days - np.timedelta64(1, "D"), days)
-
-
-def is_night(index: pd.DatetimeIndex) -> np.ndarray:
-    """Bars of a night session (evening or after midnight)."""
-    hours = np.asarray(index.hour)
-    return (hours >= NIGHT_FROM_HOUR) | (hours < NIGHT_UNTIL_HOUR)
-
-
-def causal_trading_days(index: pd.DatetimeIndex) -> np.ndarray:
-    """Trading day known at the bar's time: night bars belong to the next weekday, day bars to their date."""
-    index = _as_index(index)
-    anchor = session_dates(index)
-    night = is_night(index)
-    following = np.busday_offset(anchor, 1, roll="forward")
-    own = np.busday_offset(anchor, 0, roll="forward")
-    return np.where(night, following, own).astype("datetime64[D]")
-
-
-def trading_days(index: pd.DatetimeIndex, max_skip_days: int = 14) -> np.ndarray:
-    """Trading day of every bar: a night belongs to the next date that has day bars in the data (holidays
-    included), or to the next weekday when the data has none within `max_skip_days`."""
-    index = _as_index(index)
-    night = is_night(index)
-    anchor = session_dates(index)
-    result = causal_trading_days(index)
-    day_dates = np.unique(anchor[~night])
-    if night.any() and len(day_dates):
-        position = np.searchsorted(day_dates, anchor[night], side="right")
-        found = position < len(day_dates)
-        candidate = day_dates[np.minimum(position, len(day_dates) - 1)]
-        close_enough = found & (candidate - anchor[night] <= np.timedelta64(max_skip_days, "D"))
-        night_days = result[night]
-        night_days[close_enough] = candidate[close_enough]
-        result[night] = night_days
-    return result
-
-
-def era_positions(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
-    """Which era each bar falls in (by its session date)."""
-    starts = np.array([np.datetime64(era.since, "D") for era in eras])
-    return np.maximum(np.searchsorted(starts, session_dates(index), side="right") - 1, 0)
-
-
-def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
-    """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
-    tables = np.stack([era.minute_table() for era in eras])
-    minutes = np.asarray(index.hour * 60 + index.minute)
-    return tables[era_positions(eras, index), minutes]
-
-
-def bar_minutes(index: pd.DatetimeIndex) -> int:
-    """The bar interval in minutes: the most common step between consecutive bars (1 when unknown)."""
-    if len(index) < 2:
-        return 1
-    steps = np.diff(index.as_unit("us").asi8) // (60 * 10**6)
-    steps = steps[steps > 0]
-    return int(np.bincount(steps).argmax()) if len(steps) else 1
-
-
-def in_session(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: int = 1) -> np.ndarray:
-    """Bars that overlap the product's trading windows on a weekday session (no weekend day or evening bars).
-
-    A bar of `minutes` counts when any of its minutes is traded (a 13:00 hour bar holds 13:30-13:59).
-    """
-    traded = np.stack([~np.isnan(era.minute_table()) for era in eras]).astype(np.int64)
-    doubled = np.concatenate([traded, traded], axis=1)  # bars that run past midnight
-    cumulative = np.concatenate([np.zeros((len(eras), 1), dtype=np.int64), np.cumsum(doubled, axis=1)], axis=1)
-    start = np.asarray(index.hour * 60 + index.minute)
-    era = era_positions(eras, index)
-    span = min(max(minutes, 1), MINUTES_PER_DAY)
-    overlaps = cumulative[era, start + span] - cumulative[era, start] > 0
-    weekday = (session_dates(index).astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
-    return overlaps & (weekday < 5)
-
-
-def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-    """A copy with `trading_day`, `night` and `day_open` (the first bar of each trading day)."""
-    out = df.copy()
-    index = _as_index(out.index)
-    days = trading_days(index)
-    out["trading_day"] = days.astype("datetime64[s]")
-    out["night"] = is_night(index)
-    out["day_open"] = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
-    return out
-
-
-def session_bounds(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-    """Per trading day and window: first bar, last bar and bar count, as found in the data."""
-    vt_symbol = resolve_vt_symbol(df, vt_symbol)
-    index = _as_index(df.index)
-    eras = session_eras(vt_symbol, index)
-    progress = session_progress(eras, index)
-    long_pause = np.diff(index.as_unit("us").asi8) > 60 * 60 * 10**6
-    new_window = np.r_[True, np.diff(progress) <= 0] | np.r_[True, long_pause]
-    frame = pd.DataFrame({"trading_day": trading_days(index), "window": np.cumsum(new_window), "time": index})
-    grouped = frame.groupby(["trading_day", "window"], sort=True)["time"]
-    bounds = grouped.agg(first="min", last="max", bars="count").reset_index()
-    return bounds.drop(columns="window")
 
 
 # --- cleaning ----------------------------------------------------------------------------------------
@@ -305,7 +81,7 @@ def _checked_bars(df: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(frame.index, pd.DatetimeIndex):
         raise DataError("K线数据必须以 datetime 为索引或包含 datetime 列 / bars need a datetime index")
     frame = frame.copy()
-    frame.index = _as_index(frame.index).rename("datetime")
+    frame.index = as_china_index(frame.index).rename("datetime")
     for name in OHLCV:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
     prices = frame[list(OHLCV[:4])]
@@ -386,7 +162,7 @@ def clean_data(
     if minutes >= MINUTES_PER_DAY:  # daily bars are stamped by trading day, not by session time
         inside = np.ones(len(frame), dtype=bool)
     else:
-        inside = in_session(session_eras(vt_symbol, frame.index), frame.index, minutes)
+        inside = session_mask(session_eras(vt_symbol, frame.index), frame.index, minutes)
     report.outside_session = int((~inside).sum())
     report.outside_examples = [f"{t:%Y-%m-%d %H:%M}" for t in frame.index[~inside][:5]]
     frame = frame[inside]
@@ -466,7 +242,7 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
     import ta
 
     vt_symbol = resolve_vt_symbol(df, vt_symbol)
-    index = _as_index(df.index)
+    index = as_china_index(df.index)
     o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
     close = pd.Series(c)  # a plain integer index: `ta` misbehaves on a DatetimeIndex (GUIDE §6)
     log_c = np.log(c)
@@ -855,10 +631,7 @@ class FeatureState:
     def __init__(self, vt_symbol: str, names: Sequence[str] | None = None,
                  eras: Sequence[SessionEra] | None = None) -> None:
         self.eras = tuple(eras) if eras is not None else known_eras(vt_symbol)
-        self._tables = [era.minute_table().tolist() for era in self.eras or ()]
-        self._starts = [era.since for era in self.eras or ()]
-        self._last_stamp: int | None = None
-        self._opened_at = 0
+        self._calendar = BarCalendar(self.eras)
         self.names = tuple(names) if names is not None else FEATURE_NAMES
         unknown = [name for name in self.names if name not in FEATURE_NAMES]
         if unknown:
@@ -895,7 +668,6 @@ class FeatureState:
         self._prev_tp = math.nan
         self._day: date | None = None
         self._day_open = self._day_high = self._day_low = math.nan
-        self._clock: tuple[date, bool, int, date] | None = None  # anchor, night -> era, causal trading day
 
     def update(self, bar: BarData) -> np.ndarray | None:
         """Feed one finished bar; the feature vector (in `names` order), or None while warming up."""
@@ -1003,14 +775,8 @@ class FeatureState:
         hour = when.hour
         minute = hour * 60 + when.minute
         angle = 2 * math.pi * minute / MINUTES_PER_DAY
-        night = hour >= NIGHT_FROM_HOUR or hour < NIGHT_UNTIL_HOUR
-        anchor = when.date() - timedelta(days=1) if hour < NIGHT_UNTIL_HOUR else when.date()
-        era, day = self._era_and_day(anchor, night)
-        if self._tables:
-            progress = self._tables[era][minute]
-            progress = 1.0 if progress != progress else progress
-        else:
-            progress = self._progress_since_open(when)
+        night, progress, day = self._calendar.update(when)
+        progress = 1.0 if progress != progress else progress  # off-session bars sit at the window's end
         if day != self._day:
             self._day, self._day_open, self._day_high, self._day_low = day, o, h, lo
         else:
@@ -1029,19 +795,6 @@ class FeatureState:
             volume_dev, volume_z, cmf, mfi, imbalance,
             math.sin(angle), math.cos(angle), float(night), progress, math.log(c / self._day_open), day_pos,
         ]
-
-    def _progress_since_open(self, when: datetime) -> float:
-        stamp = int(when.timestamp())
-        if self._last_stamp is None or stamp - self._last_stamp >= SESSION_GAP_MINUTES * 60:
-            self._opened_at = stamp
-        self._last_stamp = stamp
-        return min((stamp - self._opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
-
-    def _era_and_day(self, anchor: date, night: bool) -> tuple[int, date]:
-        if self._clock is None or self._clock[0] != anchor or self._clock[1] != night:
-            era = max(sum(1 for since in self._starts if since <= anchor) - 1, 0)
-            self._clock = (anchor, night, era, anchored_trading_day(anchor, night))
-        return self._clock[2], self._clock[3]
 
 
 def bollinger(c: float, mavg: float, std: float) -> tuple[float, float]:

@@ -39,7 +39,6 @@ from config import (
     MonitorSettings,
     TransientError,
     guarded,
-    in_session,
     install_redaction,
     json_safe,
     load_secrets,
@@ -51,6 +50,7 @@ from config import (
     settings_for,
     write_json_atomic,
 )
+from trading_calendar import is_trading_time
 
 logger = logging.getLogger(__name__)
 
@@ -720,7 +720,7 @@ class SystemMonitor:
         now = self._clock()
         with self._lock:
             issues: list[HealthIssue] = []
-            if not self._gateway[0] and in_session(now, self._product_or_default()):
+            if not self._gateway[0] and is_trading_time(now, self._product_or_default()):
                 issues.append(self._gateway_issue())
             issues += self._market_data_issues(now)
             for name, state in sorted(self._strategies.items()):
@@ -743,10 +743,10 @@ class SystemMonitor:
         """Whether the product has been inside a session for the last `seconds` without a break."""
         offset = seconds
         while offset > 0:
-            if not in_session(now - timedelta(seconds=offset), product):
+            if not is_trading_time(now - timedelta(seconds=offset), product):
                 return False
             offset -= SESSION_PROBE_SECONDS
-        return in_session(now, product)
+        return is_trading_time(now, product)
 
     def _gateway_issue(self) -> HealthIssue:
         connected, detail, since = self._gateway

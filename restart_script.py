@@ -37,9 +37,9 @@ from config import (
     install_redaction,
     load_secrets,
     resolve_home,
-    sessions_of,
     settings_for,
 )
+from trading_calendar import sessions_on
 
 logger = logging.getLogger("restart_script")  # not __name__: run as a script, that would be "__main__"
 
@@ -81,9 +81,9 @@ def session_spans(product: str, first_day: date, days: int) -> list[RunWindow]:
     spans: list[RunWindow] = []
     for offset in range(days):
         day = first_day + timedelta(days=offset)
-        if day.weekday() >= 5:  # like config.in_session: sessions open on weekdays; a night may end on Saturday
+        if day.weekday() >= 5:  # like is_trading_time: sessions open on weekdays; a night may end on Saturday
             continue
-        for start, end in sessions_of(product):
+        for start, end in sessions_on(product, day):
             opens = datetime.combine(day, start, tzinfo=CHINA_TZ)
             closes = datetime.combine(day + timedelta(days=1) if end <= start else day, end, tzinfo=CHINA_TZ)
             spans.append(RunWindow(opens, closes))

@@ -12,7 +12,8 @@ from datetime import date, datetime, timedelta
 from vnpy.trader.constant import Direction, Offset
 from vnpy.trader.object import OrderRequest, TradeData
 
-from config import ConfigError, ContractSpec, DataError, RiskSettings, causal_trading_day
+from config import ConfigError, ContractSpec, DataError, RiskSettings
+from trading_calendar import causal_trading_day
 
 logger = logging.getLogger(__name__)
 

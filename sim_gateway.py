@@ -58,13 +58,13 @@ from config import (
     ContractSpec,
     DataError,
     Home,
-    causal_trading_day,
     contract_spec,
     guarded,
     load_contracts,
     resolve_home,
     settings_dirs,
 )
+from trading_calendar import causal_trading_day
 
 logger = logging.getLogger(__name__)
 
@@ -422,7 +422,8 @@ class SimGateway(BaseGateway):
     Account (as vnpy_ctp reports it): balance = capital + realised − commission + floating P&L at the last price;
     frozen = margin of positions (at their average price) and of open orders; available = balance − frozen. SHFE/INE:
     CLOSE and CLOSEYESTERDAY take yesterday's lots, CLOSETODAY today's; elsewhere a close takes today's first. At the
-    first price of a new trading day (config.causal_trading_day) today's lots become yesterday's. Orders never expire.
+    first price of a new trading day (trading_calendar.causal_trading_day) today's lots become yesterday's. Orders
+    never expire.
     """
 
     default_name: str = "SIM"

@@ -166,33 +166,7 @@ def test_bind_vnpy_home_points_vnpy_at_the_home_in_china_time(tmp_path: Path) ->
     assert not (tmp_path / ".vntrader").exists()
 
 
-# --- sessions, secrets, redaction, audit ---------------------------------------------------------------------
-
-
-def _cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, tzinfo=config.CHINA_TZ)
-
-
-def test_sessions_know_lunch_nights_and_weekends() -> None:
-    tuesday = (2026, 11, 24)
-    assert config.in_session(_cst(*tuesday, 10, 0), "rb")
-    assert not config.in_session(_cst(*tuesday, 10, 20), "rb")  # the 10:15-10:30 break
-    assert not config.in_session(_cst(*tuesday, 12, 0), "rb")
-    assert config.in_session(_cst(*tuesday, 22, 30), "rb") and not config.in_session(_cst(*tuesday, 23, 30), "rb")
-    assert config.in_session(_cst(*tuesday, 23, 30), "cu")
-    assert config.in_session(_cst(2026, 11, 28, 0, 30), "cu")  # Friday night runs past midnight into Saturday
-    assert not config.in_session(_cst(2026, 11, 29, 0, 30), "cu")  # no session on Saturday night
-    assert not config.in_session(_cst(2026, 11, 28, 10, 0), "rb")
-    assert not config.in_session(_cst(*tuesday, 9, 15), "IF") and config.in_session(_cst(*tuesday, 13, 10), "IF")
-
-
-def test_next_session_start_skips_breaks_and_weekends() -> None:
-    assert config.next_session_start(_cst(2026, 11, 24, 11, 40), "rb") == _cst(2026, 11, 24, 13, 30)
-    assert config.next_session_start(_cst(2026, 11, 27, 23, 30), "rb") == _cst(2026, 11, 30, 9, 0)
-    assert config.next_session_start(_cst(2026, 11, 28, 12, 0), "cu") == _cst(2026, 11, 30, 9, 0)
-    assert config.next_session_start(_cst(2026, 11, 24, 15, 30), "au") == _cst(2026, 11, 24, 21, 0)
-    running = _cst(2026, 11, 24, 10, 0)
-    assert config.next_session_start(running, "rb") == running
+# --- secrets, redaction, audit -----------------------------------------------------------------------------
 
 
 def test_operations_settings_are_validated() -> None:

@@ -1,9 +1,8 @@
-"""Cleaning, calendar, features, labels, splits, scaling, windows and the online state, on the real sample."""
+"""Cleaning, features, labels, splits, scaling, windows and the online state, on the real sample."""
 
 from __future__ import annotations
 
 import warnings
-from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ from vnpy.trader.object import BarData
 
 import data_processor as dp
 from config import CHINA_TZ, DataError
+from trading_calendar import trading_days
 
 VT = "rb0000.SHFE"
 # Finding kept as a record: the columns of `ta.add_all_ta_features` whose values on a prefix of the data differ
@@ -93,21 +93,6 @@ def test_clean_data_drops_bars_outside_the_products_sessions(sample_frame: pd.Da
     assert len(cleaned) == len(original)
 
 
-def test_session_table_follows_the_products_eras() -> None:
-    index = pd.DatetimeIndex([at("2014-06-03 21:30"), at("2015-06-03 23:30"), at("2016-06-03 23:30"),
-                              at("2016-06-03 22:59"), at("2016-06-03 10:20"), at("2016-06-03 13:30")])
-    assert dp.in_session(dp.session_eras(VT), index).tolist() == [False, True, False, True, False, True]
-    copper = dp.in_session(dp.session_eras("cu1909.SHFE"), pd.DatetimeIndex([at("2019-09-17 00:30")]))
-    assert copper.tolist() == [True]
-
-
-def test_unknown_products_get_sessions_inferred_from_their_bars(sample_frame: pd.DataFrame) -> None:
-    day_only = bars(sample_frame, "2013-01-01", "2013-03-31")
-    eras = dp.session_eras("xx0000.SHFE", day_only.index)
-    assert eras[0].windows[0][0].isoformat() == "09:00:00"
-    assert eras[0].windows[-1][1].isoformat() == "15:00:00"
-
-
 def test_clean_data_flags_a_spike_without_dropping_it(sample_frame: pd.DataFrame) -> None:
     original = bars(sample_frame, "2016-06-01", "2016-06-30 15:00")
     bad = original.copy()
@@ -138,60 +123,6 @@ def test_clean_data_rejects_bars_without_prices_or_time_zone(sample_frame: pd.Da
         dp.clean_data(frame.drop(columns="close"), VT)
     with pytest.raises(DataError, match="时区"):
         dp.clean_data(frame.tz_localize(None), VT)
-
-
-# --- the trading calendar -----------------------------------------------------------------------------
-
-
-def test_friday_night_bars_belong_to_monday(sample_frame: pd.DataFrame) -> None:
-    frame = bars(sample_frame, "2016-06-17 09:00", "2016-06-20 15:00")  # Friday .. Monday
-    days = pd.Series(dp.trading_days(frame.index), index=frame.index)
-    assert days[at("2016-06-17 14:59")] == np.datetime64("2016-06-17")
-    assert days[at("2016-06-17 21:00")] == np.datetime64("2016-06-20")
-    assert days[at("2016-06-20 09:00")] == np.datetime64("2016-06-20")
-
-
-def test_a_night_before_a_holiday_belongs_to_the_next_day_with_trading() -> None:
-    index = pd.DatetimeIndex([at("2016-06-08 21:00"), at("2016-06-08 22:59"), at("2016-06-13 09:00")])
-    assert dp.trading_days(index).tolist() == [date(2016, 6, 13)] * 3  # 9-10 June: Dragon Boat holiday
-    assert dp.causal_trading_days(index).tolist()[0] == date(2016, 6, 9)  # a weekday guess without the data
-
-
-def test_session_bounds_list_each_window_of_a_trading_day(spring_2016: pd.DataFrame) -> None:
-    bounds = dp.session_bounds(spring_2016)
-    day = bounds[bounds["trading_day"] == np.datetime64("2016-06-14")]
-    assert [(f"{a:%H:%M}", f"{b:%H:%M}") for a, b in zip(day["first"], day["last"], strict=True)] == [
-        ("21:00", "22:59"), ("09:00", "10:14"), ("10:30", "11:29"), ("13:30", "14:59")]
-    assert day["bars"].tolist() == [120, 75, 60, 90]
-
-
-night_minutes = st.one_of(st.integers(21 * 60, 24 * 60 - 1), st.integers(0, 2 * 60 + 29))
-
-
-@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)), minute=night_minutes,
-       trading=st.sets(st.dates(date(2005, 1, 1), date(2036, 1, 31)).filter(lambda d: d.weekday() < 5),
-                       max_size=30))
-@settings(max_examples=200, deadline=None)
-def test_every_night_bar_maps_to_a_later_weekday(day: date, minute: int, trading: set[date]) -> None:
-    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
-    day_bars = [datetime(d.year, d.month, d.day, 9, 0, tzinfo=CHINA_TZ) for d in sorted(trading)]
-    index = pd.DatetimeIndex([when, *day_bars])
-    result = dp.trading_days(index)[0].astype(date)
-    evening = day - timedelta(days=1) if minute < 6 * 60 else day
-    assert result.weekday() < 5
-    assert result > evening and result >= day
-    assert (result - evening).days <= 14 + 3
-    later = [d for d in trading if d > evening]
-    if later and (min(later) - evening).days <= 14:
-        assert result == min(later)  # the data's next trading day wins over the weekday guess
-
-
-@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)).filter(lambda d: d.weekday() < 5),
-       minute=st.integers(9 * 60, 15 * 60 - 1))
-@settings(max_examples=100, deadline=None)
-def test_day_bars_belong_to_their_own_date(day: date, minute: int) -> None:
-    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
-    assert dp.trading_days(pd.DatetimeIndex([when]))[0].astype(date) == day
 
 
 # --- features and labels --------------------------------------------------------------------------------
@@ -412,7 +343,7 @@ def test_clean_data_keeps_hour_and_daily_bars_of_the_session(sample_frame: pd.Da
     cleaned, report = dp.clean_data(hourly, VT)
     assert report.outside_session == 0 and len(cleaned) == len(hourly)
     assert at("2016-06-01 13:00") in cleaned.index  # holds 13:30-13:59
-    daily = minute.groupby(dp.trading_days(minute.index)).agg(agg)
+    daily = minute.groupby(trading_days(minute.index)).agg(agg)
     daily.index = pd.DatetimeIndex(daily.index).tz_localize(CHINA_TZ)
     cleaned_daily, daily_report = dp.clean_data(daily, VT)
     assert daily_report.outside_session == 0 and len(cleaned_daily) == len(daily) == 21

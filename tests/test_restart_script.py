@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 import restart_script
-from config import CHINA_TZ, PROJECT_DIR, AuditLog, ConfigError, Home, WatchdogSettings, in_session, next_session_start
+from config import CHINA_TZ, PROJECT_DIR, AuditLog, ConfigError, Home, WatchdogSettings
 from restart_script import (
     CrashHistory,
     RunWindow,
@@ -35,6 +35,7 @@ from restart_script import (
     window_at,
 )
 from tests.conftest import run_python
+from trading_calendar import is_trading_time, next_session_start
 
 T = TypeVar("T")
 
@@ -503,7 +504,7 @@ def test_windows_cover_every_session_minute_and_lead_the_next_session_start() ->
     for product in ("rb", "cu", "au", "IF"):
         for step in range(0, 7 * 24 * 60, 5):
             now = monday + timedelta(minutes=step)
-            if in_session(now, product):
+            if is_trading_time(now, product):
                 assert window_at(now, product, 10) is not None, (product, now)
         for step in range(0, 7 * 24 * 60, 173):
             now = monday + timedelta(minutes=step)

@@ -1,0 +1,211 @@
+"""Sessions by product and era, trading days, session masks and the per-bar calendar."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import data_processor as dp
+import trading_calendar as tc
+from config import CHINA_TZ
+from tests.conftest import run_python
+
+VT = "rb0000.SHFE"
+
+
+def at(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz=CHINA_TZ)
+
+
+def _cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=CHINA_TZ)
+
+
+def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
+    """A copy of the real sample between two times (inclusive)."""
+    frame = sample_frame.loc[at(start):at(end)].copy()
+    frame.attrs["vt_symbol"] = VT
+    return frame
+
+
+@pytest.fixture(scope="module")
+def spring_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    """2016-04-05 .. 2016-06-30, cleaned: night sessions, the 2016-05-03 session change and a roll gap."""
+    cleaned, _ = dp.clean_data(bars(sample_frame, "2016-04-05", "2016-06-30 23:59"), VT)
+    return cleaned
+
+
+def test_importing_trading_calendar_prints_nothing_and_creates_no_file(tmp_path: Path) -> None:
+    result = run_python("import trading_calendar", tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("", "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_trading_calendar_loads_neither_pandas_nor_vnpy(tmp_path: Path) -> None:
+    result = run_python("import sys, trading_calendar\n"
+                        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vnpy', 'pandas', 'data_processor'}))",
+                        tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# --- the session table ------------------------------------------------------------------------------------------
+
+
+def _old_config_sessions(product: str) -> tuple[tuple[time, time], ...]:
+    """What config.sessions_of answered before the one table (issue 14), written out by hand."""
+    day = ((time(9, 0), time(10, 15)), (time(10, 30), time(11, 30)), (time(13, 30), time(15, 0)))
+    index_day = ((time(9, 30), time(11, 30)), (time(13, 0), time(15, 0)))
+    night_ends = {"rb": time(23, 0), "hc": time(23, 0), "cu": time(1, 0), "au": time(2, 30), "ag": time(2, 30)}
+    hours = index_day if product in ("IF", "IH", "IC", "IM") else day
+    return ((time(21, 0), night_ends[product]), *hours) if product in night_ends else hours
+
+
+OLD_PRODUCTS = ("rb", "hc", "cu", "au", "ag", "IF", "IH", "IC", "IM")
+
+
+def test_the_table_gives_the_old_config_sessions_on_a_2026_date() -> None:
+    for product in OLD_PRODUCTS:
+        assert tc.sessions_on(product, date(2026, 11, 24)) == _old_config_sessions(product), product
+
+
+def test_the_table_gives_the_old_config_sessions_on_every_date_since_2016_05_03() -> None:
+    day = date(2016, 5, 3)
+    while day <= date(2027, 12, 31):
+        for product in OLD_PRODUCTS:
+            assert tc.sessions_on(product, day) == _old_config_sessions(product), (product, day)
+        day += timedelta(days=1)
+
+
+def test_sessions_follow_the_era_in_force_on_the_session_date() -> None:
+    assert tc.sessions_on("rb", date(2016, 5, 2))[0] == (time(21, 0), time(1, 0))
+    assert tc.sessions_on("rb", date(2016, 5, 3))[0] == (time(21, 0), time(23, 0))
+    assert tc.sessions_on("IC", date(2015, 12, 31))[0] == (time(9, 15), time(11, 30))
+    assert tc.is_trading_time(_cst(2016, 4, 29, 0, 30), "rb")  # Thursday's 21:00-01:00 night, after midnight
+    assert not tc.is_trading_time(_cst(2016, 6, 3, 0, 30), "rb")
+    assert tc.is_trading_time(_cst(2015, 12, 31, 9, 20), "IF") and not tc.is_trading_time(_cst(2016, 1, 4, 9, 20), "IF")
+
+
+def test_a_product_not_in_the_table_has_shfe_day_hours_and_no_night() -> None:
+    assert tc.sessions_on("zz", date(2026, 11, 24)) == _old_config_sessions("zz")
+    assert tc.is_trading_time(_cst(2026, 11, 24, 9, 0), "zz")
+    assert not tc.is_trading_time(_cst(2026, 11, 24, 21, 0), "zz")
+
+
+def test_session_table_follows_the_products_eras() -> None:
+    index = pd.DatetimeIndex([at("2014-06-03 21:30"), at("2015-06-03 23:30"), at("2016-06-03 23:30"),
+                              at("2016-06-03 22:59"), at("2016-06-03 10:20"), at("2016-06-03 13:30")])
+    assert tc.session_mask(tc.session_eras(VT), index).tolist() == [False, True, False, True, False, True]
+    copper = tc.session_mask(tc.session_eras("cu1909.SHFE"), pd.DatetimeIndex([at("2019-09-17 00:30")]))
+    assert copper.tolist() == [True]
+
+
+def test_unknown_products_get_sessions_inferred_from_their_bars(sample_frame: pd.DataFrame) -> None:
+    day_only = bars(sample_frame, "2013-01-01", "2013-03-31")
+    eras = tc.session_eras("xx0000.SHFE", day_only.index)
+    assert eras[0].windows[0][0].isoformat() == "09:00:00"
+    assert eras[0].windows[-1][1].isoformat() == "15:00:00"
+
+
+# --- one moment: sessions and trading day -----------------------------------------------------------------------
+
+
+def test_sessions_know_lunch_nights_and_weekends() -> None:
+    tuesday = (2026, 11, 24)
+    assert tc.is_trading_time(_cst(*tuesday, 10, 0), "rb")
+    assert not tc.is_trading_time(_cst(*tuesday, 10, 20), "rb")  # the 10:15-10:30 break
+    assert not tc.is_trading_time(_cst(*tuesday, 12, 0), "rb")
+    assert tc.is_trading_time(_cst(*tuesday, 22, 30), "rb") and not tc.is_trading_time(_cst(*tuesday, 23, 30), "rb")
+    assert tc.is_trading_time(_cst(*tuesday, 23, 30), "cu")
+    assert tc.is_trading_time(_cst(2026, 11, 28, 0, 30), "cu")  # Friday night runs past midnight into Saturday
+    assert not tc.is_trading_time(_cst(2026, 11, 29, 0, 30), "cu")  # no session on Saturday night
+    assert not tc.is_trading_time(_cst(2026, 11, 28, 10, 0), "rb")
+    assert not tc.is_trading_time(_cst(*tuesday, 9, 15), "IF") and tc.is_trading_time(_cst(*tuesday, 13, 10), "IF")
+
+
+def test_next_session_start_skips_breaks_and_weekends() -> None:
+    assert tc.next_session_start(_cst(2026, 11, 24, 11, 40), "rb") == _cst(2026, 11, 24, 13, 30)
+    assert tc.next_session_start(_cst(2026, 11, 27, 23, 30), "rb") == _cst(2026, 11, 30, 9, 0)
+    assert tc.next_session_start(_cst(2026, 11, 28, 12, 0), "cu") == _cst(2026, 11, 30, 9, 0)
+    assert tc.next_session_start(_cst(2026, 11, 24, 15, 30), "au") == _cst(2026, 11, 24, 21, 0)
+    running = _cst(2026, 11, 24, 10, 0)
+    assert tc.next_session_start(running, "rb") == running
+
+
+@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)), minute=st.integers(0, 24 * 60 - 1))
+@settings(max_examples=300, deadline=None)
+def test_the_scalar_trading_day_equals_the_vectorised_one(day: date, minute: int) -> None:
+    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
+    assert tc.causal_trading_day(when) == tc.causal_trading_days(pd.DatetimeIndex([when]))[0].astype(date)
+
+
+# --- every bar: trading days and session bounds -----------------------------------------------------------------
+
+
+def test_friday_night_bars_belong_to_monday(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-17 09:00", "2016-06-20 15:00")  # Friday .. Monday
+    days = pd.Series(tc.trading_days(frame.index), index=frame.index)
+    assert days[at("2016-06-17 14:59")] == np.datetime64("2016-06-17")
+    assert days[at("2016-06-17 21:00")] == np.datetime64("2016-06-20")
+    assert days[at("2016-06-20 09:00")] == np.datetime64("2016-06-20")
+
+
+def test_a_night_before_a_holiday_belongs_to_the_next_day_with_trading() -> None:
+    index = pd.DatetimeIndex([at("2016-06-08 21:00"), at("2016-06-08 22:59"), at("2016-06-13 09:00")])
+    assert tc.trading_days(index).tolist() == [date(2016, 6, 13)] * 3  # 9-10 June: Dragon Boat holiday
+    assert tc.causal_trading_days(index).tolist()[0] == date(2016, 6, 9)  # a weekday guess without the data
+
+
+def test_session_bounds_list_each_window_of_a_trading_day(spring_2016: pd.DataFrame) -> None:
+    bounds = tc.session_bounds(spring_2016)
+    day = bounds[bounds["trading_day"] == np.datetime64("2016-06-14")]
+    assert [(f"{a:%H:%M}", f"{b:%H:%M}") for a, b in zip(day["first"], day["last"], strict=True)] == [
+        ("21:00", "22:59"), ("09:00", "10:14"), ("10:30", "11:29"), ("13:30", "14:59")]
+    assert day["bars"].tolist() == [120, 75, 60, 90]
+
+
+night_minutes = st.one_of(st.integers(21 * 60, 24 * 60 - 1), st.integers(0, 2 * 60 + 29))
+
+
+@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)), minute=night_minutes,
+       trading=st.sets(st.dates(date(2005, 1, 1), date(2036, 1, 31)).filter(lambda d: d.weekday() < 5),
+                       max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_every_night_bar_maps_to_a_later_weekday(day: date, minute: int, trading: set[date]) -> None:
+    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
+    day_bars = [datetime(d.year, d.month, d.day, 9, 0, tzinfo=CHINA_TZ) for d in sorted(trading)]
+    index = pd.DatetimeIndex([when, *day_bars])
+    result = tc.trading_days(index)[0].astype(date)
+    evening = day - timedelta(days=1) if minute < 6 * 60 else day
+    assert result.weekday() < 5
+    assert result > evening and result >= day
+    assert (result - evening).days <= 14 + 3
+    later = [d for d in trading if d > evening]
+    if later and (min(later) - evening).days <= 14:
+        assert result == min(later)  # the data's next trading day wins over the weekday guess
+
+
+@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)).filter(lambda d: d.weekday() < 5),
+       minute=st.integers(9 * 60, 15 * 60 - 1))
+@settings(max_examples=100, deadline=None)
+def test_day_bars_belong_to_their_own_date(day: date, minute: int) -> None:
+    when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
+    assert tc.trading_days(pd.DatetimeIndex([when]))[0].astype(date) == day
+
+
+def test_the_bar_calendar_equals_the_vectorised_calendar_on_real_bars(spring_2016: pd.DataFrame) -> None:
+    index = spring_2016.index
+    for eras in (tc.known_eras(VT), None):
+        calendar = tc.BarCalendar(eras)
+        online = [calendar.update(when) for when in index.to_pydatetime()]
+        progress = tc.progress_since_open(index) if eras is None else tc.session_progress(eras, index)
+        assert [night for night, _, _ in online] == tc.is_night(index).tolist()
+        np.testing.assert_array_equal(np.array([p for _, p, _ in online]), progress)
+        assert [day for _, _, day in online] == tc.causal_trading_days(index).tolist()

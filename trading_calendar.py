@@ -1,0 +1,361 @@
+"""Trading sessions by product and era, trading days, and session masks (China time)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from config import CHINA_TZ, ConfigError, DataError, product_of
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the watchdog and the monitor import this module
+    import pandas as pd
+
+MINUTES_PER_DAY: int = 1440
+NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's night session
+NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
+SESSION_GAP_MINUTES: int = 15  # a pause this long opens a new session when the product's hours are unknown
+SESSION_SPAN_MINUTES: float = 240.0
+
+Window = tuple[time, time]  # [open, close) of bar START times; a close before the open means after midnight
+
+
+# --- the session table by product and era ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionEra:
+    """A product's trading windows from `since` on; each window is [open, close) of bar START times."""
+
+    since: date
+    windows: tuple[Window, ...]
+
+    def minute_table(self) -> np.ndarray:
+        """Position of each minute of the day in its window (0..1), NaN outside every window."""
+        table = np.full(MINUTES_PER_DAY, np.nan)
+        for start, end in self.windows:
+            first, last = start.hour * 60 + start.minute, end.hour * 60 + end.minute
+            length = (last - first) % MINUTES_PER_DAY
+            for offset in range(length):
+                table[(first + offset) % MINUTES_PER_DAY] = offset / length
+        return table
+
+
+def _windows(*pairs: str) -> tuple[Window, ...]:
+    return tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in (p.split("-") for p in pairs))
+
+
+SHFE_DAY: tuple[Window, ...] = _windows("09:00-10:15", "10:30-11:30", "13:30-15:00")
+INDEX_DAY_UNTIL_2015: tuple[Window, ...] = _windows("09:15-11:30", "13:00-15:15")  # CFFEX stock index futures
+INDEX_DAY: tuple[Window, ...] = _windows("09:30-11:30", "13:00-15:00")  # CFFEX stock index futures since 2016
+# Published exchange hours by product and era (night windows first: they open the trading day).
+SESSION_TABLE: dict[str, tuple[SessionEra, ...]] = {
+    "rb": (
+        SessionEra(date(2009, 3, 27), SHFE_DAY),
+        SessionEra(date(2014, 12, 26), _windows("21:00-01:00") + SHFE_DAY),
+        SessionEra(date(2016, 5, 3), _windows("21:00-23:00") + SHFE_DAY),
+    ),
+    "hc": (
+        SessionEra(date(2014, 3, 21), SHFE_DAY),
+        SessionEra(date(2014, 12, 26), _windows("21:00-01:00") + SHFE_DAY),
+        SessionEra(date(2016, 5, 3), _windows("21:00-23:00") + SHFE_DAY),
+    ),
+    "cu": (
+        SessionEra(date(1993, 3, 1), SHFE_DAY),
+        SessionEra(date(2013, 12, 20), _windows("21:00-01:00") + SHFE_DAY),
+    ),
+    "au": (
+        SessionEra(date(2008, 1, 9), SHFE_DAY),
+        SessionEra(date(2013, 7, 5), _windows("21:00-02:30") + SHFE_DAY),
+    ),
+    "ag": (
+        SessionEra(date(2012, 5, 10), SHFE_DAY),
+        SessionEra(date(2013, 7, 5), _windows("21:00-02:30") + SHFE_DAY),
+    ),
+    "IF": (SessionEra(date(2010, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
+    "IH": (SessionEra(date(2015, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
+    "IC": (SessionEra(date(2015, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
+    "IM": (SessionEra(date(2022, 7, 22), INDEX_DAY),),
+}
+
+
+def era_position(eras: Sequence[SessionEra], day: date) -> int:
+    """Which era is in force on a session date (the first era for a date before all of them)."""
+    return max(sum(1 for era in eras if era.since <= day) - 1, 0)
+
+
+def sessions_on(product: str, day: date) -> tuple[Window, ...]:
+    """The product's windows on a session date, night first (SHFE day hours for a product not in the table)."""
+    eras = SESSION_TABLE.get(product)
+    return SHFE_DAY if eras is None else eras[era_position(eras, day)].windows
+
+
+def infer_session_era(index: pd.DatetimeIndex, min_share: float = 0.2) -> SessionEra:
+    """Windows of a product missing from the table: minutes of day traded on at least `min_share` of days."""
+    minutes = np.asarray(index.hour * 60 + index.minute)
+    days = max(len(np.unique(np.asarray(index.normalize()))), 1)
+    counts = np.bincount(minutes, minlength=MINUTES_PER_DAY)
+    traded = counts >= max(1.0, min_share * days)
+    windows: list[Window] = []
+    start: int | None = None
+    for minute in range(MINUTES_PER_DAY + 1):
+        on = minute < MINUTES_PER_DAY and bool(traded[minute])
+        if on and start is None:
+            start = minute
+        elif not on and start is not None:
+            windows.append((time(start // 60, start % 60), time((minute // 60) % 24, minute % 60)))
+            start = None
+    if not windows:
+        raise DataError("数据太少，无法推断交易时段 / too few bars to infer the trading sessions")
+    first_day = index.min().date() if len(index) else date(1990, 1, 1)
+    return SessionEra(first_day, tuple(windows))
+
+
+def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -> tuple[SessionEra, ...]:
+    """The product's eras from the session table, or inferred from the bars when the product is not in it."""
+    if vt_symbol is not None:
+        eras = SESSION_TABLE.get(product_of(vt_symbol))
+        if eras is not None:
+            return eras
+    if index is None or len(index) == 0:
+        raise DataError(
+            f"品种 {vt_symbol!r} 不在交易时段表中，且没有数据可推断；请在 trading_calendar.SESSION_TABLE 中添加 / "
+            "unknown product and no bars to infer its sessions from"
+        )
+    return (infer_session_era(index),)
+
+
+def known_eras(vt_symbol: str | None) -> tuple[SessionEra, ...] | None:
+    """The product's eras from the session table, or None for a product not in it."""
+    return SESSION_TABLE.get(product_of(vt_symbol)) if vt_symbol is not None else None
+
+
+# --- one moment: trading day and sessions -----------------------------------------------------------------------
+
+
+def session_date_and_night(when: datetime) -> tuple[date, bool]:
+    """`session_dates` and `is_night` for one bar start in China time (after midnight: the evening's date)."""
+    hour = when.hour
+    after_midnight = hour < NIGHT_UNTIL_HOUR
+    anchor = when.date() - timedelta(days=1) if after_midnight else when.date()
+    return anchor, after_midnight or hour >= NIGHT_FROM_HOUR
+
+
+def _next_weekday(day: date) -> date:
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+def anchored_trading_day(anchor: date, night: bool) -> date:
+    """`causal_trading_days` for one bar: numpy's busday_offset(anchor, 1 if night else 0, roll="forward")."""
+    day = _next_weekday(anchor)
+    return _next_weekday(day + timedelta(days=1)) if night else day
+
+
+def causal_trading_day(when: datetime) -> date:
+    """`causal_trading_days` for one time-zone-aware time: a night belongs to the next weekday after its evening."""
+    return anchored_trading_day(*session_date_and_night(when.astimezone(CHINA_TZ)))
+
+
+def is_trading_time(when: datetime, product: str) -> bool:
+    """Whether a time-zone-aware time falls inside one of the product's sessions (exchange holidays not modelled).
+
+    Sessions open on weekdays; the after-midnight part of a night counts too (a Friday night's tail is on Saturday).
+    """
+    local = when.astimezone(CHINA_TZ)
+    moment, today = local.time(), local.date()
+    if today.weekday() < 5:
+        for start, end in sessions_on(product, today):
+            if start <= moment < end or end <= start <= moment:  # a window, or the evening part of a night
+                return True
+    evening = today - timedelta(days=1)
+    return evening.weekday() < 5 and any(moment < end <= start for start, end in sessions_on(product, evening))
+
+
+def next_session_start(when: datetime, product: str) -> datetime:
+    """The start of the product's next session at or after `when` (a session already running counts as now)."""
+    local = when.astimezone(CHINA_TZ)
+    if is_trading_time(local, product):
+        return local
+    floor = local.replace(second=0, microsecond=0)
+    for offset in range(9):  # a week and a day always holds a session
+        day = floor.date() + timedelta(days=offset)
+        for start in sorted(start for start, _ in sessions_on(product, day)):
+            opens = datetime.combine(day, start, tzinfo=CHINA_TZ)
+            if opens > floor and is_trading_time(opens, product):
+                return opens
+    raise ConfigError(f"品种 {product} 没有交易时段 / product has no sessions")  # pragma: no cover - a week has one
+
+
+# --- every bar of a series (vectorised) -------------------------------------------------------------------------
+
+
+def as_china_index(times: pd.DatetimeIndex | pd.Series | Sequence[datetime]) -> pd.DatetimeIndex:
+    """The times as a DatetimeIndex in China time, or DataError when they carry no time zone."""
+    import pandas as pd
+
+    index = pd.DatetimeIndex(times)
+    if index.tz is None:
+        raise DataError("时间必须带时区（Asia/Shanghai）/ datetimes must be time-zone aware")
+    return index.tz_convert(CHINA_TZ)
+
+
+def resolve_vt_symbol(df: pd.DataFrame, vt_symbol: str | None) -> str | None:
+    """The explicit vt_symbol, else the one `load_history_data` recorded in `df.attrs`."""
+    return vt_symbol if vt_symbol is not None else df.attrs.get("vt_symbol")
+
+
+def session_dates(index: pd.DatetimeIndex) -> np.ndarray:
+    """The date whose hours a bar trades under: the evening's date for night bars after midnight."""
+    days = np.asarray(index.tz_localize(None).normalize().values.astype("datetime64[D]"))
+    after_midnight = np.asarray(index.hour < NIGHT_UNTIL_HOUR)
+    return np.where(after_midnight, days - np.timedelta64(1, "D"), days)
+
+
+def is_night(index: pd.DatetimeIndex) -> np.ndarray:
+    """Bars of a night session (evening or after midnight)."""
+    hours = np.asarray(index.hour)
+    return (hours >= NIGHT_FROM_HOUR) | (hours < NIGHT_UNTIL_HOUR)
+
+
+def causal_trading_days(index: pd.DatetimeIndex) -> np.ndarray:
+    """Trading day known at the bar's time: night bars belong to the next weekday, day bars to their date."""
+    index = as_china_index(index)
+    anchor = session_dates(index)
+    night = is_night(index)
+    following = np.busday_offset(anchor, 1, roll="forward")
+    own = np.busday_offset(anchor, 0, roll="forward")
+    return np.where(night, following, own).astype("datetime64[D]")
+
+
+def trading_days(index: pd.DatetimeIndex, max_skip_days: int = 14) -> np.ndarray:
+    """Trading day of every bar: a night belongs to the next date that has day bars in the data (holidays
+    included), or to the next weekday when the data has none within `max_skip_days`."""
+    index = as_china_index(index)
+    night = is_night(index)
+    anchor = session_dates(index)
+    result = causal_trading_days(index)
+    day_dates = np.unique(anchor[~night])
+    if night.any() and len(day_dates):
+        position = np.searchsorted(day_dates, anchor[night], side="right")
+        found = position < len(day_dates)
+        candidate = day_dates[np.minimum(position, len(day_dates) - 1)]
+        close_enough = found & (candidate - anchor[night] <= np.timedelta64(max_skip_days, "D"))
+        night_days = result[night]
+        night_days[close_enough] = candidate[close_enough]
+        result[night] = night_days
+    return result
+
+
+def era_positions(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
+    """Which era each bar falls in (by its session date)."""
+    starts = np.array([np.datetime64(era.since, "D") for era in eras])
+    return np.maximum(np.searchsorted(starts, session_dates(index), side="right") - 1, 0)
+
+
+def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
+    """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
+    tables = np.stack([era.minute_table() for era in eras])
+    minutes = np.asarray(index.hour * 60 + index.minute)
+    return tables[era_positions(eras, index), minutes]
+
+
+def progress_since_open(index: pd.DatetimeIndex) -> np.ndarray:
+    """Session progress for a product missing from the table: minutes since the last pause, over 240, capped at 1.
+
+    Inferring the windows from the bars themselves would let later bars change earlier features (a leak).
+    """
+    stamps = np.asarray(index.as_unit("us").asi8) // 10**6  # seconds
+    opens = np.r_[True, np.diff(stamps) >= SESSION_GAP_MINUTES * 60] if len(stamps) else np.zeros(0, dtype=bool)
+    opened_at = np.maximum.accumulate(np.where(opens, stamps, np.iinfo(np.int64).min)) if len(stamps) else stamps
+    return np.minimum((stamps - opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
+
+
+def bar_minutes(index: pd.DatetimeIndex) -> int:
+    """The bar interval in minutes: the most common step between consecutive bars (1 when unknown)."""
+    if len(index) < 2:
+        return 1
+    steps = np.diff(index.as_unit("us").asi8) // (60 * 10**6)
+    steps = steps[steps > 0]
+    return int(np.bincount(steps).argmax()) if len(steps) else 1
+
+
+def session_mask(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: int = 1) -> np.ndarray:
+    """Bars that overlap the product's trading windows on a weekday session (no weekend day or evening bars).
+
+    A bar of `minutes` counts when any of its minutes is traded (a 13:00 hour bar holds 13:30-13:59).
+    """
+    traded = np.stack([~np.isnan(era.minute_table()) for era in eras]).astype(np.int64)
+    doubled = np.concatenate([traded, traded], axis=1)  # bars that run past midnight
+    cumulative = np.concatenate([np.zeros((len(eras), 1), dtype=np.int64), np.cumsum(doubled, axis=1)], axis=1)
+    start = np.asarray(index.hour * 60 + index.minute)
+    era = era_positions(eras, index)
+    span = min(max(minutes, 1), MINUTES_PER_DAY)
+    overlaps = cumulative[era, start + span] - cumulative[era, start] > 0
+    weekday = (session_dates(index).astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
+    return overlaps & (weekday < 5)
+
+
+def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+    """A copy with `trading_day`, `night` and `day_open` (the first bar of each trading day)."""
+    out = df.copy()
+    index = as_china_index(out.index)
+    days = trading_days(index)
+    out["trading_day"] = days.astype("datetime64[s]")
+    out["night"] = is_night(index)
+    out["day_open"] = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
+    return out
+
+
+def session_bounds(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
+    """Per trading day and window: first bar, last bar and bar count, as found in the data."""
+    import pandas as pd
+
+    vt_symbol = resolve_vt_symbol(df, vt_symbol)
+    index = as_china_index(df.index)
+    eras = session_eras(vt_symbol, index)
+    progress = session_progress(eras, index)
+    long_pause = np.diff(index.as_unit("us").asi8) > 60 * 60 * 10**6
+    new_window = np.r_[True, np.diff(progress) <= 0] | np.r_[True, long_pause]
+    frame = pd.DataFrame({"trading_day": trading_days(index), "window": np.cumsum(new_window), "time": index})
+    grouped = frame.groupby(["trading_day", "window"], sort=True)["time"]
+    bounds = grouped.agg(first="min", last="max", bars="count").reset_index()
+    return bounds.drop(columns="window")
+
+
+# --- one bar at a time (the online feature state) ---------------------------------------------------------------
+
+
+class BarCalendar:
+    """The calendar of each new bar in constant time, equal to the vectorised helpers on the whole series."""
+
+    def __init__(self, eras: Sequence[SessionEra] | None) -> None:
+        self._eras = tuple(eras or ())
+        self._tables = [era.minute_table().tolist() for era in self._eras]
+        self._last_stamp: int | None = None
+        self._opened_at = 0
+        self._day: tuple[date, bool, int, date] | None = None  # session date, night -> era, causal trading day
+
+    def update(self, when: datetime) -> tuple[bool, float, date]:
+        """Night flag, session progress and causal trading day of the bar starting at `when` (China time).
+
+        Progress is `session_progress` (NaN off-session) for a product with eras, else `progress_since_open`.
+        """
+        anchor, night = session_date_and_night(when)
+        day = self._day
+        if day is None or day[0] != anchor or day[1] != night:
+            day = self._day = (anchor, night, era_position(self._eras, anchor), anchored_trading_day(anchor, night))
+        if self._tables:
+            return night, self._tables[day[2]][when.hour * 60 + when.minute], day[3]
+        return night, self._progress_since_open(when), day[3]
+
+    def _progress_since_open(self, when: datetime) -> float:
+        stamp = int(when.timestamp())
+        if self._last_stamp is None or stamp - self._last_stamp >= SESSION_GAP_MINUTES * 60:
+            self._opened_at = stamp
+        self._last_stamp = stamp
+        return min((stamp - self._opened_at) / 60.0 / SESSION_SPAN_MINUTES, 1.0)
