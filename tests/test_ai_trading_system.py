@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 import ai_trading_system
 import data_collector
 import data_processor
-from config import Home, resolve_home
+from config import PROJECT_DIR, Home, resolve_home
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -320,3 +322,116 @@ def test_backtest_with_a_missing_bundle_exits_2(imported_home: Home, tmp_path: P
     assert ai_trading_system.main(argv) == 2
     assert "no_such_bundle" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+# --- the documentation follows the code -----------------------------------------------------------------------
+
+DOCS_DIR = PROJECT_DIR / "docs"
+CLI_DOC = DOCS_DIR / "cli.md"
+README = PROJECT_DIR / "README.md"
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def doc_sections(text: str) -> dict[str, str]:
+    """Level-2 sections of a markdown page keyed by the code span that opens their heading: "## `train`" -> body."""
+    sections: dict[str, str] = {}
+    for part in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        match = re.match(r"`([^`]+)`", heading)
+        if match:
+            sections[match[1]] = body
+    return sections
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
+    """Each subcommand's name -> (its help text, its parser)."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+    return {name: (helps.get(name, ""), sub) for name, sub in action.choices.items()}
+
+
+def named_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A parser's own arguments, without -h/--help and the subcommand action."""
+    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)]
+
+
+def words_to_document(action: argparse.Action) -> list[str]:
+    """What a section must name for one argument: its option strings, or a positional's choices (else its name)."""
+    if action.option_strings:
+        return list(action.option_strings)
+    return [str(choice) for choice in action.choices] if action.choices else [str(action.dest)]
+
+
+def undocumented(parser: argparse.ArgumentParser, section: str) -> list[str]:
+    """The arguments of a parser that its section never names as a whole word (`--model` is not `--model-type`)."""
+    return [
+        word
+        for action in named_arguments(parser)
+        for word in words_to_document(action)
+        if not re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", section)
+    ]
+
+
+def test_every_subcommand_has_help_and_a_section_in_docs_cli() -> None:
+    parser = ai_trading_system.build_parser()
+    commands = subcommands(parser)
+    text = CLI_DOC.read_text(encoding="utf-8")
+    sections = doc_sections(text)
+    assert {"import", "train", "backtest", "trade", "demo"} <= set(commands)
+    for name, (help_text, sub) in commands.items():
+        assert help_text.strip(), f"subcommand {name} has no help text"
+        assert [a.dest for a in named_arguments(sub) if not (a.help or "").strip()] == [], name
+        assert name in sections, f"docs/cli.md has no section headed ## `{name}`"
+        assert undocumented(sub, sections[name]) == [], f"docs/cli.md ## `{name}` misses these options"
+    assert undocumented(parser, text) == []  # --home, -v/--verbose
+
+
+def test_watchdog_and_monitor_command_lines_are_in_docs_cli() -> None:
+    import monitor
+    import restart_script
+
+    sections = doc_sections(CLI_DOC.read_text(encoding="utf-8"))
+    for name, parser in (("restart_script.py", restart_script.build_parser()), ("monitor.py", monitor.build_parser())):
+        assert name in sections, f"docs/cli.md has no section headed ## `{name}`"
+        assert undocumented(parser, sections[name]) == [], name
+
+
+def test_a_missing_section_or_option_in_docs_cli_is_caught() -> None:
+    sub = subcommands(ai_trading_system.build_parser())["train"][1]
+    sections = doc_sections(CLI_DOC.read_text(encoding="utf-8"))
+    assert "train" in sections and undocumented(sub, sections["train"]) == []
+    without = re.sub(
+        r"^## `train`\n.*?(?=^## )", "", CLI_DOC.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL
+    )
+    assert "train" not in doc_sections(without)
+    assert undocumented(sub, sections["train"].replace("--walk-forward", "")) == ["--walk-forward"]
+    assert "--walk-forward" in undocumented(sub, "`--walk-forward-days`")  # whole words only
+
+
+def test_readme_is_the_front_door_under_150_lines_linking_every_docs_page() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 150
+    linked = set(MARKDOWN_LINK.findall(text))
+    assert {f"docs/{page.name}" for page in DOCS_DIR.glob("*.md")} <= linked
+    assert {
+        "docs/architecture.md",
+        "docs/cli.md",
+        "docs/settings.md",
+        "docs/vnpy-notes.md",
+        "docs/performance.md",
+        "CHANGELOG.md",
+    } <= linked
+
+
+def test_every_relative_link_in_readme_and_docs_points_to_an_existing_file() -> None:
+    pages = [README, PROJECT_DIR / "CHANGELOG.md", *sorted(DOCS_DIR.glob("*.md"))]
+    checked, broken = 0, []
+    for page in pages:
+        for target in MARKDOWN_LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a web address or an anchor on the same page
+            checked += 1
+            if not (page.parent / target.partition("#")[0]).exists():
+                broken.append(f"{page.relative_to(PROJECT_DIR)}: {target}")
+    assert broken == []
+    assert checked >= 10
