@@ -127,23 +127,53 @@ def _grid_param(text: str) -> tuple[str, list[float]]:
     return name, values
 
 
+@dataclass(frozen=True)
+class BacktestOptions:
+    """How `backtest`, `optimize` and `demo` run a backtest; the defaults are the command line's defaults."""
+
+    interval: str = "1m"
+    capital: float = DEFAULT_CAPITAL
+    rate: float | None = None  # None: the contract's facts in settings/contracts.json
+    slippage: float | None = None
+    size: float | None = None
+    pricetick: float | None = None
+    threshold: float | None = None  # None: the bundle's threshold
+    fixed_size: int = 1
+    trailing_percent: float = 0.8
+    use_cache: bool = True
+
+
+BACKTEST_DEFAULTS: BacktestOptions = BacktestOptions()
+
+
 def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `backtest` and `optimize`: the contract, the range, the model, costs, strategy settings."""
+    defaults = BACKTEST_DEFAULTS
     parser.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
     parser.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
     parser.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     parser.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
-    parser.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
-    parser.add_argument("--capital", type=_positive_float, default=1_000_000.0, help="初始资金（默认 1,000,000）")
+    parser.add_argument("--interval", default=defaults.interval, help=f"K线周期（默认 {defaults.interval}）")
+    parser.add_argument("--capital", type=_positive_float, default=defaults.capital,
+                        help=f"初始资金（默认 {defaults.capital:,.0f}）")
     parser.add_argument("--rate", type=_non_negative_float, help="手续费率（默认取 settings/contracts.json）")
     parser.add_argument("--slippage", type=_non_negative_float, help="滑点（价格单位，默认 滑点跳数 × 最小变动价位）")
     parser.add_argument("--size", type=_positive_float, help="合约乘数（默认取 settings/contracts.json）")
     parser.add_argument("--pricetick", type=_positive_float, help="最小变动价位（默认取 settings/contracts.json）")
     parser.add_argument("--threshold", type=_positive_float, help="开仓阈值（默认取模型包中由验证集得出的阈值）")
-    parser.add_argument("--fixed-size", type=_positive_int, default=1, help="每次开仓手数（默认 1）")
-    parser.add_argument("--trailing-percent", type=_non_negative_float, default=0.8,
-                        help="移动止损百分比（默认 0.8，0 为关闭）")
+    parser.add_argument("--fixed-size", type=_positive_int, default=defaults.fixed_size,
+                        help=f"每次开仓手数（默认 {defaults.fixed_size}）")
+    parser.add_argument("--trailing-percent", type=_non_negative_float, default=defaults.trailing_percent,
+                        help=f"移动止损百分比（默认 {defaults.trailing_percent:g}，0 为关闭）")
     parser.add_argument("--no-cache", action="store_true", help="不使用预测缓存 / recompute the predictions")
+
+
+def backtest_options(args: argparse.Namespace) -> BacktestOptions:
+    """The backtest options given to `backtest` or `optimize`."""
+    return BacktestOptions(
+        interval=args.interval, capital=args.capital, rate=args.rate, slippage=args.slippage, size=args.size,
+        pricetick=args.pricetick, threshold=args.threshold, fixed_size=args.fixed_size,
+        trailing_percent=args.trailing_percent, use_cache=not args.no_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,36 +446,11 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     print_table(rows, METRIC_HEADERS)
 
 
-def train_fold(bars: Any, args: argparse.Namespace, config: ml_model.ModelConfig, path: Path,
-               extra: dict[str, Any]) -> ml_model.PricePredictionModel:
-    """Prepare, train, evaluate and save one bundle; print the cleaning summary and the metrics."""
-    data = data_processor.prepare_training_data(bars, args.vt_symbol, config.horizon, config.sequence_length,
-                                                config.features_count, config.fractions)
-    for line in data.report.lines()[:1]:
-        _stderr_progress(line)
-    ranges = data.split.ranges(data.index)
-    _stderr_progress("  ".join(f"{part} {a[:16]} ~ {b[:16]}" for part, (a, b) in ranges.items()))
-    model = ml_model.PricePredictionModel(config.model_type, config)
-    model.train(data, _stderr_progress)
-    model.evaluate(data, "valid")
-    metrics = model.evaluate(data, "test")
-    model.save_model(path, extra={
-        **extra, "vt_symbol": args.vt_symbol, "interval": args.interval, "ranges": ranges, "rows": len(data.index),
-        "data_fingerprint": ml_model.data_fingerprint(data),
-    })
-    test = data.windows("test")
-    ml_model.write_training_report(path / "report.png", model.history, model.predict(test), test.labels, metrics,
-                                   f"{args.vt_symbol} {config.model_type} {path.name}")
+def print_test_part(model: ml_model.PricePredictionModel) -> None:
+    """A trained bundle's test part: its size, the threshold and the metrics beside the baselines."""
+    metrics = model.metrics["test"]
     print(f"\n测试集 / test part: {metrics['samples']:,} 个样本，阈值 / threshold {model.threshold:.6f}")
     print_metrics(metrics)
-    return model
-
-
-def _fold_slices(rows: int, folds: int, test_share: float) -> list[tuple[int, int]]:
-    """Row ranges of rolling folds whose test parts follow each other without overlap."""
-    length = int(rows / (1 + test_share * (folds - 1)))
-    step = int(length * test_share)
-    return [(i * step, min(i * step + length, rows)) for i in range(folds)]
 
 
 def cmd_train(args: argparse.Namespace, home: Home) -> int:
@@ -457,22 +462,21 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
     if args.walk_forward == 1:
-        model = train_fold(bars, args, config, home.models_dir / name, {})
+        model = ml_model.train_bundle(bars, args.vt_symbol, args.interval, config, home.models_dir / name,
+                                      progress=_stderr_progress)
+        print_test_part(model)
         print(f"模型包已保存 / bundle saved: {model.path}")
         return EXIT_OK
+    folds = ml_model.train_walk_forward(bars, args.vt_symbol, args.interval, config, home.models_dir, name,
+                                        args.walk_forward, progress=_stderr_progress)
     rows = []
-    slices = _fold_slices(len(bars), args.walk_forward, config.fractions[2])
-    for fold, (start, stop) in enumerate(slices, start=1):
-        last = fold == len(slices)
-        fold_name = name if last else f"{name}-fold{fold}"
-        _stderr_progress(f"\n第 {fold}/{len(slices)} 折 / fold {fold}: {bars.index[start]} ~ {bars.index[stop - 1]}")
-        extra = {"walk_forward": {"fold": fold, "folds": len(slices), "current": last}}
-        model = train_fold(bars.iloc[start:stop], args, config, home.models_dir / fold_name, extra)
-        test = model.metrics["test"]
-        tested = model.metadata["ranges"]["test"]
+    for fold in folds:
+        print_test_part(fold.model)
+        test = fold.model.metrics["test"]
+        tested = fold.model.metadata["ranges"]["test"]
         scores = [_number(test["model"][m]) for m in ("directional_accuracy", "ic", "rank_ic")]
         ratio = _number(test["zero"]["mse"] / test["model"]["mse"] if test["model"]["mse"] else None)
-        rows.append((fold, fold_name, tested[0][:10], tested[1][:10], test["samples"], *scores, ratio))
+        rows.append((fold.fold, fold.path.name, tested[0][:10], tested[1][:10], test["samples"], *scores, ratio))
     print()
     print_table(rows, ("折 / fold", "模型包 / bundle", "测试起 / test from", "测试止 / to", "样本 / samples",
                        "方向准确率 / dir. acc.", "IC", "rank IC", "零预测MSE/模型MSE"))
@@ -531,31 +535,33 @@ def print_backtest_summary(statistics: dict[str, Any]) -> None:
     print_table(rows, ("项目 / item", "值 / value"))
 
 
-def strategy_setting(args: argparse.Namespace) -> dict[str, Any]:
-    """Strategy parameters given on the command line."""
-    setting: dict[str, Any] = {"fixed_size": args.fixed_size, "trailing_percent": args.trailing_percent}
-    if args.threshold is not None:
-        setting["prediction_threshold"] = args.threshold
+def strategy_setting(options: BacktestOptions) -> dict[str, Any]:
+    """The strategy parameters among the backtest options."""
+    setting: dict[str, Any] = {"fixed_size": options.fixed_size, "trailing_percent": options.trailing_percent}
+    if options.threshold is not None:
+        setting["prediction_threshold"] = options.threshold
     return setting
 
 
-def backtest_module(home: Home) -> Any:
-    """backtesting_module, imported after vnpy is bound to the home when nothing bound it yet (vnpy picks its
-    folder at first import); a backtest reads bars through data_collector, never through vnpy's folder."""
+def bind_vnpy_for_backtest(home: Home) -> None:
+    """Bind vnpy to the home unless something imported it already (vnpy picks its folder at first import); call it
+    before the first `import backtesting_module`. A backtest reads bars through data_collector, never vnpy's folder."""
     if "vnpy.trader.utility" not in sys.modules:
         bind_vnpy_home(home, settings_for(home).database)
-    return import_module("backtesting_module")
 
 
-def run_and_report(home: Home, args: argparse.Namespace, model: str, folder: Path) -> dict[str, Any]:
+def run_and_report(home: Home, vt_symbol: str, start: str, end: str, model: str, options: BacktestOptions,
+                   folder: Path) -> dict[str, Any]:
     """One backtest through the module, its report files, and the printed summary."""
-    module = backtest_module(home)
-    _stderr_progress(f"回测 / backtest: {args.vt_symbol} {args.start} ~ {args.end} 模型 / model {model}")
-    result = module.BacktestingModule(home).run_backtest(
-        args.vt_symbol, args.start, args.end, resolve_bundle(home, model), setting=strategy_setting(args),
-        interval=args.interval, capital=args.capital, rate=args.rate, slippage=args.slippage, size=args.size,
-        pricetick=args.pricetick, use_cache=not args.no_cache)
-    files = module.write_report(result, folder)
+    bind_vnpy_for_backtest(home)
+    import backtesting_module
+
+    _stderr_progress(f"回测 / backtest: {vt_symbol} {start} ~ {end} 模型 / model {model}")
+    result = backtesting_module.BacktestingModule(home).run_backtest(
+        vt_symbol, start, end, resolve_bundle(home, model), setting=strategy_setting(options),
+        interval=options.interval, capital=options.capital, rate=options.rate, slippage=options.slippage,
+        size=options.size, pricetick=options.pricetick, use_cache=options.use_cache)
+    files = backtesting_module.write_report(result, folder)
     print_backtest_summary(result.statistics)
     print(f"报告 / report: {folder}  ({', '.join(sorted(files))})")
     return dict(result.statistics)
@@ -565,24 +571,29 @@ def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
     """Mode 2: backtest the predictive strategy with a bundle and write the report."""
     folder = Path(args.report_dir) if args.report_dir else (
         home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
-    run_and_report(home, args, args.model, folder)
+    run_and_report(home, args.vt_symbol, args.start, args.end, args.model, backtest_options(args), folder)
     return EXIT_OK
 
 
 def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
     """Grid or genetic search of strategy settings on all cores; walk-forward reports out-of-sample results only."""
-    module = backtest_module(home)
+    bind_vnpy_for_backtest(home)
+    import backtesting_module
+
+    options = backtest_options(args)
     grid = dict(args.param)
     folder = Path(args.report_dir) if args.report_dir else (
         home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
-    backtests = module.BacktestingModule(home)
-    optimizer = module.Optimizer(backtests, args.workers)
+    backtests = backtesting_module.BacktestingModule(home)
+    optimizer = backtesting_module.Optimizer(backtests, args.workers)
     start = data_collector.to_china_time(args.start)
     end = data_collector.to_china_time(args.end, end_of_day=True)
-    costs = backtests.costs(args.vt_symbol, args.capital, args.rate, args.slippage, args.size, args.pricetick)
+    costs = backtests.costs(args.vt_symbol, options.capital, options.rate, options.slippage, options.size,
+                            options.pricetick)
     _stderr_progress(f"准备数据与预测 / loading bars and predictions: {args.vt_symbol} {args.start} ~ {args.end}")
-    job = optimizer.prepare(args.vt_symbol, start, end, resolve_bundle(home, args.model), args.interval,
-                            strategy_setting(args), args.target, costs, folder / "work", use_cache=not args.no_cache)
+    job = optimizer.prepare(args.vt_symbol, start, end, resolve_bundle(home, args.model), options.interval,
+                            strategy_setting(options), args.target, costs, folder / "work",
+                            use_cache=options.use_cache)
     if args.walk_forward:
         table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
         path = write_csv_atomic(table, folder / "walk_forward.csv")
@@ -619,12 +630,12 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     for name, overrides in DEMO_MODELS.items():
         config = ml_model.ModelConfig.from_settings(settings.model, **overrides)
         print(f"\n== 训练 / training {name} ({config.model_type}) on {DEMO_TRAIN[0]} ~ {DEMO_TRAIN[1]} ==")
-        train_args = argparse.Namespace(vt_symbol=SAMPLE_VT_SYMBOL, interval="1m")
-        train_fold(bars, train_args, config, home.models_dir / name, {})
+        model = ml_model.train_bundle(bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name,
+                                      progress=_stderr_progress)
+        print_test_part(model)
         print(f"\n== 回测 / backtest {name} on {DEMO_TEST[0]} ~ {DEMO_TEST[1]} ==")
-        test_args = build_parser().parse_args(["backtest", "--vt-symbol", SAMPLE_VT_SYMBOL, "--start", DEMO_TEST[0],
-                                               "--end", DEMO_TEST[1], "--model", name])
-        statistics = run_and_report(home, test_args, name, home.reports_dir / name)
+        statistics = run_and_report(home, SAMPLE_VT_SYMBOL, *DEMO_TEST, name, BACKTEST_DEFAULTS,
+                                    home.reports_dir / name)
         summaries.append((name, *(pattern.format(statistics[key]) if statistics.get(key) is not None else "-"
                                   for key, _, pattern in SUMMARY_ROWS[:6])))
     print()

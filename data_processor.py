@@ -457,6 +457,14 @@ def split_chronological(
     return Split(a, b, t, gap)
 
 
+def fold_slices(rows: int, folds: int, test_share: float) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of rolling walk-forward folds, each the same length and one test share later than
+    the one before, so that the test parts of their chronological splits follow each other without overlap."""
+    length = int(rows / (1 + test_share * (folds - 1)))
+    step = int(length * test_share)
+    return [(i * step, min(i * step + length, rows)) for i in range(folds)]
+
+
 @dataclass
 class Windows:
     """LSTM inputs as a read-only view: `view[i]` is rows i .. i+L-1; `starts` are the usable windows."""

@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from config import CHINA_TZ, ModelError, ModelSettings, atomic_folder, atomic_path, file_sha256, json_safe
-from data_processor import FEATURE_NAMES, FEATURE_VERSION, Scaler, TrainingData, Windows
+from data_processor import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    Scaler,
+    TrainingData,
+    Windows,
+    fold_slices,
+    prepare_training_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -757,3 +765,57 @@ def write_training_report(path: Path, history: TrainingHistory, prediction: np.n
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     return path
+
+
+# --- training runs: one bundle, walk-forward ---------------------------------------------------------
+
+
+def train_bundle(bars: pd.DataFrame, vt_symbol: str, interval: str, config: ModelConfig, path: Path,
+                 extra: dict[str, Any] | None = None, progress: Progress | None = None) -> PricePredictionModel:
+    """Prepare the bars, train, evaluate on the validation and test parts, save the bundle and its report.png."""
+    say = progress or (lambda message: None)
+    data = prepare_training_data(bars, vt_symbol, config.horizon, config.sequence_length, config.features_count,
+                                 config.fractions)
+    for line in data.report.lines()[:1]:
+        say(line)
+    ranges = data.split.ranges(data.index)
+    say("  ".join(f"{part} {a[:16]} ~ {b[:16]}" for part, (a, b) in ranges.items()))
+    model = PricePredictionModel(config.model_type, config)
+    model.train(data, progress)
+    model.evaluate(data, "valid")
+    metrics = model.evaluate(data, "test")
+    model.save_model(path, extra={
+        **(extra or {}), "vt_symbol": vt_symbol, "interval": interval, "ranges": ranges, "rows": len(data.index),
+        "data_fingerprint": data_fingerprint(data),
+    })
+    test = data.windows("test")
+    write_training_report(path / "report.png", model.history, model.predict(test), test.labels, metrics,
+                          f"{vt_symbol} {config.model_type} {path.name}")
+    return model
+
+
+@dataclass(frozen=True)
+class WalkForwardFold:
+    """One fold of a walk-forward training: the span of its bars, its bundle and the model trained on them."""
+
+    fold: int
+    first_bar: pd.Timestamp
+    last_bar: pd.Timestamp
+    path: Path
+    model: PricePredictionModel
+
+
+def train_walk_forward(bars: pd.DataFrame, vt_symbol: str, interval: str, config: ModelConfig, models_dir: Path,
+                       name: str, folds: int, progress: Progress | None = None) -> list[WalkForwardFold]:
+    """One bundle per rolling fold (data_processor.fold_slices), each tested on the span after the previous one's
+    test part; named `NAME-foldK`, the last (the current bundle) plain `NAME`."""
+    say = progress or (lambda message: None)
+    slices = fold_slices(len(bars), folds, config.fractions[2])
+    results = []
+    for fold, (start, stop) in enumerate(slices, start=1):
+        path = models_dir / (name if fold == len(slices) else f"{name}-fold{fold}")
+        say(f"第 {fold}/{len(slices)} 折 / fold {fold}: {bars.index[start]} ~ {bars.index[stop - 1]}")
+        extra = {"walk_forward": {"fold": fold, "folds": len(slices), "current": fold == len(slices)}}
+        model = train_bundle(bars.iloc[start:stop], vt_symbol, interval, config, path, extra, progress)
+        results.append(WalkForwardFold(fold, bars.index[start], bars.index[stop - 1], path, model))
+    return results

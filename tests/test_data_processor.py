@@ -254,6 +254,22 @@ def test_splits_reject_impossible_fractions() -> None:
         dp.split_chronological(10, 0.7, 0.15, 0.15, horizon=5)
 
 
+def test_fold_slices_are_equal_windows_moved_by_one_test_share() -> None:
+    assert dp.fold_slices(10_000, 3, 0.15) == [(0, 7692), (1153, 8845), (2306, 9998)]
+    assert dp.fold_slices(10_000, 1, 0.15) == [(0, 10_000)]
+
+
+@pytest.mark.parametrize(("rows", "folds", "horizon"), [(10_000, 3, 5), (41_234, 5, 5), (7_777, 4, 20), (3_000, 2, 1)])
+def test_the_folds_test_parts_follow_each_other_without_overlap(rows: int, folds: int, horizon: int) -> None:
+    tests = []
+    for start, stop in dp.fold_slices(rows, folds, 0.15):
+        split = dp.split_chronological(stop - start, 0.7, 0.15, 0.15, horizon=horizon)
+        tests.append((start + split.test[0], start + split.test[1]))
+    assert len(tests) == folds and tests[-1][1] <= rows
+    for before, after in zip(tests, tests[1:], strict=False):
+        assert 0 <= after[0] - before[1] <= horizon  # no row tested twice, at most a purge's rounding left untested
+
+
 def test_windows_are_views_that_never_cross_a_roll_or_a_nan(spring_2016: pd.DataFrame) -> None:
     features = dp.build_features(spring_2016).to_numpy()
     labels = dp.make_labels(spring_2016, 5).to_numpy()

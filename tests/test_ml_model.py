@@ -236,6 +236,64 @@ def test_write_training_report_writes_a_png_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["forest.png", "report.png"]
 
 
+# --- training runs as library calls (what the train command does) ----------------------------------------
+
+
+def sample_span(frame: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
+    return frame.loc[pd.Timestamp(first, tz=CHINA_TZ):pd.Timestamp(f"{last} 23:59", tz=CHINA_TZ)].copy()
+
+
+def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progress(
+    sample_frame: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines: list[str] = []
+    bars = sample_span(sample_frame, "2016-02-01", "2016-03-31")
+    model = ml_model.train_bundle(bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", extra={"note": "x"},
+                                  progress=lines.append)
+    assert capsys.readouterr().out == ""
+    assert model.path == tmp_path / "rf"
+    assert sorted(p.name for p in model.path.iterdir()) == [
+        "fast.onnx", "metadata.json", "metrics.json", "model.joblib", "report.png", "scaler.json"]
+    assert (model.path / "report.png").read_bytes().startswith(b"\x89PNG")
+    metadata = json.loads((model.path / "metadata.json").read_text(encoding="utf-8"))
+    assert metadata["vt_symbol"] == VT and metadata["interval"] == "1m" and metadata["note"] == "x"
+    assert metadata["ranges"]["train"][0].startswith("2016-02-01 09:00")
+    assert metadata["ranges"]["test"][1].startswith("2016-03-31 ")
+    assert metadata["ranges"]["train"][1] < metadata["ranges"]["valid"][0] < metadata["ranges"]["test"][0]
+    assert metadata["rows"] == len(bars) and len(metadata["data_fingerprint"]) == 64
+    assert set(model.metrics) == {"valid", "test"} and model.metrics["test"]["samples"] > 500
+    assert lines[1].startswith("train 2016-02-01 09:00 ~ ") and " test " in lines[1]
+    assert any("随机森林" in line for line in lines)
+    loaded = ml_model.PricePredictionModel().load_model(model.path)
+    assert loaded.threshold == model.threshold
+    assert loaded.metrics["test"]["samples"] == model.metrics["test"]["samples"]
+
+
+def test_train_walk_forward_names_the_folds_and_their_test_parts_follow_each_other(
+    sample_frame: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines: list[str] = []
+    bars = sample_span(sample_frame, "2016-01-01", "2016-03-31")
+    folds = ml_model.train_walk_forward(bars, VT, "1m", SMALL_FOREST, tmp_path, "wf", 3, progress=lines.append)
+    assert capsys.readouterr().out == ""
+    assert [fold.fold for fold in folds] == [1, 2, 3]
+    assert [fold.path for fold in folds] == [tmp_path / "wf-fold1", tmp_path / "wf-fold2", tmp_path / "wf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wf", "wf-fold1", "wf-fold2"]
+    metadata = [json.loads((fold.path / "metadata.json").read_text(encoding="utf-8")) for fold in folds]
+    assert [m["walk_forward"] for m in metadata] == [
+        {"fold": k, "folds": 3, "current": k == 3} for k in (1, 2, 3)]
+    assert folds[0].first_bar == bars.index[0] and folds[-1].last_bar <= bars.index[-1]
+    assert folds[0].first_bar < folds[1].first_bar < folds[2].first_bar
+    tests = [m["ranges"]["test"] for m in metadata]
+    for before, after in zip(tests, tests[1:], strict=False):
+        assert before[1] < after[0]  # no bar is tested twice
+        skipped = bars.index.get_loc(pd.Timestamp(after[0])) - bars.index.get_loc(pd.Timestamp(before[1])) - 1
+        assert 0 <= skipped <= SMALL_FOREST.horizon  # none left out beyond the rounding of a purge
+    assert [fold.model.metadata["ranges"]["test"] for fold in folds] == [tuple(t) for t in tests]
+    assert [line for line in lines if "/ fold " in line] == [
+        f"第 {k}/3 折 / fold {k}: {fold.first_bar} ~ {fold.last_bar}" for k, fold in zip((1, 2, 3), folds, strict=True)]
+
+
 # --- mode 3 from the command line ------------------------------------------------------------------------
 
 
