@@ -49,6 +49,7 @@ def test_import_command_prints_a_summary_of_what_it_stored(
     assert [s.count for s in data_collector.list_stored(home)] == [500]
 
 
+@pytest.mark.slow
 def test_data_command_lists_symbol_interval_count_first_and_last(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +142,7 @@ def table_rows(out: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in lines[start:end]}
 
 
+@pytest.mark.slow
 def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,6 +163,7 @@ def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
     assert "审计中 / auditing features" in captured.err
 
 
+@pytest.mark.slow
 def test_audit_horizon_option_overrides_the_settings(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -170,6 +173,7 @@ def test_audit_horizon_option_overrides_the_settings(
     assert rows["fwd_ret_12"] == ["fwd_ret_12", "ok", "0"] and "fwd_ret_5" not in rows
 
 
+@pytest.mark.slow
 def test_audit_of_a_range_with_no_stored_bars_exits_2_saying_what_is_stored(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,6 +186,7 @@ def test_audit_of_a_range_with_no_stored_bars_exits_2_saying_what_is_stored(
     assert "Traceback" not in captured.err and "列 / column" not in captured.out
 
 
+@pytest.mark.slow
 def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
     imported_home: Home, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +211,7 @@ def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
 # --- the mode prompt ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prompt_offers_only_working_modes_and_runs_the_choice(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,6 +307,7 @@ def test_backtest_and_optimize_defaults_are_the_options_the_demo_uses() -> None:
         "fixed_size": 3, "trailing_percent": 0.8, "prediction_threshold": 0.002}
 
 
+@pytest.mark.slow
 def test_backtest_writes_every_report_file_and_prints_the_summary(
     imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -314,6 +321,7 @@ def test_backtest_writes_every_report_file_and_prints_the_summary(
     assert statistics["total_trade_count"] > 0
 
 
+@pytest.mark.slow
 def test_backtest_of_a_strategy_that_raises_exits_1_with_the_traceback_and_no_report(
     imported_home: Home, rf_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -334,6 +342,7 @@ def test_backtest_of_a_strategy_that_raises_exits_1_with_the_traceback_and_no_re
     assert not report.exists()
 
 
+@pytest.mark.slow
 def test_backtest_with_a_missing_bundle_exits_2(imported_home: Home, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     argv = backtest_argv(imported_home, tmp_path / "no_such_bundle", tmp_path / "report")

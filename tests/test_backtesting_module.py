@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +13,25 @@ import ai_trading_system
 import data_collector
 from backtesting_module import (
     BacktestingModule,
+    OptimizationJob,
     PreloadedBacktestingEngine,
     buy_and_hold,
     cached_predictions,
     grid_edges,
     prediction_key,
+    run_on_bars,
 )
 from config import CHINA_TZ, DataError, Home, resolve_home
 from ml_model import PricePredictionModel
 
 VT = "rb0000.SHFE"
+
+
+def read_job(path: Path) -> OptimizationJob:
+    """An optimisation job as the optimiser pickled it for its workers."""
+    with path.open("rb") as handle:
+        job: OptimizationJob = pickle.load(handle)
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +101,7 @@ GOLDEN_TRADES = 74
 GOLDEN_NET_PNL = -1383.155
 
 
+@pytest.mark.slow
 def test_optimize_grid_writes_sorted_results_and_names_the_best(
     imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,18 +119,37 @@ def test_optimize_grid_writes_sorted_results_and_names_the_best(
     assert f"'prediction_threshold': {best['prediction_threshold']}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_walk_forward_reports_only_out_of_sample_windows(
     imported_home: Home, rf_bundle: Path, tmp_path: Path
 ) -> None:
     report = tmp_path / "wf"
     argv = ["--home", str(imported_home.root), "optimize", "--vt-symbol", VT, "--start", "2016-01-04", "--end",
-            "2016-02-26", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0005,0.001",
+            "2016-02-26", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0004,0.0005",
             "--walk-forward", "2", "--workers", "2", "--report-dir", str(report), "--no-cache"]
     assert ai_trading_system.main(argv) == 0
-    table = pd.read_csv(report / "walk_forward.csv", parse_dates=["optimised_to", "tested_from", "tested_to"])
-    assert list(table["fold"]) == [1, 2]
-    assert (table["tested_from"] >= table["optimised_to"]).all()  # each test window follows its optimisation
-    assert table["tested_from"].iloc[1] >= table["tested_to"].iloc[0] - timedelta(days=1)
+    table = pd.read_csv(report / "walk_forward.csv")
+    # 2016-01-04 .. 2016-02-26 in four equal windows: optimise on one, test on the next, then roll on by one
+    windows = ["2016-01-04", "2016-01-21", "2016-02-08", "2016-02-26"]
+    assert table[["fold", "optimised_from", "optimised_to", "tested_from", "tested_to"]].values.tolist() == [
+        [1, *windows[0:2], *windows[1:3]], [2, *windows[1:3], *windows[2:4]]]
+    job = read_job(report / "work" / "job.pkl")
+    folds = [read_job(report / "work" / f"job_fold{fold}.pkl") for fold in (1, 2)]
+    assert folds[0].start == job.start and folds[0].end == folds[1].start
+    out_of_sample = [(folds[0].end, folds[1].end), (folds[1].end, job.end)]  # the last ends with the range
+    bars = data_collector.frame_to_bars(job.bars, VT)
+    model = PricePredictionModel().load_model(job.model_path)
+    for fold, row in enumerate(table.to_dict("records")):
+        in_sample = {threshold: run_on_bars(job, bars, model, {"prediction_threshold": threshold},
+                                            folds[fold].start, folds[fold].end)["sharpe_ratio"]
+                     for threshold in (0.0004, 0.0005)}
+        assert in_sample[row["prediction_threshold"]] == max(in_sample.values())  # the fold's best setting
+        tested = run_on_bars(job, bars, model, {"prediction_threshold": row["prediction_threshold"]},
+                             *out_of_sample[fold])
+        assert tested["total_trade_count"] > 0
+        for key in ("sharpe_ratio", "total_net_pnl", "total_trade_count"):
+            assert row[key] == pytest.approx(tested[key], rel=1e-9, abs=1e-9)  # the out-of-sample run, nothing else
+        assert row["sharpe_ratio"] != pytest.approx(in_sample[row["prediction_threshold"]])
 
 
 def test_costs_take_each_given_value_else_the_contract_facts(tmp_path: Path) -> None:

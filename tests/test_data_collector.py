@@ -29,7 +29,7 @@ import config
 import data_collector
 from config import CHINA_TZ, DataError, Home
 from data_collector import DataCollector, database_path
-from tests.conftest import run_python, table_dump
+from tests.conftest import require, run_python, table_dump
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -59,6 +59,7 @@ def populated(home: Home, small_csv: Path) -> Home:
 # --- the whole sample --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_import_sample_stores_every_bar_at_its_start_time(imported_home: Home) -> None:
     stored = data_collector.list_stored(imported_home)
     assert len(stored) == 1
@@ -68,6 +69,7 @@ def test_import_sample_stores_every_bar_at_its_start_time(imported_home: Home) -
     assert series.last == china(2016, 12, 30, 14, 59)
 
 
+@pytest.mark.slow
 def test_overview_table_matches_the_stored_bars(imported_home: Home) -> None:
     conn = sqlite3.connect(data_collector.database_path(imported_home))
     overview = conn.execute('SELECT "count", "start", "end" FROM dbbaroverview').fetchall()
@@ -76,6 +78,7 @@ def test_overview_table_matches_the_stored_bars(imported_home: Home) -> None:
     assert overview == actual == [(409_995, "2010-07-20 09:00:00", "2016-12-30 14:59:00")]
 
 
+@pytest.mark.slow
 def test_load_history_data_returns_the_csv_values_indexed_by_bar_start(imported_home: Home) -> None:
     frame = data_collector.load_history_data("rb0000.SHFE", "2010-07-20", "2010-07-20", home=imported_home)
     assert list(frame.columns) == ["open", "high", "low", "close", "volume", "turnover", "open_interest"]
@@ -89,6 +92,7 @@ def test_load_history_data_returns_the_csv_values_indexed_by_bar_start(imported_
     assert frame.index.is_monotonic_increasing
 
 
+@pytest.mark.slow
 def test_load_history_data_accepts_strings_dates_and_datetimes(imported_home: Home) -> None:
     by_text = data_collector.load_history_data("rb0000.SHFE", "2016-12-01", "2016-12-30", home=imported_home)
     by_time = data_collector.load_history_data(
@@ -103,6 +107,7 @@ def test_load_history_data_accepts_strings_dates_and_datetimes(imported_home: Ho
     assert list(partial.index.strftime("%H:%M")) == ["10:00", "10:01", "10:02", "10:03", "10:04"]
 
 
+@pytest.mark.slow
 def test_load_history_data_matches_the_full_sample_file(imported_home: Home, sample_lines: list[str]) -> None:
     frame = data_collector.load_history_data("rb0000.SHFE", "2010-01-01", "2016-12-31", home=imported_home)
     assert len(frame) == len(sample_lines) - 1
@@ -112,6 +117,7 @@ def test_load_history_data_matches_the_full_sample_file(imported_home: Home, sam
     assert frame["volume"].sum() == total_volume
 
 
+@pytest.mark.slow
 def test_load_history_data_without_bars_names_the_request_and_what_is_stored(imported_home: Home) -> None:
     with pytest.raises(DataError) as error:
         data_collector.load_history_data("rb0000.SHFE", "2020-01-01", "2020-12-31", home=imported_home)
@@ -122,6 +128,7 @@ def test_load_history_data_without_bars_names_the_request_and_what_is_stored(imp
         data_collector.load_history_data("rb0000.XXX", "2016-01-01", "2016-12-31", home=imported_home)
 
 
+@pytest.mark.slow
 def test_vnpy_own_database_calls_read_the_imported_bars(imported_home: Home) -> None:
     result = run_python(
         "import config\n"
@@ -501,10 +508,8 @@ def number(text: str) -> float:
 
 def read_copper_ticks() -> list[tuple[str, TickData]]:
     """The 200 real cu1909 ticks as (CSV time text, TickData)."""
-    if not config.SAMPLE_TICKS_CSV.exists():
-        pytest.skip(f"sample tick file {config.SAMPLE_TICKS_CSV} is absent")
     ticks = []
-    with open(config.SAMPLE_TICKS_CSV, newline="", encoding="utf-8") as handle:
+    with open(require(config.SAMPLE_TICKS_CSV), newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             depth: dict[str, Any] = {
                 f"{side}_{kind}_{level}": number(row[f"{side}_{kind}{level}"])
@@ -821,16 +826,16 @@ def tick_fields(tick: TickData) -> dict[str, Any]:
     return {key: value for key, value in vars(tick).items() if key != "gateway_name"}
 
 
-def test_read_tick_csv_reads_every_field_of_the_copper_sample() -> None:
+def test_read_tick_csv_reads_every_field_of_the_copper_sample(sample_ticks_csv: Path) -> None:
     expected = [tick for _, tick in read_copper_ticks()]
-    ticks = data_collector.read_tick_csv(config.SAMPLE_TICKS_CSV, "cu1909.SHFE")
+    ticks = data_collector.read_tick_csv(sample_ticks_csv, "cu1909.SHFE")
     assert [tick_fields(t) for t in ticks] == [tick_fields(t) for t in expected]
     assert ticks[-1].datetime == datetime(2019, 9, 16, 14, 59, 59, 999500, tzinfo=CHINA_TZ)
     assert (ticks[-1].ask_price_5, ticks[-1].ask_volume_5) == (0.0, 0.0)  # an empty depth level
 
 
-def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path) -> None:
-    header, *rows = config.SAMPLE_TICKS_CSV.read_text(encoding="utf-8").splitlines()[:6]
+def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path, sample_ticks_csv: Path) -> None:
+    header, *rows = sample_ticks_csv.read_text(encoding="utf-8").splitlines()[:6]
     bad = [rows[0], rows[2], rows[1],  # line 4 goes back in time
            rows[3].replace("47800.0", "abc", 1),  # line 5: last_price
            rows[4].replace(",7370,", ",-5,", 1),  # line 6: volume
@@ -848,8 +853,8 @@ def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path) -> No
         data_collector.read_tick_csv(bars, "cu1909.SHFE")
 
 
-def test_load_tick_data_returns_the_stored_ticks_in_range(tmp_path: Path) -> None:
-    ticks = data_collector.read_tick_csv(config.SAMPLE_TICKS_CSV, "cu1909.SHFE")
+def test_load_tick_data_returns_the_stored_ticks_in_range(tmp_path: Path, sample_ticks_csv: Path) -> None:
+    ticks = data_collector.read_tick_csv(sample_ticks_csv, "cu1909.SHFE")
     conn = data_collector.connect(database_path(tmp_path))
     data_collector.save_ticks(conn, ticks)
     conn.close()

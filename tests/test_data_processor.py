@@ -209,17 +209,22 @@ def test_labels_are_forward_returns_that_stop_at_the_end_and_at_rolls(spring_201
 # --- selection, scaling, splits, windows ----------------------------------------------------------------
 
 
-def test_feature_selection_sees_only_the_training_rows(spring_2016: pd.DataFrame) -> None:
+def test_feature_selection_sees_only_the_training_rows(
+    spring_2016: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honest = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
+    chosen = honest.names
+    assert len(chosen) == 30 and chosen == [name for name in dp.FEATURE_NAMES if name in chosen]  # feature order
     features = dp.build_features(spring_2016)
-    labels = dp.make_labels(spring_2016, 5)
-    split = dp.split_chronological(spring_2016, 0.6, 0.2, 0.2, horizon=5)
-    a, b = split.train
-    chosen = dp.select_features(features.iloc[a:b], labels.iloc[a:b], 30)
-    assert len(chosen) == 30 and set(chosen) <= set(dp.FEATURE_NAMES)
-    assert chosen == [name for name in dp.FEATURE_NAMES if name in chosen]  # kept in feature order
-    poisoned = labels.copy()
-    poisoned.iloc[b:] = features["tod_sin"].iloc[b:] * 1e-3  # test-period labels that one feature predicts
-    assert dp.select_features(features.iloc[a:b], poisoned.iloc[a:b], 30) == chosen
+    poisoned = dp.make_labels(spring_2016, 5)
+    stop = honest.split.train[1]
+    unused = next(name for name in dp.FEATURE_NAMES if name not in chosen)
+    poisoned.iloc[stop:] = features[unused].iloc[stop:]  # labels after the training part that `unused` predicts
+    assert unused in dp.select_features(features, poisoned, 30)  # a selection that saw them would take it
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon: poisoned)
+    data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
+    assert data.labels.equals(poisoned) and data.split == honest.split
+    assert data.names == chosen
 
 
 def test_scaler_statistics_are_the_training_rows_statistics(spring_2016: pd.DataFrame) -> None:

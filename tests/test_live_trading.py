@@ -163,6 +163,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("front", ["nothing_listens", "drops_connections"])
+@pytest.mark.slow
 def test_ctp_that_never_logs_in_exits_3_within_the_timeout_and_leaks_no_secret(
     front: str, tmp_path: Path, rf_bundle: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -215,6 +216,7 @@ def sim_run(imported_home: Home, rf_bundle: Path, tmp_path_factory: pytest.TempP
     return home, run_cli(home, *SIM_ARGS, "--model", str(rf_bundle))
 
 
+@pytest.mark.slow
 def test_sim_replay_trades_records_and_audits_then_exits_0(sim_run: tuple[Home, Any]) -> None:
     home, result = sim_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -276,6 +278,7 @@ print("PARITY" + json.dumps({"predictions": predictions, "orders": orders, "trad
 """
 
 
+@pytest.mark.slow
 def test_sim_exchange_and_backtest_give_the_same_predictions_orders_and_position(
     imported_home: Home, rf_bundle: Path, tmp_path: Path
 ) -> None:
@@ -331,6 +334,7 @@ def test_sim_exchange_and_backtest_give_the_same_predictions_orders_and_position
     assert live["pos"] == final
 
 
+@pytest.mark.slow
 def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_alerts(
     imported_home: Home, rf_bundle: Path, tmp_path: Path
 ) -> None:
@@ -352,6 +356,7 @@ def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_ale
     assert len(audit_events(home, "strategy_start")) == 1
 
 
+@pytest.mark.slow
 def test_ui_opens_offscreen_with_the_strategy_loaded_and_closes_without_the_exit_dialog(
     imported_home: Home, rf_bundle: Path, tmp_path: Path
 ) -> None:
@@ -370,6 +375,7 @@ def test_ui_opens_offscreen_with_the_strategy_loaded_and_closes_without_the_exit
     assert len(audit_events(home, "strategy_start")) == 1 and len(audit_events(home, "strategy_stop")) == 1
 
 
+@pytest.mark.slow
 def test_full_demo_then_a_simulated_trading_run_leave_no_secret_in_any_file(tmp_path: Path) -> None:
     """The README's main job and a rehearsal on its models, with every secret set in the environment."""
     home = resolve_home(tmp_path / "home")

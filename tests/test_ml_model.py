@@ -70,7 +70,7 @@ def edit_metadata(bundle: Path, **changes: Any) -> None:
 # --- training, the fast path, bundles -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+@pytest.mark.parametrize("kind", ["random_forest", pytest.param("lstm", marks=pytest.mark.slow)])
 def test_a_saved_bundle_loads_back_and_predicts_identically(
     kind: str, request: pytest.FixtureRequest, data: dp.TrainingData, tmp_path: Path
 ) -> None:
@@ -88,7 +88,7 @@ def test_a_saved_bundle_loads_back_and_predicts_identically(
     assert {ml_model.MODEL_FILES[kind], "fast.onnx", "scaler.json", "metadata.json", "metrics.json"} <= files
 
 
-@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+@pytest.mark.parametrize("kind", ["random_forest", pytest.param("lstm", marks=pytest.mark.slow)])
 def test_the_fast_path_equals_keras_and_scikit_learn(
     kind: str, request: pytest.FixtureRequest, data: dp.TrainingData
 ) -> None:
@@ -101,7 +101,7 @@ def test_the_fast_path_equals_keras_and_scikit_learn(
     assert model.metadata["fast_path"]["max_abs_difference"] <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["random_forest", "lstm"])
+@pytest.mark.parametrize("kind", ["random_forest", pytest.param("lstm", marks=pytest.mark.slow)])
 def test_training_twice_gives_the_same_predictions(
     kind: str, request: pytest.FixtureRequest, data: dp.TrainingData
 ) -> None:
@@ -309,6 +309,7 @@ def quarter_home(tmp_path_factory: pytest.TempPathFactory, sample_lines: list[st
     return home
 
 
+@pytest.mark.slow
 def test_train_command_saves_a_bundle_with_its_report(quarter_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--start", "2016-02-01",
             "--end", "2016-03-31", "--model-type", "random_forest", "--name", "rf_q1"]
@@ -324,6 +325,7 @@ def test_train_command_saves_a_bundle_with_its_report(quarter_home: Home, capsys
     assert loaded.metrics["test"]["samples"] > 500
 
 
+@pytest.mark.slow
 def test_walk_forward_trains_one_bundle_per_fold_and_marks_the_last_current(
     quarter_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:

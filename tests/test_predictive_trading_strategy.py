@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -280,8 +281,11 @@ def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktest
     engine.set_parameters(vt_symbol=VT, interval=Interval.MINUTE, start=datetime(2016, 1, 4, tzinfo=CHINA_TZ),
                           end=datetime(2016, 1, 31, 23, 59, tzinfo=CHINA_TZ), rate=0.0001, slippage=1, size=10,
                           pricetick=1, capital=1_000_000)
-    setting = {"model_path": str(rf_bundle), "fixed_size": 2, "trailing_percent": 0.5, "warmup_days": 14,
-               "commission_rate": 0.0001, "margin_rate": 0.1, "slippage_cost": 1.0}
+    # margin caps tight enough to bind: rb at 1,707 .. 1,870 needs about 1,800 of margin a lot, so 0.25% of
+    # ~1,000,000 (2,500) allows one lot an order and 0.4% (4,000) two lots in all, well below fixed_size
+    setting = {"model_path": str(rf_bundle), "fixed_size": 5, "trailing_percent": 0.5, "warmup_days": 14,
+               "commission_rate": 0.0001, "margin_rate": 0.1, "slippage_cost": 1.0,
+               "max_single_trade_ratio": 0.0025, "max_position_ratio": 0.004}
     engine.add_strategy(PredictiveTradingStrategy, setting)
     seen: list[float] = []
     strategy = engine.strategy
@@ -303,7 +307,7 @@ def test_backtest_on_real_bars_trades_within_every_limit(backtest: tuple[Preload
     engine, _ = backtest
     trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
     assert len(trades) >= 10
-    position = 0.0
+    position, peak = 0.0, 0.0
     for trade in trades:
         signed = trade.volume if trade.direction == Direction.LONG else -trade.volume
         if trade.offset == Offset.OPEN:
@@ -311,9 +315,12 @@ def test_backtest_on_real_bars_trades_within_every_limit(backtest: tuple[Preload
         else:
             assert position != 0 and abs(signed) <= abs(position) and (position > 0) != (signed > 0)
         position += signed
-        assert abs(position) <= 2  # fixed_size
-        margin = abs(position) * trade.price * 10 * 0.1
-        assert margin <= 0.1 * 1_000_000 * 0.98  # position margin within the limit even after a full daily loss
+        peak = max(peak, abs(position))
+    assert peak == 2  # the position margin cap, not fixed_size 5, limits the position
+    opens = [order for order in engine.limit_orders.values() if order.offset == Offset.OPEN]
+    assert {order.volume for order in opens} == {1}  # each open shrunk to the single-order cap
+    third_lot = re.compile(r"风控拒绝 (Long|Short)Open 3@.*最多 0 手 .*持仓 -?2 目标 -?5")
+    assert any(third_lot.search(line) for line in engine.logs)  # one lot more than two is refused
     assert engine.strategy.risk is not None and engine.strategy.risk.net_position == position
 
 

@@ -210,6 +210,7 @@ def trade_values(trades: list[TradeData]) -> list[tuple[Any, ...]]:
 # --- bars rebuilt from the replayed ticks ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bar_generator_rebuilds_every_replayed_real_bar_exactly(make_replay: Callable[[], Replay],
                                                                 imported_home: Home) -> None:
     replay = make_replay()
@@ -414,6 +415,7 @@ def test_matching_rules_are_vnpys_at_the_edges() -> None:
 # --- positions, the account and order checks ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shfe_close_after_a_new_trading_day_becomes_close_yesterday_through_vnpys_converter(
         make_replay: Callable[[], Replay], imported_home: Home) -> None:
     replay = make_replay()
@@ -520,6 +522,7 @@ def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(make_replay: C
 # --- history, speed, settings and lifecycle ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_query_history_serves_the_warm_up_days_before_the_replay_start(make_replay: Callable[[], Replay],
                                                                        imported_home: Home) -> None:
     replay = make_replay()
@@ -543,6 +546,7 @@ def replace_start(request: HistoryRequest, start: datetime) -> HistoryRequest:
     return HistoryRequest(request.symbol, request.exchange, start=start, end=request.end, interval=request.interval)
 
 
+@pytest.mark.slow
 def test_speed_max_finishes_a_day_and_speed_n_takes_at_least_the_replayed_time_over_n(
         make_replay: Callable[[], Replay], imported_home: Home, home: Home, tmp_path: Path) -> None:
     fast = make_replay()
@@ -594,6 +598,7 @@ def test_hold_waits_for_release_after_subscribe(make_replay: Callable[[], Replay
     ({"csv": "/nonexistent/bars.csv"}, ConfigError, "file not found"),
     ({"spead": "max"}, ConfigError, "unknown setting"),
 ])
+@pytest.mark.slow
 def test_bad_settings_are_clear_errors_from_connect(make_replay: Callable[[], Replay], imported_home: Home,
                                                     change: dict[str, Any], error: type[Exception],
                                                     message: str) -> None:
