@@ -493,8 +493,9 @@ def equity_curves(result: BacktestResult) -> pd.DataFrame:
 
 def report_statistics(result: BacktestResult) -> dict[str, Any]:
     """vnpy's statistics with what was run, as plain JSON (NaN and inf as null)."""
-    return json_safe({"vt_symbol": result.vt_symbol, "start": result.start, "end": result.end,
-                      **result.statistics, "setting": result.setting})
+    statistics: dict[str, Any] = json_safe({"vt_symbol": result.vt_symbol, "start": result.start, "end": result.end,
+                                            **result.statistics, "setting": result.setting})
+    return statistics
 
 
 def trades_frame(trades: Sequence[TradeData]) -> pd.DataFrame:

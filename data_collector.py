@@ -552,7 +552,8 @@ def format_db_times(times: pd.Series) -> list[str]:
     second_codes, unique_seconds = pd.factorize((naive - days).astype("int64"))
     day_text = np.array([str(d) for d in unique_days.astype("datetime64[D]")], dtype=object)
     second_text = np.array([f" {s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in unique_seconds], dtype=object)
-    return (day_text[day_codes] + second_text[second_codes]).tolist()
+    texts: list[str] = (day_text[day_codes] + second_text[second_codes]).tolist()
+    return texts
 
 
 def _bar_rows(frame: pd.DataFrame, key: tuple[str, str, str]) -> Iterator[tuple[Any, ...]]:

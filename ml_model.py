@@ -524,8 +524,9 @@ class PricePredictionModel:
         train_labels = data.windows("train").labels
         typical = float(np.mean(np.abs(train_labels))) if len(train_labels) else 0.0
         table = evaluation_table(prediction, windows.labels, last_return, typical)
-        self.metrics[part] = {"samples": len(windows), **table}
-        return self.metrics[part]
+        metrics: dict[str, Any] = {"samples": len(windows), **table}
+        self.metrics[part] = metrics
+        return metrics
 
     # -- the bundle --
 

@@ -99,7 +99,7 @@ class PrecomputedSignal:
         if len(times) != len(predictions):
             raise ModelError("预测与K线数量不一致 / predictions and bars differ in length")
         self.model = model
-        self.table = dict(zip((stamp // 1_000_000 for stamp in times.as_unit("us").asi8.tolist()),
+        self.table: dict[int, float] = dict(zip((stamp // 1_000_000 for stamp in times.as_unit("us").asi8.tolist()),
                               predictions.tolist(), strict=True))
         self.bars_needed = FEATURE_WARMUP + model.config.sequence_length
 
@@ -255,10 +255,11 @@ class PredictiveTradingStrategy(CtaTemplate):
             side = (prediction > self.threshold) - (prediction < -self.threshold)
             if side != (1 if self.blocked == Direction.LONG else -1):
                 self.blocked = None
-        if self.blocked == Direction.LONG and target > 0 >= self.pos:
-            return self.pos
-        if self.blocked == Direction.SHORT and target < 0 <= self.pos:
-            return self.pos
+        position: float = self.pos  # vnpy's pos is untyped
+        if self.blocked == Direction.LONG and target > 0 >= position:
+            return position
+        if self.blocked == Direction.SHORT and target < 0 <= position:
+            return position
         return target
 
     def check_trailing_stop(self, bar: BarData) -> bool:

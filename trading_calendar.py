@@ -261,7 +261,8 @@ def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.
     """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
     tables = np.stack([era.minute_table() for era in eras])
     minutes = np.asarray(index.hour * 60 + index.minute)
-    return tables[era_positions(eras, index), minutes]
+    progress: np.ndarray = tables[era_positions(eras, index), minutes]
+    return progress
 
 
 def progress_since_open(index: pd.DatetimeIndex) -> np.ndarray:
@@ -297,7 +298,8 @@ def session_mask(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: i
     span = min(max(minutes, 1), MINUTES_PER_DAY)
     overlaps = cumulative[era, start + span] - cumulative[era, start] > 0
     weekday = (session_dates(index).astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
-    return overlaps & (weekday < 5)
+    mask: np.ndarray = overlaps & (weekday < 5)
+    return mask
 
 
 def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:

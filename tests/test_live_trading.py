@@ -157,7 +157,7 @@ def closed_port() -> int:
     """A loopback port where nothing listens."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+    port: int = probe.getsockname()[1]
     probe.close()
     return port
 
