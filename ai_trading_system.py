@@ -110,7 +110,8 @@ def _grid_param(text: str) -> tuple[str, list[float]]:
     name, _, spec = text.partition("=")
     if name not in OPTIMIZABLE or not spec:
         raise argparse.ArgumentTypeError(
-            f"{text!r} 应为 NAME=START:END:STEP，NAME 为 {', '.join(OPTIMIZABLE)} 之一 / bad grid parameter")
+            f"{text!r} 应为 NAME=START:END:STEP，NAME 为 {', '.join(OPTIMIZABLE)} 之一 / bad grid parameter"
+        )
     try:
         if ":" in spec:
             start, end, step = (float(part) for part in spec.split(":"))
@@ -154,26 +155,43 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     parser.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
     parser.add_argument("--interval", default=defaults.interval, help=f"K线周期（默认 {defaults.interval}）")
-    parser.add_argument("--capital", type=_positive_float, default=defaults.capital,
-                        help=f"初始资金（默认 {defaults.capital:,.0f}）")
+    parser.add_argument(
+        "--capital", type=_positive_float, default=defaults.capital, help=f"初始资金（默认 {defaults.capital:,.0f}）"
+    )
     parser.add_argument("--rate", type=_non_negative_float, help="手续费率（默认取 settings/contracts.json）")
     parser.add_argument("--slippage", type=_non_negative_float, help="滑点（价格单位，默认 滑点跳数 × 最小变动价位）")
     parser.add_argument("--size", type=_positive_float, help="合约乘数（默认取 settings/contracts.json）")
     parser.add_argument("--pricetick", type=_positive_float, help="最小变动价位（默认取 settings/contracts.json）")
     parser.add_argument("--threshold", type=_positive_float, help="开仓阈值（默认取模型包中由验证集得出的阈值）")
-    parser.add_argument("--fixed-size", type=_positive_int, default=defaults.fixed_size,
-                        help=f"每次开仓手数（默认 {defaults.fixed_size}）")
-    parser.add_argument("--trailing-percent", type=_non_negative_float, default=defaults.trailing_percent,
-                        help=f"移动止损百分比（默认 {defaults.trailing_percent:g}，0 为关闭）")
+    parser.add_argument(
+        "--fixed-size",
+        type=_positive_int,
+        default=defaults.fixed_size,
+        help=f"每次开仓手数（默认 {defaults.fixed_size}）",
+    )
+    parser.add_argument(
+        "--trailing-percent",
+        type=_non_negative_float,
+        default=defaults.trailing_percent,
+        help=f"移动止损百分比（默认 {defaults.trailing_percent:g}，0 为关闭）",
+    )
     parser.add_argument("--no-cache", action="store_true", help="不使用预测缓存 / recompute the predictions")
 
 
 def backtest_options(args: argparse.Namespace) -> BacktestOptions:
     """The backtest options given to `backtest` or `optimize`."""
     return BacktestOptions(
-        interval=args.interval, capital=args.capital, rate=args.rate, slippage=args.slippage, size=args.size,
-        pricetick=args.pricetick, threshold=args.threshold, fixed_size=args.fixed_size,
-        trailing_percent=args.trailing_percent, use_cache=not args.no_cache)
+        interval=args.interval,
+        capital=args.capital,
+        rate=args.rate,
+        slippage=args.slippage,
+        size=args.size,
+        pricetick=args.pricetick,
+        threshold=args.threshold,
+        fixed_size=args.fixed_size,
+        trailing_percent=args.trailing_percent,
+        use_cache=not args.no_cache,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
     imp.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
     imp.add_argument(
-        "--timestamp", choices=("end", "start"),
+        "--timestamp",
+        choices=("end", "start"),
         help="文件时间是K线结束(end)还是开始(start)；默认按识别出的格式：示例格式 end，vnpy 导出格式 start",
     )
     imp.add_argument("--columns", type=_column_map, help="列映射，例如 datetime=trade_time,open=open_price,...")
@@ -214,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
     audit.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     audit.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
-    audit.add_argument("--horizon", type=_positive_int,
-                       help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon")
+    audit.add_argument(
+        "--horizon", type=_positive_int, help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon"
+    )
     audit.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
 
     train = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
@@ -223,12 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
     train.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     train.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
-    train.add_argument("--model-type", choices=("lstm", "random_forest"),
-                       help="lstm 或 random_forest（默认取模型设置 model.model_type）")
+    train.add_argument(
+        "--model-type",
+        choices=("lstm", "random_forest"),
+        help="lstm 或 random_forest（默认取模型设置 model.model_type）",
+    )
     train.add_argument("--name", type=_bundle_name, help="模型包名称，保存在 <home>/models/NAME（默认 代码_类型）")
     train.add_argument("--epochs", type=_positive_int, help="最多训练轮数（默认取模型设置；有早停）")
-    train.add_argument("--walk-forward", type=_positive_int, default=1,
-                       help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）")
+    train.add_argument(
+        "--walk-forward",
+        type=_positive_int,
+        default=1,
+        help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）",
+    )
 
     show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
     show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
@@ -239,33 +266,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = commands.add_parser("optimize", help="参数优化：网格/遗传算法，可滚动 / optimise strategy settings")
     add_backtest_arguments(opt)
-    opt.add_argument("--param", action="append", required=True, type=_grid_param, metavar="NAME=START:END:STEP",
-                     help="待优化参数及其网格，可重复，例如 prediction_threshold=0.0005:0.002:0.0005")
-    opt.add_argument("--target", default="sharpe_ratio",
-                     help="优化目标（vnpy 统计项，默认 sharpe_ratio；如 total_net_pnl、return_drawdown_ratio）")
+    opt.add_argument(
+        "--param",
+        action="append",
+        required=True,
+        type=_grid_param,
+        metavar="NAME=START:END:STEP",
+        help="待优化参数及其网格，可重复，例如 prediction_threshold=0.0005:0.002:0.0005",
+    )
+    opt.add_argument(
+        "--target",
+        default="sharpe_ratio",
+        help="优化目标（vnpy 统计项，默认 sharpe_ratio；如 total_net_pnl、return_drawdown_ratio）",
+    )
     opt.add_argument("--method", choices=("grid", "ga"), default="grid", help="grid 穷举（默认）或 ga 遗传算法")
-    opt.add_argument("--walk-forward", type=_positive_int, default=0,
-                     help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）")
+    opt.add_argument(
+        "--walk-forward",
+        type=_positive_int,
+        default=0,
+        help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）",
+    )
     opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
     opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
 
     trade = commands.add_parser(
-        "trade", help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator")
-    trade.add_argument("--gateway", choices=("ctp", "sim"), default="ctp",
-                       help="ctp：SimNow 或实盘（settings/broker.json）；sim：本地回放历史数据的模拟交易所")
+        "trade", help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator"
+    )
+    trade.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：SimNow 或实盘（settings/broker.json）；sim：本地回放历史数据的模拟交易所",
+    )
     trade.add_argument("--no-ui", action="store_true", help="不开图形界面（服务器）；Ctrl-C / SIGTERM 正常停止")
     trade.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
     trade.add_argument("--vt-symbol", help="覆盖策略的合约，例如 rb2605.SHFE")
     trade.add_argument("--model", help="覆盖策略的模型包路径或名称")
     trade.add_argument("--threshold", type=_positive_float, help="覆盖开仓阈值")
-    trade.add_argument("--capital", type=_positive_float,
-                       help="策略资金（风控基数；模拟交易所的初始资金），默认取策略设置的 capital，否则 1,000,000")
+    trade.add_argument(
+        "--capital",
+        type=_positive_float,
+        help="策略资金（风控基数；模拟交易所的初始资金），默认取策略设置的 capital，否则 1,000,000",
+    )
     trade.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
     trade.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
-    trade.add_argument("--connect-timeout", type=_positive_float,
-                       help="登录与合约查询的超时秒数（默认 settings/broker.json 的 connect_timeout_seconds，30）")
-    trade.add_argument("--adopt-broker-position", action="store_true",
-                       help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）")
+    trade.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        help="登录与合约查询的超时秒数（默认 settings/broker.json 的 connect_timeout_seconds，30）",
+    )
+    trade.add_argument(
+        "--adopt-broker-position",
+        action="store_true",
+        help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）",
+    )
     trade.add_argument("--replay-start", help="sim：回放开始日期 YYYY-MM-DD")
     trade.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
     trade.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
@@ -275,12 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
 
     keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
-    keep.add_argument("action", choices=("set", "list"),
-                      help="set：保存一个密钥（从终端读入，不回显）；list：列出已保存的名称")
+    keep.add_argument(
+        "action", choices=("set", "list"), help="set：保存一个密钥（从终端读入，不回显）；list：列出已保存的名称"
+    )
     keep.add_argument("name", nargs="?", choices=tuple(SECRET_ENV), help="密钥名")
 
     demo = commands.add_parser(
-        "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job")
+        "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job"
+    )
     demo.add_argument(
         "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
     )
@@ -315,8 +371,14 @@ def _stderr_progress(message: str) -> None:
 def cmd_import(args: argparse.Namespace, home: Home) -> int:
     """Import one bar CSV."""
     result = data_collector.import_csv(
-        args.csv, args.vt_symbol, interval=args.interval, timestamp=args.timestamp, columns=args.columns,
-        datetime_format=args.datetime_format, home=home, progress=_stderr_progress,
+        args.csv,
+        args.vt_symbol,
+        interval=args.interval,
+        timestamp=args.timestamp,
+        columns=args.columns,
+        datetime_format=args.datetime_format,
+        home=home,
+        progress=_stderr_progress,
     )
     print_import(result)
     return EXIT_OK
@@ -349,8 +411,10 @@ def cmd_data(args: argparse.Namespace, home: Home) -> int:
         print("数据库为空。导入数据：python ai_trading_system.py import --csv FILE --vt-symbol rb0000.SHFE")
         return EXIT_OK
     print_table(
-        [(s.vt_symbol, s.interval, f"{s.count:,}", f"{s.first:%Y-%m-%d %H:%M}", f"{s.last:%Y-%m-%d %H:%M}")
-         for s in series],
+        [
+            (s.vt_symbol, s.interval, f"{s.count:,}", f"{s.first:%Y-%m-%d %H:%M}", f"{s.last:%Y-%m-%d %H:%M}")
+            for s in series
+        ],
         ("合约 / vt_symbol", "周期 / interval", "数量 / count", "首条 / first", "末条 / last"),
     )
     return EXIT_OK
@@ -364,7 +428,7 @@ def _load_datafeed(home: Home) -> Any:
     name = str(SETTINGS.get("datafeed.name") or "")
     if not name:
         raise ConfigError(
-            f"未配置数据服务：请在 {home.vt_setting_path} 中设置 \"datafeed.name\"（如 rqdata、tushare），"
+            f'未配置数据服务：请在 {home.vt_setting_path} 中设置 "datafeed.name"（如 rqdata、tushare），'
             "账号与密码用环境变量 AI_TRADER_DATAFEED_USERNAME / AI_TRADER_DATAFEED_PASSWORD 提供 / "
             "no datafeed configured"
         )
@@ -387,14 +451,20 @@ def cmd_download(args: argparse.Namespace, home: Home) -> int:
     """Download bars through vnpy's datafeed and store them."""
     datafeed = _load_datafeed(home)
     saved = data_collector.download_history(args.vt_symbol, args.start, args.end, args.interval, datafeed, home)
-    print(f"下载完成 / downloaded {args.vt_symbol}: 新增 {saved.inserted:,}，更新 {saved.updated:,}，"
-          f"未变 {saved.unchanged:,}，库中共有 {saved.stored:,}")
+    print(
+        f"下载完成 / downloaded {args.vt_symbol}: 新增 {saved.inserted:,}，更新 {saved.updated:,}，"
+        f"未变 {saved.unchanged:,}，库中共有 {saved.stored:,}"
+    )
     return EXIT_OK
 
 
 EXIT_LEAK: int = EXIT_BUG  # a column that sees the future is a bug in the feature or label code
 AUDIT_HEADERS: tuple[str, ...] = (
-    "列 / column", "结论 / verdict", "失败切点 / cuts failed", "首个不一致 / first time", "最大差异 / max difference",
+    "列 / column",
+    "结论 / verdict",
+    "失败切点 / cuts failed",
+    "首个不一致 / first time",
+    "最大差异 / max difference",
 )
 
 
@@ -412,20 +482,22 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
 
     cuts = data_processor.default_cut_points(len(clean), args.cuts)
     _stderr_progress(f"审计中 / auditing features: {len(clean):,} 根K线，{len(cuts)} 个切点 ...")
-    features = data_processor.audit_lookahead(
-        lambda d: data_processor.build_features(d, vt_symbol), clean, cuts)
+    features = data_processor.audit_lookahead(lambda d: data_processor.build_features(d, vt_symbol), clean, cuts)
     _stderr_progress(f"审计中 / auditing labels (horizon {horizon}) ...")
     labels = data_processor.audit_lookahead(
-        lambda d: data_processor.make_labels(d, horizon), clean, cuts, allowed_lookahead=horizon)
+        lambda d: data_processor.make_labels(d, horizon), clean, cuts, allowed_lookahead=horizon
+    )
 
     results = (features, labels)
     print_table([row for result in results for row in result.rows()], AUDIT_HEADERS)
     checked = sum(len(result.columns) for result in results)
     leaking = [name for result in results for name in result.leaking_columns]
     print()
-    print(f"检查 {checked} 列，{len(cuts)} 个切点，泄漏 {len(leaking)} 列 / "
-          f"checked {checked} columns at {len(cuts)} cut points: {len(leaking)} leaking"
-          + (f" ({', '.join(leaking)})" if leaking else ""))
+    print(
+        f"检查 {checked} 列，{len(cuts)} 个切点，泄漏 {len(leaking)} 列 / "
+        f"checked {checked} columns at {len(cuts)} cut points: {len(leaking)} leaking"
+        + (f" ({', '.join(leaking)})" if leaking else "")
+    )
     return EXIT_LEAK if leaking else EXIT_OK
 
 
@@ -441,8 +513,10 @@ def _number(value: Any) -> str:
 
 def print_metrics(metrics: dict[str, Any]) -> None:
     """The test metrics beside the naive baselines."""
-    rows = [(name, *(_number(metrics[column][name]) for column in ("model", "zero", "last_return_sign")))
-            for name in METRIC_NAMES]
+    rows = [
+        (name, *(_number(metrics[column][name]) for column in ("model", "zero", "last_return_sign")))
+        for name in METRIC_NAMES
+    ]
     print_table(rows, METRIC_HEADERS)
 
 
@@ -462,13 +536,15 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
     if args.walk_forward == 1:
-        model = ml_model.train_bundle(bars, args.vt_symbol, args.interval, config, home.models_dir / name,
-                                      progress=_stderr_progress)
+        model = ml_model.train_bundle(
+            bars, args.vt_symbol, args.interval, config, home.models_dir / name, progress=_stderr_progress
+        )
         print_test_part(model)
         print(f"模型包已保存 / bundle saved: {model.path}")
         return EXIT_OK
-    folds = ml_model.train_walk_forward(bars, args.vt_symbol, args.interval, config, home.models_dir, name,
-                                        args.walk_forward, progress=_stderr_progress)
+    folds = ml_model.train_walk_forward(
+        bars, args.vt_symbol, args.interval, config, home.models_dir, name, args.walk_forward, progress=_stderr_progress
+    )
     rows = []
     for fold in folds:
         print_test_part(fold.model)
@@ -478,8 +554,20 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
         ratio = _number(test["zero"]["mse"] / test["model"]["mse"] if test["model"]["mse"] else None)
         rows.append((fold.fold, fold.path.name, tested[0][:10], tested[1][:10], test["samples"], *scores, ratio))
     print()
-    print_table(rows, ("折 / fold", "模型包 / bundle", "测试起 / test from", "测试止 / to", "样本 / samples",
-                       "方向准确率 / dir. acc.", "IC", "rank IC", "零预测MSE/模型MSE"))
+    print_table(
+        rows,
+        (
+            "折 / fold",
+            "模型包 / bundle",
+            "测试起 / test from",
+            "测试止 / to",
+            "样本 / samples",
+            "方向准确率 / dir. acc.",
+            "IC",
+            "rank IC",
+            "零预测MSE/模型MSE",
+        ),
+    )
     print(f"当前模型（最后一折）/ current bundle (last fold): {home.models_dir / name}")
     return EXIT_OK
 
@@ -550,17 +638,28 @@ def bind_vnpy_for_backtest(home: Home) -> None:
         bind_vnpy_home(home, settings_for(home).database)
 
 
-def run_and_report(home: Home, vt_symbol: str, start: str, end: str, model: str, options: BacktestOptions,
-                   folder: Path) -> dict[str, Any]:
+def run_and_report(
+    home: Home, vt_symbol: str, start: str, end: str, model: str, options: BacktestOptions, folder: Path
+) -> dict[str, Any]:
     """One backtest through the module, its report files, and the printed summary."""
     bind_vnpy_for_backtest(home)
     import backtesting_module
 
     _stderr_progress(f"回测 / backtest: {vt_symbol} {start} ~ {end} 模型 / model {model}")
     result = backtesting_module.BacktestingModule(home).run_backtest(
-        vt_symbol, start, end, resolve_bundle(home, model), setting=strategy_setting(options),
-        interval=options.interval, capital=options.capital, rate=options.rate, slippage=options.slippage,
-        size=options.size, pricetick=options.pricetick, use_cache=options.use_cache)
+        vt_symbol,
+        start,
+        end,
+        resolve_bundle(home, model),
+        setting=strategy_setting(options),
+        interval=options.interval,
+        capital=options.capital,
+        rate=options.rate,
+        slippage=options.slippage,
+        size=options.size,
+        pricetick=options.pricetick,
+        use_cache=options.use_cache,
+    )
     files = backtesting_module.write_report(result, folder)
     print_backtest_summary(result.statistics)
     print(f"报告 / report: {folder}  ({', '.join(sorted(files))})")
@@ -569,8 +668,11 @@ def run_and_report(home: Home, vt_symbol: str, start: str, end: str, model: str,
 
 def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
     """Mode 2: backtest the predictive strategy with a bundle and write the report."""
-    folder = Path(args.report_dir) if args.report_dir else (
-        home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
+    folder = (
+        Path(args.report_dir)
+        if args.report_dir
+        else (home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
+    )
     run_and_report(home, args.vt_symbol, args.start, args.end, args.model, backtest_options(args), folder)
     return EXIT_OK
 
@@ -582,18 +684,31 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
 
     options = backtest_options(args)
     grid = dict(args.param)
-    folder = Path(args.report_dir) if args.report_dir else (
-        home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
+    folder = (
+        Path(args.report_dir)
+        if args.report_dir
+        else (home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
+    )
     backtests = backtesting_module.BacktestingModule(home)
     optimizer = backtesting_module.Optimizer(backtests, args.workers)
     start = data_collector.to_china_time(args.start)
     end = data_collector.to_china_time(args.end, end_of_day=True)
-    costs = backtests.costs(args.vt_symbol, options.capital, options.rate, options.slippage, options.size,
-                            options.pricetick)
+    costs = backtests.costs(
+        args.vt_symbol, options.capital, options.rate, options.slippage, options.size, options.pricetick
+    )
     _stderr_progress(f"准备数据与预测 / loading bars and predictions: {args.vt_symbol} {args.start} ~ {args.end}")
-    job = optimizer.prepare(args.vt_symbol, start, end, resolve_bundle(home, args.model), options.interval,
-                            strategy_setting(options), args.target, costs, folder / "work",
-                            use_cache=options.use_cache)
+    job = optimizer.prepare(
+        args.vt_symbol,
+        start,
+        end,
+        resolve_bundle(home, args.model),
+        options.interval,
+        strategy_setting(options),
+        args.target,
+        costs,
+        folder / "work",
+        use_cache=options.use_cache,
+    )
     if args.walk_forward:
         table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
         path = write_csv_atomic(table, folder / "walk_forward.csv")
@@ -621,8 +736,9 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample, train a RandomForest and a small LSTM on 2014-2015, backtest both on 2016."""
-    result = data_collector.import_csv(args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home,
-                                       progress=_stderr_progress)
+    result = data_collector.import_csv(
+        args.csv, SAMPLE_VT_SYMBOL, timestamp="end", home=home, progress=_stderr_progress
+    )
     print_import(result)
     settings = settings_for(home)
     bars = data_collector.load_history_data(SAMPLE_VT_SYMBOL, *DEMO_TRAIN, home=home)
@@ -630,14 +746,23 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     for name, overrides in DEMO_MODELS.items():
         config = ml_model.ModelConfig.from_settings(settings.model, **overrides)
         print(f"\n== 训练 / training {name} ({config.model_type}) on {DEMO_TRAIN[0]} ~ {DEMO_TRAIN[1]} ==")
-        model = ml_model.train_bundle(bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name,
-                                      progress=_stderr_progress)
+        model = ml_model.train_bundle(
+            bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name, progress=_stderr_progress
+        )
         print_test_part(model)
         print(f"\n== 回测 / backtest {name} on {DEMO_TEST[0]} ~ {DEMO_TEST[1]} ==")
-        statistics = run_and_report(home, SAMPLE_VT_SYMBOL, *DEMO_TEST, name, BACKTEST_DEFAULTS,
-                                    home.reports_dir / name)
-        summaries.append((name, *(pattern.format(statistics[key]) if statistics.get(key) is not None else "-"
-                                  for key, _, pattern in SUMMARY_ROWS[:6])))
+        statistics = run_and_report(
+            home, SAMPLE_VT_SYMBOL, *DEMO_TEST, name, BACKTEST_DEFAULTS, home.reports_dir / name
+        )
+        summaries.append(
+            (
+                name,
+                *(
+                    pattern.format(statistics[key]) if statistics.get(key) is not None else "-"
+                    for key, _, pattern in SUMMARY_ROWS[:6]
+                ),
+            )
+        )
     print()
     print_table(summaries, ("模型 / model", *(label for _, label, _ in SUMMARY_ROWS[:6])))
     print(f"模型 / bundles: {home.models_dir}\n报告 / reports: {home.reports_dir}")
@@ -651,10 +776,18 @@ def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: f
     """The simulated exchange's connect setting from the command line."""
     if not args.replay_start or not args.replay_end:
         raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
-    return {"vt_symbol": vt_symbol, "home": str(home.root), "mode": args.replay_mode,
-            "csv": str(Path(args.replay_csv).resolve()) if args.replay_csv else "",
-            "start": args.replay_start, "end": args.replay_end, "speed": args.speed, "capital": capital,
-            "warmup_days": args.warmup_days, "hold": True}  # replay once the strategy has started
+    return {
+        "vt_symbol": vt_symbol,
+        "home": str(home.root),
+        "mode": args.replay_mode,
+        "csv": str(Path(args.replay_csv).resolve()) if args.replay_csv else "",
+        "start": args.replay_start,
+        "end": args.replay_end,
+        "speed": args.speed,
+        "capital": capital,
+        "warmup_days": args.warmup_days,
+        "hold": True,
+    }  # replay once the strategy has started
 
 
 def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.StrategyConfig:
@@ -680,6 +813,7 @@ def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.Strate
 
 def install_stop_signals(stop: threading.Event) -> None:
     """SIGINT and SIGTERM end a headless run cleanly (strategies stopped, recorder flushed, engines closed)."""
+
     def handler(signum: int, _frame: Any) -> None:
         logger.info("收到信号 %s，正在停止 / stopping", signal.Signals(signum).name)
         stop.set()
@@ -692,8 +826,12 @@ def install_stop_signals(stop: threading.Event) -> None:
 def log_thread_exception(hook: Any) -> None:
     """Headless runs log an uncaught exception in any thread instead of printing it (GUIDE §7)."""
     name = hook.thread.name if hook.thread is not None else "?"
-    logger.error("线程 %s 未捕获异常 / uncaught exception in a thread: %s", name, hook.exc_value,
-                 exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback) if hook.exc_value else None)
+    logger.error(
+        "线程 %s 未捕获异常 / uncaught exception in a thread: %s",
+        name,
+        hook.exc_value,
+        exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback) if hook.exc_value else None,
+    )
 
 
 def cmd_trade(args: argparse.Namespace, home: Home) -> int:
@@ -740,10 +878,14 @@ def print_trade_summary(system: live_trading.AITradingSystem, config: live_tradi
     strategy = system.cta_engine.strategies.get(config.name)
     orders = system.main_engine.get_all_orders()
     trades = system.main_engine.get_all_trades()
-    rows = [("策略 / strategy", config.name), ("合约 / contract", config.vt_symbol),
-            ("委托 / orders", len(orders)), ("成交 / trades", len(trades)),
-            ("持仓 / position", strategy.pos if strategy else "-"),
-            ("审计日志 / audit log", system.audit.path)]
+    rows = [
+        ("策略 / strategy", config.name),
+        ("合约 / contract", config.vt_symbol),
+        ("委托 / orders", len(orders)),
+        ("成交 / trades", len(trades)),
+        ("持仓 / position", strategy.pos if strategy else "-"),
+        ("审计日志 / audit log", system.audit.path),
+    ]
     if system.collector is not None:
         stats = system.collector.stats
         rows += [("记录 tick / ticks recorded", stats.ticks_stored), ("记录K线 / bars recorded", stats.bars_stored)]
@@ -793,10 +935,14 @@ def ask_training(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     """Mode 3's questions; the answers become the `train` subcommand's options."""
     return (
         "train",
-        "--vt-symbol", _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
-        "--start", _ask(input_fn, "开始日期 / start", "2015-01-01"),
-        "--end", _ask(input_fn, "结束日期 / end", "2016-06-30"),
-        "--model-type", _ask(input_fn, "模型类型 / model type (lstm | random_forest)", "lstm"),
+        "--vt-symbol",
+        _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+        "--start",
+        _ask(input_fn, "开始日期 / start", "2015-01-01"),
+        "--end",
+        _ask(input_fn, "结束日期 / end", "2016-06-30"),
+        "--model-type",
+        _ask(input_fn, "模型类型 / model type (lstm | random_forest)", "lstm"),
     )
 
 
@@ -804,10 +950,14 @@ def ask_backtest(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     """Mode 2's questions; the answers become the `backtest` subcommand's options."""
     return (
         "backtest",
-        "--vt-symbol", _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
-        "--start", _ask(input_fn, "开始日期 / start", "2016-01-01"),
-        "--end", _ask(input_fn, "结束日期 / end", "2016-12-31"),
-        "--model", _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
+        "--vt-symbol",
+        _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+        "--start",
+        _ask(input_fn, "开始日期 / start", "2016-01-01"),
+        "--end",
+        _ask(input_fn, "结束日期 / end", "2016-12-31"),
+        "--model",
+        _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
     )
 
 
@@ -817,11 +967,17 @@ def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     if gateway != "sim":
         return ("trade", "--gateway", gateway)
     return (
-        "trade", "--gateway", "sim",
-        "--replay-start", _ask(input_fn, "回放开始 / replay start", "2016-06-01"),
-        "--replay-end", _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
-        "--speed", _ask(input_fn, "速度 / speed (max | 倍速 N)", "60"),
-        "--model", _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
+        "trade",
+        "--gateway",
+        "sim",
+        "--replay-start",
+        _ask(input_fn, "回放开始 / replay start", "2016-06-01"),
+        "--replay-end",
+        _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
+        "--speed",
+        _ask(input_fn, "速度 / speed (max | 倍速 N)", "60"),
+        "--model",
+        _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
     )
 
 
@@ -830,8 +986,10 @@ def live_account_confirmed(home: Home, input_fn: Callable[[str], str]) -> bool:
     broker = settings_for(home).broker
     if broker.environment != "live":
         return True
-    answer = input_fn(f"即将连接实盘账户（真实资金，交易前置 {broker.td_address or '见 settings/broker.json'}）。"
-                      "确认请输入 YES / type YES to connect to a LIVE account: ")
+    answer = input_fn(
+        f"即将连接实盘账户（真实资金，交易前置 {broker.td_address or '见 settings/broker.json'}）。"
+        "确认请输入 YES / type YES to connect to a LIVE account: "
+    )
     return answer.strip() == "YES"
 
 

@@ -77,8 +77,9 @@ class PreloadedBacktestingEngine(BacktestingEngine):
         self.history_data = list(self._between(self.start, self.end, include_end=True))
         self.output(f"历史数据加载完成，数据量：{len(self.history_data)}")
 
-    def load_bar(self, vt_symbol: str, days: int, interval: Interval, callback: Callable,
-                 use_database: bool) -> list[BarData]:
+    def load_bar(
+        self, vt_symbol: str, days: int, interval: Interval, callback: Callable, use_database: bool
+    ) -> list[BarData]:
         """The warm-up bars: the `days` calendar days before start."""
         self.callback = callback
         return self._between(self.start - timedelta(days=days), self.start, include_end=False)
@@ -132,8 +133,9 @@ def prediction_key(model: PricePredictionModel, frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symbol: str,
-                       cache_dir: Path | None) -> tuple[np.ndarray, bool]:
+def cached_predictions(
+    model: PricePredictionModel, frame: pd.DataFrame, vt_symbol: str, cache_dir: Path | None
+) -> tuple[np.ndarray, bool]:
     """`batch_predictions` for the frame, read from or written to `cache_dir` (atomically); and whether it was a hit."""
     if cache_dir is None:
         return batch_predictions(model, frame, vt_symbol), False
@@ -148,8 +150,9 @@ def cached_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symb
     return predictions, False
 
 
-def buy_and_hold(bars: pd.DataFrame, capital: float, size: float, volume: float, rate: float,
-                 slippage: float) -> pd.Series:
+def buy_and_hold(
+    bars: pd.DataFrame, capital: float, size: float, volume: float, rate: float, slippage: float
+) -> pd.Series:
     """Balance at each day's last bar of holding `volume` lots bought at the first bar's close."""
     if bars.empty:
         return pd.Series(dtype="float64")
@@ -165,16 +168,30 @@ def buy_and_hold(bars: pd.DataFrame, capital: float, size: float, volume: float,
 
 def strategy_costs(model_path: str, costs: dict[str, float]) -> dict[str, Any]:
     """The strategy parameters that make its risk book charge what the engine charges."""
-    return {"model_path": model_path, "capital": costs["capital"], "commission_rate": costs["rate"],
-            "margin_rate": costs["margin_rate"], "slippage_cost": costs["slippage"]}
+    return {
+        "model_path": model_path,
+        "capital": costs["capital"],
+        "commission_rate": costs["rate"],
+        "margin_rate": costs["margin_rate"],
+        "slippage_cost": costs["slippage"],
+    }
 
 
-def set_engine_parameters(engine: BacktestingEngine, vt_symbol: str, interval: str, start: datetime, end: datetime,
-                          costs: dict[str, float]) -> None:
+def set_engine_parameters(
+    engine: BacktestingEngine, vt_symbol: str, interval: str, start: datetime, end: datetime, costs: dict[str, float]
+) -> None:
     """vnpy's set_parameters with our costs (capital must be given: vnpy's default 0 zeroes every statistic)."""
-    engine.set_parameters(vt_symbol=vt_symbol, interval=data_collector.parse_interval(interval), start=start, end=end,
-                          rate=costs["rate"], slippage=costs["slippage"], size=costs["size"],
-                          pricetick=costs["pricetick"], capital=int(costs["capital"]))
+    engine.set_parameters(
+        vt_symbol=vt_symbol,
+        interval=data_collector.parse_interval(interval),
+        start=start,
+        end=end,
+        rate=costs["rate"],
+        slippage=costs["slippage"],
+        size=costs["size"],
+        pricetick=costs["pricetick"],
+        capital=int(costs["capital"]),
+    )
 
 
 class BacktestingModule:
@@ -191,22 +208,34 @@ class BacktestingModule:
     def contract(self, vt_symbol: str) -> ContractSpec:
         return contract_spec(vt_symbol, self.contracts)
 
-    def costs(self, vt_symbol: str, capital: float = DEFAULT_CAPITAL, rate: float | None = None,
-              slippage: float | None = None, size: float | None = None,
-              pricetick: float | None = None) -> dict[str, float]:
+    def costs(
+        self,
+        vt_symbol: str,
+        capital: float = DEFAULT_CAPITAL,
+        rate: float | None = None,
+        slippage: float | None = None,
+        size: float | None = None,
+        pricetick: float | None = None,
+    ) -> dict[str, float]:
         """The engine's costs and the margin rate: each given value, else the contract's facts."""
         spec = self.contract(vt_symbol)
         pricetick = spec.pricetick if pricetick is None else pricetick
-        return {"rate": spec.commission_rate if rate is None else rate,
-                "slippage": spec.slippage_ticks * pricetick if slippage is None else slippage,
-                "size": spec.size if size is None else size, "pricetick": pricetick,
-                "margin_rate": spec.margin_rate, "capital": capital}
+        return {
+            "rate": spec.commission_rate if rate is None else rate,
+            "slippage": spec.slippage_ticks * pricetick if slippage is None else slippage,
+            "size": spec.size if size is None else size,
+            "pricetick": pricetick,
+            "margin_rate": spec.margin_rate,
+            "capital": capital,
+        }
 
-    def load_bars(self, vt_symbol: str, start: datetime, end: datetime, interval: str = "1m",
-                  warmup_days: int = WARMUP_DAYS) -> pd.DataFrame:
+    def load_bars(
+        self, vt_symbol: str, start: datetime, end: datetime, interval: str = "1m", warmup_days: int = WARMUP_DAYS
+    ) -> pd.DataFrame:
         """The bars of the run plus the warm-up days before it, read once from the database."""
-        return data_collector.load_history_data(vt_symbol, start - timedelta(days=warmup_days), end, interval,
-                                                self.home)
+        return data_collector.load_history_data(
+            vt_symbol, start - timedelta(days=warmup_days), end, interval, self.home
+        )
 
     def run_backtest(
         self,
@@ -234,8 +263,9 @@ class BacktestingModule:
         warmup_days = int(chosen.get("warmup_days", WARMUP_DAYS))
         if bars is None:
             bars = self.load_bars(vt_symbol, begin, finish, interval, warmup_days)
-        bars = bars.loc[(bars.index >= pd.Timestamp(begin - timedelta(days=warmup_days)))
-                        & (bars.index <= pd.Timestamp(finish))]
+        bars = bars.loc[
+            (bars.index >= pd.Timestamp(begin - timedelta(days=warmup_days))) & (bars.index <= pd.Timestamp(finish))
+        ]
         traded = bars.loc[bars.index >= pd.Timestamp(begin)]
         if traded.empty:
             raise DataError(f"{vt_symbol} 在 {begin:%Y-%m-%d} ~ {finish:%Y-%m-%d} 没有K线 / no bars in the range")
@@ -244,8 +274,9 @@ class BacktestingModule:
         predictions, _ = cached_predictions(model, bars, vt_symbol, self.cache_dir if use_cache else None)
         chosen = {**strategy_costs(str(model.path), costs), **chosen}
 
-        engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(bars, vt_symbol,
-                                                                         data_collector.parse_interval(interval)))
+        engine = PreloadedBacktestingEngine(
+            data_collector.frame_to_bars(bars, vt_symbol, data_collector.parse_interval(interval))
+        )
         set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
@@ -261,10 +292,17 @@ class BacktestingModule:
         statistics["short_trades"] = len(trades) - statistics["long_trades"]
         first = len(bars) - len(traded)
         return BacktestResult(
-            vt_symbol=vt_symbol, start=begin, end=finish, setting=json_safe(chosen), daily=daily,
-            statistics=statistics, trades=trades, bars=traded,
+            vt_symbol=vt_symbol,
+            start=begin,
+            end=finish,
+            setting=json_safe(chosen),
+            daily=daily,
+            statistics=statistics,
+            trades=trades,
+            bars=traded,
             predictions=pd.Series(predictions[first:], index=traded.index, name="prediction"),
-            benchmark=benchmark, messages=engine.messages,
+            benchmark=benchmark,
+            messages=engine.messages,
             orders=sorted(engine.limit_orders.values(), key=lambda o: int(o.orderid)),
         )
 
@@ -298,8 +336,14 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
     return job, bars, model
 
 
-def run_on_bars(job: OptimizationJob, bars: list[BarData], model: PricePredictionModel, setting: dict[str, Any],
-                start: datetime, end: datetime) -> dict[str, Any]:
+def run_on_bars(
+    job: OptimizationJob,
+    bars: list[BarData],
+    model: PricePredictionModel,
+    setting: dict[str, Any],
+    start: datetime,
+    end: datetime,
+) -> dict[str, Any]:
     """One backtest of the strategy on ready bars and predictions; JSON-safe statistics."""
     engine = PreloadedBacktestingEngine(bars)
     set_engine_parameters(engine, job.vt_symbol, job.interval, start, end, job.costs)
@@ -337,23 +381,33 @@ def grid_edges(best: dict[str, Any], grid: dict[str, list[float]]) -> list[str]:
     warnings = []
     for name, values in grid.items():
         if len(values) >= 3 and best.get(name) in (min(values), max(values)):
-            warnings.append(f"最优参数 {name}={best[name]} 位于网格边缘 [{min(values)}, {max(values)}]，"
-                            "请扩大范围再试 / best value on the edge of the grid")
+            warnings.append(
+                f"最优参数 {name}={best[name]} 位于网格边缘 [{min(values)}, {max(values)}]，"
+                "请扩大范围再试 / best value on the edge of the grid"
+            )
     return warnings
 
 
-def results_table(results: list[tuple[str, float, dict[str, Any]]], names: list[str],
-                  target: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def results_table(
+    results: list[tuple[str, float, dict[str, Any]]], names: list[str], target: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The results as a table sorted by the target (best first), and the best setting."""
     import ast
 
     rows = []
     for text, value, statistics in results:
         setting = ast.literal_eval(text)
-        rows.append({**{name: setting.get(name) for name in names}, target: value,
-                     **{key: statistics.get(key) for key in ("total_net_pnl", "total_return", "max_ddpercent",
-                                                             "sharpe_ratio", "total_trade_count")
-                        if key != target}})
+        rows.append(
+            {
+                **{name: setting.get(name) for name in names},
+                target: value,
+                **{
+                    key: statistics.get(key)
+                    for key in ("total_net_pnl", "total_return", "max_ddpercent", "sharpe_ratio", "total_trade_count")
+                    if key != target
+                },
+            }
+        )
     table = pd.DataFrame(rows).sort_values(target, ascending=False, kind="stable").reset_index(drop=True)
     best = {name: table.loc[0, name] for name in names} if len(table) else {}
     return table, {k: v.item() if isinstance(v, np.generic) else v for k, v in best.items()}
@@ -366,9 +420,19 @@ class Optimizer:
         self.module = module
         self.workers = workers or os.cpu_count() or 1
 
-    def prepare(self, vt_symbol: str, start: datetime, end: datetime, model_path: str | Path, interval: str,
-                base_setting: dict[str, Any], target: str, costs: dict[str, float], folder: Path,
-                use_cache: bool = True) -> Path:
+    def prepare(
+        self,
+        vt_symbol: str,
+        start: datetime,
+        end: datetime,
+        model_path: str | Path,
+        interval: str,
+        base_setting: dict[str, Any],
+        target: str,
+        costs: dict[str, float],
+        folder: Path,
+        use_cache: bool = True,
+    ) -> Path:
         """Load bars and predictions once and write the job every worker reads; `costs` from module.costs()."""
         module = self.module
         warmup = int(base_setting.get("warmup_days", WARMUP_DAYS))
@@ -376,16 +440,22 @@ class Optimizer:
         model = PricePredictionModel().load_model(find_bundle(str(model_path), module.home.models_dir))
         predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir if use_cache else None)
         setting = {**strategy_costs(str(model.path), costs), **base_setting}
-        job = OptimizationJob(vt_symbol, interval, start, end, str(model.path), bars, predictions, costs, setting,
-                              target)
+        job = OptimizationJob(
+            vt_symbol, interval, start, end, str(model.path), bars, predictions, costs, setting, target
+        )
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "job.pkl"
         with path.open("wb") as handle:
             pickle.dump(job, handle, protocol=pickle.HIGHEST_PROTOCOL)
         return path
 
-    def search(self, job_path: Path, grid: dict[str, list[float]], method: str = "grid",
-               output: Callable[[str], None] = logger.info) -> OptimizationResult:
+    def search(
+        self,
+        job_path: Path,
+        grid: dict[str, list[float]],
+        method: str = "grid",
+        output: Callable[[str], None] = logger.info,
+    ) -> OptimizationResult:
         """Every grid point (or a genetic search over the grid) in worker processes."""
         from vnpy.trader.optimize import OptimizationSetting, run_bf_optimization, run_ga_optimization
 
@@ -398,15 +468,23 @@ class Optimizer:
         evaluate: Any = functools.partial(evaluate_setting, str(job_path))  # vnpy hints a dict; it uses the tuple
         if method == "ga":
             size = len(setting.generate_settings())
-            results = run_ga_optimization(evaluate, setting, _target_of, max_workers=self.workers,
-                                          pop_size=min(40, max(4, size // 2)), ngen=10, output=output)
+            results = run_ga_optimization(
+                evaluate,
+                setting,
+                _target_of,
+                max_workers=self.workers,
+                pop_size=min(40, max(4, size // 2)),
+                ngen=10,
+                output=output,
+            )
         else:
             results = run_bf_optimization(evaluate, setting, _target_of, max_workers=self.workers, output=output)
         table, best = results_table(results, list(grid), target)
         return OptimizationResult(target, table, best, grid_edges(best, grid))
 
-    def walk_forward(self, job_path: Path, grid: dict[str, list[float]], folds: int,
-                     method: str = "grid") -> pd.DataFrame:
+    def walk_forward(
+        self, job_path: Path, grid: dict[str, list[float]], folds: int, method: str = "grid"
+    ) -> pd.DataFrame:
         """Optimise on each window, test the best settings on the next one; only out-of-sample rows are returned."""
         with job_path.open("rb") as handle:
             job: OptimizationJob = pickle.load(handle)
@@ -422,10 +500,20 @@ class Optimizer:
             found = self.search(fold_path, grid, method)
             _, bars, model = _worker_state(str(job_path))
             statistics = run_on_bars(job, bars, model, found.best, test[0], test[1])
-            rows.append({"fold": fold + 1, "optimised_from": train[0].date(), "optimised_to": train[1].date(),
-                         "tested_from": test[0].date(), "tested_to": test[1].date(), **found.best,
-                         **{key: statistics.get(key) for key in (job.target, "total_net_pnl", "total_return",
-                                                                 "max_ddpercent", "total_trade_count")}})
+            rows.append(
+                {
+                    "fold": fold + 1,
+                    "optimised_from": train[0].date(),
+                    "optimised_to": train[1].date(),
+                    "tested_from": test[0].date(),
+                    "tested_to": test[1].date(),
+                    **found.best,
+                    **{
+                        key: statistics.get(key)
+                        for key in (job.target, "total_net_pnl", "total_return", "max_ddpercent", "total_trade_count")
+                    },
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -480,29 +568,48 @@ def equity_curves(result: BacktestResult) -> pd.DataFrame:
     drawdown = daily["drawdown"].to_numpy(dtype="float64") if "drawdown" in daily else balance - peak
     ddpercent = daily["ddpercent"].to_numpy(dtype="float64") if "ddpercent" in daily else drawdown / peak * 100
     benchmark = benchmark_by_date(result).to_numpy()
-    return pd.DataFrame({
-        "balance": balance,
-        "buy_and_hold": benchmark,
-        "return_pct": (balance / capital - 1) * 100,
-        "buy_and_hold_return_pct": (benchmark / capital - 1) * 100,
-        "drawdown": drawdown,
-        "drawdown_pct": ddpercent,
-        "net_pnl": net_pnl,
-    }, index=daily_dates(daily))
+    return pd.DataFrame(
+        {
+            "balance": balance,
+            "buy_and_hold": benchmark,
+            "return_pct": (balance / capital - 1) * 100,
+            "buy_and_hold_return_pct": (benchmark / capital - 1) * 100,
+            "drawdown": drawdown,
+            "drawdown_pct": ddpercent,
+            "net_pnl": net_pnl,
+        },
+        index=daily_dates(daily),
+    )
 
 
 def report_statistics(result: BacktestResult) -> dict[str, Any]:
     """vnpy's statistics with what was run, as plain JSON (NaN and inf as null)."""
-    statistics: dict[str, Any] = json_safe({"vt_symbol": result.vt_symbol, "start": result.start, "end": result.end,
-                                            **result.statistics, "setting": result.setting})
+    statistics: dict[str, Any] = json_safe(
+        {
+            "vt_symbol": result.vt_symbol,
+            "start": result.start,
+            "end": result.end,
+            **result.statistics,
+            "setting": result.setting,
+        }
+    )
     return statistics
 
 
 def trades_frame(trades: Sequence[TradeData]) -> pd.DataFrame:
     """One row per trade: time in ISO form with its offset, vnpy's enums as their values."""
-    rows = [(trade.datetime.isoformat() if trade.datetime else None, getattr(trade.direction, "value", None),
-             getattr(trade.offset, "value", None), trade.price, trade.volume, trade.tradeid, trade.orderid)
-            for trade in trades]
+    rows = [
+        (
+            trade.datetime.isoformat() if trade.datetime else None,
+            getattr(trade.direction, "value", None),
+            getattr(trade.offset, "value", None),
+            trade.price,
+            trade.volume,
+            trade.tradeid,
+            trade.orderid,
+        )
+        for trade in trades
+    ]
     return pd.DataFrame(rows, columns=list(TRADE_COLUMNS))
 
 
@@ -521,11 +628,13 @@ def _statistic(value: Any, spec: str) -> str:
 def report_title(result: BacktestResult) -> str:
     """Symbol, range and the key statistics on two lines."""
     stats = result.statistics
-    return (f"{result.vt_symbol}   {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d}\n"
-            f"net P&L {_statistic(stats.get('total_net_pnl'), ',.0f')}   "
-            f"return {_statistic(stats.get('total_return'), '.2f')}%   "
-            f"max drawdown {_statistic(stats.get('max_ddpercent'), '.2f')}%   "
-            f"Sharpe {_statistic(stats.get('sharpe_ratio'), '.2f')}   trades {len(result.trades)}")
+    return (
+        f"{result.vt_symbol}   {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d}\n"
+        f"net P&L {_statistic(stats.get('total_net_pnl'), ',.0f')}   "
+        f"return {_statistic(stats.get('total_return'), '.2f')}%   "
+        f"max drawdown {_statistic(stats.get('max_ddpercent'), '.2f')}%   "
+        f"Sharpe {_statistic(stats.get('sharpe_ratio'), '.2f')}   trades {len(result.trades)}"
+    )
 
 
 def _plot_trades(ax: Axes, trades: Sequence[TradeData]) -> None:
@@ -541,8 +650,15 @@ def _plot_trades(ax: Axes, trades: Sequence[TradeData]) -> None:
     for label, marker, color, chosen in groups:
         if chosen:
             times = wall_clock(pd.DatetimeIndex([t.datetime for t in chosen]))
-            ax.scatter(times, [t.price for t in chosen], marker=marker, color=color, s=45, zorder=3,
-                       label=f"{label} ({len(chosen)})")
+            ax.scatter(
+                times,
+                [t.price for t in chosen],
+                marker=marker,
+                color=color,
+                s=45,
+                zorder=3,
+                label=f"{label} ({len(chosen)})",
+            )
     if not trades:
         ax.text(0.5, 0.9, "no trades", ha="center", va="center", fontsize=12, transform=ax.transAxes)
 
@@ -580,16 +696,27 @@ def results_figure(result: BacktestResult) -> Figure:
     drawdown_ax.set_ylabel("drawdown (%)")
 
     price_ax.set_title("Close price, trades and the model's prediction")
-    price_ax.plot(wall_clock(pd.DatetimeIndex(result.bars.index)), result.bars["close"].to_numpy(dtype="float64"),
-                  color="tab:blue", linewidth=0.8, label="close")
+    price_ax.plot(
+        wall_clock(pd.DatetimeIndex(result.bars.index)),
+        result.bars["close"].to_numpy(dtype="float64"),
+        color="tab:blue",
+        linewidth=0.8,
+        label="close",
+    )
     _plot_trades(price_ax, result.trades)
     price_ax.set_ylabel("price")
     price_ax.set_xlabel("date (China time)")
     signal_ax = price_ax.twinx()
     predictions = result.predictions.to_numpy(dtype="float64") * 1e4
     finite = int(np.isfinite(predictions).sum())
-    signal_ax.plot(wall_clock(pd.DatetimeIndex(result.predictions.index)), predictions, color="tab:purple",
-                   linewidth=0.6, alpha=0.4, label=f"prediction ({finite:,} of {len(predictions):,} bars)")
+    signal_ax.plot(
+        wall_clock(pd.DatetimeIndex(result.predictions.index)),
+        predictions,
+        color="tab:purple",
+        linewidth=0.6,
+        alpha=0.4,
+        label=f"prediction ({finite:,} of {len(predictions):,} bars)",
+    )
     signal_ax.axhline(0, color="tab:purple", linewidth=0.6, linestyle=":")
     signal_ax.set_ylabel("predicted return (bp)")
     price_ax.set_zorder(signal_ax.get_zorder() + 1)  # price and trades over the prediction line
@@ -619,17 +746,25 @@ def results_chart(result: BacktestResult) -> Any:
     from plotly.subplots import make_subplots
 
     curves = equity_curves(result)
-    chart = make_subplots(rows=4, cols=1, subplot_titles=["Balance", "Drawdown", "Daily Pnl", "Pnl Distribution"],
-                          vertical_spacing=0.06)
+    chart = make_subplots(
+        rows=4, cols=1, subplot_titles=["Balance", "Drawdown", "Daily Pnl", "Pnl Distribution"], vertical_spacing=0.06
+    )
     chart.add_trace(go.Scatter(x=curves.index, y=curves["balance"], mode="lines", name="Balance"), row=1, col=1)
-    chart.add_trace(go.Scatter(x=curves.index, y=curves["buy_and_hold"], mode="lines", name="Buy and hold"),
-                    row=1, col=1)
-    chart.add_trace(go.Scatter(x=curves.index, y=curves["drawdown"], fillcolor="red", fill="tozeroy", mode="lines",
-                               name="Drawdown"), row=2, col=1)
+    chart.add_trace(
+        go.Scatter(x=curves.index, y=curves["buy_and_hold"], mode="lines", name="Buy and hold"), row=1, col=1
+    )
+    chart.add_trace(
+        go.Scatter(
+            x=curves.index, y=curves["drawdown"], fillcolor="red", fill="tozeroy", mode="lines", name="Drawdown"
+        ),
+        row=2,
+        col=1,
+    )
     chart.add_trace(go.Bar(x=curves.index, y=curves["net_pnl"], name="Daily Pnl"), row=3, col=1)
     chart.add_trace(go.Histogram(x=curves["net_pnl"], nbinsx=100, name="Days"), row=4, col=1)
-    chart.update_layout(height=1000, width=1000, title_text=report_title(result).replace("\n", "<br>"),
-                        margin={"t": 120})
+    chart.update_layout(
+        height=1000, width=1000, title_text=report_title(result).replace("\n", "<br>"), margin={"t": 120}
+    )
     return chart
 
 
@@ -643,7 +778,8 @@ def write_report(result: BacktestResult, folder: Path, engine_chart: Any | None 
     staged = {name: temporary_path(path) for name, path in paths.items()}
     try:
         staged["statistics.json"].write_text(
-            json.dumps(report_statistics(result), ensure_ascii=False, indent=4, allow_nan=False), encoding="utf-8")
+            json.dumps(report_statistics(result), ensure_ascii=False, indent=4, allow_nan=False), encoding="utf-8"
+        )
         trades_frame(result.trades).to_csv(staged["trades.csv"], index=False)
         daily_frame(result).to_csv(staged["daily.csv"], index=False)
         plot_results(result, staged["report.png"])

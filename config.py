@@ -31,7 +31,9 @@ SAMPLE_TICKS_CSV: Path = SHARED_DATA_DIR / "SHFE.cu1909_ticks_20190916.csv"
 SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
 # the code that turns bars into predictions: part of the prediction cache key
 FEATURE_CODE_FILES: tuple[Path, ...] = (
-    PROJECT_DIR / "trading_calendar.py", PROJECT_DIR / "data_processor.py", PROJECT_DIR / "ml_model.py",
+    PROJECT_DIR / "trading_calendar.py",
+    PROJECT_DIR / "data_processor.py",
+    PROJECT_DIR / "ml_model.py",
 )
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
@@ -199,8 +201,11 @@ class MonitorSettings:
         for name in ("cpu_percent", "memory_percent", "disk_percent"):
             if not 0 < getattr(self, name) <= 100:
                 raise ConfigError(f"monitor.{name} 必须在 (0, 100]，收到 {getattr(self, name)} / must be a percentage")
-        _require_positive("monitor", self, ("check_interval_seconds", "stale_data_seconds",
-                                            "heartbeat_interval_seconds", "strategy_silence_seconds"))
+        _require_positive(
+            "monitor",
+            self,
+            ("check_interval_seconds", "stale_data_seconds", "heartbeat_interval_seconds", "strategy_silence_seconds"),
+        )
         if self.alert_throttle_seconds < 0:
             raise ConfigError(
                 f"monitor.alert_throttle_seconds 不能为负，收到 {self.alert_throttle_seconds} / must be ≥ 0"
@@ -273,9 +278,19 @@ class WatchdogSettings:
     def __post_init__(self) -> None:
         if not self.command.strip():
             raise ConfigError("watchdog.command 不能为空 / command is empty")
-        _require_positive("watchdog", self, ("heartbeat_timeout_seconds", "startup_grace_seconds",
-                                             "backoff_initial_seconds", "backoff_max_seconds", "max_crashes",
-                                             "crash_window_seconds", "stop_timeout_seconds"))
+        _require_positive(
+            "watchdog",
+            self,
+            (
+                "heartbeat_timeout_seconds",
+                "startup_grace_seconds",
+                "backoff_initial_seconds",
+                "backoff_max_seconds",
+                "max_crashes",
+                "crash_window_seconds",
+                "stop_timeout_seconds",
+            ),
+        )
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ConfigError("watchdog.backoff_max_seconds 不能小于 backoff_initial_seconds / max below initial")
         if self.lead_minutes < 0:
@@ -296,8 +311,13 @@ class AppSettings:
 
 
 SECTIONS: dict[str, type] = {
-    "database": DatabaseSettings, "model": ModelSettings, "risk": RiskSettings, "monitor": MonitorSettings,
-    "email": EmailSettings, "broker": BrokerSettings, "watchdog": WatchdogSettings,
+    "database": DatabaseSettings,
+    "model": ModelSettings,
+    "risk": RiskSettings,
+    "monitor": MonitorSettings,
+    "email": EmailSettings,
+    "broker": BrokerSettings,
+    "watchdog": WatchdogSettings,
 }
 
 
@@ -369,7 +389,7 @@ def load_settings(
                 _apply(section, merged[section], read_json_object(path), str(path))
     for section in SECTIONS:
         prefix = f"{ENV_PREFIX}{section.upper()}_"
-        raw = {key[len(prefix):].lower(): value for key, value in environ.items() if key.startswith(prefix)}
+        raw = {key[len(prefix) :].lower(): value for key, value in environ.items() if key.startswith(prefix)}
         _apply(section, merged[section], raw, f"环境变量 {prefix}*", from_env=True)
     parts = {section: cls(**merged[section]) for section, cls in SECTIONS.items()}
     return AppSettings(**parts)
@@ -647,8 +667,13 @@ class GuardedHandler:
                     self._traceback_at = now
                     self.log.exception("事件处理器 %s 出错（已忽略）/ event handler %s failed", self.name, self.name)
                 else:
-                    self.log.error("事件处理器 %s 又出错（第 %d 次，已忽略）/ event handler %s failed again: %r",
-                                   self.name, self.errors, self.name, exc)
+                    self.log.error(
+                        "事件处理器 %s 又出错（第 %d 次，已忽略）/ event handler %s failed again: %r",
+                        self.name,
+                        self.errors,
+                        self.name,
+                        exc,
+                    )
             except Exception:  # nothing may escape into the event engine
                 pass
 
@@ -811,8 +836,12 @@ class AuditLog:
 
     def write(self, event: str, **fields_: Any) -> None:
         """Append one event with the time (China, ISO) and process id."""
-        record = {"time": datetime.now(CHINA_TZ).isoformat(timespec="milliseconds"), "event": event,
-                  "pid": os.getpid(), **fields_}
+        record = {
+            "time": datetime.now(CHINA_TZ).isoformat(timespec="milliseconds"),
+            "event": event,
+            "pid": os.getpid(),
+            **fields_,
+        }
         line = redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

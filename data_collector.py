@@ -52,11 +52,21 @@ INTERVAL_STEPS: dict[Interval, timedelta] = {
     Interval.DAILY: timedelta(days=1),
 }
 SAMPLE_FORMAT: dict[str, str] = {
-    "date": "date", "time": "time", "open": "open", "high": "high", "low": "low", "close": "close",
+    "date": "date",
+    "time": "time",
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
     "volume": "totalvolume",
 }
 VNPY_FORMAT: dict[str, str] = {
-    "datetime": "datetime", "open": "open", "high": "high", "low": "low", "close": "close", "volume": "volume",
+    "datetime": "datetime",
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "volume": "volume",
 }
 MAX_PROBLEMS_SHOWN: int = 10
 WRITE_CHUNK: int = 50_000
@@ -173,7 +183,9 @@ def read_file_bytes(path: Path) -> bytes:
     except OSError as exc:
         raise DataError(f"无法读取 {path}：{exc.strerror} / cannot read") from None
     openers: dict[bytes, Callable[[bytes], bytes]] = {
-        b"BZh": bz2.decompress, b"\x1f\x8b": gzip.decompress, b"\xfd7zXZ": lzma.decompress
+        b"BZh": bz2.decompress,
+        b"\x1f\x8b": gzip.decompress,
+        b"\xfd7zXZ": lzma.decompress,
     }
     for magic, decompress in openers.items():
         if raw.startswith(magic):
@@ -187,7 +199,7 @@ def read_file_bytes(path: Path) -> bytes:
 def decode_text(path: Path, raw: bytes) -> bytes:
     """Check the bytes are UTF-8 text and strip a BOM; the error names the line of the first bad byte."""
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     if b"\x00" in raw[:65536]:
         raise DataError(f"{path}: 不是文本 CSV 文件（含二进制内容）/ binary file, not CSV")
     try:
@@ -216,8 +228,9 @@ def detect_layout(path: Path, header: list[str], layout: CsvLayout | None) -> Cs
         missing = [col for col in layout.columns.values() if col not in header and col.lower() not in lower]
         if missing:
             raise DataError(f"{path}: 表头中没有列 {missing}（表头：{header}）/ columns not in header")
-        return CsvLayout({key: lower.get(col.lower(), col) for key, col in layout.columns.items()},
-                         layout.datetime_format)
+        return CsvLayout(
+            {key: lower.get(col.lower(), col) for key, col in layout.columns.items()}, layout.datetime_format
+        )
     # The sample (a MultiCharts export) stamps the bar end; vnpy's DataManager export stamps the bar start.
     for known, timestamp in ((SAMPLE_FORMAT, "end"), (VNPY_FORMAT, "start")):
         if all(col in lower for col in known.values()):
@@ -246,15 +259,22 @@ def field_count_problems(text: bytes, expected: int) -> list[tuple[int, str]]:
         blanks = np.flatnonzero(np.isin(data, np.array([9, 13, 32], dtype=np.uint8)))
         content = lengths - np.bincount(np.searchsorted(newlines, blanks), minlength=lines)
         counts = [(int(i) + 1, int(commas[i]) + 1) for i in np.flatnonzero((content > 0) & (commas + 1 != expected))]
-    return [(line, f"有 {count} 个字段，应为 {expected} 个 / {count} fields, header has {expected}")
-            for line, count in counts if count != expected]
+    return [
+        (line, f"有 {count} 个字段，应为 {expected} 个 / {count} fields, header has {expected}")
+        for line, count in counts
+        if count != expected
+    ]
 
 
 def _tokenize(path: Path, text: bytes, columns: list[str]) -> pd.DataFrame:
     """Parse the CSV body; blank lines become all-NaN rows so the index still maps to line numbers."""
     try:
         return pd.read_csv(
-            io.BytesIO(text), usecols=columns, skip_blank_lines=False, skipinitialspace=True, encoding="utf-8",
+            io.BytesIO(text),
+            usecols=columns,
+            skip_blank_lines=False,
+            skipinitialspace=True,
+            encoding="utf-8",
             low_memory=False,
         )
     except pd.errors.ParserError as exc:
@@ -319,15 +339,20 @@ def bar_value_problems(frame: pd.DataFrame, shown: pd.DataFrame | None = None) -
     valid = np.isfinite(frame[list(BAR_FIELDS)]).all(axis=1)
     for name in PRICE_FIELDS:
         values = frame[name]
-        problems += [(i, f"{name} = {values.iloc[i]:g} 不是正数 / price not positive")
-                     for i in _where(valid & (values <= 0))]
+        problems += [
+            (i, f"{name} = {values.iloc[i]:g} 不是正数 / price not positive") for i in _where(valid & (values <= 0))
+        ]
     high, low = frame["high"], frame["low"]
     body_high = frame[["open", "close"]].max(axis=1)
     body_low = frame[["open", "close"]].min(axis=1)
-    problems += [(i, f"high {high.iloc[i]:g} 低于 max(open, close) {body_high.iloc[i]:g} / high below open or close")
-                 for i in _where(valid & (high < body_high))]
-    problems += [(i, f"low {low.iloc[i]:g} 高于 min(open, close) {body_low.iloc[i]:g} / low above open or close")
-                 for i in _where(valid & (low > body_low))]
+    problems += [
+        (i, f"high {high.iloc[i]:g} 低于 max(open, close) {body_high.iloc[i]:g} / high below open or close")
+        for i in _where(valid & (high < body_high))
+    ]
+    problems += [
+        (i, f"low {low.iloc[i]:g} 高于 min(open, close) {body_low.iloc[i]:g} / low above open or close")
+        for i in _where(valid & (low > body_low))
+    ]
     for name in ("volume", *OPTIONAL_FIELDS):
         values = frame[name]
         problems += [(i, f"{name} = {values.iloc[i]:g} 为负 / negative") for i in _where(valid & (values < 0))]
@@ -342,8 +367,9 @@ def _time_problems(frame: pd.DataFrame, time_text: pd.Series, step: timedelta) -
         step_ns = pd.Timedelta(step).value
         naive_ns = times.dt.tz_localize(None).to_numpy("datetime64[ns]").astype("int64")
         misaligned = times.notna().to_numpy() & (naive_ns % step_ns != 0)
-        problems += [(i, f"时间 {times.iloc[i]} 不在 {step} 的整点上 / not on the bar grid")
-                     for i in _where(misaligned)]
+        problems += [
+            (i, f"时间 {times.iloc[i]} 不在 {step} 的整点上 / not on the bar grid") for i in _where(misaligned)
+        ]
     return problems
 
 
@@ -447,13 +473,32 @@ SCHEMA: tuple[str, ...] = (
 )
 
 BAR_COLUMNS: tuple[str, ...] = (
-    "volume", "turnover", "open_interest", "open_price", "high_price", "low_price", "close_price"
+    "volume",
+    "turnover",
+    "open_interest",
+    "open_price",
+    "high_price",
+    "low_price",
+    "close_price",
 )
 TICK_COLUMNS: tuple[str, ...] = (
-    "name", "volume", "turnover", "open_interest", "last_price", "last_volume", "limit_up", "limit_down",
-    "open_price", "high_price", "low_price", "pre_close",
-    *(f"{side}_{kind}_{level}" for side, kind in (("bid", "price"), ("ask", "price"), ("bid", "volume"),
-                                                  ("ask", "volume")) for level in range(1, 6)),
+    "name",
+    "volume",
+    "turnover",
+    "open_interest",
+    "last_price",
+    "last_volume",
+    "limit_up",
+    "limit_down",
+    "open_price",
+    "high_price",
+    "low_price",
+    "pre_close",
+    *(
+        f"{side}_{kind}_{level}"
+        for side, kind in (("bid", "price"), ("ask", "price"), ("bid", "volume"), ("ask", "volume"))
+        for level in range(1, 6)
+    ),
     "localtime",
 )
 
@@ -576,7 +621,7 @@ def save_bar_frame(
         before = _count_bars(conn, key)
         changes = conn.total_changes
         for start in range(0, len(frame), WRITE_CHUNK):
-            conn.executemany(BAR_UPSERT, _bar_rows(frame.iloc[start:start + WRITE_CHUNK], key))
+            conn.executemany(BAR_UPSERT, _bar_rows(frame.iloc[start : start + WRITE_CHUNK], key))
             if progress:
                 progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
         written = conn.total_changes - changes
@@ -589,8 +634,16 @@ def save_bar_frame(
 def bars_to_frame(bars: Iterable[BarData]) -> pd.DataFrame:
     """vnpy bars as a frame with `datetime` and BAR_FIELDS."""
     rows = [
-        (bar.datetime, bar.open_price, bar.high_price, bar.low_price, bar.close_price, bar.volume, bar.turnover,
-         bar.open_interest)
+        (
+            bar.datetime,
+            bar.open_price,
+            bar.high_price,
+            bar.low_price,
+            bar.close_price,
+            bar.volume,
+            bar.turnover,
+            bar.open_interest,
+        )
         for bar in bars
     ]
     frame = pd.DataFrame(rows, columns=["datetime", *BAR_FIELDS])
@@ -605,11 +658,22 @@ def frame_to_bars(frame: pd.DataFrame, vt_symbol: str, interval: Interval = Inte
     if index.tz is None:
         raise DataError("K线时间必须带时区（Asia/Shanghai）/ bar times must be time-zone aware")
     times = index.tz_convert(CHINA_TZ).to_pydatetime()
-    columns = [frame[name].to_numpy(dtype="float64") if name in frame else np.zeros(len(frame))
-               for name in BAR_FIELDS]
+    columns = [frame[name].to_numpy(dtype="float64") if name in frame else np.zeros(len(frame)) for name in BAR_FIELDS]
     return [
-        BarData(gateway_name="DB", symbol=symbol, exchange=exchange, datetime=when, interval=interval,
-                open_price=o, high_price=h, low_price=lo, close_price=c, volume=v, turnover=t, open_interest=oi)
+        BarData(
+            gateway_name="DB",
+            symbol=symbol,
+            exchange=exchange,
+            datetime=when,
+            interval=interval,
+            open_price=o,
+            high_price=h,
+            low_price=lo,
+            close_price=c,
+            volume=v,
+            turnover=t,
+            open_interest=oi,
+        )
         for when, o, h, lo, c, v, t, oi in zip(times, *(column.tolist() for column in columns), strict=True)
     ]
 
@@ -721,9 +785,17 @@ def import_csv(
     finally:
         conn.close()
     return ImportResult(
-        path=Path(path), vt_symbol=vt_symbol, interval=bar_interval, rows=len(frame), duplicates_dropped=duplicates,
-        inserted=saved.inserted, updated=saved.updated, unchanged=saved.unchanged, stored=saved.stored,
-        first=frame["datetime"].iloc[0].to_pydatetime(), last=frame["datetime"].iloc[-1].to_pydatetime(),
+        path=Path(path),
+        vt_symbol=vt_symbol,
+        interval=bar_interval,
+        rows=len(frame),
+        duplicates_dropped=duplicates,
+        inserted=saved.inserted,
+        updated=saved.updated,
+        unchanged=saved.unchanged,
+        stored=saved.stored,
+        first=frame["datetime"].iloc[0].to_pydatetime(),
+        last=frame["datetime"].iloc[-1].to_pydatetime(),
         seconds=time.perf_counter() - started,
     )
 
@@ -785,7 +857,10 @@ def download_history(
         detail = "; ".join(messages) or "无详细信息"
         raise TransientError(f"数据服务初始化失败（{detail}）；请检查网络与账号后重试 / datafeed init failed")
     request = HistoryRequest(
-        symbol=symbol, exchange=exchange, start=to_china_time(start), end=to_china_time(end, end_of_day=True),
+        symbol=symbol,
+        exchange=exchange,
+        start=to_china_time(start),
+        end=to_china_time(end, end_of_day=True),
         interval=bar_interval,
     )
     bars = datafeed.query_bar_history(request, messages.append) or []
@@ -810,10 +885,18 @@ def download_history(
 
 # TickData field -> column of the tick CSV layout of the copper sample (tqsdk's recorded ticks); times China time
 TICK_CSV_COLUMNS: dict[str, str] = {
-    "last_price": "last_price", "high_price": "highest", "low_price": "lowest", "volume": "volume",
-    "turnover": "amount", "open_interest": "open_interest",
-    **{f"{side}_{kind}_{level}": f"{side}_{kind}{level}"
-       for side in ("bid", "ask") for kind in ("price", "volume") for level in range(1, 6)},
+    "last_price": "last_price",
+    "high_price": "highest",
+    "low_price": "lowest",
+    "volume": "volume",
+    "turnover": "amount",
+    "open_interest": "open_interest",
+    **{
+        f"{side}_{kind}_{level}": f"{side}_{kind}{level}"
+        for side in ("bid", "ask")
+        for kind in ("price", "volume")
+        for level in range(1, 6)
+    },
 }
 TICK_TOTALS: tuple[str, ...] = ("volume", "turnover", "open_interest")
 
@@ -834,12 +917,16 @@ def _tick_value_problems(times: pd.Series, values: dict[str, pd.Series]) -> list
     backwards = np.concatenate(([False], stamps[1:] < stamps[:-1])) & times.notna().to_numpy()
     problems += [(i, f"时间 {times.iloc[i]} 早于上一行 / time goes backwards") for i in _where(backwards)]
     last = values["last_price"]
-    problems += [(i, f"last_price {last.iloc[i]!r} 必须是正数 / price must be positive")
-                 for i in _where(~(np.isfinite(last) & (last > 0)))]
+    problems += [
+        (i, f"last_price {last.iloc[i]!r} 必须是正数 / price must be positive")
+        for i in _where(~(np.isfinite(last) & (last > 0)))
+    ]
     for name in TICK_TOTALS:
         column = values[name]
-        problems += [(i, f"{name} {column.iloc[i]!r} 必须是非负数 / must be a number ≥ 0")
-                     for i in _where(~(np.isfinite(column) & (column >= 0)))]
+        problems += [
+            (i, f"{name} {column.iloc[i]!r} 必须是非负数 / must be a number ≥ 0")
+            for i in _where(~(np.isfinite(column) & (column >= 0)))
+        ]
     for name, column in values.items():
         if name not in TICK_TOTALS and name != "last_price":  # empty depth levels are 0, as gateways send them
             problems += [(i, f"{name} {column.iloc[i]!r} 为负 / negative") for i in _where(column < 0)]
@@ -875,8 +962,9 @@ def read_tick_csv(path: str | Path, vt_symbol: str) -> list[TickData]:
     columns = {name: column.fillna(0.0).tolist() for name, column in values.items()}
     names = list(columns)
     return [
-        TickData(gateway_name="CSV", symbol=symbol, exchange=exchange, datetime=when,
-                 **dict(zip(names, row, strict=True)))
+        TickData(
+            gateway_name="CSV", symbol=symbol, exchange=exchange, datetime=when, **dict(zip(names, row, strict=True))
+        )
         for when, *row in zip(times.dt.to_pydatetime().tolist(), *columns.values(), strict=True)
     ]
 
@@ -888,8 +976,15 @@ def _stored_tick(row: tuple[Any, ...], symbol: str, exchange: Exchange) -> TickD
     localtime = fields.pop("localtime")
     name = fields.pop("name") or ""
     numbers = {key: float(value) if value is not None else 0.0 for key, value in fields.items()}
-    return TickData(gateway_name="DB", symbol=symbol, exchange=exchange, datetime=to_china_time(moment), name=name,
-                    localtime=to_china_time(localtime) if localtime else None, **numbers)
+    return TickData(
+        gateway_name="DB",
+        symbol=symbol,
+        exchange=exchange,
+        datetime=to_china_time(moment),
+        name=name,
+        localtime=to_china_time(localtime) if localtime else None,
+        **numbers,
+    )
 
 
 def load_tick_data(
@@ -949,8 +1044,15 @@ class DataCollector:
     The writer is a daemon thread: call stop() before the process exits, or the unflushed ticks are lost.
     """
 
-    def __init__(self, main_engine: Any, home: Home | str | Path | None = None, batch_size: int = 500,
-                 flush_interval: float = 1.0, max_pending: int = 200_000, database: Path | None = None) -> None:
+    def __init__(
+        self,
+        main_engine: Any,
+        home: Home | str | Path | None = None,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_pending: int = 200_000,
+        database: Path | None = None,
+    ) -> None:
         if batch_size < 1 or flush_interval <= 0 or max_pending < batch_size:
             raise DataError("batch_size ≥ 1、flush_interval > 0、max_pending ≥ batch_size / bad recorder settings")
         self.main_engine = main_engine
@@ -1083,14 +1185,17 @@ class DataCollector:
             return True
         except Exception:
             self._stats.write_errors += 1
-            logger.exception("行情写入失败，%d 条 tick、%d 根K线保留待重试 / write failed, kept for retry",
-                             len(self._ticks), len(self._bars))
+            logger.exception(
+                "行情写入失败，%d 条 tick、%d 根K线保留待重试 / write failed, kept for retry",
+                len(self._ticks),
+                len(self._bars),
+            )
             if self._conn is not None:  # transaction() has rolled back; reopen in case the connection itself broke
                 self._conn.close()
                 self._conn = None
             excess = len(self._ticks) - self.max_pending  # bound the retry buffer: drop the oldest, loudly
             if excess > 0:
-                del self._ticks[:excess], self._bars[:-self.max_pending]
+                del self._ticks[:excess], self._bars[: -self.max_pending]
                 self._stats.ticks_dropped += excess
                 logger.error("数据库持续不可写，已丢弃最早的 %d 条 tick / database unwritable, ticks dropped", excess)
             return False
@@ -1111,8 +1216,9 @@ class DataCollector:
                 time.sleep(0.2 * (attempt + 1))
             else:
                 self._stats.ticks_dropped += len(self._ticks)
-                logger.error("停止时写入失败，%d 条 tick、%d 根K线未保存 / not stored on stop",
-                             len(self._ticks), len(self._bars))
+                logger.error(
+                    "停止时写入失败，%d 条 tick、%d 根K线未保存 / not stored on stop", len(self._ticks), len(self._bars)
+                )
         finally:
             if self._conn is not None:
                 self._conn.close()

@@ -67,8 +67,9 @@ class CleaningReport:
             f"价格跳变（已标记 spike，未删除）：{len(self.spikes):,} / spikes flagged, kept",
         ]
         lines += [f"  {when}  收益 {ret:+.4f}  稳健 z={z:.1f}" for when, ret, z in self.spikes[:10]]
-        lines.append(f"换月跳空（已标记 roll_gap，标签不跨越）：{len(self.roll_gaps):,}，规则 {self.roll_rule}"
-                     " / roll gaps")
+        lines.append(
+            f"换月跳空（已标记 roll_gap，标签不跨越）：{len(self.roll_gaps):,}，规则 {self.roll_rule} / roll gaps"
+        )
         lines += [f"  {when}  跳空 {gap:+.4f}" for when, gap in self.roll_gaps[:20]]
         return lines
 
@@ -106,9 +107,7 @@ def robust_return_z(close: np.ndarray, skip: np.ndarray, window: int = 2000) -> 
     return returns, z
 
 
-def find_roll_gaps(
-    df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigmas: float
-) -> tuple[np.ndarray, str]:
+def find_roll_gaps(df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigmas: float) -> tuple[np.ndarray, str]:
     """Probable contract changes: an exact change of a `contract` column, else a large gap at a trading day's open.
 
     Without a contract column a roll cannot be told from a news gap; both break a label that spans them,
@@ -180,8 +179,10 @@ def clean_data(
     frame["roll_gap"] = roll
     frame["segment"] = np.cumsum(roll)
     gaps = np.r_[0.0, np.log(frame["open"].to_numpy()[1:] / frame["close"].to_numpy()[:-1])]
-    report.spikes = [(f"{t:%Y-%m-%d %H:%M}", float(r), float(s)) for t, r, s in
-                     zip(frame.index[spike], returns[spike], z[spike], strict=True)]
+    report.spikes = [
+        (f"{t:%Y-%m-%d %H:%M}", float(r), float(s))
+        for t, r, s in zip(frame.index[spike], returns[spike], z[spike], strict=True)
+    ]
     report.roll_gaps = [(f"{t:%Y-%m-%d %H:%M}", float(g)) for t, g in zip(frame.index[roll], gaps[roll], strict=True)]
     report.rows_out = len(frame)
     report.trading_days = int(day_open.sum())
@@ -216,13 +217,42 @@ FEATURE_WARMUP: int = 60  # rows 0..59 are NaN; row 60 on is complete
 FEATURE_VERSION: int = 1  # bump when any feature's definition changes: saved models then refuse to load
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"ret_{n}" for n in RETURN_HORIZONS),
-    "vol_15", "vol_60", "range_hl", "park_vol_30", "atr_14", "gap_open",
-    "body", "upper_wick", "lower_wick",
-    "sma_ratio_10", "sma_ratio_30", "sma_ratio_60", "sma_cross_10_60", "ema_ratio_20",
-    "macd", "macd_signal", "macd_diff", "efficiency_20",
-    "rsi_6", "rsi_14", "stoch_k_14", "stoch_d_14", "tsi", "bb_pband_20", "bb_width_20",
-    "volume_dev_30", "volume_z_60", "cmf_20", "mfi_14", "flow_imbalance_20",
-    "tod_sin", "tod_cos", "night", "session_progress", "day_return", "day_range_pos",
+    "vol_15",
+    "vol_60",
+    "range_hl",
+    "park_vol_30",
+    "atr_14",
+    "gap_open",
+    "body",
+    "upper_wick",
+    "lower_wick",
+    "sma_ratio_10",
+    "sma_ratio_30",
+    "sma_ratio_60",
+    "sma_cross_10_60",
+    "ema_ratio_20",
+    "macd",
+    "macd_signal",
+    "macd_diff",
+    "efficiency_20",
+    "rsi_6",
+    "rsi_14",
+    "stoch_k_14",
+    "stoch_d_14",
+    "tsi",
+    "bb_pband_20",
+    "bb_width_20",
+    "volume_dev_30",
+    "volume_z_60",
+    "cmf_20",
+    "mfi_14",
+    "flow_imbalance_20",
+    "tod_sin",
+    "tod_cos",
+    "night",
+    "session_progress",
+    "day_return",
+    "day_range_pos",
 )
 
 
@@ -344,9 +374,7 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
 # --- feature selection, scaling ----------------------------------------------------------------------
 
 
-def select_features(
-    features: pd.DataFrame, labels: pd.Series, count: int, max_correlation: float = 0.95
-) -> list[str]:
+def select_features(features: pd.DataFrame, labels: pd.Series, count: int, max_correlation: float = 0.95) -> list[str]:
     """Pick `count` features by absolute rank IC with the label, skipping near-duplicates; fit on training rows only."""
     usable = features.notna().all(axis=1) & labels.notna()
     if int(usable.sum()) < 100:
@@ -438,7 +466,11 @@ class Split:
 
 
 def split_chronological(
-    df: pd.DataFrame | int, train: float = 0.7, valid: float = 0.15, test: float = 0.15, gap: int = 0,
+    df: pd.DataFrame | int,
+    train: float = 0.7,
+    valid: float = 0.15,
+    test: float = 0.15,
+    gap: int = 0,
     horizon: int = 1,
 ) -> Split:
     """Consecutive train / validation / test parts in time order, `gap` ≥ `horizon` rows purged between parts."""
@@ -512,8 +544,9 @@ def make_windows(
     if rows is not None:
         clean &= (ends >= rows[0]) & (ends < rows[1])
     starts = ends[clean] - first_end
-    label_values = np.asarray(labels, dtype="float64")[starts + first_end] if labels is not None else np.full(
-        len(starts), np.nan)
+    label_values = (
+        np.asarray(labels, dtype="float64")[starts + first_end] if labels is not None else np.full(len(starts), np.nan)
+    )
     return Windows(view, starts, label_values, sequence_length)
 
 
@@ -539,8 +572,9 @@ class TrainingData:
 
     def windows(self, part: str) -> Windows:
         """LSTM windows whose last row lies in `part` (train, valid or test)."""
-        return make_windows(self.scaled, self.labels.to_numpy(), self.sequence_length, self.segment,
-                            self.split.parts()[part])
+        return make_windows(
+            self.scaled, self.labels.to_numpy(), self.sequence_length, self.segment, self.split.parts()[part]
+        )
 
 
 def prepare_training_data(
@@ -562,9 +596,20 @@ def prepare_training_data(
     train = chosen.iloc[start:stop]
     scaler = Scaler.fit(train[train.notna().all(axis=1)])
     scaled = scaler.transform(chosen.to_numpy())
-    return TrainingData(pd.DatetimeIndex(cleaned.index), names, chosen, labels, scaled, scaler, split,
-                        cleaned["segment"].to_numpy(), horizon, sequence_length, report,
-                        cleaned["close"].to_numpy(dtype="float64"))
+    return TrainingData(
+        pd.DatetimeIndex(cleaned.index),
+        names,
+        chosen,
+        labels,
+        scaled,
+        scaler,
+        split,
+        cleaned["segment"].to_numpy(),
+        horizon,
+        sequence_length,
+        report,
+        cleaned["close"].to_numpy(dtype="float64"),
+    )
 
 
 # --- online features (live trading and the strategy) -------------------------------------------------
@@ -636,8 +681,9 @@ class _Window:
 class FeatureState:
     """The feature vector of the latest bar, updated per bar in constant time; equal to `build_features`."""
 
-    def __init__(self, vt_symbol: str, names: Sequence[str] | None = None,
-                 eras: Sequence[SessionEra] | None = None) -> None:
+    def __init__(
+        self, vt_symbol: str, names: Sequence[str] | None = None, eras: Sequence[SessionEra] | None = None
+    ) -> None:
         self.eras = tuple(eras) if eras is not None else known_eras(vt_symbol)
         self._calendar = BarCalendar(self.eras)
         self.names = tuple(names) if names is not None else FEATURE_NAMES
@@ -679,8 +725,9 @@ class FeatureState:
 
     def update(self, bar: BarData) -> np.ndarray | None:
         """Feed one finished bar; the feature vector (in `names` order), or None while warming up."""
-        return self.update_values(bar.datetime, bar.open_price, bar.high_price, bar.low_price, bar.close_price,
-                                  bar.volume)
+        return self.update_values(
+            bar.datetime, bar.open_price, bar.high_price, bar.low_price, bar.close_price, bar.volume
+        )
 
     def update_values(self, when: datetime, o: float, h: float, lo: float, c: float, v: float) -> np.ndarray | None:
         """`update` for plain numbers; `when` is the bar start, time-zone aware."""
@@ -795,13 +842,43 @@ class FeatureState:
         self._prev_c = c
         self._prev_tp = typical
         return [
-            *rets, vol_15, vol_60, range_hl, park, atr, nan if first else math.log(o / prev_c),
-            math.log(c / o), (h - max(o, c)) / c, (min(o, c) - lo) / c,
-            c / sma10 - 1, c / sma30 - 1, c / sma60 - 1, sma10 / sma60 - 1, c / ema20 - 1,
-            macd / c, signal / c, (macd - signal) / c, efficiency,
-            rsis[0], rsis[1], stoch_k, stoch_d, tsi, pband, width,
-            volume_dev, volume_z, cmf, mfi, imbalance,
-            math.sin(angle), math.cos(angle), float(night), progress, math.log(c / self._day_open), day_pos,
+            *rets,
+            vol_15,
+            vol_60,
+            range_hl,
+            park,
+            atr,
+            nan if first else math.log(o / prev_c),
+            math.log(c / o),
+            (h - max(o, c)) / c,
+            (min(o, c) - lo) / c,
+            c / sma10 - 1,
+            c / sma30 - 1,
+            c / sma60 - 1,
+            sma10 / sma60 - 1,
+            c / ema20 - 1,
+            macd / c,
+            signal / c,
+            (macd - signal) / c,
+            efficiency,
+            rsis[0],
+            rsis[1],
+            stoch_k,
+            stoch_d,
+            tsi,
+            pband,
+            width,
+            volume_dev,
+            volume_z,
+            cmf,
+            mfi,
+            imbalance,
+            math.sin(angle),
+            math.cos(angle),
+            float(night),
+            progress,
+            math.log(c / self._day_open),
+            day_pos,
         ]
 
 

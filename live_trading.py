@@ -64,8 +64,9 @@ def _front(address: str, which: str) -> str:
     return text
 
 
-def ctp_setting(broker: BrokerSettings, secrets: Secrets, td_address: str | None = None,
-                md_address: str | None = None) -> dict[str, str]:
+def ctp_setting(
+    broker: BrokerSettings, secrets: Secrets, td_address: str | None = None, md_address: str | None = None
+) -> dict[str, str]:
     """vnpy_ctp's connect setting: the environment's fronts and ids, the command line's fronts, secrets from
     the environment or the encrypted file. Never written to disk."""
     preset = SIMNOW_FRONTS.get(broker.environment)
@@ -129,8 +130,10 @@ def load_strategy_configs(home: Home) -> dict[str, StrategyConfig]:
         setting = entry.get("setting", {})
         unknown = sorted(set(setting) - set(PredictiveTradingStrategy.parameters))
         if not isinstance(setting, dict) or unknown:
-            raise ConfigError(f"{where}: 未知参数 {unknown}（可用：{', '.join(PredictiveTradingStrategy.parameters)}）"
-                              " / unknown parameters")
+            raise ConfigError(
+                f"{where}: 未知参数 {unknown}（可用：{', '.join(PredictiveTradingStrategy.parameters)}）"
+                " / unknown parameters"
+            )
         data_collector.parse_vt_symbol(entry["vt_symbol"])
         configs[name] = StrategyConfig(name, class_name, entry["vt_symbol"], dict(setting))
     return configs
@@ -153,8 +156,12 @@ def reconcile_vnpy_setting(home: Home, config: StrategyConfig) -> list[str]:
 def live_costs(spec: ContractSpec, capital: float, simulated: bool) -> dict[str, Any]:
     """The strategy parameters that make its risk book charge what the account is charged (backtest: the same)."""
     slippage = spec.slippage_ticks * spec.pricetick if simulated else 0.0  # live fills carry their own slippage
-    return {"capital": capital, "commission_rate": spec.commission_rate, "margin_rate": spec.margin_rate,
-            "slippage_cost": slippage}
+    return {
+        "capital": capital,
+        "commission_rate": spec.commission_rate,
+        "margin_rate": spec.margin_rate,
+        "slippage_cost": slippage,
+    }
 
 
 class ConnectionWatch:
@@ -200,8 +207,9 @@ class ConnectionWatch:
         self.ready.wait(timeout)
         if self.failure:
             # a wrong password retried in a loop locks the account: exit 2 so the watchdog does not retry
-            raise ConfigError(f"{self.gateway_name} {self.failure}；请检查账号、密码、授权编码与经纪商代码 / "
-                              "login refused")
+            raise ConfigError(
+                f"{self.gateway_name} {self.failure}；请检查账号、密码、授权编码与经纪商代码 / login refused"
+            )
         if not self.ready.is_set():
             done = "、".join(step for step, ok in self.steps.items() if ok) or "无"
             raise TransientError(
@@ -232,10 +240,10 @@ class AITradingSystem:
         self.main_engine.add_gateway(CtpGateway)
         self.main_engine.add_gateway(SimGateway)
         self.cta_engine: Any = self.main_engine.add_app(CtaStrategyApp)
-        self.mailer = monitor.AlertMailer(settings.email, secrets.get("smtp_password"),
-                                          settings.monitor.alert_throttle_seconds, self.audit)
-        self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path,
-                                             home.root)
+        self.mailer = monitor.AlertMailer(
+            settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds, self.audit
+        )
+        self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path, home.root)
         self.collector: data_collector.DataCollector | None = None
         self.strategy_name = self.gateway_name = ""
         self.closed = self.engine_closed = False
@@ -253,17 +261,32 @@ class AITradingSystem:
         order = event.data
         if self._order_states.get(order.vt_orderid) != order.status.value:
             self._order_states[order.vt_orderid] = order.status.value
-            self.audit.write("order", vt_orderid=order.vt_orderid, vt_symbol=order.vt_symbol,
-                             direction=order.direction.value if order.direction else "",
-                             offset=order.offset.value, price=order.price, volume=order.volume,
-                             traded=order.traded, status=order.status.value, exchange_time=order.datetime)
+            self.audit.write(
+                "order",
+                vt_orderid=order.vt_orderid,
+                vt_symbol=order.vt_symbol,
+                direction=order.direction.value if order.direction else "",
+                offset=order.offset.value,
+                price=order.price,
+                volume=order.volume,
+                traded=order.traded,
+                status=order.status.value,
+                exchange_time=order.datetime,
+            )
 
     def _on_trade(self, event: Any) -> None:
         trade = event.data
-        self.audit.write("trade", vt_tradeid=trade.vt_tradeid, vt_orderid=trade.vt_orderid,
-                         vt_symbol=trade.vt_symbol, direction=trade.direction.value if trade.direction else "",
-                         offset=trade.offset.value, price=trade.price, volume=trade.volume,
-                         exchange_time=trade.datetime)
+        self.audit.write(
+            "trade",
+            vt_tradeid=trade.vt_tradeid,
+            vt_orderid=trade.vt_orderid,
+            vt_symbol=trade.vt_symbol,
+            direction=trade.direction.value if trade.direction else "",
+            offset=trade.offset.value,
+            price=trade.price,
+            volume=trade.volume,
+            exchange_time=trade.datetime,
+        )
 
     def _on_log(self, event: Any) -> None:
         """Gateway and engine log events into our log (redacted, one stream on stderr)."""
@@ -310,8 +333,13 @@ class AITradingSystem:
         while time.monotonic() < deadline:
             positions = [p for p in self.main_engine.get_all_positions() if p.vt_symbol == vt_symbol]
             if positions:
-                return float(sum(p.volume if p.direction == Direction.LONG else -p.volume for p in positions
-                                 if p.direction in (Direction.LONG, Direction.SHORT)))
+                return float(
+                    sum(
+                        p.volume if p.direction == Direction.LONG else -p.volume
+                        for p in positions
+                        if p.direction in (Direction.LONG, Direction.SHORT)
+                    )
+                )
             if self.main_engine.get_all_accounts():
                 seen_account_at = seen_account_at or time.monotonic()
                 if time.monotonic() - seen_account_at >= POSITION_SETTLE_SECONDS:
@@ -321,14 +349,17 @@ class AITradingSystem:
 
     # -- strategies --
 
-    def start_trading(self, config: StrategyConfig, adopt_position: bool = False,
-                      position_timeout: float = 30.0) -> bool:
+    def start_trading(
+        self, config: StrategyConfig, adopt_position: bool = False, position_timeout: float = 30.0
+    ) -> bool:
         """Register, init and (if the restored position matches the broker's) start one strategy; False when the
         position check stopped it (logged, audited, alerted)."""
         contract = self.main_engine.get_contract(config.vt_symbol)
         if contract is None:
-            raise ConfigError(f"网关中没有合约 {config.vt_symbol}；请在 settings/{STRATEGIES_FILE} 或 --vt-symbol "
-                              "指定可交易的具体合约（如 rb2605.SHFE）/ unknown contract")
+            raise ConfigError(
+                f"网关中没有合约 {config.vt_symbol}；请在 settings/{STRATEGIES_FILE} 或 --vt-symbol "
+                "指定可交易的具体合约（如 rb2605.SHFE）/ unknown contract"
+            )
         for change in reconcile_vnpy_setting(self.home, config):
             logger.info("vnpy 的策略配置已按 settings/%s 校正：%s / reconciled", STRATEGIES_FILE, change)
         self.cta_engine.load_strategy_class_from_module(STRATEGY_MODULE)  # before init_engine (GUIDE §6)
@@ -358,9 +389,11 @@ class AITradingSystem:
 
     def position_mismatch(self, config: StrategyConfig, remembered: float, broker: float) -> None:
         """Refuse to trade on a position the broker does not confirm; say how to fix it."""
-        message = (f"策略 {config.name} 记录的持仓 {remembered:g} 与券商持仓 {broker:g}（{config.vt_symbol}）不一致，"
-                   "未启动交易。核对后如以券商为准，请加 --adopt-broker-position 重新运行 trade / "
-                   "position mismatch, trading not started")
+        message = (
+            f"策略 {config.name} 记录的持仓 {remembered:g} 与券商持仓 {broker:g}（{config.vt_symbol}）不一致，"
+            "未启动交易。核对后如以券商为准，请加 --adopt-broker-position 重新运行 trade / "
+            "position mismatch, trading not started"
+        )
         logger.error("%s", message)
         self.audit.write("position_mismatch", strategy=config.name, strategy_pos=remembered, broker_pos=broker)
         self.mailer.send_alert(message, "CRITICAL", key=f"position_mismatch_{config.name}")
@@ -416,6 +449,7 @@ class AITradingSystem:
             gateway.query_account()
             gateway.query_position()
         if screenshot is not None:
+
             def capture() -> None:
                 window.resize(1600, 1000)
                 window.grab().save(str(screenshot))

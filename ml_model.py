@@ -79,9 +79,14 @@ class ModelConfig:
     @classmethod
     def from_settings(cls, settings: ModelSettings, **overrides: Any) -> ModelConfig:
         """The config of `settings/model.json` (plus overrides such as model_type or epochs)."""
-        base = cls(model_type=settings.model_type, sequence_length=settings.sequence_length,
-                   features_count=settings.features_count, horizon=settings.prediction_horizon,
-                   epochs=settings.epochs, batch_size=settings.batch_size)
+        base = cls(
+            model_type=settings.model_type,
+            sequence_length=settings.sequence_length,
+            features_count=settings.features_count,
+            horizon=settings.prediction_horizon,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+        )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
@@ -116,8 +121,9 @@ def score(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluation_table(prediction: np.ndarray, label: np.ndarray, last_return: np.ndarray,
-                     typical_size: float) -> dict[str, dict[str, float]]:
+def evaluation_table(
+    prediction: np.ndarray, label: np.ndarray, last_return: np.ndarray, typical_size: float
+) -> dict[str, dict[str, float]]:
     """The model beside the naive baselines: predict zero, and predict the sign of the last return."""
     return {
         "model": score(prediction, label),
@@ -150,7 +156,7 @@ def derive_threshold(prediction: np.ndarray, label: np.ndarray, cost: float) -> 
 
 def _keras_gates_to_onnx(matrix: np.ndarray, units: int) -> np.ndarray:
     """Keras orders LSTM gates i, f, c, o along the last axis; ONNX wants i, o, f, c."""
-    i, f, c, o = (matrix[..., k * units:(k + 1) * units] for k in range(4))
+    i, f, c, o = (matrix[..., k * units : (k + 1) * units] for k in range(4))
     return np.concatenate([i, o, f, c], axis=-1)
 
 
@@ -159,8 +165,10 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = [helper.make_node("Transpose", ["window"], ["seq"], perm=[1, 0, 2])]
-    weights: list[Any] = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-                          numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0")]
+    weights: list[Any] = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+    ]
     current = "seq"
     lstm_layers = [layer for layer in network.layers if layer.__class__.__name__ == "LSTM"]
     dense_layers = [layer for layer in network.layers if layer.__class__.__name__ == "Dense"]
@@ -170,11 +178,15 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
         w = _keras_gates_to_onnx(kernel, units).T[None]
         r = _keras_gates_to_onnx(recurrent, units).T[None]
         b = np.concatenate([_keras_gates_to_onnx(bias, units), np.zeros(4 * units, np.float32)])[None]
-        weights += [numpy_helper.from_array(w, f"W{n}"), numpy_helper.from_array(r, f"R{n}"),
-                    numpy_helper.from_array(b, f"B{n}")]
+        weights += [
+            numpy_helper.from_array(w, f"W{n}"),
+            numpy_helper.from_array(r, f"R{n}"),
+            numpy_helper.from_array(b, f"B{n}"),
+        ]
         last = n == len(lstm_layers) - 1
-        nodes.append(helper.make_node("LSTM", [current, f"W{n}", f"R{n}", f"B{n}"], [f"Y{n}", f"H{n}"],
-                                      hidden_size=units))
+        nodes.append(
+            helper.make_node("LSTM", [current, f"W{n}", f"R{n}", f"B{n}"], [f"Y{n}", f"H{n}"], hidden_size=units)
+        )
         if last:
             nodes.append(helper.make_node("Squeeze", [f"H{n}", "axis0"], ["dense_in"]))
             current = "dense_in"
@@ -195,7 +207,8 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
     weights.append(numpy_helper.from_array(np.array([label_scale], dtype=np.float32), "label_scale"))
     nodes.append(helper.make_node("Mul", [current, "label_scale"], ["prediction"]))
     graph = helper.make_graph(
-        nodes, "lstm_return_predictor",
+        nodes,
+        "lstm_return_predictor",
         [helper.make_tensor_value_info("window", TensorProto.FLOAT, [None, sequence_length, features])],
         [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])],
         weights,
@@ -210,8 +223,9 @@ def forest_to_onnx(forest: Any, features: int) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    onnx_model = convert_sklearn(forest, initial_types=[("row", FloatTensorType([None, features]))],
-                                 target_opset={"": 17, "ai.onnx.ml": 3})
+    onnx_model = convert_sklearn(
+        forest, initial_types=[("row", FloatTensorType([None, features]))], target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     return bytes(onnx_model.SerializeToString())
 
 
@@ -256,7 +270,7 @@ class FastPredictor:
 
         def work(worker: int) -> None:
             session = self.workers[worker]
-            for a, b in bounds[worker::len(self.workers)]:
+            for a, b in bounds[worker :: len(self.workers)]:
                 result = session.run([self.output_name], {self.input_name: self._inputs(chunk(a, b))})[0]
                 out[a:b] = result.reshape(-1)
 
@@ -291,7 +305,7 @@ def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed:
             return math.ceil(len(windows) / batch_size)
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-            chosen = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
+            chosen = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
             x = windows.take(chosen)
             y = (windows.labels[chosen] / label_scale).astype(np.float32)
             return x, y
@@ -427,20 +441,25 @@ class PricePredictionModel:
         class Report(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 logs = logs or {}
-                say(f"第 {epoch + 1} 轮 / epoch {epoch + 1}: loss {logs.get('loss', math.nan):.4f}, "
-                    f"val_loss {logs.get('val_loss', math.nan):.4f}")
+                say(
+                    f"第 {epoch + 1} 轮 / epoch {epoch + 1}: loss {logs.get('loss', math.nan):.4f}, "
+                    f"val_loss {logs.get('val_loss', math.nan):.4f}"
+                )
 
         callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience,
-                                          restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                              patience=max(1, self.config.patience // 2), min_lr=1e-5),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.config.patience, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, self.config.patience // 2), min_lr=1e-5
+            ),
             Report(),
         ]
         fitted = self.network.fit(
             _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed),
             validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None),
-            epochs=self.config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
+            epochs=self.config.epochs,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
         )
         self.history.loss = [float(x) for x in fitted.history.get("loss", [])]
         self.history.val_loss = [float(x) for x in fitted.history.get("val_loss", [])]
@@ -453,8 +472,11 @@ class PricePredictionModel:
         self.label_scale = 1.0
         rows = train.view[train.starts][:, -1, :]
         self.network = RandomForestRegressor(
-            n_estimators=self.config.trees, max_depth=self.config.max_depth,
-            min_samples_leaf=self.config.min_samples_leaf, max_features=0.5, n_jobs=self.config.n_jobs,
+            n_estimators=self.config.trees,
+            max_depth=self.config.max_depth,
+            min_samples_leaf=self.config.min_samples_leaf,
+            max_features=0.5,
+            n_jobs=self.config.n_jobs,
             random_state=self.config.seed,
         )
         self.network.fit(np.asarray(rows, dtype=np.float32), train.labels)
@@ -475,8 +497,11 @@ class PricePredictionModel:
         single = abs(self.fast.predict_one(sample[0]) - native[0]) if len(sample) else 0.0
         if max(difference, single) > FAST_TOLERANCE:
             raise ModelError(f"快速推理与原模型差异 {difference:.2e} 超过 {FAST_TOLERANCE:g} / fast path disagrees")
-        self.metadata["fast_path"] = {"engine": "onnxruntime", "checked_windows": len(sample),
-                                      "max_abs_difference": difference}
+        self.metadata["fast_path"] = {
+            "engine": "onnxruntime",
+            "checked_windows": len(sample),
+            "max_abs_difference": difference,
+        }
 
     # -- inference --
 
@@ -503,8 +528,9 @@ class PricePredictionModel:
             return fast.predict_chunks(len(windows), lambda a, b: windows.take(np.arange(a, b)))
         array = np.asarray(windows)
         if array.ndim != 3 or array.shape[1:] != (self.config.sequence_length, len(self.names)):
-            raise ModelError(f"输入形状 {array.shape} 应为 (n, {self.config.sequence_length}, {len(self.names)})"
-                             " / wrong input shape")
+            raise ModelError(
+                f"输入形状 {array.shape} 应为 (n, {self.config.sequence_length}, {len(self.names)}) / wrong input shape"
+            )
         return fast.predict(array)
 
     def predict_one(self, window: np.ndarray) -> float:
@@ -545,8 +571,9 @@ class PricePredictionModel:
                 joblib.dump(self.network, temp / model_file, compress=3)
             (temp / FAST_FILE).write_bytes(self.onnx_bytes)
             (temp / SCALER_FILE).write_text(json.dumps(self.scaler.to_dict(), indent=2), encoding="utf-8")
-            (temp / METRICS_FILE).write_text(json.dumps(json_safe(self.metrics), indent=2, ensure_ascii=False),
-                                             encoding="utf-8")
+            (temp / METRICS_FILE).write_text(
+                json.dumps(json_safe(self.metrics), indent=2, ensure_ascii=False), encoding="utf-8"
+            )
             files = {name: file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
             metadata = {
                 **self.metadata,
@@ -569,8 +596,9 @@ class PricePredictionModel:
                 "created_at": datetime.now(CHINA_TZ).isoformat(timespec="seconds"),
                 "files": files,
             }
-            (temp / METADATA_FILE).write_text(json.dumps(json_safe(metadata), indent=2, ensure_ascii=False),
-                                              encoding="utf-8")
+            (temp / METADATA_FILE).write_text(
+                json.dumps(json_safe(metadata), indent=2, ensure_ascii=False), encoding="utf-8"
+            )
         self.metadata = metadata
         self.path = target
         return target
@@ -643,8 +671,19 @@ def read_metadata(folder: Path) -> dict[str, Any]:
 def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | None) -> None:
     """Refuse a bundle whose files, features, shape or library versions do not match the running code."""
     retrain = "请重新训练 / retrain with the train command"
-    required = ("format", "model_type", "features", "feature_version", "sequence_length", "horizon", "label_scale",
-                "threshold", "config", "versions", "files")
+    required = (
+        "format",
+        "model_type",
+        "features",
+        "feature_version",
+        "sequence_length",
+        "horizon",
+        "label_scale",
+        "threshold",
+        "config",
+        "versions",
+        "files",
+    )
     missing = [key for key in required if key not in metadata]
     if missing:
         raise ModelError(f"模型包 {folder} 的元数据缺少 {missing}；{retrain}")
@@ -665,7 +704,8 @@ def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | N
     if unknown or metadata["feature_version"] != FEATURE_VERSION:
         raise ModelError(
             f"模型包 {folder} 用另一套特征训练（特征版本 {metadata['feature_version']}，当前 {FEATURE_VERSION}"
-            + (f"，未知特征 {unknown}" if unknown else "") + f"）；{retrain}"
+            + (f"，未知特征 {unknown}" if unknown else "")
+            + f"）；{retrain}"
         )
     if expect is not None:
         for key, wanted in (("sequence_length", expect.sequence_length), ("horizon", expect.horizon)):
@@ -675,9 +715,12 @@ def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | N
     if metadata["model_type"] == "lstm" and _major(saved.get("keras", "")) != _major(running["keras"]):
         raise ModelError(f"模型包 {folder} 由 Keras {saved.get('keras')} 保存，当前为 {running['keras']}；{retrain}")
     if metadata["model_type"] == "random_forest" and _minor(saved.get("scikit-learn", "")) != _minor(
-            running["scikit-learn"]):
-        raise ModelError(f"模型包 {folder} 由 scikit-learn {saved.get('scikit-learn')} 保存，当前为 "
-                         f"{running['scikit-learn']}；{retrain}")
+        running["scikit-learn"]
+    ):
+        raise ModelError(
+            f"模型包 {folder} 由 scikit-learn {saved.get('scikit-learn')} 保存，当前为 "
+            f"{running['scikit-learn']}；{retrain}"
+        )
 
 
 # --- training report ---------------------------------------------------------------------------------
@@ -692,8 +735,9 @@ def _report_cell(value: Any) -> str:
     return f"{float(value):.4g}" if math.isfinite(float(value)) else "n/a"
 
 
-def write_training_report(path: Path, history: TrainingHistory, prediction: np.ndarray, label: np.ndarray,
-                          metrics: dict[str, Any], title: str) -> Path:
+def write_training_report(
+    path: Path, history: TrainingHistory, prediction: np.ndarray, label: np.ndarray, metrics: dict[str, Any], title: str
+) -> Path:
     """A headless training report: loss curves, predicted vs realised on the test part, the metrics table."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -719,8 +763,9 @@ def write_training_report(path: Path, history: TrainingHistory, prediction: np.n
         loss_ax.legend()
         loss_ax.grid(alpha=0.3)
     else:
-        loss_ax.text(0.5, 0.5, "random forest: no epochs", ha="center", va="center", fontsize=13,
-                     transform=loss_ax.transAxes)
+        loss_ax.text(
+            0.5, 0.5, "random forest: no epochs", ha="center", va="center", fontsize=13, transform=loss_ax.transAxes
+        )
         loss_ax.set_axis_off()
 
     scatter_ax.set_title(f"Predicted vs realised, test part ({len(label):,} samples)")
@@ -732,9 +777,12 @@ def write_training_report(path: Path, history: TrainingHistory, prediction: np.n
         scatter_ax.plot(line, line, color="grey", linestyle="--", label="y = x")
         if np.std(x_bp) > 0:
             slope, intercept = np.polyfit(x_bp, y_bp, 1)
-            scatter_ax.plot(line, slope * line + intercept, color="tab:red",
-                            label=f"least squares: y = {slope:.3g} x {'-' if intercept < 0 else '+'} "
-                                  f"{abs(intercept):.3g} bp")
+            scatter_ax.plot(
+                line,
+                slope * line + intercept,
+                color="tab:red",
+                label=f"least squares: y = {slope:.3g} x {'-' if intercept < 0 else '+'} {abs(intercept):.3g} bp",
+            )
         scatter_ax.legend(loc="upper left")
     scatter_ax.set_xlabel("predicted return (bp)")
     scatter_ax.set_ylabel("realised return (bp)")
@@ -771,12 +819,20 @@ def write_training_report(path: Path, history: TrainingHistory, prediction: np.n
 # --- training runs: one bundle, walk-forward ---------------------------------------------------------
 
 
-def train_bundle(bars: pd.DataFrame, vt_symbol: str, interval: str, config: ModelConfig, path: Path,
-                 extra: dict[str, Any] | None = None, progress: Progress | None = None) -> PricePredictionModel:
+def train_bundle(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    config: ModelConfig,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> PricePredictionModel:
     """Prepare the bars, train, evaluate on the validation and test parts, save the bundle and its report.png."""
     say = progress or (lambda message: None)
-    data = prepare_training_data(bars, vt_symbol, config.horizon, config.sequence_length, config.features_count,
-                                 config.fractions)
+    data = prepare_training_data(
+        bars, vt_symbol, config.horizon, config.sequence_length, config.features_count, config.fractions
+    )
     for line in data.report.lines()[:1]:
         say(line)
     ranges = data.split.ranges(data.index)
@@ -785,13 +841,26 @@ def train_bundle(bars: pd.DataFrame, vt_symbol: str, interval: str, config: Mode
     model.train(data, progress)
     model.evaluate(data, "valid")
     metrics = model.evaluate(data, "test")
-    model.save_model(path, extra={
-        **(extra or {}), "vt_symbol": vt_symbol, "interval": interval, "ranges": ranges, "rows": len(data.index),
-        "data_fingerprint": data_fingerprint(data),
-    })
+    model.save_model(
+        path,
+        extra={
+            **(extra or {}),
+            "vt_symbol": vt_symbol,
+            "interval": interval,
+            "ranges": ranges,
+            "rows": len(data.index),
+            "data_fingerprint": data_fingerprint(data),
+        },
+    )
     test = data.windows("test")
-    write_training_report(path / "report.png", model.history, model.predict(test), test.labels, metrics,
-                          f"{vt_symbol} {config.model_type} {path.name}")
+    write_training_report(
+        path / "report.png",
+        model.history,
+        model.predict(test),
+        test.labels,
+        metrics,
+        f"{vt_symbol} {config.model_type} {path.name}",
+    )
     return model
 
 
@@ -806,8 +875,16 @@ class WalkForwardFold:
     model: PricePredictionModel
 
 
-def train_walk_forward(bars: pd.DataFrame, vt_symbol: str, interval: str, config: ModelConfig, models_dir: Path,
-                       name: str, folds: int, progress: Progress | None = None) -> list[WalkForwardFold]:
+def train_walk_forward(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    config: ModelConfig,
+    models_dir: Path,
+    name: str,
+    folds: int,
+    progress: Progress | None = None,
+) -> list[WalkForwardFold]:
     """One bundle per rolling fold (data_processor.fold_slices), each tested on the span after the previous one's
     test part; named `NAME-foldK`, the last (the current bundle) plain `NAME`."""
     say = progress or (lambda message: None)

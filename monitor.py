@@ -191,8 +191,10 @@ def smtp_error(exc: BaseException, settings: EmailSettings) -> AppError:
     where = f"{settings.host}:{settings.port}"
     error: type[AppError] = ConfigError
     if isinstance(exc, smtplib.SMTPAuthenticationError):
-        text = (f"SMTP 服务器 {where} 拒绝登录（用户 {settings.username}）：{_reply_text(exc)}；"
-                f"请检查 email.username 与 {SECRET_ENV['smtp_password']} / authentication refused")
+        text = (
+            f"SMTP 服务器 {where} 拒绝登录（用户 {settings.username}）：{_reply_text(exc)}；"
+            f"请检查 email.username 与 {SECRET_ENV['smtp_password']} / authentication refused"
+        )
     elif isinstance(exc, smtplib.SMTPNotSupportedError):
         text = f"SMTP 服务器 {where} 不支持所需功能：{exc}；请检查 email.security / the server does not support it"
     elif isinstance(exc, smtplib.SMTPRecipientsRefused):
@@ -203,8 +205,10 @@ def smtp_error(exc: BaseException, settings: EmailSettings) -> AppError:
         error = ConfigError if exc.smtp_code >= 500 else TransientError
         text = f"SMTP 服务器 {where} 拒收邮件 / message refused: {_reply_text(exc)}"
     elif isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        text = (f"与 {where} 的 TLS 握手失败：{exc.reason or exc}；请检查 email.security 与 email.port / "
-                "TLS handshake failed")
+        text = (
+            f"与 {where} 的 TLS 握手失败：{exc.reason or exc}；请检查 email.security 与 email.port / "
+            "TLS handshake failed"
+        )
     else:
         error = TransientError
         text = f"无法通过 {where} 发送邮件：{_failure_reason(exc, settings.timeout_seconds)} / cannot send e-mail"
@@ -214,9 +218,16 @@ def smtp_error(exc: BaseException, settings: EmailSettings) -> AppError:
 class AlertMailer:
     """Sends alerts by e-mail from one background thread: throttled, de-duplicated, retried, never blocking."""
 
-    def __init__(self, settings: EmailSettings, password: str, throttle_seconds: float,
-                 audit: AuditLog | None = None, clock: Callable[[], float] = time.monotonic,
-                 retry_initial: float = 1.0, retry_max: float = 60.0) -> None:
+    def __init__(
+        self,
+        settings: EmailSettings,
+        password: str,
+        throttle_seconds: float,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+    ) -> None:
         self.settings = settings
         self._password = password
         if password:
@@ -251,8 +262,13 @@ class AlertMailer:
         with self._cond:
             waiting = len(self._queue) + (self._current is not None)
             counts = dict(self._counts)
-        return MailerStats(waiting, counts.get("delivered", 0), counts.get("merged", 0),
-                           counts.get("failed_attempts", 0), counts.get("dropped", 0))
+        return MailerStats(
+            waiting,
+            counts.get("delivered", 0),
+            counts.get("merged", 0),
+            counts.get("failed_attempts", 0),
+            counts.get("dropped", 0),
+        )
 
     def start(self) -> None:
         """Start the background sender thread (idempotent; nothing to start when mail is off or stopped)."""
@@ -373,12 +389,20 @@ class AlertMailer:
     def _body(self, alert: Alert) -> str:
         """The mail text of one alert, with the merged repeats if any."""
         at = (alert.at or datetime.now(CHINA_TZ)).isoformat(timespec="seconds")
-        lines = [f"级别 / severity: {alert.severity}", f"时间 / time: {at}",
-                 f"主机 / host: {self._hostname}（进程 / pid {os.getpid()}）", "", alert.message]
+        lines = [
+            f"级别 / severity: {alert.severity}",
+            f"时间 / time: {at}",
+            f"主机 / host: {self._hostname}（进程 / pid {os.getpid()}）",
+            "",
+            alert.message,
+        ]
         if alert.count:
             span = max(0.0, self._clock() - alert.first_seen)
-            lines += ["", f"此前 {alert.count} 次相同告警在节流窗口内已合并（{span:.0f} 秒内）/ "
-                          f"{alert.count} repeats merged within the throttle window (over {span:.0f} s)"]
+            lines += [
+                "",
+                f"此前 {alert.count} 次相同告警在节流窗口内已合并（{span:.0f} 秒内）/ "
+                f"{alert.count} repeats merged within the throttle window (over {span:.0f} s)",
+            ]
         return "\n".join(lines) + "\n"
 
     def _enqueue(self, mail: _Mail) -> bool:
@@ -396,8 +420,9 @@ class AlertMailer:
             logger.warning("邮件发送已停止，未发送 / mailer stopped, not mailed: %s", mail.subject)
             return False
         if dropped is not None:
-            logger.warning("告警队列已满（%d），丢弃最早的一封 / queue full, dropped the oldest: %s",
-                           MAX_QUEUE, dropped.subject)
+            logger.warning(
+                "告警队列已满（%d），丢弃最早的一封 / queue full, dropped the oldest: %s", MAX_QUEUE, dropped.subject
+            )
         self.start()
         return True
 
@@ -419,8 +444,12 @@ class AlertMailer:
                 with self._cond:
                     self._counts["failed_attempts"] += 1
                 reason = exc if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
-                logger.warning("告警邮件发送失败，%.1f 秒后重试 / alert mail failed, retrying in %.1f s: %s",
-                               backoff, backoff, reason)
+                logger.warning(
+                    "告警邮件发送失败，%.1f 秒后重试 / alert mail failed, retrying in %.1f s: %s",
+                    backoff,
+                    backoff,
+                    reason,
+                )
                 self._pause(backoff)
                 backoff = min(backoff * 2, self._retry_max)
             else:
@@ -476,10 +505,16 @@ class AlertMailer:
         """An open SMTP connection secured as the settings say (certificates verified)."""
         settings = self.settings
         if settings.security == "ssl":
-            return smtplib.SMTP_SSL(settings.host, settings.port, local_hostname=self._hostname,
-                                    timeout=settings.timeout_seconds, context=ssl.create_default_context())
-        smtp = smtplib.SMTP(settings.host, settings.port, local_hostname=self._hostname,
-                            timeout=settings.timeout_seconds)
+            return smtplib.SMTP_SSL(
+                settings.host,
+                settings.port,
+                local_hostname=self._hostname,
+                timeout=settings.timeout_seconds,
+                context=ssl.create_default_context(),
+            )
+        smtp = smtplib.SMTP(
+            settings.host, settings.port, local_hostname=self._hostname, timeout=settings.timeout_seconds
+        )
         if settings.security == "starttls":
             try:
                 smtp.starttls(context=ssl.create_default_context())
@@ -551,18 +586,33 @@ def measure_resources(disk_path: Path, cpu_interval: float | None = None) -> Res
     """CPU, memory and disk use in percent (psutil); the first CPU figure of a process may read 0."""
     folder = existing_folder(disk_path)
     rss = psutil.Process().memory_info().rss / 2**20
-    return ResourceUsage(float(psutil.cpu_percent(interval=cpu_interval)), float(psutil.virtual_memory().percent),
-                         float(psutil.disk_usage(str(folder)).percent), str(folder), round(rss, 1))
+    return ResourceUsage(
+        float(psutil.cpu_percent(interval=cpu_interval)),
+        float(psutil.virtual_memory().percent),
+        float(psutil.disk_usage(str(folder)).percent),
+        str(folder),
+        round(rss, 1),
+    )
 
 
 def resource_issues(usage: ResourceUsage, settings: MonitorSettings) -> list[HealthIssue]:
     """An issue for each figure at or above its threshold."""
-    rows = (("cpu", "CPU 使用率", "CPU usage", usage.cpu_percent, settings.cpu_percent),
-            ("memory", "内存使用率", "memory usage", usage.memory_percent, settings.memory_percent),
-            ("disk", f"磁盘使用率（{usage.disk_path}）", f"disk usage ({usage.disk_path})", usage.disk_percent,
-             settings.disk_percent))
-    return [HealthIssue(check, f"{zh} {value:.1f}% ≥ 阈值 {limit:g}% / {en} {value:.1f}% at or above {limit:g}%",
-                        "WARNING") for check, zh, en, value, limit in rows if value >= limit]
+    rows = (
+        ("cpu", "CPU 使用率", "CPU usage", usage.cpu_percent, settings.cpu_percent),
+        ("memory", "内存使用率", "memory usage", usage.memory_percent, settings.memory_percent),
+        (
+            "disk",
+            f"磁盘使用率（{usage.disk_path}）",
+            f"disk usage ({usage.disk_path})",
+            usage.disk_percent,
+            settings.disk_percent,
+        ),
+    )
+    return [
+        HealthIssue(check, f"{zh} {value:.1f}% ≥ 阈值 {limit:g}% / {en} {value:.1f}% at or above {limit:g}%", "WARNING")
+        for check, zh, en, value, limit in rows
+        if value >= limit
+    ]
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -572,9 +622,15 @@ def _iso(when: datetime | None) -> str | None:
 class SystemMonitor:
     """Watches resources, gateway, market data and strategies from vnpy events; writes the heartbeat; alerts."""
 
-    def __init__(self, settings: MonitorSettings, mailer: AlertMailer, audit: AuditLog | None = None,
-                 heartbeat_path: Path | None = None, disk_path: Path = Path("."),
-                 clock: Callable[[], datetime] = lambda: datetime.now(CHINA_TZ)) -> None:
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        mailer: AlertMailer,
+        audit: AuditLog | None = None,
+        heartbeat_path: Path | None = None,
+        disk_path: Path = Path("."),
+        clock: Callable[[], datetime] = lambda: datetime.now(CHINA_TZ),
+    ) -> None:
         self.settings = settings
         self.mailer = mailer
         self._audit = audit
@@ -583,7 +639,9 @@ class SystemMonitor:
         self._clock = clock
         self._summary_time: clock_time | None = (
             parse_clock(settings.daily_summary_time, "monitor.daily_summary_time")
-            if settings.daily_summary_time else None)
+            if settings.daily_summary_time
+            else None
+        )
         self._lock = threading.RLock()
         self._product = ""
         self._engine: Any = None
@@ -603,8 +661,13 @@ class SystemMonitor:
         self._issues: list[HealthIssue] = []
         self._guards: dict[str, GuardedHandler] = {
             name: guarded(f"monitor.{name}", handler, logger)
-            for name, handler in (("timer", self._handle_timer), ("tick", self._handle_tick),
-                                  ("strategy", self._handle_strategy), ("trade", self._handle_trade))}
+            for name, handler in (
+                ("timer", self._handle_timer),
+                ("tick", self._handle_tick),
+                ("strategy", self._handle_strategy),
+                ("trade", self._handle_trade),
+            )
+        }
 
     # --- wiring --------------------------------------------------------------------------------------------
 
@@ -618,8 +681,11 @@ class SystemMonitor:
             self._product = product_of(product) if "." in product else product
             self._started = self._last_check = self._last_timer = self._clock()
         pairs: list[tuple[str, Callable[[Any], None]]] = [
-            (EVENT_TIMER, self.on_timer), (EVENT_TICK, self.on_tick),
-            (EVENT_CTA_STRATEGY, self.on_strategy), (EVENT_TRADE, self.on_trade)]
+            (EVENT_TIMER, self.on_timer),
+            (EVENT_TICK, self.on_tick),
+            (EVENT_CTA_STRATEGY, self.on_strategy),
+            (EVENT_TRADE, self.on_trade),
+        ]
         for event_type, handler in pairs:
             event_engine.register(event_type, handler)
         self._engine, self._registered = event_engine, pairs
@@ -695,8 +761,11 @@ class SystemMonitor:
         with self._lock:
             default = "已登录 / logged in" if connected else "已断开 / disconnected"
             self._gateway = (connected, detail or default, now)
-        logger.info("网关状态 / gateway state: %s %s", "已连接 / connected" if connected else "未连接 / not connected",
-                    redact(detail))
+        logger.info(
+            "网关状态 / gateway state: %s %s",
+            "已连接 / connected" if connected else "未连接 / not connected",
+            redact(detail),
+        )
 
     def set_model_loaded(self, strategy_name: str, loaded: bool) -> None:
         """Record whether a strategy's model is loaded (besides its model_name variable)."""
@@ -750,8 +819,9 @@ class SystemMonitor:
 
     def _gateway_issue(self) -> HealthIssue:
         connected, detail, since = self._gateway
-        return HealthIssue("gateway", f"交易网关未连接（{redact(detail)}，自 {_iso(since)}）/ gateway not connected",
-                           "CRITICAL")
+        return HealthIssue(
+            "gateway", f"交易网关未连接（{redact(detail)}，自 {_iso(since)}）/ gateway not connected", "CRITICAL"
+        )
 
     def _market_data_issues(self, now: datetime) -> list[HealthIssue]:
         product = self._product_or_default()
@@ -759,9 +829,15 @@ class SystemMonitor:
         silent = (now - (self._last_tick or self._started)).total_seconds()
         if silent < limit or not self._session_held(now, limit, product):
             return []
-        return [HealthIssue("market_data", f"行情停滞：{product} 交易时段内已 {silent:.0f} 秒没有行情 / "
-                                           f"market data stale: no tick for {silent:.0f} s during the session",
-                            "WARNING", product)]
+        return [
+            HealthIssue(
+                "market_data",
+                f"行情停滞：{product} 交易时段内已 {silent:.0f} 秒没有行情 / "
+                f"market data stale: no tick for {silent:.0f} s during the session",
+                "WARNING",
+                product,
+            )
+        ]
 
     def _strategy_issues(self, name: str, state: _StrategyState, now: datetime) -> list[HealthIssue]:
         variables = state.variables
@@ -770,15 +846,22 @@ class SystemMonitor:
             limit = self.settings.strategy_silence_seconds
             silent = (now - state.last_event).total_seconds()
             if silent >= limit and self._session_held(now, limit, self._strategy_product(state)):
-                issues.append(HealthIssue("strategy_silent", f"策略 {name} 交易时段内已 {silent:.0f} 秒没有更新 / "
-                                                             f"strategy silent for {silent:.0f} s", "WARNING", name))
+                issues.append(
+                    HealthIssue(
+                        "strategy_silent",
+                        f"策略 {name} 交易时段内已 {silent:.0f} 秒没有更新 / strategy silent for {silent:.0f} s",
+                        "WARNING",
+                        name,
+                    )
+                )
         loaded = state.model_loaded if state.model_loaded is not None else bool(variables.get("model_name"))
         if (state.model_loaded is not None or variables.get("inited")) and not loaded:
             issues.append(HealthIssue("model", f"策略 {name} 的模型未加载 / model not loaded", "CRITICAL", name))
         risk = str(variables.get("risk_state") or "")
         if risk.upper().startswith("HALTED"):
-            issues.append(HealthIssue("risk", f"策略 {name} 风控已停止交易：{risk} / risk halted trading",
-                                      "CRITICAL", name))
+            issues.append(
+                HealthIssue("risk", f"策略 {name} 风控已停止交易：{risk} / risk halted trading", "CRITICAL", name)
+            )
         return issues
 
     def _strategy_product(self, state: _StrategyState) -> str:
@@ -802,8 +885,11 @@ class SystemMonitor:
                 self._heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(self._heartbeat_path, data)
         except OSError as exc:
-            self.mailer.send_alert(f"心跳文件 {self._heartbeat_path} 写入失败：{exc} / cannot write the heartbeat",
-                                   "CRITICAL", key="heartbeat:")
+            self.mailer.send_alert(
+                f"心跳文件 {self._heartbeat_path} 写入失败：{exc} / cannot write the heartbeat",
+                "CRITICAL",
+                key="heartbeat:",
+            )
 
     def _maybe_send_summary(self, now: datetime) -> None:
         """Send the daily summary when the clock crosses daily_summary_time (once a day)."""
@@ -835,30 +921,40 @@ class SystemMonitor:
     def _summary_text(self, when: datetime, digest: AlertDigest, trades: int) -> str:
         status = self.status()
         counts = ", ".join(f"{level} {digest.counts.get(level, 0)}" for level in reversed(SEVERITIES))
-        lines = [f"每日汇总 / daily summary {when.date()}（{status['product'] or '-'}）", "",
-                 f"告警 / alerts: {counts}"]
+        lines = [
+            f"每日汇总 / daily summary {when.date()}（{status['product'] or '-'}）",
+            "",
+            f"告警 / alerts: {counts}",
+        ]
         for alert in digest.alerts[-20:]:
             at = alert.at.strftime("%H:%M:%S") if alert.at else "--:--:--"
             repeats = f"（另有 {alert.count} 次重复 / +{alert.count} repeats）" if alert.count else ""
-            lines.append(f"  {at} [{alert.severity}] {alert.message.splitlines()[0] if alert.message else ''}"
-                         f"{repeats}")
+            lines.append(f"  {at} [{alert.severity}] {alert.message.splitlines()[0] if alert.message else ''}{repeats}")
         usage = status["resources"] or {}
-        lines += ["", f"资源 / resources: CPU {usage.get('cpu_percent', 0):.1f}%，内存 / memory "
-                      f"{usage.get('memory_percent', 0):.1f}%，磁盘 / disk {usage.get('disk_percent', 0):.1f}%，"
-                      f"进程内存 / process RSS {usage.get('process_rss_mb', 0):.0f} MB"]
+        lines += [
+            "",
+            f"资源 / resources: CPU {usage.get('cpu_percent', 0):.1f}%，内存 / memory "
+            f"{usage.get('memory_percent', 0):.1f}%，磁盘 / disk {usage.get('disk_percent', 0):.1f}%，"
+            f"进程内存 / process RSS {usage.get('process_rss_mb', 0):.0f} MB",
+        ]
         gateway = status["gateway"]
-        lines.append(f"网关 / gateway: {'已连接 / connected' if gateway['connected'] else '未连接 / not connected'}"
-                     f"（{gateway['detail']}）")
+        lines.append(
+            f"网关 / gateway: {'已连接 / connected' if gateway['connected'] else '未连接 / not connected'}"
+            f"（{gateway['detail']}）"
+        )
         market = status["market_data"]
-        lines.append(f"行情 / market data: 最后行情 / last tick {market['last_tick'] or '-'}，"
-                     f"共 / ticks {market['ticks']}")
+        lines.append(
+            f"行情 / market data: 最后行情 / last tick {market['last_tick'] or '-'}，共 / ticks {market['ticks']}"
+        )
         lines.append(f"成交 / trades: {trades}")
         lines.append("策略 / strategies:" + ("" if status["strategies"] else " -"))
         for name, info in status["strategies"].items():
-            lines.append(f"  {name} {info['vt_symbol']}: 持仓 / pos {info['pos']}，"
-                         f"风控 / risk {info['risk_state'] or '-'}，"
-                         f"预测 / prediction {info['prediction_value']}，模型 / model {info['model_name'] or '-'}，"
-                         f"交易中 / trading {info['trading']}，最后更新 / last event {info['last_event'] or '-'}")
+            lines.append(
+                f"  {name} {info['vt_symbol']}: 持仓 / pos {info['pos']}，"
+                f"风控 / risk {info['risk_state'] or '-'}，"
+                f"预测 / prediction {info['prediction_value']}，模型 / model {info['model_name'] or '-'}，"
+                f"交易中 / trading {info['trading']}，最后更新 / last event {info['last_event'] or '-'}"
+            )
         return "\n".join(lines) + "\n"
 
     def status(self) -> dict[str, Any]:
@@ -866,20 +962,32 @@ class SystemMonitor:
         now = self._clock()
         with self._lock:
             connected, detail, since = self._gateway
-            strategies = {name: {
-                "vt_symbol": state.vt_symbol,
-                **{key: state.variables.get(key) for key in ("inited", "trading", "pos", "model_name", "risk_state",
-                                                             "prediction_value")},
-                "model_loaded": state.model_loaded, "last_event": _iso(state.last_event),
-            } for name, state in sorted(self._strategies.items())}
+            strategies = {
+                name: {
+                    "vt_symbol": state.vt_symbol,
+                    **{
+                        key: state.variables.get(key)
+                        for key in ("inited", "trading", "pos", "model_name", "risk_state", "prediction_value")
+                    },
+                    "model_loaded": state.model_loaded,
+                    "last_event": _iso(state.last_event),
+                }
+                for name, state in sorted(self._strategies.items())
+            }
             return {
-                "time": _iso(now), "product": self._product, "attached": self._engine is not None,
+                "time": _iso(now),
+                "product": self._product,
+                "attached": self._engine is not None,
                 "gateway": {"connected": connected, "detail": redact(detail), "since": _iso(since)},
                 "market_data": {"last_tick": _iso(self._last_tick), "ticks": self._ticks},
-                "trades": self._trades, "trades_total": self._trades_total, "strategies": strategies,
+                "trades": self._trades,
+                "trades_total": self._trades_total,
+                "strategies": strategies,
                 "resources": None if self._resources is None else asdict(self._resources),
-                "heartbeat": {"path": None if self._heartbeat_path is None else str(self._heartbeat_path),
-                              "last": _iso(self._last_heartbeat)},
+                "heartbeat": {
+                    "path": None if self._heartbeat_path is None else str(self._heartbeat_path),
+                    "last": _iso(self._last_heartbeat),
+                },
                 "issues": [asdict(issue) for issue in self._issues],
                 "handler_errors": sum(guard.errors for guard in self._guards.values()),
                 "mailer": asdict(self.mailer.stats),
@@ -891,8 +999,9 @@ class SystemMonitor:
 
 def build_parser() -> argparse.ArgumentParser:
     """The monitor's command line."""
-    parser = argparse.ArgumentParser(prog="monitor.py",
-                                     description="资源检查与告警邮件 / resource check and alert e-mail")
+    parser = argparse.ArgumentParser(
+        prog="monitor.py", description="资源检查与告警邮件 / resource check and alert e-mail"
+    )
     parser.add_argument("--home", help="主目录（默认 AI_TRADER_HOME 或项目目录）/ home folder")
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--test-email", action="store_true", help="发送一封测试邮件 / send one test e-mail")
@@ -906,8 +1015,10 @@ def send_test_email(home: Home, settings: AppSettings) -> int:
     mailer = AlertMailer(settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds)
     email = settings.email
     now = datetime.now(CHINA_TZ).isoformat(timespec="seconds")
-    body = (f"这是一封来自 AI 交易台的测试邮件。\nThis is a test e-mail from the AI trading desk.\n\n"
-            f"主机 / host: {socket.gethostname()}\n时间 / time: {now}\n主目录 / home: {home.root}\n")
+    body = (
+        f"这是一封来自 AI 交易台的测试邮件。\nThis is a test e-mail from the AI trading desk.\n\n"
+        f"主机 / host: {socket.gethostname()}\n时间 / time: {now}\n主目录 / home: {home.root}\n"
+    )
     mailer.send_now(f"{SUBJECT_PREFIX} 测试邮件 / test e-mail", body)
     print(f"测试邮件已发送到 {', '.join(email.recipient_list)}（经 {email.host}:{email.port}）/ test e-mail sent")
     return 0
@@ -916,9 +1027,11 @@ def send_test_email(home: Home, settings: AppSettings) -> int:
 def print_check(home: Home, settings: MonitorSettings) -> int:
     """Print one resource check table."""
     usage = measure_resources(home.root, cpu_interval=0.2)
-    rows = (("CPU", usage.cpu_percent, settings.cpu_percent),
-            ("内存 / memory", usage.memory_percent, settings.memory_percent),
-            (f"磁盘 / disk {usage.disk_path}", usage.disk_percent, settings.disk_percent))
+    rows = (
+        ("CPU", usage.cpu_percent, settings.cpu_percent),
+        ("内存 / memory", usage.memory_percent, settings.memory_percent),
+        (f"磁盘 / disk {usage.disk_path}", usage.disk_percent, settings.disk_percent),
+    )
     print(f"{_pad('检查 / check', 44)}{_pad('当前 / now', 12, True)}{_pad('阈值 / limit', 14, True)}  状态 / state")
     for name, value, limit in rows:
         state = "超限 / over" if value >= limit else "正常 / ok"

@@ -49,7 +49,7 @@ class WindowBuffer:
         if self.count < self.length:
             return None
         start = self.count % self.length
-        return self.rows[start:start + self.length]
+        return self.rows[start : start + self.length]
 
 
 class ModelSignal:
@@ -99,8 +99,9 @@ class PrecomputedSignal:
         if len(times) != len(predictions):
             raise ModelError("预测与K线数量不一致 / predictions and bars differ in length")
         self.model = model
-        self.table: dict[int, float] = dict(zip((stamp // 1_000_000 for stamp in times.as_unit("us").asi8.tolist()),
-                              predictions.tolist(), strict=True))
+        self.table: dict[int, float] = dict(
+            zip((stamp // 1_000_000 for stamp in times.as_unit("us").asi8.tolist()), predictions.tolist(), strict=True)
+        )
         self.bars_needed = FEATURE_WARMUP + model.config.sequence_length
 
     def update(self, bar: BarData) -> float:
@@ -113,8 +114,10 @@ def load_signal(model_path: str, vt_symbol: str) -> ModelSignal:
     model = PricePredictionModel().load_model(find_bundle(model_path, resolve_home().models_dir))
     trained_on = str(model.metadata.get("vt_symbol") or "")
     if trained_on and product_of(trained_on) != product_of(vt_symbol):
-        raise ModelError(f"模型包 {model_path} 是为 {trained_on} 训练的，不能交易 {vt_symbol}；请用该品种的数据训练 / "
-                         "the bundle was trained on another product")
+        raise ModelError(
+            f"模型包 {model_path} 是为 {trained_on} 训练的，不能交易 {vt_symbol}；请用该品种的数据训练 / "
+            "the bundle was trained on another product"
+        )
     return ModelSignal(model, vt_symbol)
 
 
@@ -156,8 +159,18 @@ class PredictiveTradingStrategy(CtaTemplate):
     trailing_stop_price: float = 0.0
 
     parameters = [
-        "model_path", "prediction_threshold", "fixed_size", "trailing_percent", "slippage_ticks", "warmup_days",
-        "capital", "margin_rate", "commission_rate", "slippage_cost", "max_daily_loss_rate", "max_position_ratio",
+        "model_path",
+        "prediction_threshold",
+        "fixed_size",
+        "trailing_percent",
+        "slippage_ticks",
+        "warmup_days",
+        "capital",
+        "margin_rate",
+        "commission_rate",
+        "slippage_cost",
+        "max_daily_loss_rate",
+        "max_position_ratio",
         "max_single_trade_ratio",
     ]
     variables = ["prediction_value", "last_price", "model_name", "risk_state", "entry_price", "trailing_stop_price"]
@@ -189,8 +202,10 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.model_name = model.path.name if model.path else ""
         self.threshold = self.prediction_threshold if self.prediction_threshold > 0 else model.threshold
         self.risk_state = self.risk.status
-        self.write_log(f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
-                       f"需要 {self.signal.bars_needed} 根K线预热")
+        self.write_log(
+            f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
+            f"需要 {self.signal.bars_needed} 根K线预热"
+        )
         self.load_bar(self.warmup_days)
 
     def on_start(self) -> None:
@@ -201,8 +216,11 @@ class PredictiveTradingStrategy(CtaTemplate):
             return
         if self.pos and self.risk.net_position != self.pos:  # CtaEngine restored pos from its json on a restart
             price = self.entry_price or self.last_price
-            book = (PositionBook(long_yd=self.pos, long_price=price) if self.pos > 0
-                    else PositionBook(short_yd=-self.pos, short_price=price))
+            book = (
+                PositionBook(long_yd=self.pos, long_price=price)
+                if self.pos > 0
+                else PositionBook(short_yd=-self.pos, short_price=price)
+            )
             self.risk.sync_positions(book)
             self.write_log(f"沿用已有持仓 {self.pos}（开仓价 {price}）")
         self.put_event()
@@ -214,12 +232,20 @@ class PredictiveTradingStrategy(CtaTemplate):
         """Limits and costs from the parameters, lot size and price tick from the engine's contract."""
         size, pricetick = self.get_size(), self.get_pricetick()
         if not size or not pricetick:
-            raise ConfigError(f"找不到合约 {self.vt_symbol} 的乘数或最小变动价位；请先连接并查询合约 / "
-                              "unknown contract")
-        spec = ContractSpec(size=float(size), pricetick=float(pricetick), commission_rate=self.commission_rate,
-                            margin_rate=self.margin_rate)
-        limits = RiskSettings(max_daily_loss_rate=self.max_daily_loss_rate, max_position_ratio=self.max_position_ratio,
-                              max_single_trade_ratio=self.max_single_trade_ratio)
+            raise ConfigError(
+                f"找不到合约 {self.vt_symbol} 的乘数或最小变动价位；请先连接并查询合约 / unknown contract"
+            )
+        spec = ContractSpec(
+            size=float(size),
+            pricetick=float(pricetick),
+            commission_rate=self.commission_rate,
+            margin_rate=self.margin_rate,
+        )
+        limits = RiskSettings(
+            max_daily_loss_rate=self.max_daily_loss_rate,
+            max_position_ratio=self.max_position_ratio,
+            max_single_trade_ratio=self.max_single_trade_ratio,
+        )
         return RiskManager(limits, spec, self.capital, slippage=self.slippage_cost)
 
     # -- market data --
@@ -316,8 +342,10 @@ class PredictiveTradingStrategy(CtaTemplate):
         if not decision.allowed and offset == Offset.OPEN and decision.max_volume >= 1:
             request.volume = volume = math.floor(decision.max_volume)
             decision = self.risk.check(request, now)
-        inputs = (f"预测 {self.prediction_value:+.6f} 阈值 {self.threshold:.6f} 持仓 {self.pos} 目标 {target}"
-                  f"{' ' + why if why else ''}")
+        inputs = (
+            f"预测 {self.prediction_value:+.6f} 阈值 {self.threshold:.6f} 持仓 {self.pos} 目标 {target}"
+            f"{' ' + why if why else ''}"
+        )
         if not decision.allowed:
             self.risk_state = f"{self.risk.status}: {decision.reason}"
             self.write_log(f"风控拒绝 {direction.value}{offset.value} {volume}@{price}：{decision.reason}；{inputs}")

@@ -342,8 +342,13 @@ class Supervisor:
         lock_path = self.home.run_dir / LOCK_FILENAME
         try:
             with hold_lock(lock_path):
-                self._record("watchdog", "lock_acquired", logging.INFO,
-                             f"已获得看门狗锁 {lock_path} / watchdog lock held", lock=str(lock_path))
+                self._record(
+                    "watchdog",
+                    "lock_acquired",
+                    logging.INFO,
+                    f"已获得看门狗锁 {lock_path} / watchdog lock held",
+                    lock=str(lock_path),
+                )
                 self._refuse_live_trader()
                 try:
                     return self._supervise()
@@ -365,12 +370,18 @@ class Supervisor:
                 return self._config_error(f"无法启动子进程 {self.command!r}：{exc} / cannot start the child")
             code = self._decide(outcome, window)
             if code is not None:
-                self._record("watchdog", "stopped", logging.INFO, f"看门狗结束，退出码 {code} / watchdog ends",
-                             exit_code=code)
+                self._record(
+                    "watchdog", "stopped", logging.INFO, f"看门狗结束，退出码 {code} / watchdog ends", exit_code=code
+                )
                 return code
-        self._record("watchdog", "stopped", logging.INFO,
-                     f"收到停止请求（{self._stop_reason}），看门狗结束 / stop requested, watchdog ends",
-                     exit_code=EXIT_OK, reason=self._stop_reason)
+        self._record(
+            "watchdog",
+            "stopped",
+            logging.INFO,
+            f"收到停止请求（{self._stop_reason}），看门狗结束 / stop requested, watchdog ends",
+            exit_code=EXIT_OK,
+            reason=self._stop_reason,
+        )
         return EXIT_OK
 
     def _decide(self, outcome: ChildExit, window: RunWindow | None) -> int | None:
@@ -378,10 +389,21 @@ class Supervisor:
         meaning = describe_exit(outcome.returncode)
         expected = outcome.reason in ("stopped", "window_end")
         level = logging.INFO if expected or outcome.returncode == EXIT_OK else logging.ERROR
-        message = (f"子进程 {outcome.pid} 退出，退出码 {outcome.returncode}（{meaning}），"
-                   f"运行 {outcome.runtime:.1f} 秒 / child exited ({outcome.reason})")
-        self._record("restart", "child_exited", level, message, child_pid=outcome.pid, returncode=outcome.returncode,
-                     meaning=meaning, runtime=round(outcome.runtime, 3), reason=outcome.reason)
+        message = (
+            f"子进程 {outcome.pid} 退出，退出码 {outcome.returncode}（{meaning}），"
+            f"运行 {outcome.runtime:.1f} 秒 / child exited ({outcome.reason})"
+        )
+        self._record(
+            "restart",
+            "child_exited",
+            level,
+            message,
+            child_pid=outcome.pid,
+            returncode=outcome.returncode,
+            meaning=meaning,
+            runtime=round(outcome.runtime, 3),
+            reason=outcome.reason,
+        )
         if expected:
             return None
         if outcome.reason == "exited" and outcome.returncode == EXIT_OK:
@@ -390,8 +412,10 @@ class Supervisor:
             self._resume_after = window.end  # stopped on purpose inside a window: wait for the next one
             return None
         if outcome.reason == "exited" and outcome.returncode == EXIT_BAD_INPUT:
-            return self._config_error(f"子进程 {outcome.pid} 因配置错误退出（退出码 2），不再重启 / "
-                                      "the child exited with a configuration error and will not be restarted")
+            return self._config_error(
+                f"子进程 {outcome.pid} 因配置错误退出（退出码 2），不再重启 / "
+                "the child exited with a configuration error and will not be restarted"
+            )
         return self._after_crash(outcome)
 
     def _after_crash(self, outcome: ChildExit) -> int | None:
@@ -399,16 +423,27 @@ class Supervisor:
         count = self.crashes.record(self.clock(), outcome.runtime)
         window = self.settings.crash_window_seconds
         if self.crashes.gave_up:
-            message = (f"{window:g} 秒内崩溃 {count} 次，放弃重启，需要人工处理 / "
-                       f"{count} crashes within {window:g} s: giving up, a human must act")
+            message = (
+                f"{window:g} 秒内崩溃 {count} 次，放弃重启，需要人工处理 / "
+                f"{count} crashes within {window:g} s: giving up, a human must act"
+            )
             self._record("watchdog", "gave_up", logging.CRITICAL, message, crashes=count, window_seconds=window)
             self.alert(message, "CRITICAL")
             return EXIT_BUG
         delay = self.crashes.delay()
-        message = (f"子进程崩溃（{describe_exit(outcome.returncode)}），{delay:g} 秒后重启"
-                   f"（{window:g} 秒内第 {count} 次）/ child crashed, restarting in {delay:g} s")
-        self._record("restart", "restart_scheduled", logging.WARNING, message, delay=delay, crashes=count,
-                     streak=self.crashes.streak)
+        message = (
+            f"子进程崩溃（{describe_exit(outcome.returncode)}），{delay:g} 秒后重启"
+            f"（{window:g} 秒内第 {count} 次）/ child crashed, restarting in {delay:g} s"
+        )
+        self._record(
+            "restart",
+            "restart_scheduled",
+            logging.WARNING,
+            message,
+            delay=delay,
+            crashes=count,
+            streak=self.crashes.streak,
+        )
         self.alert(message, "WARNING")
         self._pause(delay)
         return None
@@ -433,14 +468,23 @@ class Supervisor:
             if self._stop_reason is not None:
                 return self._end(process, started, "stopped")
             if window is not None and self.now() >= window.end:
-                self._record("watchdog", "window_end", logging.INFO, f"运行时段 {window.end:%Y-%m-%d %H:%M} 结束，"
-                             "停止子进程 / run window over, stopping the child")
+                self._record(
+                    "watchdog",
+                    "window_end",
+                    logging.INFO,
+                    f"运行时段 {window.end:%Y-%m-%d %H:%M} 结束，停止子进程 / run window over, stopping the child",
+                )
                 return self._end(process, started, "window_end")
             reason = self._hung(process, self.clock() - started)
             if reason is not None:
-                self._record("restart", "hung_killed", logging.ERROR,
-                             f"子进程 {process.pid} 无响应（{reason}），终止它 / hung child, killing it",
-                             child_pid=process.pid, detail=reason)
+                self._record(
+                    "restart",
+                    "hung_killed",
+                    logging.ERROR,
+                    f"子进程 {process.pid} 无响应（{reason}），终止它 / hung child, killing it",
+                    child_pid=process.pid,
+                    detail=reason,
+                )
                 return self._end(process, started, "hung")
             self._pause(self.poll_seconds)
 
@@ -454,11 +498,24 @@ class Supervisor:
         with open(run_dir / OUTPUT_FILENAME, "ab") as output:
             output.write(f"--- {self.now():%Y-%m-%d %H:%M:%S} watchdog starts {self.command!r}\n".encode())
             output.flush()
-            process = subprocess.Popen(self.command, cwd=self.cwd, env=environ, stdin=subprocess.DEVNULL,
-                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._process = process
-        self._record("restart", "child_started", logging.INFO, f"子进程已启动，pid {process.pid} / child started",
-                     child_pid=process.pid, command=self.command)
+        self._record(
+            "restart",
+            "child_started",
+            logging.INFO,
+            f"子进程已启动，pid {process.pid} / child started",
+            child_pid=process.pid,
+            command=self.command,
+        )
         return process
 
     def _hung(self, process: subprocess.Popen[bytes], running_for: float) -> str | None:
@@ -480,8 +537,11 @@ class Supervisor:
             try:
                 process.wait(self.settings.stop_timeout_seconds)
             except subprocess.TimeoutExpired:
-                logger.warning("子进程 %s 未在 %g 秒内退出，发送 SIGKILL / child ignored SIGTERM, killing it",
-                               process.pid, self.settings.stop_timeout_seconds)
+                logger.warning(
+                    "子进程 %s 未在 %g 秒内退出，发送 SIGKILL / child ignored SIGTERM, killing it",
+                    process.pid,
+                    self.settings.stop_timeout_seconds,
+                )
                 self._signal_group(process.pid, signal.SIGKILL)
                 process.wait()
         self._reap_group(process.pid)
@@ -529,9 +589,13 @@ class Supervisor:
                 return window
             if window.start != announced:
                 announced = window.start
-                self._record("watchdog", "waiting", logging.INFO,
-                             f"不在运行时段，{window.start:%Y-%m-%d %H:%M} 启动 / outside the run windows, next start",
-                             next_start=window.start.isoformat())
+                self._record(
+                    "watchdog",
+                    "waiting",
+                    logging.INFO,
+                    f"不在运行时段，{window.start:%Y-%m-%d %H:%M} 启动 / outside the run windows, next start",
+                    next_start=window.start.isoformat(),
+                )
             self._pause(min(max((window.start - now).total_seconds(), 0.0), self.poll_seconds))
         return None
 
@@ -540,8 +604,10 @@ class Supervisor:
         beat = read_heartbeat(self.home.heartbeat_path)
         if beat is None or not _alive(beat.pid) or time.time() - beat.mtime > self.settings.heartbeat_timeout_seconds:
             return
-        message = (f"主目录 {self.home.root} 中已有交易进程在运行（pid {beat.pid}，心跳新鲜）；请先停止它 / "
-                   "a trading process of this home is still running")
+        message = (
+            f"主目录 {self.home.root} 中已有交易进程在运行（pid {beat.pid}，心跳新鲜）；请先停止它 / "
+            "a trading process of this home is still running"
+        )
         self._record("watchdog", "config_error", logging.CRITICAL, message, other_pid=beat.pid)
         raise ConfigError(message)
 
@@ -578,20 +644,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="看门狗：启动、监视并重启交易进程 / the watchdog: start, supervise and restart the trading process",
     )
     parser.add_argument("--home", help=f"主目录 / the home folder (default: {HOME_ENV} or the project folder)")
-    parser.add_argument("--product", default=DEFAULT_PRODUCT,
-                        help="交易时段所用品种 / product whose sessions to follow")
-    parser.add_argument("--follow-calendar", action="store_true",
-                        help="只在交易时段前后运行 / run only around trading sessions")
-    parser.add_argument("--command", nargs=argparse.REMAINDER,
-                        help="子进程命令（须放在最后）/ the child command, last on the line "
-                        "(default: watchdog.command)")
+    parser.add_argument(
+        "--product", default=DEFAULT_PRODUCT, help="交易时段所用品种 / product whose sessions to follow"
+    )
+    parser.add_argument(
+        "--follow-calendar", action="store_true", help="只在交易时段前后运行 / run only around trading sessions"
+    )
+    parser.add_argument(
+        "--command",
+        nargs=argparse.REMAINDER,
+        help="子进程命令（须放在最后）/ the child command, last on the line (default: watchdog.command)",
+    )
     return parser
 
 
 def setup_logging() -> None:
     """Log to stderr with secrets redacted; only main() calls this."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     install_redaction()
 
 
@@ -622,8 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         alert, close_alert = build_alert(settings, home, audit)
         supervisor = Supervisor(watchdog, command, home, audit, alert, product=_check_product(args.product))
         for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda number, _frame: supervisor.request_stop(
-                signal.Signals(number).name))
+            previous[signum] = signal.signal(
+                signum, lambda number, _frame: supervisor.request_stop(signal.Signals(number).name)
+            )
         return supervisor.run()
     except AppError as exc:
         print(f"错误 / error: {exc}", file=sys.stderr)

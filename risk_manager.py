@@ -24,7 +24,10 @@ CLOSING: frozenset[Offset] = frozenset({Offset.CLOSE, Offset.CLOSETODAY, Offset.
 SIDES: tuple[Direction, Direction] = (Direction.LONG, Direction.SHORT)
 DIRECTION_NAMES: dict[Direction, str] = {Direction.LONG: "多", Direction.SHORT: "空"}
 OFFSET_NAMES: dict[Offset, str] = {
-    Offset.OPEN: "开", Offset.CLOSE: "平", Offset.CLOSETODAY: "平今", Offset.CLOSEYESTERDAY: "平昨"
+    Offset.OPEN: "开",
+    Offset.CLOSE: "平",
+    Offset.CLOSETODAY: "平今",
+    Offset.CLOSEYESTERDAY: "平昨",
 }
 BUCKET_NAMES: dict[Offset, str] = {Offset.CLOSE: "", Offset.CLOSETODAY: "今仓", Offset.CLOSEYESTERDAY: "昨仓"}
 
@@ -202,9 +205,7 @@ def _price_problem(request: OrderRequest, state: AccountState, limits: RiskSetti
     if abs(ticks - round(ticks)) > TICK_TOLERANCE:
         return f"价格 {price:g} 不是最小变动价位 {spec.pricetick:g} 的整数倍 / price is off the tick grid"
     if price > state.limit_up or price < state.limit_down:  # False against nan: an unknown band passes
-        return (
-            f"价格 {price:g} 超出涨跌停板 [{state.limit_down:g}, {state.limit_up:g}] / price outside the daily band"
-        )
+        return f"价格 {price:g} 超出涨跌停板 [{state.limit_down:g}, {state.limit_up:g}] / price outside the daily band"
     last = state.last_price
     if math.isfinite(last):
         deviation = abs(price - last) / last
@@ -229,8 +230,10 @@ def _flow_problem(
     for sent, direction, offset, price, volume in reversed(state.orders):
         age = (now - sent).total_seconds()
         same = (direction, offset, volume) == (request.direction, request.offset, request.volume)
-        if 0 <= age < limits.duplicate_order_seconds and same and abs(price - request.price) <= (
-            spec.pricetick * TICK_TOLERANCE
+        if (
+            0 <= age < limits.duplicate_order_seconds
+            and same
+            and abs(price - request.price) <= (spec.pricetick * TICK_TOLERANCE)
         ):
             return (
                 f"重复委托：{age:g} 秒前已发出相同的委托（{DIRECTION_NAMES[direction]}{OFFSET_NAMES[offset]} "

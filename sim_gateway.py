@@ -69,7 +69,16 @@ from trading_calendar import causal_trading_day
 logger = logging.getLogger(__name__)
 
 SETTING_KEYS: tuple[str, ...] = (
-    "vt_symbol", "home", "mode", "csv", "start", "end", "speed", "capital", "warmup_days", "hold",
+    "vt_symbol",
+    "home",
+    "mode",
+    "csv",
+    "start",
+    "end",
+    "speed",
+    "capital",
+    "warmup_days",
+    "hold",
 )
 MODES: tuple[str, ...] = ("bar", "tick")
 SPEED_MAX: str = "max"
@@ -163,11 +172,20 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
         raise _bad("warmup_days", warmup, "应为 ≥ 0 的整数天数", "must be a whole number of days ≥ 0")
     speed = setting.get("speed", SPEED_MAX)
     return SimSettings(
-        vt_symbol=vt_symbol, home=resolve_home(setting.get("home") or None), mode=mode, csv=csv,
-        start=data_collector.to_china_time(first), end=data_collector.to_china_time(last, end_of_day=True),
-        speed=None if str(speed).strip().lower() == SPEED_MAX else _positive(
-            "speed", speed, "应为 max 或正数倍速（1 为实时）", "must be max or a positive multiple of real time"),
-        capital=_positive("capital", setting.get("capital", DEFAULT_CAPITAL)), warmup_days=warmup, hold=hold,
+        vt_symbol=vt_symbol,
+        home=resolve_home(setting.get("home") or None),
+        mode=mode,
+        csv=csv,
+        start=data_collector.to_china_time(first),
+        end=data_collector.to_china_time(last, end_of_day=True),
+        speed=None
+        if str(speed).strip().lower() == SPEED_MAX
+        else _positive(
+            "speed", speed, "应为 max 或正数倍速（1 为实时）", "must be max or a positive multiple of real time"
+        ),
+        capital=_positive("capital", setting.get("capital", DEFAULT_CAPITAL)),
+        warmup_days=warmup,
+        hold=hold,
     )
 
 
@@ -190,8 +208,11 @@ def load_ticks(settings: SimSettings) -> tuple[list[BarData], list[TickData]]:
     ticks = data_collector.load_tick_data(settings.vt_symbol, settings.start, settings.end, home=settings.home)
     try:
         frame = data_collector.load_history_data(
-            settings.vt_symbol, settings.start - timedelta(days=settings.warmup_days),
-            settings.start - timedelta(microseconds=1), home=settings.home)
+            settings.vt_symbol,
+            settings.start - timedelta(days=settings.warmup_days),
+            settings.start - timedelta(microseconds=1),
+            home=settings.home,
+        )
     except DataError:
         return [], ticks
     return data_collector.frame_to_bars(frame, settings.vt_symbol), ticks
@@ -200,22 +221,33 @@ def load_ticks(settings: SimSettings) -> tuple[list[BarData], list[TickData]]:
 # --- pure rules: bar replay, matching, money -------------------------------------------------------------------
 
 
-def bar_ticks(bar: BarData, gateway_name: str, volume: float, turnover: float,
-              first: bool) -> tuple[list[TickData], float, float]:
+def bar_ticks(
+    bar: BarData, gateway_name: str, volume: float, turnover: float, first: bool
+) -> tuple[list[TickData], float, float]:
     """The 4 ticks that replay a bar and the new cumulative volume and turnover (see SimGateway's docstring)."""
     extremes = (bar.high_price, bar.low_price) if bar.close_price < bar.open_price else (bar.low_price, bar.high_price)
     ticks = []
-    for index, (price, second) in enumerate(zip((bar.open_price, *extremes, bar.close_price), TICK_SECONDS,
-                                                strict=True)):
+    for index, (price, second) in enumerate(
+        zip((bar.open_price, *extremes, bar.close_price), TICK_SECONDS, strict=True)
+    ):
         carries = index == (1 if first else 0)
         if carries:
             volume, turnover = volume + bar.volume, turnover + bar.turnover
-        ticks.append(TickData(
-            gateway_name=gateway_name, symbol=bar.symbol, exchange=bar.exchange,
-            datetime=bar.datetime + timedelta(seconds=second), volume=volume, turnover=turnover,
-            open_interest=bar.open_interest, last_price=price, last_volume=bar.volume if carries else 0.0,
-            bid_price_1=price, ask_price_1=price,
-        ))
+        ticks.append(
+            TickData(
+                gateway_name=gateway_name,
+                symbol=bar.symbol,
+                exchange=bar.exchange,
+                datetime=bar.datetime + timedelta(seconds=second),
+                volume=volume,
+                turnover=turnover,
+                open_interest=bar.open_interest,
+                last_price=price,
+                last_volume=bar.volume if carries else 0.0,
+                bid_price_1=price,
+                ask_price_1=price,
+            )
+        )
     return ticks, volume, turnover
 
 
@@ -428,12 +460,25 @@ class SimGateway(BaseGateway):
 
     default_name: str = "SIM"
     default_setting: dict[str, str | int | float | bool] = {
-        "vt_symbol": "rb0000.SHFE", "home": "", "mode": "bar", "csv": "", "start": "2016-01-04",
-        "end": "2016-01-08", "speed": SPEED_MAX, "capital": DEFAULT_CAPITAL, "warmup_days": DEFAULT_WARMUP_DAYS,
+        "vt_symbol": "rb0000.SHFE",
+        "home": "",
+        "mode": "bar",
+        "csv": "",
+        "start": "2016-01-04",
+        "end": "2016-01-08",
+        "speed": SPEED_MAX,
+        "capital": DEFAULT_CAPITAL,
+        "warmup_days": DEFAULT_WARMUP_DAYS,
         "hold": False,
     }
-    exchanges: list[Exchange] = [Exchange.SHFE, Exchange.INE, Exchange.DCE, Exchange.CZCE, Exchange.CFFEX,
-                                 Exchange.GFEX]
+    exchanges: list[Exchange] = [
+        Exchange.SHFE,
+        Exchange.INE,
+        Exchange.DCE,
+        Exchange.CZCE,
+        Exchange.CFFEX,
+        Exchange.GFEX,
+    ]
 
     def __init__(self, event_engine: EventEngine, gateway_name: str) -> None:
         super().__init__(event_engine, gateway_name)
@@ -498,9 +543,18 @@ class SimGateway(BaseGateway):
         self._load(settings)
         symbol, exchange = data_collector.parse_vt_symbol(settings.vt_symbol)
         contract = ContractData(
-            gateway_name=self.gateway_name, symbol=symbol, exchange=exchange, name=settings.vt_symbol,
-            product=Product.FUTURES, size=spec.size, pricetick=spec.pricetick, min_volume=1, stop_supported=True,
-            net_position=False, history_data=True)
+            gateway_name=self.gateway_name,
+            symbol=symbol,
+            exchange=exchange,
+            name=settings.vt_symbol,
+            product=Product.FUTURES,
+            size=spec.size,
+            pricetick=spec.pricetick,
+            min_volume=1,
+            stop_supported=True,
+            net_position=False,
+            history_data=True,
+        )
         with self._lock:
             self.settings, self.book, self.contract = settings, SimBook(spec, settings.capital), contract
         if not settings.hold:
@@ -513,9 +567,11 @@ class SimGateway(BaseGateway):
             self._publish_book()
         count = len(self._bars) - self._first if settings.mode == "bar" else len(self._ticks)
         speed = "max" if settings.speed is None else f"{settings.speed:g}x"
-        self.write_log(f"SIM 连接成功：回放 {settings.vt_symbol} {settings.start:%Y-%m-%d} ~ {settings.end:%Y-%m-%d}，"
-                       f"{count:,} 个{'K线' if settings.mode == 'bar' else ' tick'}，速度 {speed}，"
-                       f"订阅后{'调用 release() 后' if settings.hold else ''}开始 / connected")
+        self.write_log(
+            f"SIM 连接成功：回放 {settings.vt_symbol} {settings.start:%Y-%m-%d} ~ {settings.end:%Y-%m-%d}，"
+            f"{count:,} 个{'K线' if settings.mode == 'bar' else ' tick'}，速度 {speed}，"
+            f"订阅后{'调用 release() 后' if settings.hold else ''}开始 / connected"
+        )
         if getattr(self.event_engine, "_thread", None) is not threading.current_thread():  # return once MainEngine
             self._sync(timeout=JOIN_SECONDS)  # knows the contract: CtaEngine subscribes only to known contracts
         self._thread = threading.Thread(target=self._run, name=f"SimReplay-{self.gateway_name}", daemon=True)
@@ -616,8 +672,10 @@ class SimGateway(BaseGateway):
         if (settings.mode == "bar" and first == len(bars)) or (settings.mode == "tick" and not ticks):
             source = settings.csv or "数据库 / database"
             kind = "K线" if settings.mode == "bar" else " tick"
-            raise DataError(f"{source} 中没有 {settings.vt_symbol} 在 {settings.start:%Y-%m-%d} ~ "
-                            f"{settings.end:%Y-%m-%d} 可回放的{kind} / no data to replay in this range")
+            raise DataError(
+                f"{source} 中没有 {settings.vt_symbol} 在 {settings.start:%Y-%m-%d} ~ "
+                f"{settings.end:%Y-%m-%d} 可回放的{kind} / no data to replay in this range"
+            )
         for tick in ticks:  # our own fresh objects, not yet published
             tick.gateway_name = self.gateway_name
         self._bars, self._times, self._first, self._ticks = bars, times, first, ticks
@@ -634,8 +692,10 @@ class SimGateway(BaseGateway):
         low = bisect.bisect_left(self._times, anchor - span)
         high = bisect.bisect_left(self._times, anchor)
         if span > timedelta(days=settings.warmup_days, seconds=1):
-            self.write_log(f"请求 {span.days} 天历史，但只加载了 warmup_days={settings.warmup_days} 天；请增大 "
-                           "warmup_days / history request longer than warmup_days")
+            self.write_log(
+                f"请求 {span.days} 天历史，但只加载了 warmup_days={settings.warmup_days} 天；请增大 "
+                "warmup_days / history request longer than warmup_days"
+            )
         return [replace(bar, gateway_name=self.gateway_name) for bar in self._bars[low:high]]
 
     # -- orders and the account (called with the lock held) --
@@ -691,14 +751,22 @@ class SimGateway(BaseGateway):
             return f"价格 {req.price} 不是最小变动价位 {book.spec.pricetick:g} 的正整数倍 / price off the tick grid"
         if req.offset == Offset.OPEN:
             need, free = margin(req.price, req.volume, book.spec), self._available()
-            return "" if need <= free + 1e-6 else (
-                f"可用资金不足：需要保证金 {need:,.2f}，可用 {free:,.2f} / not enough margin")
+            return (
+                ""
+                if need <= free + 1e-6
+                else (f"可用资金不足：需要保证金 {need:,.2f}，可用 {free:,.2f} / not enough margin")
+            )
         if req.offset in (Offset.CLOSE, Offset.CLOSETODAY, Offset.CLOSEYESTERDAY):
             held, source = OPPOSITE[req.direction], close_source(req.exchange, req.offset)
             free = book.closable(held, source)
-            return "" if req.volume <= free else (
-                f"可平仓位不足：{req.offset.value} {req.volume:g} 手，{held.value}{SOURCE_NAMES[source]}"
-                f"可平 {free:g} 手 / not enough position to close")
+            return (
+                ""
+                if req.volume <= free
+                else (
+                    f"可平仓位不足：{req.offset.value} {req.volume:g} 手，{held.value}{SOURCE_NAMES[source]}"
+                    f"可平 {free:g} 手 / not enough position to close"
+                )
+            )
         return f"开平标志 {req.offset.value!r} 无效，应为开仓或平仓 / offset must open or close"
 
     def _order_margin(self) -> float:
@@ -720,9 +788,18 @@ class SimGateway(BaseGateway):
         book.charge(price, data.volume)
         data.traded, data.status = data.volume, Status.ALLTRADED
         self._trade_count += 1
-        trade = TradeData(gateway_name=self.gateway_name, symbol=data.symbol, exchange=data.exchange,
-                          orderid=data.orderid, tradeid=str(self._trade_count), direction=data.direction,
-                          offset=data.offset, price=price, volume=data.volume, datetime=when)
+        trade = TradeData(
+            gateway_name=self.gateway_name,
+            symbol=data.symbol,
+            exchange=data.exchange,
+            orderid=data.orderid,
+            tradeid=str(self._trade_count),
+            direction=data.direction,
+            offset=data.offset,
+            price=price,
+            volume=data.volume,
+            datetime=when,
+        )
         self._trades.append(trade)
         self._stats.trades += 1
         self.on_order(copy(data))
@@ -731,18 +808,30 @@ class SimGateway(BaseGateway):
 
     def _account_data(self) -> AccountData:
         book = self._account()
-        return AccountData(gateway_name=self.gateway_name, accountid=self.gateway_name,
-                           balance=book.balance(self._last_price),
-                           frozen=book.position_margin() + self._order_margin())
+        return AccountData(
+            gateway_name=self.gateway_name,
+            accountid=self.gateway_name,
+            balance=book.balance(self._last_price),
+            frozen=book.position_margin() + self._order_margin(),
+        )
 
     def _publish_positions(self) -> None:
         book, contract = self._account(), self.contract
         assert contract is not None
         for direction, side in book.sides.items():
-            self.on_position(PositionData(
-                gateway_name=self.gateway_name, symbol=contract.symbol, exchange=contract.exchange,
-                direction=direction, volume=side.volume, frozen=side.frozen_td + side.frozen_yd, price=side.price,
-                pnl=book.pnl(direction, self._last_price), yd_volume=side.yd))
+            self.on_position(
+                PositionData(
+                    gateway_name=self.gateway_name,
+                    symbol=contract.symbol,
+                    exchange=contract.exchange,
+                    direction=direction,
+                    volume=side.volume,
+                    frozen=side.frozen_td + side.frozen_yd,
+                    price=side.price,
+                    pnl=book.pnl(direction, self._last_price),
+                    yd_volume=side.yd,
+                )
+            )
 
     def _publish_book(self) -> None:
         self._publish_positions()
@@ -790,8 +879,10 @@ class SimGateway(BaseGateway):
             done = self._replay_bars() if bars else self._replay_ticks()
             if done and self._sync():
                 stats = self.stats
-                self.write_log(f"回放结束：{stats.bars:,} 根K线，{stats.ticks:,} 个 tick，{stats.orders} 笔委托，"
-                               f"{stats.trades} 笔成交 / replay finished")
+                self.write_log(
+                    f"回放结束：{stats.bars:,} 根K线，{stats.ticks:,} 个 tick，{stats.orders} 笔委托，"
+                    f"{stats.trades} 笔成交 / replay finished"
+                )
                 self._sync()
             elif not self._stop.is_set():
                 self.write_log("事件引擎已停止，回放中止 / event engine stopped, replay aborted")

@@ -79,8 +79,9 @@ class Stopwatch:
             setattr(owner, name, self.wrap(label, original))
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         for owner, name, own, original in reversed(self.saved):
             if own:
                 setattr(owner, name, original)
@@ -101,21 +102,29 @@ def stopwatch() -> Stopwatch:
     import predictive_trading_strategy
     from backtesting_module import PreloadedBacktestingEngine
 
-    return Stopwatch({
-        "load_model": (ml_model.PricePredictionModel, "load_model"),
-        "predictions": (backtesting_module, "cached_predictions"),
-        "batch_predictions": (backtesting_module, "batch_predictions"),
-        "features": (predictive_trading_strategy, "build_features"),
-        "inference": (ml_model.PricePredictionModel, "predict"),
-        "frame_to_bars": (data_collector, "frame_to_bars"),
-        "run_backtesting": (PreloadedBacktestingEngine, "run_backtesting"),
-        "calculate_result": (PreloadedBacktestingEngine, "calculate_result"),
-        "calculate_statistics": (PreloadedBacktestingEngine, "calculate_statistics"),
-    })
+    return Stopwatch(
+        {
+            "load_model": (ml_model.PricePredictionModel, "load_model"),
+            "predictions": (backtesting_module, "cached_predictions"),
+            "batch_predictions": (backtesting_module, "batch_predictions"),
+            "features": (predictive_trading_strategy, "build_features"),
+            "inference": (ml_model.PricePredictionModel, "predict"),
+            "frame_to_bars": (data_collector, "frame_to_bars"),
+            "run_backtesting": (PreloadedBacktestingEngine, "run_backtesting"),
+            "calculate_result": (PreloadedBacktestingEngine, "calculate_result"),
+            "calculate_statistics": (PreloadedBacktestingEngine, "calculate_statistics"),
+        }
+    )
 
 
-TOP_LEVEL = ("load_model", "predictions", "frame_to_bars", "run_backtesting", "calculate_result",
-             "calculate_statistics")
+TOP_LEVEL = (
+    "load_model",
+    "predictions",
+    "frame_to_bars",
+    "run_backtesting",
+    "calculate_result",
+    "calculate_statistics",
+)
 
 
 def timed_cpu(action: Callable[..., Any], *args: Any) -> tuple[float, float, Any]:
@@ -133,9 +142,17 @@ def run_double_ma(frame: pd.DataFrame, start: datetime, end: datetime) -> tuple[
     from backtesting_module import PreloadedBacktestingEngine
 
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT_SYMBOL))
-    engine.set_parameters(vt_symbol=VT_SYMBOL, interval=Interval.MINUTE, start=start, end=end,
-                          rate=RB_FACTS["rate"], slippage=RB_FACTS["slippage"], size=RB_FACTS["size"],
-                          pricetick=RB_FACTS["pricetick"], capital=CAPITAL)
+    engine.set_parameters(
+        vt_symbol=VT_SYMBOL,
+        interval=Interval.MINUTE,
+        start=start,
+        end=end,
+        rate=RB_FACTS["rate"],
+        slippage=RB_FACTS["slippage"],
+        size=RB_FACTS["size"],
+        pricetick=RB_FACTS["pricetick"],
+        capital=CAPITAL,
+    )
     engine.add_strategy(DoubleMaStrategy, {})
     engine.load_data()
     engine.run_backtesting()
@@ -147,8 +164,9 @@ def run_double_ma(frame: pd.DataFrame, start: datetime, end: datetime) -> tuple[
     return len(engine.history_data), len(engine.trades)
 
 
-def run_ours(module: Any, frame: pd.DataFrame, start: datetime, end: datetime, bundle: Path,
-             use_cache: bool) -> tuple[int, int]:
+def run_ours(
+    module: Any, frame: pd.DataFrame, start: datetime, end: datetime, bundle: Path, use_cache: bool
+) -> tuple[int, int]:
     """BacktestingModule.run_backtest with the bars passed in; bars replayed and trades."""
     result = module.run_backtest(VT_SYMBOL, start, end, bundle, bars=frame, use_cache=use_cache)
     return len(result.bars), len(result.trades)
@@ -156,11 +174,16 @@ def run_ours(module: Any, frame: pd.DataFrame, start: datetime, end: datetime, b
 
 def train_bundle(model_type: str, bars: pd.DataFrame, folder: Path, epochs: int, train_stride: int) -> tuple[Path, str]:
     """Train a bundle in this process on bars before the backtest and save it; the LSTM only briefly."""
+
     def data_for(config: Any) -> Any:
         progress(f"prepare_training_data on {len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
-        return data_processor.prepare_training_data(bars, VT_SYMBOL, horizon=config.horizon,
-                                                    sequence_length=config.sequence_length,
-                                                    features_count=config.features_count)
+        return data_processor.prepare_training_data(
+            bars,
+            VT_SYMBOL,
+            horizon=config.horizon,
+            sequence_length=config.sequence_length,
+            features_count=config.features_count,
+        )
 
     model, data, source, seconds = train_briefly(model_type, epochs, train_stride, data_for, progress)
     model.evaluate(data, "test")
@@ -179,8 +202,9 @@ def choose_bars(bars: pd.DataFrame, start: str | None, end: str, count: int) -> 
     """The traded bars: start..end (inclusive dates), or without --start the last `count` bars up to end."""
     finish = data_collector.to_china_time(end, end_of_day=True)
     if start is not None:
-        return bars.loc[(bars.index >= pd.Timestamp(data_collector.to_china_time(start)))
-                        & (bars.index <= pd.Timestamp(finish))]
+        return bars.loc[
+            (bars.index >= pd.Timestamp(data_collector.to_china_time(start))) & (bars.index <= pd.Timestamp(finish))
+        ]
     return bars.loc[bars.index <= pd.Timestamp(finish)].iloc[-count:]
 
 
@@ -206,27 +230,43 @@ class Runs:
         parts = {label: statistics.median(p[label] for p in self.parts) for label in self.parts[0]}
         breakdown = {label: round(value, 3) for label, value in parts.items()}
         breakdown["other"] = round(max(0.0, median - sum(parts[label] for label in TOP_LEVEL)), 3)
-        return {"seconds": round(median, 3), "bars_per_s": round(bars / median),
-                "seconds_each_run": [round(s, 3) for s in self.wall],
-                "cpu_seconds": round(statistics.median(self.cpu), 3),
-                "breakdown_seconds": {label: value for label, value in breakdown.items() if value > 0}}
+        return {
+            "seconds": round(median, 3),
+            "bars_per_s": round(bars / median),
+            "seconds_each_run": [round(s, 3) for s in self.wall],
+            "cpu_seconds": round(statistics.median(self.cpu), 3),
+            "breakdown_seconds": {label: value for label, value in breakdown.items() if value > 0},
+        }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the backtest benchmark and print its JSON object."""
     parser = argparse.ArgumentParser(description="回测速度基准 / backtest speed benchmark")
     add_input_arguments(parser)
-    parser.add_argument("--bars", type=int, default=100_000,
-                        help="未给 --start 时回测 --end 之前的最后几根K线 / traded bars when --start is not given")
+    parser.add_argument(
+        "--bars",
+        type=int,
+        default=100_000,
+        help="未给 --start 时回测 --end 之前的最后几根K线 / traded bars when --start is not given",
+    )
     parser.add_argument("--start", default=None, help="回测开始日期（可选）/ first traded date (optional)")
     parser.add_argument("--end", default="2016-06-30", help="回测结束日期（含）/ last traded date (inclusive)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="每个回测重复次数取中位数 / runs of each backtest (median)")
-    parser.add_argument("--train-bars", type=int, default=60_000,
-                        help="进程内训练用回测之前的几根K线 / bars before the backtest for in-process training")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="每个回测重复次数取中位数 / runs of each backtest (median)"
+    )
+    parser.add_argument(
+        "--train-bars",
+        type=int,
+        default=60_000,
+        help="进程内训练用回测之前的几根K线 / bars before the backtest for in-process training",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="进程内 LSTM 训练轮数 / in-process LSTM epochs")
-    parser.add_argument("--train-stride", type=int, default=20,
-                        help="进程内 LSTM 每隔几个训练窗口取一个 / in-process LSTM training stride")
+    parser.add_argument(
+        "--train-stride",
+        type=int,
+        default=20,
+        help="进程内 LSTM 每隔几个训练窗口取一个 / in-process LSTM training stride",
+    )
     parser.add_argument("--skip-lstm", action="store_true", help="跳过 LSTM / skip the LSTM")
     parser.add_argument("--skip-forest", action="store_true", help="跳过随机森林 / skip the random forest")
     args = parser.parse_args(argv)
@@ -246,9 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(traded) < 2:
         parser.error("fewer than 2 bars in the chosen range")
     start, end = traded.index[0].to_pydatetime(), traded.index[-1].to_pydatetime()
-    frame = everything.loc[(everything.index >= pd.Timestamp(start - timedelta(days=WARMUP_DAYS)))
-                           & (everything.index <= pd.Timestamp(end))]
-    before = everything.loc[everything.index < frame.index[0]].iloc[-args.train_bars:]
+    frame = everything.loc[
+        (everything.index >= pd.Timestamp(start - timedelta(days=WARMUP_DAYS)))
+        & (everything.index <= pd.Timestamp(end))
+    ]
+    before = everything.loc[everything.index < frame.index[0]].iloc[-args.train_bars :]
     short_end = min(end, start + timedelta(days=WARMUP_RUN_DAYS))
     del everything
     progress(f"{len(traded)} traded bars {start} .. {end}, {len(frame) - len(traded)} warm-up bars before them")
@@ -268,8 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if model_type not in bundles:
                 if len(before) == 0:
                     parser.error("no bars before the backtest to train on: pass --model or a later range")
-                bundles[model_type] = train_bundle(model_type, before, Path(folder) / "bundles", args.epochs,
-                                                   args.train_stride)
+                bundles[model_type] = train_bundle(
+                    model_type, before, Path(folder) / "bundles", args.epochs, args.train_stride
+                )
         module = BacktestingModule(home)
         # What setup left alive (libraries, a Keras model trained here: ~350k objects with TensorFlow) would be
         # rescanned by every collection the timed runs trigger, doubling frame_to_bars; a backtest process holds none
@@ -323,23 +366,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cache_warm_over_double_ma": round(warm_figures["seconds"] / yardstick["seconds"], 2),
         }
 
-    print(json.dumps({
-        "bars": bars,
-        "warmup_bars": len(frame) - len(traded),
-        "first_bar": start.isoformat(),
-        "last_bar": end.isoformat(),
-        "runs": args.repeat,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "versions": library_versions("vnpy", "vnpy_ctastrategy", "ta-lib"),
-        "double_ma": yardstick,
-        "double_ma_seconds_per_100k": round(yardstick["seconds"] * 100_000 / bars, 3),
-        **ours,
-        **ratios,
-        "targets": {f"{t}_over_double_ma_max": RATIO_TARGET[t] for t in wanted},
-        "targets_met": {f"{t}_over_double_ma": ratios[f"{t}_over_double_ma"] <= RATIO_TARGET[t] for t in wanted},
-        "bench_seconds": round(time.perf_counter() - began, 1),
-        "note": "one process, the same bars for every run; each run is timed from the bars frame to vnpy's statistics "
+    print(
+        json.dumps(
+            {
+                "bars": bars,
+                "warmup_bars": len(frame) - len(traded),
+                "first_bar": start.isoformat(),
+                "last_bar": end.isoformat(),
+                "runs": args.repeat,
+                "cpu_count": os.cpu_count(),
+                "load_average_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+                "versions": library_versions("vnpy", "vnpy_ctastrategy", "ta-lib"),
+                "double_ma": yardstick,
+                "double_ma_seconds_per_100k": round(yardstick["seconds"] * 100_000 / bars, 3),
+                **ours,
+                **ratios,
+                "targets": {f"{t}_over_double_ma_max": RATIO_TARGET[t] for t in wanted},
+                "targets_met": {
+                    f"{t}_over_double_ma": ratios[f"{t}_over_double_ma"] <= RATIO_TARGET[t] for t in wanted
+                },
+                "bench_seconds": round(time.perf_counter() - began, 1),
+                "note": "one process, the same bars for every run; each run is timed from the bars frame to vnpy's "
+                "statistics "
                 "(frame_to_bars, engine, warm-up, replay, calculate_result, calculate_statistics(output=False)); "
                 "ours is BacktestingModule.run_backtest(bars=frame) and also loads the bundle and, with the cache "
                 "cold (use_cache=False), builds every bar's features and runs batch inference; the ratios use the "
@@ -354,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "an in-process LSTM is trained briefly because inference speed does not depend on how well trained "
                 "its weights are; GUIDE §8 measured the double-MA run at "
                 f"{GUIDE_DOUBLE_MA_SECONDS_PER_100K} s per 100k bars on this kind of machine",
-    }, ensure_ascii=False, indent=2))
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     return 0
 
 

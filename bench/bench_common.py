@@ -71,12 +71,18 @@ def add_input_arguments(parser: Any) -> None:
     from config import SAMPLE_BARS_CSV
 
     parser.add_argument("--csv", default=str(SAMPLE_BARS_CSV), help="K线 CSV（默认示例数据）/ bar CSV")
-    parser.add_argument("--model", action="append", default=[], metavar="BUNDLE",
-                        help="已保存的模型包，可重复（每种类型一个）；否则在进程内训练 / saved bundle, repeatable")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="BUNDLE",
+        help="已保存的模型包，可重复（每种类型一个）；否则在进程内训练 / saved bundle, repeatable",
+    )
 
 
-def train_briefly(model_type: str, epochs: int, train_stride: int, data_for: Callable[[Any], Any],
-                  progress: Callable[[str], None]) -> tuple[Any, Any, str, float]:
+def train_briefly(
+    model_type: str, epochs: int, train_stride: int, data_for: Callable[[Any], Any], progress: Callable[[str], None]
+) -> tuple[Any, Any, str, float]:
     """Train a model in this process (the LSTM only briefly: speed does not depend on its weights);
     `data_for(config)` gives its TrainingData. Returns the model, its data, how it was trained and the seconds."""
     from ml_model import ModelConfig, PricePredictionModel
@@ -86,8 +92,10 @@ def train_briefly(model_type: str, epochs: int, train_stride: int, data_for: Cal
         source = f"trained in-process: {epochs} epoch(s) on every {train_stride}th training window"
     else:
         config = ModelConfig(model_type="random_forest")
-        source = (f"trained in-process: {config.trees} trees, max_depth {config.max_depth}, "
-                  f"min_samples_leaf {config.min_samples_leaf}")
+        source = (
+            f"trained in-process: {config.trees} trees, max_depth {config.max_depth}, "
+            f"min_samples_leaf {config.min_samples_leaf}"
+        )
     data = data_for(config)
     model = PricePredictionModel(model_type, config)
     progress(f"training {model_type} ({source})")

@@ -54,8 +54,9 @@ def run_ta(ohlcv: pd.DataFrame) -> pd.DataFrame:
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return ta.add_all_ta_features(ohlcv.copy(), open="open", high="high", low="low", close="close",
-                                      volume="volume", fillna=False)
+        return ta.add_all_ta_features(
+            ohlcv.copy(), open="open", high="high", low="low", close="close", volume="volume", fillna=False
+        )
 
 
 def stream_online(bars: pd.DataFrame, disable_gc: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
@@ -98,9 +99,13 @@ def compare_online(outputs: list[np.ndarray | None], batch: pd.DataFrame, rows: 
     nan_mismatch = np.isnan(online) != np.isnan(expected)
     finite = np.where(np.isnan(difference), 0.0, difference)
     mismatched = {
-        name: {"rows": int((~close[:, j]).sum()), "max_abs_diff": float(finite[:, j].max()),
-               "nan_mismatches": int(nan_mismatch[:, j].sum())}
-        for j, name in enumerate(batch.columns) if not close[:, j].all()
+        name: {
+            "rows": int((~close[:, j]).sum()),
+            "max_abs_diff": float(finite[:, j].max()),
+            "nan_mismatches": int(nan_mismatch[:, j].sum()),
+        }
+        for j, name in enumerate(batch.columns)
+        if not close[:, j].all()
     }
     return {
         "online_equals_batch": bool(close.all()),
@@ -119,8 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="build_features 重复次数取中位数 / our runs (median)")
     parser.add_argument("--ta-repeat", type=int, default=1, help="ta 重复次数取中位数 / ta runs (median)")
     parser.add_argument("--check-bars", type=int, default=10_000, help="在线与批量对比的前几根 / bars compared")
-    parser.add_argument("--online-repeat", type=int, default=3,
-                        help="在线流式重放次数（每根取最小值以滤除机器抖动）/ online replays (per-bar minimum)")
+    parser.add_argument(
+        "--online-repeat",
+        type=int,
+        default=3,
+        help="在线流式重放次数（每根取最小值以滤除机器抖动）/ online replays (per-bar minimum)",
+    )
     parser.add_argument("--keep-gc", action="store_true", help="计时循环中不关闭 gc / keep gc on in the timed loop")
     args = parser.parse_args(argv)
     warmup = data_processor.FEATURE_WARMUP
@@ -138,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = load_clean(args.csv)
     if args.offset + args.bars > len(clean):
         parser.error(f"--offset {args.offset} + --bars {args.bars} exceeds the {len(clean)} cleaned bars")
-    bars = clean.iloc[args.offset:args.offset + args.bars]
+    bars = clean.iloc[args.offset : args.offset + args.bars]
     del clean
     ohlcv = bars[OHLCV_COLUMNS].reset_index(drop=True)
     progress(f"{len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
@@ -179,51 +188,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ta_s, ours_s = statistics.median(ta_times), statistics.median(ours_times)
     speedup = ta_s / ours_s
-    print(json.dumps({
-        "bars": len(bars),
-        "offset": args.offset,
-        "first_bar": bars.index[0].isoformat(),
-        "last_bar": bars.index[-1].isoformat(),
-        "night_bar_share": round(float(bars["night"].mean()), 4) if "night" in bars.columns else None,
-        "cpu_count": os.cpu_count(),
-        "ta_seconds": round(ta_s, 3),
-        "ta_runs": args.ta_repeat,
-        "ta_columns": ta_columns,
-        "ours_seconds": round(ours_s, 4),
-        "ours_runs": args.repeat,
-        "ours_warmup_runs": 1,
-        "ours_columns": len(data_processor.FEATURE_NAMES),
-        "speedup": round(speedup, 1),
-        "online_bars_timed": int(len(latencies_us)),
-        "online_gc_disabled": not args.keep_gc,
-        "online_p50_us": round(p50, 2),
-        "online_p90_us": round(p90, 2),
-        "online_p99_us": round(p99, 2),
-        "online_max_us": round(float(latencies_us.max()), 2),
-        "online_mean_us": round(float(latencies_us.mean()), 2),
-        "online_p99_over_p50": round(p99 / p50, 2),
-        "online_p99_us_each_replay": [round(x, 2) for x in p99_runs],
-        "online_replays": args.online_repeat,
-        "online_best_of_replays_p50_us": round(best_p50, 2),
-        "online_best_of_replays_p99_us": round(best_p99, 2),
-        "jitter_reference_p50_us": round(ref_p50, 2),
-        "jitter_reference_p99_us": round(ref_p99, 2),
-        "jitter_reference_p99_over_p50": round(ref_p99 / ref_p50, 2),
-        "online_checked_bars": args.check_bars,
-        **check,
-        "targets": {"speedup_min": SPEEDUP_TARGET, "online_p99_us_max": P99_TARGET_US},
-        "targets_met": {
-            "speedup": speedup >= SPEEDUP_TARGET,
-            "online_p99": p99 <= P99_TARGET_US,
-            "online_p99_best_of_replays": best_p99 <= P99_TARGET_US,
-        },
-        "bench_seconds": round(time.perf_counter() - began, 1),
-        "note": "medians in one process; ta gets OHLCV with an integer index and fillna=False; build_features gets "
+    print(
+        json.dumps(
+            {
+                "bars": len(bars),
+                "offset": args.offset,
+                "first_bar": bars.index[0].isoformat(),
+                "last_bar": bars.index[-1].isoformat(),
+                "night_bar_share": round(float(bars["night"].mean()), 4) if "night" in bars.columns else None,
+                "cpu_count": os.cpu_count(),
+                "ta_seconds": round(ta_s, 3),
+                "ta_runs": args.ta_repeat,
+                "ta_columns": ta_columns,
+                "ours_seconds": round(ours_s, 4),
+                "ours_runs": args.repeat,
+                "ours_warmup_runs": 1,
+                "ours_columns": len(data_processor.FEATURE_NAMES),
+                "speedup": round(speedup, 1),
+                "online_bars_timed": int(len(latencies_us)),
+                "online_gc_disabled": not args.keep_gc,
+                "online_p50_us": round(p50, 2),
+                "online_p90_us": round(p90, 2),
+                "online_p99_us": round(p99, 2),
+                "online_max_us": round(float(latencies_us.max()), 2),
+                "online_mean_us": round(float(latencies_us.mean()), 2),
+                "online_p99_over_p50": round(p99 / p50, 2),
+                "online_p99_us_each_replay": [round(x, 2) for x in p99_runs],
+                "online_replays": args.online_repeat,
+                "online_best_of_replays_p50_us": round(best_p50, 2),
+                "online_best_of_replays_p99_us": round(best_p99, 2),
+                "jitter_reference_p50_us": round(ref_p50, 2),
+                "jitter_reference_p99_us": round(ref_p99, 2),
+                "jitter_reference_p99_over_p50": round(ref_p99 / ref_p50, 2),
+                "online_checked_bars": args.check_bars,
+                **check,
+                "targets": {"speedup_min": SPEEDUP_TARGET, "online_p99_us_max": P99_TARGET_US},
+                "targets_met": {
+                    "speedup": speedup >= SPEEDUP_TARGET,
+                    "online_p99": p99 <= P99_TARGET_US,
+                    "online_p99_best_of_replays": best_p99 <= P99_TARGET_US,
+                },
+                "bench_seconds": round(time.perf_counter() - began, 1),
+                "note": "medians in one process; ta gets OHLCV with an integer index and fillna=False; "
+                "build_features gets "
                 "the cleaned bars; online latency is per update_values call (perf_counter_ns), after the warm-up; "
                 "the jitter reference times a fixed sum() of 2000 floats in the same loop, so its p99/p50 is the "
                 "machine's own tail; best_of_replays takes each bar's fastest of the replays, which removes "
                 "preemption by other processes on this shared 2-core machine but keeps the code's own slow bars",
-    }, ensure_ascii=False, indent=2))
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -95,8 +95,7 @@ def build_subject(model_type: str, data: TrainingData, single: int, epochs: int,
     """Train a model in this process: the LSTM briefly (inference speed does not depend on its weights)."""
     model, _, source, seconds = train_briefly(model_type, epochs, train_stride, lambda _config: data, progress)
     test = data.windows("test")
-    return Subject(model, source, seconds, test.take(np.arange(min(single, len(test)))), all_windows(data),
-                   data.scaled)
+    return Subject(model, source, seconds, test.take(np.arange(min(single, len(test)))), all_windows(data), data.scaled)
 
 
 def load_subject(path: str, bars: pd.DataFrame, single: int) -> Subject:
@@ -159,8 +158,10 @@ def native_single_calls(subject: Subject, count: int) -> dict[str, tuple[Callabl
     return {
         "keras_predict": (lambda window: float(network.predict(window[None], verbose=0)[0, 0]) * scale, count),
         "keras_tf_function": (lambda window: float(compiled(window[None]).numpy()[0, 0]) * scale, count),
-        "keras_eager_call": (lambda window: float(np.asarray(network(window[None], training=False))[0, 0]) * scale,
-                             min(count, EAGER_CALLS)),
+        "keras_eager_call": (
+            lambda window: float(np.asarray(network(window[None], training=False))[0, 0]) * scale,
+            min(count, EAGER_CALLS),
+        ),
     }
 
 
@@ -182,9 +183,14 @@ def bench_single(subject: Subject, native_count: int, repeat: int) -> dict[str, 
     progress(f"{model.model_type}: jitter reference, a fixed job timed {len(windows)} times the same way")
     reference = constant_workload(len(windows))
     ref_p50, ref_p99 = (float(np.percentile(reference / 1000.0, q)) for q in (50, 99))
-    result.update({"jitter_reference_p50_us": round(ref_p50, 2), "jitter_reference_p99_us": round(ref_p99, 2),
-                   "jitter_reference_p99_over_p50": round(ref_p99 / ref_p50, 2),
-                   "predict_one_p99_over_p50": round(result["predict_one_p99_us"] / result["predict_one_p50_us"], 2)})
+    result.update(
+        {
+            "jitter_reference_p50_us": round(ref_p50, 2),
+            "jitter_reference_p99_us": round(ref_p99, 2),
+            "jitter_reference_p99_over_p50": round(ref_p99 / ref_p50, 2),
+            "predict_one_p99_over_p50": round(result["predict_one_p99_us"] / result["predict_one_p50_us"], 2),
+        }
+    )
 
     progress(f"{model.model_type}: native batch output for the {len(windows)} windows")
     native_batch = model.predict_native(windows)
@@ -198,7 +204,7 @@ def bench_single(subject: Subject, native_count: int, repeat: int) -> dict[str, 
         result[f"{name}_calls"] = len(sample)
         result.update(percentiles_us(elapsed, name))
         result[f"{name}_over_predict_one_p50"] = round(float(np.percentile(elapsed, 50)) / ours_p50, 1)
-        difference = float(np.max(np.abs(ours[:len(sample)] - values)))
+        difference = float(np.max(np.abs(ours[: len(sample)] - values)))
         result[f"max_abs_diff_vs_{name}"] = difference
         differences.append(difference)
     result["max_abs_diff"] = max(differences)
@@ -244,8 +250,11 @@ def matmul_peak_gflops(size: int, runs: int) -> dict[str, float]:
     with threadpool_limits(limits=1, user_api="blas"):
         one_thread = best()
     cores = os.cpu_count() or 1
-    return {"matmul_gflops_all_threads": round(all_threads, 1), "matmul_gflops_one_thread": round(one_thread, 1),
-            "peak_gflops": round(max(all_threads, one_thread * cores), 1)}
+    return {
+        "matmul_gflops_all_threads": round(all_threads, 1),
+        "matmul_gflops_one_thread": round(one_thread, 1),
+        "peak_gflops": round(max(all_threads, one_thread * cores), 1),
+    }
 
 
 def chunk_positions(count: int, chunk: int) -> list[np.ndarray]:
@@ -324,15 +333,17 @@ def bench_batch(subject: Subject, count: int, repeat: int, peak: dict[str, float
     if model.model_type == "lstm" and peak is not None:
         flops = lstm_flops(model.network, model.config.sequence_length)
         floor_s = flops * count / (peak["peak_gflops"] * 1e9)
-        result.update({
-            "mflop_per_window": round(flops / 1e6, 3),
-            "ours_compute_gflops": round(flops * count / compute_s / 1e9, 1),
-            "floor_seconds": round(floor_s, 3),
-            "ours_compute_over_floor": round(compute_s / floor_s, 2),
-            "ours_over_floor": round(ours_s / floor_s, 2),
-            f"{native}_over_floor": round(native_s / floor_s, 2),
-            "batch_seconds_target": round(BATCH_SECONDS_PER_100K * count / 100_000, 3),
-        })
+        result.update(
+            {
+                "mflop_per_window": round(flops / 1e6, 3),
+                "ours_compute_gflops": round(flops * count / compute_s / 1e9, 1),
+                "floor_seconds": round(floor_s, 3),
+                "ours_compute_over_floor": round(compute_s / floor_s, 2),
+                "ours_over_floor": round(ours_s / floor_s, 2),
+                f"{native}_over_floor": round(native_s / floor_s, 2),
+                "batch_seconds_target": round(BATCH_SECONDS_PER_100K * count / 100_000, 3),
+            }
+        )
     return result
 
 
@@ -343,9 +354,11 @@ def targets_met(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
         single = result["single"]
         met[f"{model_type}_predict_one_p99"] = single["predict_one_p99_us"] <= P99_TARGET_US[model_type]
         met[f"{model_type}_predict_one_best_of_replays_p99"] = (
-            single["predict_one_best_of_replays_p99_us"] <= P99_TARGET_US[model_type])
-        met[f"{model_type}_equal_native"] = max(single["max_abs_diff"], result["batch"]["max_abs_diff"]) \
-            <= EQUAL_TOLERANCE
+            single["predict_one_best_of_replays_p99_us"] <= P99_TARGET_US[model_type]
+        )
+        met[f"{model_type}_equal_native"] = (
+            max(single["max_abs_diff"], result["batch"]["max_abs_diff"]) <= EQUAL_TOLERANCE
+        )
         if model_type == "lstm":
             batch = result["batch"]
             met["lstm_batch_seconds"] = batch["ours_seconds"] <= batch["batch_seconds_target"]
@@ -362,21 +375,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--start", default="2015-01-01", help="数据起始日期 / first date of the bars")
     parser.add_argument("--end", default="2016-06-30", help="数据结束日期（含）/ last date of the bars")
     parser.add_argument("--single", type=int, default=2000, help="单窗口计时的窗口数 / windows timed one by one")
-    parser.add_argument("--native-single", type=int, default=200,
-                        help="原生单窗口调用次数（Keras 约 35 ms 一次）/ native one-window calls timed")
+    parser.add_argument(
+        "--native-single",
+        type=int,
+        default=200,
+        help="原生单窗口调用次数（Keras 约 35 ms 一次）/ native one-window calls timed",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="predict_one 重放次数 / predict_one replays")
     parser.add_argument("--batch", type=int, default=100_000, help="批量推理的窗口数 / windows in the batch")
     parser.add_argument("--batch-repeat", type=int, default=1, help="批量计时次数取中位数 / batch runs (median)")
     parser.add_argument("--epochs", type=int, default=1, help="进程内 LSTM 训练轮数 / in-process LSTM epochs")
-    parser.add_argument("--train-stride", type=int, default=20,
-                        help="进程内 LSTM 每隔几个训练窗口取一个 / in-process LSTM training stride")
+    parser.add_argument(
+        "--train-stride",
+        type=int,
+        default=20,
+        help="进程内 LSTM 每隔几个训练窗口取一个 / in-process LSTM training stride",
+    )
     parser.add_argument("--skip-lstm", action="store_true", help="跳过 LSTM / skip the LSTM")
     parser.add_argument("--skip-forest", action="store_true", help="跳过随机森林 / skip the random forest")
     args = parser.parse_args(argv)
-    if min(args.single, args.native_single, args.repeat, args.batch, args.batch_repeat, args.epochs,
-           args.train_stride) < 1:
-        parser.error("--single, --native-single, --repeat, --batch, --batch-repeat, --epochs and --train-stride "
-                     "must be ≥ 1")
+    if (
+        min(args.single, args.native_single, args.repeat, args.batch, args.batch_repeat, args.epochs, args.train_stride)
+        < 1
+    ):
+        parser.error(
+            "--single, --native-single, --repeat, --batch, --batch-repeat, --epochs and --train-stride must be ≥ 1"
+        )
     wanted = [t for t, skip in zip(MODEL_TYPES, (args.skip_lstm, args.skip_forest), strict=True) if not skip]
     if not wanted:
         parser.error("nothing to do: both --skip-lstm and --skip-forest")
@@ -401,8 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if data is None:
             progress(f"prepare_training_data on {len(bars)} bars")
-            data = data_processor.prepare_training_data(bars, VT_SYMBOL, horizon=5, sequence_length=60,
-                                                        features_count=30)
+            data = data_processor.prepare_training_data(
+                bars, VT_SYMBOL, horizon=5, sequence_length=60, features_count=30
+            )
         subjects[model_type] = build_subject(model_type, data, args.single, args.epochs, args.train_stride)
 
     peak: dict[str, float] | None = None
@@ -425,24 +450,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch": batch,
         }
 
-    print(json.dumps({
-        "bars": len(bars),
-        "first_bar": bars.index[0].isoformat(),
-        "last_bar": bars.index[-1].isoformat(),
-        "cpu_count": os.cpu_count(),
-        "versions": library_versions(),
-        **(peak or {}),
-        **results,
-        "targets": {
-            "predict_one_p99_us_max": P99_TARGET_US,
-            "max_abs_diff_max": EQUAL_TOLERANCE,
-            "lstm_batch_seconds_max_per_100k": BATCH_SECONDS_PER_100K,
-            "lstm_batch_keras_over_ours_min": KERAS_RATIO_TARGET,
-            "lstm_batch_ours_over_floor_max": FLOOR_RATIO_TARGET,
-        },
-        "targets_met": targets_met(results),
-        "bench_seconds": round(time.perf_counter() - began, 1),
-        "note": "one process, one model per type used by every path; an in-process LSTM is trained briefly because "
+    print(
+        json.dumps(
+            {
+                "bars": len(bars),
+                "first_bar": bars.index[0].isoformat(),
+                "last_bar": bars.index[-1].isoformat(),
+                "cpu_count": os.cpu_count(),
+                "versions": library_versions(),
+                **(peak or {}),
+                **results,
+                "targets": {
+                    "predict_one_p99_us_max": P99_TARGET_US,
+                    "max_abs_diff_max": EQUAL_TOLERANCE,
+                    "lstm_batch_seconds_max_per_100k": BATCH_SECONDS_PER_100K,
+                    "lstm_batch_keras_over_ours_min": KERAS_RATIO_TARGET,
+                    "lstm_batch_ours_over_floor_max": FLOOR_RATIO_TARGET,
+                },
+                "targets_met": targets_met(results),
+                "bench_seconds": round(time.perf_counter() - began, 1),
+                "note": "one process, one model per type used by every path; an in-process LSTM is trained briefly "
+                "because "
                 "inference speed does not depend on how well trained the weights are (same shapes, same arithmetic); "
                 "latencies are per call (perf_counter_ns, gc off, after warm-up calls) on real scaled test windows, "
                 "in µs; best_of_replays takes each window's fastest replay, which removes preemption on this shared "
@@ -453,7 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "on the same ready array, and the ratio to "
                 "the native predict and to the floor use those; the floor is the LSTM's multiply-add FLOPs over the "
                 "measured float32 matmul peak (the larger of all threads and one thread × cores)",
-    }, ensure_ascii=False, indent=2))
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -57,8 +57,17 @@ def sample_lines(sample_bars_csv: Path) -> list[str]:
 def imported_home(tmp_path_factory: pytest.TempPathFactory, sample_bars_csv: Path) -> Home:
     """A home holding the whole real sample, imported once for the session; tests must not modify it."""
     home = resolve_home(tmp_path_factory.mktemp("imported") / "home")
-    argv = ["--home", str(home.root), "import", "--csv", str(sample_bars_csv), "--vt-symbol", "rb0000.SHFE",
-            "--timestamp", "end"]
+    argv = [
+        "--home",
+        str(home.root),
+        "import",
+        "--csv",
+        str(sample_bars_csv),
+        "--vt-symbol",
+        "rb0000.SHFE",
+        "--timestamp",
+        "end",
+    ]
     assert ai_trading_system.main(argv) == 0  # the acceptance command, run in-process
     return home
 
@@ -84,15 +93,17 @@ def table_dump(home: Home) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def run_python(code: str, home: Path, extra_path: Path | None = None,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, home: Path, extra_path: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run code in a fresh interpreter (vnpy binds its folder once per process) with the project importable."""
     paths = [str(PROJECT_DIR)] + ([str(extra_path)] if extra_path else [])
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AI_TRADER_")}
     full_env.update({"PYTHONPATH": os.pathsep.join(paths), "AI_TRADER_HOME": str(home), "HOME": str(home.parent)})
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                          cwd=home.parent, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=home.parent, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +113,13 @@ def rf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFacto
     import ml_model
     from config import CHINA_TZ
 
-    bars = sample_frame.loc[pd.Timestamp("2015-09-01", tz=CHINA_TZ):pd.Timestamp("2015-12-31 23:59", tz=CHINA_TZ)]
-    data = data_processor.prepare_training_data(bars.copy(), "rb0000.SHFE", horizon=5, sequence_length=60,
-                                                features_count=30)
-    model = ml_model.PricePredictionModel("random_forest", ml_model.ModelConfig(
-        model_type="random_forest", trees=20, max_depth=6))
+    bars = sample_frame.loc[pd.Timestamp("2015-09-01", tz=CHINA_TZ) : pd.Timestamp("2015-12-31 23:59", tz=CHINA_TZ)]
+    data = data_processor.prepare_training_data(
+        bars.copy(), "rb0000.SHFE", horizon=5, sequence_length=60, features_count=30
+    )
+    model = ml_model.PricePredictionModel(
+        "random_forest", ml_model.ModelConfig(model_type="random_forest", trees=20, max_depth=6)
+    )
     model.train(data)
     model.evaluate(data, "test")
     return model.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra={"vt_symbol": "rb0000.SHFE"})

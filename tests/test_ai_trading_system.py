@@ -40,8 +40,19 @@ def small_csv(tmp_path: Path, sample_lines: list[str]) -> Path:
 def test_import_command_prints_a_summary_of_what_it_stored(
     home: Home, small_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = ai_trading_system.main(["--home", str(home.root), "import", "--csv", str(small_csv),
-                                   "--vt-symbol", "rb0000.SHFE", "--timestamp", "end"])
+    code = ai_trading_system.main(
+        [
+            "--home",
+            str(home.root),
+            "import",
+            "--csv",
+            str(small_csv),
+            "--vt-symbol",
+            "rb0000.SHFE",
+            "--timestamp",
+            "end",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "新增 / inserted                    500" in out
@@ -83,14 +94,17 @@ def test_bad_file_exits_2_with_one_message_and_no_traceback(
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--columns", "open"], "字段=列名"),
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--columns", "foo=bar"], "未知字段"),
         (["import", "--csv", "x.csv", "--vt-symbol", "rb0000.SHFE", "--timestamp", "middle"], "invalid choice"),
-        (["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end", "2016-01-08", "--cuts", "0"],
-         "正整数"),
+        (
+            ["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end", "2016-01-08", "--cuts", "0"],
+            "正整数",
+        ),
         (["audit", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04"], "--end"),
         (["teleport"], "invalid choice"),
     ],
 )
-def test_bad_command_line_exits_2(home: Home, argv: list[str], fragment: str,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_command_line_exits_2(
+    home: Home, argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert ai_trading_system.main(["--home", str(home.root), *argv]) == 2
     assert fragment in capsys.readouterr().err
 
@@ -98,9 +112,23 @@ def test_bad_command_line_exits_2(home: Home, argv: list[str], fragment: str,
 def test_custom_columns_from_the_command_line(home: Home, tmp_path: Path) -> None:
     path = tmp_path / "other.csv"
     path.write_text("t,o,h,l,c,v\n20160104 09:01,2000,2005,1998,2003,100\n", encoding="utf-8")
-    code = ai_trading_system.main([
-        "--home", str(home.root), "import", "--csv", str(path), "--vt-symbol", "rb1605.SHFE", "--timestamp", "start",
-        "--columns", "datetime=t,open=o,high=h,low=l,close=c,volume=v", "--datetime-format", "%Y%m%d %H:%M"])
+    code = ai_trading_system.main(
+        [
+            "--home",
+            str(home.root),
+            "import",
+            "--csv",
+            str(path),
+            "--vt-symbol",
+            "rb1605.SHFE",
+            "--timestamp",
+            "start",
+            "--columns",
+            "datetime=t,open=o,high=h,low=l,close=c,volume=v",
+            "--datetime-format",
+            "%Y%m%d %H:%M",
+        ]
+    )
     assert code == 0
     frame = data_collector.load_history_data("rb1605.SHFE", "2016-01-04", "2016-01-04", home=home)
     assert frame.index[0].strftime("%H:%M") == "09:01" and frame["close"].iloc[0] == 2003
@@ -164,9 +192,7 @@ def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
 
 
 @pytest.mark.slow
-def test_audit_horizon_option_overrides_the_settings(
-    imported_home: Home, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_audit_horizon_option_overrides_the_settings(imported_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--home", str(imported_home.root), *AUDIT_JANUARY[:-2], "--cuts", "3", "--horizon", "12"]
     assert ai_trading_system.main(argv) == 0
     rows = table_rows(capsys.readouterr().out)
@@ -177,8 +203,17 @@ def test_audit_horizon_option_overrides_the_settings(
 def test_audit_of_a_range_with_no_stored_bars_exits_2_saying_what_is_stored(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--home", str(imported_home.root), "audit", "--vt-symbol", "rb0000.SHFE",
-            "--start", "2020-01-02", "--end", "2020-01-31"]
+    argv = [
+        "--home",
+        str(imported_home.root),
+        "audit",
+        "--vt-symbol",
+        "rb0000.SHFE",
+        "--start",
+        "2020-01-02",
+        "--end",
+        "2020-01-31",
+    ]
     assert ai_trading_system.main(argv) == 2
     captured = capsys.readouterr()
     assert "没有 rb0000.SHFE 1m 在 2020-01-02 00:00 ~ 2020-01-31 23:59 的K线" in captured.err
@@ -232,8 +267,19 @@ def test_prompt_offers_only_working_modes_and_runs_the_choice(
 
 def test_prompt_trading_asks_for_the_replay_or_the_gateway() -> None:
     sim = ai_trading_system.ask_trading(prompt_with("", "2016-03-01", "", "max", "rf"))
-    assert sim == ("trade", "--gateway", "sim", "--replay-start", "2016-03-01", "--replay-end", "2016-06-10",
-                   "--speed", "max", "--model", "rf")
+    assert sim == (
+        "trade",
+        "--gateway",
+        "sim",
+        "--replay-start",
+        "2016-03-01",
+        "--replay-end",
+        "2016-06-10",
+        "--speed",
+        "max",
+        "--model",
+        "rf",
+    )
     assert ai_trading_system.ask_trading(prompt_with("ctp")) == ("trade", "--gateway", "ctp")
 
 
@@ -241,9 +287,18 @@ def test_prompt_asks_before_connecting_a_live_account_and_stops_without_yes(
     home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home.settings_dir.mkdir(parents=True)
-    (home.settings_dir / "broker.json").write_text(json.dumps(
-        {"environment": "live", "broker_id": "8888", "td_address": "tcp://127.0.0.1:1",
-         "md_address": "tcp://127.0.0.1:1", "app_id": "desk"}), encoding="utf-8")
+    (home.settings_dir / "broker.json").write_text(
+        json.dumps(
+            {
+                "environment": "live",
+                "broker_id": "8888",
+                "td_address": "tcp://127.0.0.1:1",
+                "md_address": "tcp://127.0.0.1:1",
+                "app_id": "desk",
+            }
+        ),
+        encoding="utf-8",
+    )
     questions: list[str] = []
     answers = iter(["1", "ctp", "yes"])
 
@@ -285,8 +340,22 @@ def test_demo_without_the_training_years_exits_2_naming_the_missing_bars(
 
 
 def backtest_argv(home: Home, bundle: Path, report: Path) -> list[str]:
-    return ["--home", str(home.root), "backtest", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-04", "--end",
-            "2016-01-29", "--model", str(bundle), "--report-dir", str(report), "--no-cache"]
+    return [
+        "--home",
+        str(home.root),
+        "backtest",
+        "--vt-symbol",
+        "rb0000.SHFE",
+        "--start",
+        "2016-01-04",
+        "--end",
+        "2016-01-29",
+        "--model",
+        str(bundle),
+        "--report-dir",
+        str(report),
+        "--no-cache",
+    ]
 
 
 def test_backtest_and_optimize_defaults_are_the_options_the_demo_uses() -> None:
@@ -299,12 +368,20 @@ def test_backtest_and_optimize_defaults_are_the_options_the_demo_uses() -> None:
     assert (defaults.interval, defaults.capital, defaults.fixed_size, defaults.trailing_percent) == ("1m", 1e6, 1, 0.8)
     assert (defaults.rate, defaults.slippage, defaults.size, defaults.pricetick, defaults.threshold) == (None,) * 5
     assert defaults.use_cache and ai_trading_system.strategy_setting(defaults) == {
-        "fixed_size": 1, "trailing_percent": 0.8}
-    given = ai_trading_system.backtest_options(parser.parse_args(
-        ["backtest", *required, "--threshold", "0.002", "--fixed-size", "3", "--no-cache", "--capital", "5e5"]))
+        "fixed_size": 1,
+        "trailing_percent": 0.8,
+    }
+    given = ai_trading_system.backtest_options(
+        parser.parse_args(
+            ["backtest", *required, "--threshold", "0.002", "--fixed-size", "3", "--no-cache", "--capital", "5e5"]
+        )
+    )
     assert (given.capital, given.use_cache) == (5e5, False)
     assert ai_trading_system.strategy_setting(given) == {
-        "fixed_size": 3, "trailing_percent": 0.8, "prediction_threshold": 0.002}
+        "fixed_size": 3,
+        "trailing_percent": 0.8,
+        "prediction_threshold": 0.002,
+    }
 
 
 @pytest.mark.slow
@@ -314,7 +391,8 @@ def test_backtest_writes_every_report_file_and_prints_the_summary(
     report = tmp_path / "report"
     assert ai_trading_system.main(backtest_argv(imported_home, rf_bundle, report)) == 0
     assert {"report.png", "report.html", "statistics.json", "trades.csv", "daily.csv"} <= {
-        p.name for p in report.iterdir()}
+        p.name for p in report.iterdir()
+    }
     statistics = json.loads((report / "statistics.json").read_text(encoding="utf-8"))
     out = capsys.readouterr().out
     assert "净盈亏 / net P&L" in out and f"{statistics['total_net_pnl']:,.2f}" in out
@@ -323,7 +401,10 @@ def test_backtest_writes_every_report_file_and_prints_the_summary(
 
 @pytest.mark.slow
 def test_backtest_of_a_strategy_that_raises_exits_1_with_the_traceback_and_no_report(
-    imported_home: Home, rf_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    imported_home: Home,
+    rf_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from predictive_trading_strategy import PredictiveTradingStrategy
@@ -343,8 +424,9 @@ def test_backtest_of_a_strategy_that_raises_exits_1_with_the_traceback_and_no_re
 
 
 @pytest.mark.slow
-def test_backtest_with_a_missing_bundle_exits_2(imported_home: Home, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_backtest_with_a_missing_bundle_exits_2(
+    imported_home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = backtest_argv(imported_home, tmp_path / "no_such_bundle", tmp_path / "report")
     assert ai_trading_system.main(argv) == 2
     assert "no_such_bundle" in capsys.readouterr().err

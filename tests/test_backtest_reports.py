@@ -38,9 +38,10 @@ VT = "rb0000.SHFE"
 def result(sample_frame: pd.DataFrame, rf_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> BacktestResult:
     """January 2016 on real rb bars (warm-up from 2015-12-20), run once for the module."""
     module = BacktestingModule(resolve_home(tmp_path_factory.mktemp("reports") / "home"))
-    bars = sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ):pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
-    return module.run_backtest(VT, "2016-01-04", "2016-01-31", rf_bundle, setting={"fixed_size": 1}, bars=bars,
-                               use_cache=False)
+    bars = sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ) : pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
+    return module.run_backtest(
+        VT, "2016-01-04", "2016-01-31", rf_bundle, setting={"fixed_size": 1}, bars=bars, use_cache=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,9 @@ def test_write_report_creates_the_folder_and_the_five_files(report: dict[str, Pa
     assert all(report[name] == folder / name and report[name].stat().st_size > 0 for name in REPORT_FILES)
 
 
-def test_statistics_json_is_plain_json_with_vnpy_totals_and_the_run(report: dict[str, Path],
-                                                                   result: BacktestResult) -> None:
+def test_statistics_json_is_plain_json_with_vnpy_totals_and_the_run(
+    report: dict[str, Path], result: BacktestResult
+) -> None:
     with report["statistics.json"].open(encoding="utf-8") as handle:
         loaded = json.load(handle, parse_constant=reject_constant)
     assert loaded["total_net_pnl"] == result.statistics["total_net_pnl"]
@@ -98,8 +100,9 @@ def test_trades_csv_has_one_row_per_trade_with_enum_values(report: dict[str, Pat
     assert pd.Timestamp(rows[0]["datetime"]) == result.trades[0].datetime
 
 
-def test_daily_csv_is_vnpy_daily_results_with_buy_and_hold_on_the_same_dates(report: dict[str, Path],
-                                                                             result: BacktestResult) -> None:
+def test_daily_csv_is_vnpy_daily_results_with_buy_and_hold_on_the_same_dates(
+    report: dict[str, Path], result: BacktestResult
+) -> None:
     daily = pd.read_csv(report["daily.csv"], parse_dates=["date"])
     vnpy_columns = [column for column in result.daily.columns if column != "trades"]
     assert list(daily.columns) == ["date", *vnpy_columns, "buy_and_hold_balance"]
@@ -123,8 +126,9 @@ def test_report_html_is_a_self_contained_plotly_chart(report: dict[str, Path]) -
     assert not re.search(r"<script[^>]*\bsrc=", html)  # plotly.js is inline, so it opens offline
 
 
-def test_figure_has_four_labelled_panels_on_one_time_axis_and_the_key_statistics(figure: Figure,
-                                                                                  result: BacktestResult) -> None:
+def test_figure_has_four_labelled_panels_on_one_time_axis_and_the_key_statistics(
+    figure: Figure, result: BacktestResult
+) -> None:
     panels = [ax for ax in figure.axes if ax.get_ylabel() != "predicted return (bp)"]
     assert len(panels) == 4 and len(figure.axes) == 5  # the fifth is the prediction's twin y axis on the price panel
     assert all(ax.get_ylabel() and ax.get_title() for ax in panels)
@@ -152,12 +156,16 @@ def test_drawdown_panel_is_vnpy_ddpercent(figure: Figure, result: BacktestResult
 
 
 def test_price_panel_marks_entries_and_exits_of_every_trade(figure: Figure, result: BacktestResult) -> None:
-    markers = {str(collection.get_label()).split(" (")[0]: len(np.asarray(collection.get_offsets()))
-               for collection in figure.axes[3].collections}
+    markers = {
+        str(collection.get_label()).split(" (")[0]: len(np.asarray(collection.get_offsets()))
+        for collection in figure.axes[3].collections
+    }
     opens = [t for t in result.trades if t.offset == Offset.OPEN]
-    assert markers == {"long entry": sum(1 for t in opens if t.direction == Direction.LONG),
-                       "short entry": sum(1 for t in opens if t.direction == Direction.SHORT),
-                       "exit": len(result.trades) - len(opens)}
+    assert markers == {
+        "long entry": sum(1 for t in opens if t.direction == Direction.LONG),
+        "short entry": sum(1 for t in opens if t.direction == Direction.SHORT),
+        "exit": len(result.trades) - len(opens),
+    }
     assert sum(markers.values()) == len(result.trades) and min(markers.values()) > 0
 
 
@@ -170,8 +178,9 @@ def test_figure_without_trades_or_predictions_still_draws(result: BacktestResult
     assert any("0 of" in str(artist.get_label()) for artist in figure.axes[4].get_lines())
 
 
-def test_failed_report_leaves_no_partial_or_temporary_file(result: BacktestResult, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_report_leaves_no_partial_or_temporary_file(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args: Any) -> Path:
         raise OSError("disk full")
 
@@ -181,8 +190,9 @@ def test_failed_report_leaves_no_partial_or_temporary_file(result: BacktestResul
     assert list((tmp_path / "report").iterdir()) == []
 
 
-def test_failed_rewrite_keeps_the_previous_report_whole(report: dict[str, Path], result: BacktestResult,
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_rewrite_keeps_the_previous_report_whole(
+    report: dict[str, Path], result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "report"
     shutil.copytree(report["report.png"].parent, folder)
     before = {path.name: path.read_bytes() for path in folder.iterdir()}

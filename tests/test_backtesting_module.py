@@ -37,7 +37,7 @@ def read_job(path: Path) -> OptimizationJob:
 @pytest.fixture(scope="module")
 def january(sample_frame: pd.DataFrame) -> pd.DataFrame:
     """Real rb bars from 2015-12-20 (warm-up) to 2016-01-31."""
-    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ):pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
+    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ) : pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
 
 
 def test_engine_refuses_bars_out_of_time_order(january: pd.DataFrame) -> None:
@@ -80,8 +80,9 @@ def test_best_value_on_the_edge_of_the_grid_is_warned() -> None:
 
 
 def run_january(module: BacktestingModule, january: pd.DataFrame, bundle: Path) -> tuple[dict, list]:
-    result = module.run_backtest(VT, "2016-01-04", "2016-01-31", bundle, setting={"fixed_size": 1}, bars=january,
-                                 use_cache=False)
+    result = module.run_backtest(
+        VT, "2016-01-04", "2016-01-31", bundle, setting={"fixed_size": 1}, bars=january, use_cache=False
+    )
     return result.statistics, [(t.datetime, t.direction, t.offset, t.price, t.volume) for t in result.trades]
 
 
@@ -106,10 +107,30 @@ def test_optimize_grid_writes_sorted_results_and_names_the_best(
     imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "opt"
-    argv = ["--home", str(imported_home.root), "optimize", "--vt-symbol", VT, "--start", "2016-01-04", "--end",
-            "2016-01-29", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0005:0.0015:0.0005",
-            "--param", "trailing_percent=0.5,1.0", "--target", "total_net_pnl", "--workers", "2",
-            "--report-dir", str(report), "--no-cache"]
+    argv = [
+        "--home",
+        str(imported_home.root),
+        "optimize",
+        "--vt-symbol",
+        VT,
+        "--start",
+        "2016-01-04",
+        "--end",
+        "2016-01-29",
+        "--model",
+        str(rf_bundle),
+        "--param",
+        "prediction_threshold=0.0005:0.0015:0.0005",
+        "--param",
+        "trailing_percent=0.5,1.0",
+        "--target",
+        "total_net_pnl",
+        "--workers",
+        "2",
+        "--report-dir",
+        str(report),
+        "--no-cache",
+    ]
     assert ai_trading_system.main(argv) == 0
     table = pd.read_csv(report / "results.csv")
     assert len(table) == 6
@@ -120,19 +141,38 @@ def test_optimize_grid_writes_sorted_results_and_names_the_best(
 
 
 @pytest.mark.slow
-def test_walk_forward_reports_only_out_of_sample_windows(
-    imported_home: Home, rf_bundle: Path, tmp_path: Path
-) -> None:
+def test_walk_forward_reports_only_out_of_sample_windows(imported_home: Home, rf_bundle: Path, tmp_path: Path) -> None:
     report = tmp_path / "wf"
-    argv = ["--home", str(imported_home.root), "optimize", "--vt-symbol", VT, "--start", "2016-01-04", "--end",
-            "2016-02-26", "--model", str(rf_bundle), "--param", "prediction_threshold=0.0004,0.0005",
-            "--walk-forward", "2", "--workers", "2", "--report-dir", str(report), "--no-cache"]
+    argv = [
+        "--home",
+        str(imported_home.root),
+        "optimize",
+        "--vt-symbol",
+        VT,
+        "--start",
+        "2016-01-04",
+        "--end",
+        "2016-02-26",
+        "--model",
+        str(rf_bundle),
+        "--param",
+        "prediction_threshold=0.0004,0.0005",
+        "--walk-forward",
+        "2",
+        "--workers",
+        "2",
+        "--report-dir",
+        str(report),
+        "--no-cache",
+    ]
     assert ai_trading_system.main(argv) == 0
     table = pd.read_csv(report / "walk_forward.csv")
     # 2016-01-04 .. 2016-02-26 in four equal windows: optimise on one, test on the next, then roll on by one
     windows = ["2016-01-04", "2016-01-21", "2016-02-08", "2016-02-26"]
     assert table[["fold", "optimised_from", "optimised_to", "tested_from", "tested_to"]].values.tolist() == [
-        [1, *windows[0:2], *windows[1:3]], [2, *windows[1:3], *windows[2:4]]]
+        [1, *windows[0:2], *windows[1:3]],
+        [2, *windows[1:3], *windows[2:4]],
+    ]
     job = read_job(report / "work" / "job.pkl")
     folds = [read_job(report / "work" / f"job_fold{fold}.pkl") for fold in (1, 2)]
     assert folds[0].start == job.start and folds[0].end == folds[1].start
@@ -140,12 +180,16 @@ def test_walk_forward_reports_only_out_of_sample_windows(
     bars = data_collector.frame_to_bars(job.bars, VT)
     model = PricePredictionModel().load_model(job.model_path)
     for fold, row in enumerate(table.to_dict("records")):
-        in_sample = {threshold: run_on_bars(job, bars, model, {"prediction_threshold": threshold},
-                                            folds[fold].start, folds[fold].end)["sharpe_ratio"]
-                     for threshold in (0.0004, 0.0005)}
+        in_sample = {
+            threshold: run_on_bars(
+                job, bars, model, {"prediction_threshold": threshold}, folds[fold].start, folds[fold].end
+            )["sharpe_ratio"]
+            for threshold in (0.0004, 0.0005)
+        }
         assert in_sample[row["prediction_threshold"]] == max(in_sample.values())  # the fold's best setting
-        tested = run_on_bars(job, bars, model, {"prediction_threshold": row["prediction_threshold"]},
-                             *out_of_sample[fold])
+        tested = run_on_bars(
+            job, bars, model, {"prediction_threshold": row["prediction_threshold"]}, *out_of_sample[fold]
+        )
         assert tested["total_trade_count"] > 0
         for key in ("sharpe_ratio", "total_net_pnl", "total_trade_count"):
             assert row[key] == pytest.approx(tested[key], rel=1e-9, abs=1e-9)  # the out-of-sample run, nothing else
@@ -154,9 +198,21 @@ def test_walk_forward_reports_only_out_of_sample_windows(
 
 def test_costs_take_each_given_value_else_the_contract_facts(tmp_path: Path) -> None:
     module = BacktestingModule(resolve_home(tmp_path / "home"))
-    assert module.costs(VT) == {"rate": 0.0001, "slippage": 1.0, "size": 10, "pricetick": 1, "margin_rate": 0.1,
-                                "capital": 1_000_000.0}
+    assert module.costs(VT) == {
+        "rate": 0.0001,
+        "slippage": 1.0,
+        "size": 10,
+        "pricetick": 1,
+        "margin_rate": 0.1,
+        "capital": 1_000_000.0,
+    }
     given = module.costs(VT, capital=500_000, rate=0.0002, slippage=0.0, pricetick=2.0)
-    assert given == {"rate": 0.0002, "slippage": 0.0, "size": 10, "pricetick": 2.0, "margin_rate": 0.1,
-                     "capital": 500_000}
+    assert given == {
+        "rate": 0.0002,
+        "slippage": 0.0,
+        "size": 10,
+        "pricetick": 2.0,
+        "margin_rate": 0.1,
+        "capital": 500_000,
+    }
     assert module.costs(VT, pricetick=2.0)["slippage"] == 2.0  # one tick of the given price tick

@@ -26,10 +26,16 @@ def write(folder: Path, name: str, data: object) -> Path:
 def test_defaults_are_the_seed_values() -> None:
     settings = load_settings([], environ={})
     assert (settings.model.sequence_length, settings.model.features_count, settings.model.prediction_horizon) == (
-        60, 30, 5)
+        60,
+        30,
+        5,
+    )
     assert (settings.model.model_type, settings.model.epochs, settings.model.batch_size) == ("lstm", 100, 256)
-    assert (settings.risk.max_daily_loss_rate, settings.risk.max_position_ratio,
-            settings.risk.max_single_trade_ratio) == (0.02, 0.1, 0.05)
+    assert (
+        settings.risk.max_daily_loss_rate,
+        settings.risk.max_position_ratio,
+        settings.risk.max_single_trade_ratio,
+    ) == (0.02, 0.1, 0.05)
     assert (settings.database.name, settings.database.database) == ("sqlite", "database.db")
 
 
@@ -114,8 +120,13 @@ def test_prepare_home_writes_china_time_sqlite_settings_and_keeps_user_keys(tmp_
     home.vt_setting_path.write_text(json.dumps({"font.size": 16, "database.timezone": "UTC"}), encoding="utf-8")
     prepare_home(home, load_settings([], environ={}).database)
     written = json.loads(home.vt_setting_path.read_text(encoding="utf-8"))
-    assert written == {"font.size": 16, "database.timezone": "Asia/Shanghai", "database.name": "sqlite",
-                       "database.database": "database.db", "log.console": False}
+    assert written == {
+        "font.size": 16,
+        "database.timezone": "Asia/Shanghai",
+        "database.name": "sqlite",
+        "database.database": "database.db",
+        "log.console": False,
+    }
     assert sorted(p.name for p in home.vntrader_dir.iterdir()) == ["vt_setting.json"]
 
 
@@ -197,7 +208,10 @@ def test_secrets_round_trip_through_the_encrypted_file_and_environment_wins(
     assert oct((tmp_path / "keys" / "secret.key").stat().st_mode & 0o777) == "0o600"
     secrets = config.load_secrets(home, environ=env)
     assert (secrets.get("ctp_password"), secrets.get("smtp_password"), secrets.get("ctp_user")) == (
-        "pw-Файл-9x", "smtp-secret-1", "")
+        "pw-Файл-9x",
+        "smtp-secret-1",
+        "",
+    )
     assert "pw-" not in repr(secrets)
     env["AI_TRADER_CTP_PASSWORD"] = "from-env-77"
     assert config.load_secrets(home, environ=env).get("ctp_password") == "from-env-77"
@@ -276,11 +290,24 @@ def test_json_safe_turns_numpy_dates_enums_and_non_finite_numbers_into_plain_jso
     import numpy as np
     from vnpy.trader.constant import Direction
 
-    value = {1: np.float32(0.5), "n": np.int64(7), "when": datetime(2016, 1, 4, 9, 0, tzinfo=config.CHINA_TZ),
-             "side": Direction.LONG, "bad": [float("nan"), np.float64("inf")], "path": Path("/x"), "ok": (True, None)}
-    assert config.json_safe(value) == {"1": 0.5, "n": 7, "when": "2016-01-04T09:00:00+08:00",
-                                       "side": Direction.LONG.value, "bad": [None, None], "path": "/x",
-                                       "ok": [True, None]}
+    value = {
+        1: np.float32(0.5),
+        "n": np.int64(7),
+        "when": datetime(2016, 1, 4, 9, 0, tzinfo=config.CHINA_TZ),
+        "side": Direction.LONG,
+        "bad": [float("nan"), np.float64("inf")],
+        "path": Path("/x"),
+        "ok": (True, None),
+    }
+    assert config.json_safe(value) == {
+        "1": 0.5,
+        "n": 7,
+        "when": "2016-01-04T09:00:00+08:00",
+        "side": Direction.LONG.value,
+        "bad": [None, None],
+        "path": "/x",
+        "ok": [True, None],
+    }
     assert json.dumps(config.json_safe(value), allow_nan=False)  # strict JSON: no NaN left
 
 

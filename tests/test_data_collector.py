@@ -96,14 +96,18 @@ def test_load_history_data_returns_the_csv_values_indexed_by_bar_start(imported_
 def test_load_history_data_accepts_strings_dates_and_datetimes(imported_home: Home) -> None:
     by_text = data_collector.load_history_data("rb0000.SHFE", "2016-12-01", "2016-12-30", home=imported_home)
     by_time = data_collector.load_history_data(
-        "rb0000.SHFE", date(2016, 12, 1), china(2016, 12, 30, 23, 59), interval=Interval.MINUTE,
+        "rb0000.SHFE",
+        date(2016, 12, 1),
+        china(2016, 12, 30, 23, 59),
+        interval=Interval.MINUTE,
         home=imported_home,
     )
     pd.testing.assert_frame_equal(by_text, by_time)
     assert by_text.index[0] == pd.Timestamp("2016-12-01 09:00", tz="Asia/Shanghai")
     assert by_text.index[-1] == pd.Timestamp("2016-12-30 14:59", tz="Asia/Shanghai")
     partial = data_collector.load_history_data(
-        "rb0000.SHFE", "2016-12-30 10:00", "2016-12-30 10:04", home=imported_home)
+        "rb0000.SHFE", "2016-12-30 10:00", "2016-12-30 10:04", home=imported_home
+    )
     assert list(partial.index.strftime("%H:%M")) == ["10:00", "10:01", "10:02", "10:03", "10:04"]
 
 
@@ -204,28 +208,46 @@ INVALID_FILES: dict[str, tuple[bytes, str]] = {
     "blank": (b"\n\n  \n", "文件为空"),
     "header only": ((HEADER + "\n").encode(), "没有数据行"),
     "wrong columns": (b"a,b,c\n1,2,3\n", "无法识别表头"),
-    "unparseable number": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,abc,2004,2001,2002,80\n").encode(),
-                           "第 3 行 / line 3: open 值 'abc'"),
-    "unparseable date": ((HEADER + "\n2016-13-45,9:01:00,2000,2005,1998,2003,100\n").encode(),
-                         "第 2 行 / line 2: 时间 '2016-13-45 9:01:00' 无法解析"),
-    "high below close": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,2001,2001,2002,80\n").encode(),
-                         "第 3 行 / line 3: high 2001 低于 max(open, close) 2003"),
-    "low above open": ((HEADER + "\n2016-1-4,9:01:00,2000,2005,2001,2003,100\n").encode(),
-                       "第 2 行 / line 2: low 2001 高于 min(open, close) 2000"),
+    "unparseable number": (
+        (HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,abc,2004,2001,2002,80\n").encode(),
+        "第 3 行 / line 3: open 值 'abc'",
+    ),
+    "unparseable date": (
+        (HEADER + "\n2016-13-45,9:01:00,2000,2005,1998,2003,100\n").encode(),
+        "第 2 行 / line 2: 时间 '2016-13-45 9:01:00' 无法解析",
+    ),
+    "high below close": (
+        (HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,2001,2001,2002,80\n").encode(),
+        "第 3 行 / line 3: high 2001 低于 max(open, close) 2003",
+    ),
+    "low above open": (
+        (HEADER + "\n2016-1-4,9:01:00,2000,2005,2001,2003,100\n").encode(),
+        "第 2 行 / line 2: low 2001 高于 min(open, close) 2000",
+    ),
     "zero price": ((HEADER + "\n2016-1-4,9:01:00,0,2005,0,2003,100\n").encode(), "open = 0 不是正数"),
     "negative volume": ((HEADER + "\n2016-1-4,9:01:00,2000,2005,1998,2003,-5\n").encode(), "volume = -5 为负"),
-    "truncated last line": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,20").encode(),
-                            "第 3 行 / line 3: 有 4 个字段，应为 7 个"),
-    "missing cells": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,,2001,2002,80\n").encode(),
-                      "第 3 行 / line 3: 缺少 high 值"),
+    "truncated last line": (
+        (HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,20").encode(),
+        "第 3 行 / line 3: 有 4 个字段，应为 7 个",
+    ),
+    "missing cells": (
+        (HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:02:00,2003,,2001,2002,80\n").encode(),
+        "第 3 行 / line 3: 缺少 high 值",
+    ),
     "too many fields": ((HEADER + "\n" + GOOD[0] + ",7,8\n").encode(), "第 2 行 / line 2: 有 9 个字段，应为 7 个"),
-    "conflicting duplicate": ((HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:01:00,2000,2006,1998,2003,100\n").encode(),
-                              "重复且数值不同（第 2, 3 行）"),
-    "off the minute grid": ((HEADER + "\n2016-1-4,9:01:30,2000,2005,1998,2003,100\n").encode(),
-                            "不在 0:01:00 的整点上"),
+    "conflicting duplicate": (
+        (HEADER + "\n" + GOOD[0] + "\n2016-1-4,9:01:00,2000,2006,1998,2003,100\n").encode(),
+        "重复且数值不同（第 2, 3 行）",
+    ),
+    "off the minute grid": (
+        (HEADER + "\n2016-1-4,9:01:30,2000,2005,1998,2003,100\n").encode(),
+        "不在 0:01:00 的整点上",
+    ),
     "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "不是文本"),
-    "not utf-8": ((HEADER + "\n" + GOOD[0] + "\n").encode() + "2016-1-4,9:02:00,高".encode("gbk") + b"\n",
-                  "第 3 行不是 UTF-8"),
+    "not utf-8": (
+        (HEADER + "\n" + GOOD[0] + "\n").encode() + "2016-1-4,9:02:00,高".encode("gbk") + b"\n",
+        "第 3 行不是 UTF-8",
+    ),
     "corrupt bz2": (b"BZh91AY&SY" + b"\x00garbage" * 20, "压缩文件损坏"),
     "truncated gzip": (gzip.compress((HEADER + "\n" + "\n".join(GOOD * 50)).encode())[:60], "压缩文件损坏"),
 }
@@ -260,8 +282,9 @@ def test_many_bad_rows_are_counted_and_the_first_ones_listed(home: Home, tmp_pat
     ("vt_symbol", "interval", "fragment"),
     [("rb0000", "1m", "格式错误"), ("rb0000.NOPE", "1m", "交易所"), ("rb0000.SHFE", "7m", "周期")],
 )
-def test_bad_symbol_or_interval_is_rejected(home: Home, small_csv: Path, vt_symbol: str, interval: str,
-                                            fragment: str) -> None:
+def test_bad_symbol_or_interval_is_rejected(
+    home: Home, small_csv: Path, vt_symbol: str, interval: str, fragment: str
+) -> None:
     with pytest.raises(DataError, match=fragment):
         data_collector.import_csv(small_csv, vt_symbol, interval=interval, home=home)
 
@@ -276,10 +299,14 @@ def test_missing_file_is_a_data_error(home: Home, tmp_path: Path) -> None:
 
 def expect_good_bars(home: Home, vt_symbol: str = "rb0000.SHFE") -> None:
     frame = data_collector.load_history_data(vt_symbol, "2016-01-04", "2016-01-04", home=home)
-    assert frame.index.tolist() == [pd.Timestamp("2016-01-04 09:00", tz="Asia/Shanghai"),
-                                    pd.Timestamp("2016-01-04 09:01", tz="Asia/Shanghai")]
+    assert frame.index.tolist() == [
+        pd.Timestamp("2016-01-04 09:00", tz="Asia/Shanghai"),
+        pd.Timestamp("2016-01-04 09:01", tz="Asia/Shanghai"),
+    ]
     assert frame[["open", "high", "low", "close", "volume"]].values.tolist() == [
-        [2000, 2005, 1998, 2003, 100], [2003, 2004, 2001, 2002, 80]]
+        [2000, 2005, 1998, 2003, 100],
+        [2003, 2004, 2001, 2002, 80],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -316,11 +343,14 @@ def test_valid_variations_import_the_same_bars(home: Home, tmp_path: Path, varia
 
 
 def test_vnpy_export_format_with_offsets_is_read_as_bar_start(home: Home, tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "vnpy.csv", [
-        "symbol,exchange,datetime,open,high,low,close,volume,turnover,open_interest",
-        "rb1605,SHFE,2016-01-04 09:00:00+08:00,2000,2005,1998,2003,100,2001000,5000",
-        "rb1605,SHFE,2016-01-04 01:01:00+00:00,2003,2004,2001,2002,80,1602000,5010",
-    ])
+    path = write_lines(
+        tmp_path / "vnpy.csv",
+        [
+            "symbol,exchange,datetime,open,high,low,close,volume,turnover,open_interest",
+            "rb1605,SHFE,2016-01-04 09:00:00+08:00,2000,2005,1998,2003,100,2001000,5000",
+            "rb1605,SHFE,2016-01-04 01:01:00+00:00,2003,2004,2001,2002,80,1602000,5010",
+        ],
+    )
     result = data_collector.import_csv(path, "rb1605.SHFE", home=home)
     assert result.stored == 2
     expect_good_bars(home, "rb1605.SHFE")
@@ -330,17 +360,27 @@ def test_vnpy_export_format_with_offsets_is_read_as_bar_start(home: Home, tmp_pa
 
 
 def test_column_map_reads_other_layouts_newest_first(home: Home, tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "other.csv", [
-        "trade_time,open_price,high_price,low_price,close_price,vol",
-        "20160104 09:02,2003,2004,2001,2002,80",
-        "20160104 09:01,2000,2005,1998,2003,100",
-    ])
-    columns = {"datetime": "trade_time", "open": "open_price", "high": "high_price", "low": "low_price",
-               "close": "close_price", "volume": "vol"}
+    path = write_lines(
+        tmp_path / "other.csv",
+        [
+            "trade_time,open_price,high_price,low_price,close_price,vol",
+            "20160104 09:02,2003,2004,2001,2002,80",
+            "20160104 09:01,2000,2005,1998,2003,100",
+        ],
+    )
+    columns = {
+        "datetime": "trade_time",
+        "open": "open_price",
+        "high": "high_price",
+        "low": "low_price",
+        "close": "close_price",
+        "volume": "vol",
+    }
     with pytest.raises(DataError, match="--timestamp"):
         data_collector.import_csv(path, "rb0000.SHFE", columns=columns, datetime_format="%Y%m%d %H:%M", home=home)
-    data_collector.import_csv(path, "rb0000.SHFE", timestamp="end", columns=columns,
-                              datetime_format="%Y%m%d %H:%M", home=home)
+    data_collector.import_csv(
+        path, "rb0000.SHFE", timestamp="end", columns=columns, datetime_format="%Y%m%d %H:%M", home=home
+    )
     expect_good_bars(home)
 
 
@@ -355,9 +395,20 @@ def test_timestamp_start_keeps_file_times(home: Home, tmp_path: Path) -> None:
 
 
 def bar(minute: int, close: float = 2000.0) -> BarData:
-    return BarData(symbol="rb2405", exchange=Exchange.SHFE, interval=Interval.MINUTE, gateway_name="TEST",
-                   datetime=china(2024, 1, 2, 9, minute), open_price=close, high_price=close + 2,
-                   low_price=close - 2, close_price=close, volume=10, turnover=1e5, open_interest=300)
+    return BarData(
+        symbol="rb2405",
+        exchange=Exchange.SHFE,
+        interval=Interval.MINUTE,
+        gateway_name="TEST",
+        datetime=china(2024, 1, 2, 9, minute),
+        open_price=close,
+        high_price=close + 2,
+        low_price=close - 2,
+        close_price=close,
+        volume=10,
+        turnover=1e5,
+        open_interest=300,
+    )
 
 
 def test_save_bars_keeps_the_objects_intact(home: Home) -> None:
@@ -433,9 +484,11 @@ def test_download_command_uses_the_configured_datafeed_with_secrets_from_the_env
     home = tmp_path / "home"
     (home / ".vntrader").mkdir(parents=True)
     (home / ".vntrader" / "vt_setting.json").write_text(json.dumps({"datafeed.name": "localfeed"}))
-    code = ("import sys, ai_trading_system\n"
-            "sys.exit(ai_trading_system.main(['download', '--vt-symbol', 'rb2405.SHFE', '--start', '2024-01-02', "
-            "'--end', '2024-01-02']))")
+    code = (
+        "import sys, ai_trading_system\n"
+        "sys.exit(ai_trading_system.main(['download', '--vt-symbol', 'rb2405.SHFE', '--start', '2024-01-02', "
+        "'--end', '2024-01-02']))"
+    )
     denied = run_python(code, home, extra_path=tmp_path / "feeds")
     assert denied.returncode == 3, denied.stderr
     assert "数据服务初始化失败" in denied.stderr
@@ -447,9 +500,11 @@ def test_download_command_uses_the_configured_datafeed_with_secrets_from_the_env
 
 
 def test_download_command_without_a_datafeed_exits_2_with_advice(tmp_path: Path) -> None:
-    code = ("import sys, ai_trading_system\n"
-            "sys.exit(ai_trading_system.main(['download', '--vt-symbol', 'rb2405.SHFE', '--start', '2024-01-02', "
-            "'--end', '2024-01-03']))")
+    code = (
+        "import sys, ai_trading_system\n"
+        "sys.exit(ai_trading_system.main(['download', '--vt-symbol', 'rb2405.SHFE', '--start', '2024-01-02', "
+        "'--end', '2024-01-03']))"
+    )
     result = run_python(code, tmp_path / "home")
     assert result.returncode == 2
     assert "未配置数据服务" in result.stderr and "datafeed.name" in result.stderr
@@ -497,8 +552,16 @@ def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 def make_tick(symbol: str, moment: datetime, price: float, volume: float = 0.0) -> TickData:
     """A synthetic SHFE tick."""
-    return TickData(symbol=symbol, exchange=Exchange.SHFE, datetime=moment, gateway_name="CTP",
-                    last_price=price, volume=volume, bid_price_1=price - 1, ask_price_1=price + 1)
+    return TickData(
+        symbol=symbol,
+        exchange=Exchange.SHFE,
+        datetime=moment,
+        gateway_name="CTP",
+        last_price=price,
+        volume=volume,
+        bid_price_1=price - 1,
+        ask_price_1=price + 1,
+    )
 
 
 def number(text: str) -> float:
@@ -513,14 +576,22 @@ def read_copper_ticks() -> list[tuple[str, TickData]]:
         for row in csv.DictReader(handle):
             depth: dict[str, Any] = {
                 f"{side}_{kind}_{level}": number(row[f"{side}_{kind}{level}"])
-                for side in ("bid", "ask") for kind in ("price", "volume") for level in range(1, 6)
+                for side in ("bid", "ask")
+                for kind in ("price", "volume")
+                for level in range(1, 6)
             }
             tick = TickData(
-                symbol="cu1909", exchange=Exchange.SHFE, gateway_name="CTP",
+                symbol="cu1909",
+                exchange=Exchange.SHFE,
+                gateway_name="CTP",
                 datetime=datetime.fromisoformat(row["datetime"]).replace(tzinfo=CHINA_TZ),
-                last_price=number(row["last_price"]), high_price=number(row["highest"]),
-                low_price=number(row["lowest"]), volume=number(row["volume"]), turnover=number(row["amount"]),
-                open_interest=number(row["open_interest"]), **depth,
+                last_price=number(row["last_price"]),
+                high_price=number(row["highest"]),
+                low_price=number(row["lowest"]),
+                volume=number(row["volume"]),
+                turnover=number(row["amount"]),
+                open_interest=number(row["open_interest"]),
+                **depth,
             )
             ticks.append((row["datetime"], tick))
     return ticks
@@ -558,8 +629,13 @@ def test_records_real_copper_ticks_and_their_one_minute_bars(make_collector: Fac
     collector.stop()
 
     assert [vars(tick) for tick in ticks] == before  # the recorder does not modify ticks
-    stored = query(tmp_path, 'SELECT "datetime", "last_price", "volume", "bid_price_1", "ask_volume_1" FROM '
-                             '"dbtickdata" WHERE "symbol" = ? AND "exchange" = ? ORDER BY "datetime"', "cu1909", "SHFE")
+    stored = query(
+        tmp_path,
+        'SELECT "datetime", "last_price", "volume", "bid_price_1", "ask_volume_1" FROM '
+        '"dbtickdata" WHERE "symbol" = ? AND "exchange" = ? ORDER BY "datetime"',
+        "cu1909",
+        "SHFE",
+    )
     assert len(stored) == 200
     assert stored[0] == ("2019-09-16 14:01:33", 47800.0, 7360.0, 47780.0, 10.0)
     assert stored[-1][:3] == ("2019-09-16 14:59:59.999500", 47580.0, 9020.0)
@@ -568,9 +644,14 @@ def test_records_real_copper_ticks_and_their_one_minute_bars(make_collector: Fac
         (200, "2019-09-16 14:01:33", "2019-09-16 14:59:59.999500")
     ]
 
-    bars = query(tmp_path, 'SELECT "datetime", "open_price", "high_price", "low_price", "close_price", "volume", '
-                           '"turnover", "open_interest" FROM "dbbardata" WHERE "symbol" = ? AND "interval" = ? '
-                           'ORDER BY "datetime"', "cu1909", "1m")
+    bars = query(
+        tmp_path,
+        'SELECT "datetime", "open_price", "high_price", "low_price", "close_price", "volume", '
+        '"turnover", "open_interest" FROM "dbbardata" WHERE "symbol" = ? AND "interval" = ? '
+        'ORDER BY "datetime"',
+        "cu1909",
+        "1m",
+    )
     wanted = expected_bars(ticks)
     minutes = sorted({text[:16] + ":00" for text, _ in rows})
     assert len(minutes) == 51
@@ -581,9 +662,17 @@ def test_records_real_copper_ticks_and_their_one_minute_bars(make_collector: Fac
         assert high >= max(prices) and low <= min(prices)
         want = wanted[moment]
         assert (high, low, volume, turnover, open_interest) == (
-            want["high"], want["low"], want["volume"], want["turnover"], want["oi"])
-    assert bars[0][5] == sum(max(b.volume - a.volume, 0) for a, b in zip(ticks, ticks[1:], strict=False)
-                             if b.datetime.minute == ticks[0].datetime.minute)
+            want["high"],
+            want["low"],
+            want["volume"],
+            want["turnover"],
+            want["oi"],
+        )
+    assert bars[0][5] == sum(
+        max(b.volume - a.volume, 0)
+        for a, b in zip(ticks, ticks[1:], strict=False)
+        if b.datetime.minute == ticks[0].datetime.minute
+    )
     assert sum(bar[5] for bar in bars) == ticks[-1].volume - ticks[0].volume  # cumulative volume never falls here
     assert query(tmp_path, 'SELECT "count", "start", "end" FROM "dbbaroverview" WHERE "symbol" = ?', "cu1909") == [
         (51, "2019-09-16 14:01:00", "2019-09-16 14:59:00")
@@ -614,11 +703,18 @@ def test_vnpy_database_reads_the_recorded_ticks_and_bars(make_collector: Factory
         "                  len(bars), bars[0].datetime.isoformat(), bars[-1].close_price]))\n"
     )
     env = {**os.environ, config.HOME_ENV: str(tmp_path), "TZ": "Asia/Shanghai", "PYTHONPATH": str(config.PROJECT_DIR)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [
-        200, "2019-09-16T14:01:33+08:00", 47800.0, 47570.0, 51, "2019-09-16T14:01:00+08:00", 47580.0
+        200,
+        "2019-09-16T14:01:33+08:00",
+        47800.0,
+        47570.0,
+        51,
+        "2019-09-16T14:01:00+08:00",
+        47580.0,
     ]
 
 
@@ -665,8 +761,9 @@ def test_burst_from_two_producers_is_queued_without_waiting_for_the_writer(
     counts = dict(query(tmp_path, 'SELECT "symbol", COUNT(*) FROM "dbtickdata" GROUP BY "symbol"'))
     assert counts == {"rb2405": per_symbol, "hc2405": per_symbol}
     for symbol in streams:
-        bars = query(tmp_path, 'SELECT "datetime", "volume" FROM "dbbardata" WHERE "symbol" = ? ORDER BY "datetime"',
-                     symbol)
+        bars = query(
+            tmp_path, 'SELECT "datetime", "volume" FROM "dbbardata" WHERE "symbol" = ? ORDER BY "datetime"', symbol
+        )
         # 2,000 ticks a minute, volume +1 a tick; the stream's first tick adds nothing.
         assert bars == [(f"2024-01-02 09:0{m}:00", 2000.0 - (m == 0)) for m in range(5)]
     assert collector.stats.ticks_stored == 2 * per_symbol and collector.stats.write_errors == 0
@@ -717,7 +814,8 @@ def test_subscribe_checks_contracts_and_records_only_subscribed_ticks(
 
     collector.subscribe_market_data(["rb2405.SHFE", "IF2403.CFFEX"])
     assert [(r.symbol, r.exchange, r.vt_symbol, gateway) for r, gateway in engine.subscribed] == [
-        ("rb2405", Exchange.SHFE, "rb2405.SHFE", "CTP"), ("IF2403", Exchange.CFFEX, "IF2403.CFFEX", "CTP")
+        ("rb2405", Exchange.SHFE, "rb2405.SHFE", "CTP"),
+        ("IF2403", Exchange.CFFEX, "IF2403.CFFEX", "CTP"),
     ]
     collector.subscribe_market_data(["rb2405.SHFE"])
     [handler] = engine.event_engine.handlers[EVENT_TICK]  # registered once
@@ -749,8 +847,9 @@ def test_stop_flushes_everything_and_later_ticks_are_refused(make_collector: Fac
     collector.stop()
 
     assert query(tmp_path, 'SELECT COUNT(*) FROM "dbtickdata"') == [(30,)]
-    assert query(tmp_path, 'SELECT "datetime", "open_price", "close_price", "volume" FROM "dbbardata" '
-                           'ORDER BY "datetime"') == [
+    assert query(
+        tmp_path, 'SELECT "datetime", "open_price", "close_price", "volume" FROM "dbbardata" ORDER BY "datetime"'
+    ) == [
         ("2024-01-02 21:00:00", 3900.0, 3901.0, 1.0),
         ("2024-01-02 21:01:00", 3902.0, 3929.0, 28.0),  # the in-progress minute, stored at stop
     ]
@@ -836,16 +935,24 @@ def test_read_tick_csv_reads_every_field_of_the_copper_sample(sample_ticks_csv: 
 
 def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path, sample_ticks_csv: Path) -> None:
     header, *rows = sample_ticks_csv.read_text(encoding="utf-8").splitlines()[:6]
-    bad = [rows[0], rows[2], rows[1],  # line 4 goes back in time
-           rows[3].replace("47800.0", "abc", 1),  # line 5: last_price
-           rows[4].replace(",7370,", ",-5,", 1),  # line 6: volume
-           "2019-09-16 25:61:00," + rows[4].split(",", 1)[1]]  # line 7: time
+    bad = [
+        rows[0],
+        rows[2],
+        rows[1],  # line 4 goes back in time
+        rows[3].replace("47800.0", "abc", 1),  # line 5: last_price
+        rows[4].replace(",7370,", ",-5,", 1),  # line 6: volume
+        "2019-09-16 25:61:00," + rows[4].split(",", 1)[1],
+    ]  # line 7: time
     path = write_lines(tmp_path / "ticks.csv", [header, *bad])
     with pytest.raises(DataError) as error:
         data_collector.read_tick_csv(path, "cu1909.SHFE")
     message = str(error.value)
-    for line, reason in ((4, "time goes backwards"), (5, "price must be positive"), (6, "must be a number ≥ 0"),
-                         (7, "unparseable time")):
+    for line, reason in (
+        (4, "time goes backwards"),
+        (5, "price must be positive"),
+        (6, "must be a number ≥ 0"),
+        (7, "unparseable time"),
+    ):
         assert f"第 {line} 行 / line {line}: " in message and reason in message
     assert "第 2 行" not in message and "第 3 行" not in message
     bars = write_lines(tmp_path / "bars.csv", [HEADER, "2016-1-4,9:01:00,1,2,1,2,3"])

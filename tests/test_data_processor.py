@@ -21,10 +21,18 @@ VT = "rb0000.SHFE"
 # Finding kept as a record: the columns of `ta.add_all_ta_features` whose values on a prefix of the data differ
 # from the same rows computed on the whole series (measured with audit_lookahead on 2,000 real rb bars).
 TA_LEAKS_WITHOUT_FILLNA = {
-    "trend_kst", "trend_kst_diff", "trend_kst_sig", "trend_visual_ichimoku_a", "trend_visual_ichimoku_b",
+    "trend_kst",
+    "trend_kst_diff",
+    "trend_kst_sig",
+    "trend_visual_ichimoku_a",
+    "trend_visual_ichimoku_b",
 }
 TA_LEAKS_WITH_FILLNA = TA_LEAKS_WITHOUT_FILLNA | {
-    "momentum_kama", "trend_dpo", "trend_trix", "trend_vortex_ind_diff", "trend_vortex_ind_neg",
+    "momentum_kama",
+    "trend_dpo",
+    "trend_trix",
+    "trend_vortex_ind_diff",
+    "trend_vortex_ind_neg",
     "trend_vortex_ind_pos",
 }
 
@@ -35,7 +43,7 @@ def at(text: str) -> pd.Timestamp:
 
 def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
     """A copy of the real sample between two times (inclusive)."""
-    frame = sample_frame.loc[at(start):at(end)].copy()
+    frame = sample_frame.loc[at(start) : at(end)].copy()
     frame.attrs["vt_symbol"] = VT
     return frame
 
@@ -82,11 +90,16 @@ def test_clean_data_keeps_the_last_of_conflicting_duplicates(sample_frame: pd.Da
 def test_clean_data_drops_bars_outside_the_products_sessions(sample_frame: pd.DataFrame) -> None:
     original = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
     row = original.iloc[[0]]
-    strays = pd.concat([row.set_axis([at(t)]) for t in (
-        "2016-06-01 12:00",  # lunch break
-        "2016-06-04 10:00",  # a Saturday
-        "2016-06-01 23:30",  # rb's night ends at 23:00 since 2016-05-03
-    )])
+    strays = pd.concat(
+        [
+            row.set_axis([at(t)])
+            for t in (
+                "2016-06-01 12:00",  # lunch break
+                "2016-06-04 10:00",  # a Saturday
+                "2016-06-01 23:30",  # rb's night ends at 23:00 since 2016-05-03
+            )
+        ]
+    )
     cleaned, report = dp.clean_data(pd.concat([original, strays]), VT)
     assert report.outside_session == 3
     assert report.outside_examples == ["2016-06-01 12:00", "2016-06-01 23:30", "2016-06-04 10:00"]
@@ -133,7 +146,7 @@ def test_features_are_nan_only_in_the_warmup_rows(spring_2016: pd.DataFrame) -> 
     assert list(features.columns) == list(dp.FEATURE_NAMES)
     values = features.to_numpy()
     assert np.isnan(values[: dp.FEATURE_WARMUP]).all()
-    assert np.isfinite(values[dp.FEATURE_WARMUP:]).all()
+    assert np.isfinite(values[dp.FEATURE_WARMUP :]).all()
 
 
 def test_our_features_and_labels_never_see_the_future(sample_frame: pd.DataFrame) -> None:
@@ -155,8 +168,9 @@ def test_the_audit_finds_the_leaking_columns_of_ta_all_features(
     def all_features(d: pd.DataFrame) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = ta.add_all_ta_features(d[list(dp.OHLCV)].copy(), "open", "high", "low", "close", "volume",
-                                         fillna=fillna)
+            out = ta.add_all_ta_features(
+                d[list(dp.OHLCV)].copy(), "open", "high", "low", "close", "volume", fillna=fillna
+            )
         return out.drop(columns=list(dp.OHLCV))
 
     result = dp.audit_lookahead(all_features, frame, [30, 60, 100, 200, 400, 1000, 1999])
@@ -168,13 +182,15 @@ def test_the_audit_tells_causal_columns_from_leaking_ones(sample_frame: pd.DataF
 
     def mixed(d: pd.DataFrame) -> pd.DataFrame:
         close = d["close"]
-        return pd.DataFrame({
-            "past": close.shift(1),
-            "rolling": close.rolling(10).mean(),
-            "future": close.shift(-1),
-            "filled_with_mean": close.rolling(10).mean().fillna(close.mean()),
-            "backfilled": close.rolling(10).mean().bfill(),
-        })
+        return pd.DataFrame(
+            {
+                "past": close.shift(1),
+                "rolling": close.rolling(10).mean(),
+                "future": close.shift(-1),
+                "filled_with_mean": close.rolling(10).mean().fillna(close.mean()),
+                "backfilled": close.rolling(10).mean().bfill(),
+            }
+        )
 
     result = dp.audit_lookahead(mixed, frame, dp.default_cut_points(len(frame), 10))
     assert sorted(result.leaking_columns) == ["backfilled", "filled_with_mean", "future"]
@@ -182,8 +198,7 @@ def test_the_audit_tells_causal_columns_from_leaking_ones(sample_frame: pd.DataF
     assert table == {"past": "ok", "rolling": "ok", "future": "LEAK", "filled_with_mean": "LEAK", "backfilled": "LEAK"}
 
 
-@given(window=st.integers(1, 30), lead=st.integers(1, 5),
-       cuts=st.lists(st.integers(2, 299), min_size=1, max_size=8))
+@given(window=st.integers(1, 30), lead=st.integers(1, 5), cuts=st.lists(st.integers(2, 299), min_size=1, max_size=8))
 @settings(max_examples=50, deadline=None)
 def test_audit_flags_any_lead_and_passes_any_lag(window: int, lead: int, cuts: list[int]) -> None:
     rng = np.random.default_rng(window * 100 + lead)
@@ -202,7 +217,7 @@ def test_labels_are_forward_returns_that_stop_at_the_end_and_at_rolls(spring_201
     assert labels.iloc[100] == pytest.approx(close[105] / close[100] - 1, rel=1e-12)
     assert labels.iloc[-5:].isna().all() and np.isfinite(labels.iloc[-6])
     roll = int(np.flatnonzero(spring_2016["roll_gap"].to_numpy())[0])
-    assert labels.iloc[roll - 5: roll].isna().all()
+    assert labels.iloc[roll - 5 : roll].isna().all()
     assert np.isfinite(labels.iloc[roll - 6]) and np.isfinite(labels.iloc[roll])
 
 
@@ -228,9 +243,9 @@ def test_feature_selection_sees_only_the_training_rows(
 
 
 def test_scaler_statistics_are_the_training_rows_statistics(spring_2016: pd.DataFrame) -> None:
-    features = dp.build_features(spring_2016).iloc[dp.FEATURE_WARMUP:]
+    features = dp.build_features(spring_2016).iloc[dp.FEATURE_WARMUP :]
     split = dp.split_chronological(features, 0.7, 0.15, 0.15, horizon=5)
-    train = features.iloc[split.train[0]: split.train[1]]
+    train = features.iloc[split.train[0] : split.train[1]]
     scaler = dp.Scaler.fit(train)
     np.testing.assert_allclose(scaler.mean, train.mean().to_numpy(), rtol=1e-12)
     expected_scale = train.std(ddof=0).replace(0, 1).to_numpy()
@@ -286,7 +301,7 @@ def test_windows_are_views_that_never_cross_a_roll_or_a_nan(spring_2016: pd.Data
     for start in windows.starts:
         assert segment[start] == segment[start + 59]
     batch = windows.take(np.arange(3))
-    np.testing.assert_array_equal(batch[1], features[windows.starts[1]: windows.starts[1] + 60])
+    np.testing.assert_array_equal(batch[1], features[windows.starts[1] : windows.starts[1] + 60])
     np.testing.assert_array_equal(windows.labels, labels[windows.end_rows()])
     assert np.isfinite(windows.labels).all()
     roll = int(np.flatnonzero(spring_2016["roll_gap"].to_numpy())[0])
@@ -312,13 +327,20 @@ def test_online_state_equals_batch_features_on_real_bars(spring_2016: pd.DataFra
     batch = dp.build_features(frame).to_numpy()
     state = dp.FeatureState(VT)
     rows = []
-    for when, o, h, lo, c, v in zip(frame.index.to_pydatetime(), frame["open"], frame["high"], frame["low"],
-                                    frame["close"], frame["volume"], strict=True):
+    for when, o, h, lo, c, v in zip(
+        frame.index.to_pydatetime(),
+        frame["open"],
+        frame["high"],
+        frame["low"],
+        frame["close"],
+        frame["volume"],
+        strict=True,
+    ):
         vector = state.update_values(when, o, h, lo, c, v)
         rows.append(np.full(len(dp.FEATURE_NAMES), np.nan) if vector is None else vector)
     online = np.array(rows)
     assert np.isnan(online[: dp.FEATURE_WARMUP]).all()
-    np.testing.assert_allclose(online[dp.FEATURE_WARMUP:], batch[dp.FEATURE_WARMUP:], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(online[dp.FEATURE_WARMUP :], batch[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9)
 
 
 def test_online_state_takes_bar_data_and_returns_the_chosen_features(spring_2016: pd.DataFrame) -> None:
@@ -327,9 +349,18 @@ def test_online_state_takes_bar_data_and_returns_the_chosen_features(spring_2016
     state = dp.FeatureState(VT, names)
     vector = None
     for when, row in frame.iterrows():
-        bar = BarData(gateway_name="DB", symbol="rb0000", exchange=Exchange.SHFE, datetime=when.to_pydatetime(),
-                      interval=Interval.MINUTE, volume=row["volume"], open_price=row["open"], high_price=row["high"],
-                      low_price=row["low"], close_price=row["close"])
+        bar = BarData(
+            gateway_name="DB",
+            symbol="rb0000",
+            exchange=Exchange.SHFE,
+            datetime=when.to_pydatetime(),
+            interval=Interval.MINUTE,
+            volume=row["volume"],
+            open_price=row["open"],
+            high_price=row["high"],
+            low_price=row["low"],
+            close_price=row["close"],
+        )
         vector = state.update(bar)
     expected = dp.build_features(frame)[names].iloc[-1].to_numpy()
     assert vector is not None
@@ -345,11 +376,21 @@ def test_online_state_for_a_product_without_a_session_table_matches_and_never_le
     frame.attrs["vt_symbol"] = "zz0000.DCE"  # not in SESSION_TABLE: no hours inferred from the bars themselves
     batch = dp.build_features(frame)
     state = dp.FeatureState("zz0000.DCE")
-    online = [state.update_values(when, o, h, lo, c, v) for when, o, h, lo, c, v in zip(
-        frame.index.to_pydatetime(), frame["open"], frame["high"], frame["low"], frame["close"], frame["volume"],
-        strict=True)]
-    np.testing.assert_allclose(np.array(online[dp.FEATURE_WARMUP:]), batch.iloc[dp.FEATURE_WARMUP:], rtol=1e-9,
-                               atol=1e-9)
+    online = [
+        state.update_values(when, o, h, lo, c, v)
+        for when, o, h, lo, c, v in zip(
+            frame.index.to_pydatetime(),
+            frame["open"],
+            frame["high"],
+            frame["low"],
+            frame["close"],
+            frame["volume"],
+            strict=True,
+        )
+    ]
+    np.testing.assert_allclose(
+        np.array(online[dp.FEATURE_WARMUP :]), batch.iloc[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9
+    )
     progress = batch["session_progress"]
     assert progress[at("2016-04-06 09:00")] == 0.0 and progress[at("2016-04-06 10:30")] == 0.0  # after pauses
     assert progress[at("2016-04-06 09:30")] == pytest.approx(30 / 240)
@@ -383,8 +424,9 @@ def test_prepare_training_data_fits_selection_and_scaler_on_the_training_part(sp
     train = data.features.iloc[start:stop].dropna()
     np.testing.assert_allclose(data.scaler.mean, train.mean().to_numpy(), rtol=1e-12)
     assert data.scaler.names == tuple(data.names) and len(data.names) == 30
-    assert data.names == dp.select_features(dp.build_features(spring_2016).iloc[start:stop],
-                                            dp.make_labels(spring_2016, 5).iloc[start:stop], 30)
+    assert data.names == dp.select_features(
+        dp.build_features(spring_2016).iloc[start:stop], dp.make_labels(spring_2016, 5).iloc[start:stop], 30
+    )
     for part in ("train", "valid", "test"):
         windows = data.windows(part)
         low, high = data.split.parts()[part]

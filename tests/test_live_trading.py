@@ -35,7 +35,10 @@ def test_simnow_preset_gives_documented_fronts_and_ids_and_secrets_come_from_out
     assert setting["交易服务器"] == "tcp://182.254.243.31:40001"
     assert setting["行情服务器"] == "tcp://182.254.243.31:40011"
     assert (setting["经纪商代码"], setting["产品名称"], setting["授权编码"]) == (
-        "9999", "simnow_client_test", "0000000000000000")
+        "9999",
+        "simnow_client_test",
+        "0000000000000000",
+    )
     assert (setting["用户名"], setting["密码"], setting["柜台环境"]) == ("123456", PASSWORD, "实盘")
     local = live_trading.ctp_setting(BrokerSettings(), secrets, "127.0.0.1:41205", "tcp://127.0.0.1:41206")
     assert (local["交易服务器"], local["行情服务器"]) == ("tcp://127.0.0.1:41205", "tcp://127.0.0.1:41206")
@@ -43,8 +46,9 @@ def test_simnow_preset_gives_documented_fronts_and_ids_and_secrets_come_from_out
 
 def test_live_environment_needs_every_field_and_names_the_missing_ones() -> None:
     with pytest.raises(ConfigError) as error:
-        live_trading.ctp_setting(BrokerSettings(environment="live", td_address="tcp://10.0.0.1:41205"),
-                                 Secrets({"ctp_user": "8001"}))
+        live_trading.ctp_setting(
+            BrokerSettings(environment="live", td_address="tcp://10.0.0.1:41205"), Secrets({"ctp_user": "8001"})
+        )
     message = str(error.value)
     for missing in ("密码", "经纪商代码", "行情服务器", "产品名称", "授权编码", "AI_TRADER_CTP_PASSWORD"):
         assert missing in message
@@ -91,9 +95,19 @@ def test_strategies_json_is_validated_and_the_homes_file_wins(home: Home) -> Non
 def test_vnpy_strategy_json_is_rewritten_from_ours(home: Home) -> None:
     home.vntrader_dir.mkdir(parents=True)
     path = home.vntrader_dir / "cta_strategy_setting.json"
-    path.write_text(json.dumps({"old": {"class_name": "X", "vt_symbol": "a.SHFE", "setting": {}},
-                                "ai_rb": {"class_name": "PredictiveTradingStrategy", "vt_symbol": "rb0000.SHFE",
-                                          "setting": {"fixed_size": 5}}}), "utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "old": {"class_name": "X", "vt_symbol": "a.SHFE", "setting": {}},
+                "ai_rb": {
+                    "class_name": "PredictiveTradingStrategy",
+                    "vt_symbol": "rb0000.SHFE",
+                    "setting": {"fixed_size": 5},
+                },
+            }
+        ),
+        "utf-8",
+    )
     config = live_trading.StrategyConfig("ai_rb", "PredictiveTradingStrategy", "rb0000.SHFE", {"fixed_size": 1})
     assert live_trading.reconcile_vnpy_setting(home, config) == ["移除 old", "更新 ai_rb"]
     assert json.loads(path.read_text("utf-8")) == {"ai_rb": config.vnpy_entry()}
@@ -103,18 +117,32 @@ def test_vnpy_strategy_json_is_rewritten_from_ours(home: Home) -> None:
 # --- running the CLI in a fresh process ------------------------------------------------------------------------
 
 
-def run_cli(home: Home, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    home: Home, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """`python ai_trading_system.py --home H ...` with a private HOME, offscreen Qt and our secrets."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AI_TRADER_")}
-    full_env.update({"HOME": str(home.root.parent), "XDG_CONFIG_HOME": str(home.root.parent / "xdg"),
-                     "QT_QPA_PLATFORM": "offscreen", "TF_CPP_MIN_LOG_LEVEL": "3",
-                     "AI_TRADER_CTP_USER": "208866", "AI_TRADER_CTP_PASSWORD": PASSWORD,
-                     "AI_TRADER_CTP_AUTH_CODE": AUTH_CODE, "AI_TRADER_SMTP_PASSWORD": SMTP_PASSWORD})
+    full_env.update(
+        {
+            "HOME": str(home.root.parent),
+            "XDG_CONFIG_HOME": str(home.root.parent / "xdg"),
+            "QT_QPA_PLATFORM": "offscreen",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "AI_TRADER_CTP_USER": "208866",
+            "AI_TRADER_CTP_PASSWORD": PASSWORD,
+            "AI_TRADER_CTP_AUTH_CODE": AUTH_CODE,
+            "AI_TRADER_SMTP_PASSWORD": SMTP_PASSWORD,
+        }
+    )
     full_env.update(env or {})
-    return subprocess.run([sys.executable, str(PROJECT_DIR / "ai_trading_system.py"), "--home", str(home.root),
-                           *args], capture_output=True, text=True, env=full_env, cwd=home.root.parent,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "ai_trading_system.py"), "--home", str(home.root), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=home.root.parent,
+        timeout=timeout,
+    )
 
 
 def assert_no_secret_anywhere(home: Home, *outputs: str) -> None:
@@ -171,8 +199,20 @@ def test_ctp_that_never_logs_in_exits_3_within_the_timeout_and_leaks_no_secret(
     port = request.getfixturevalue("dropping_front") if front == "drops_connections" else closed_port()
     address = f"tcp://127.0.0.1:{port}"
     started = time.monotonic()
-    result = run_cli(home, "trade", "--gateway", "ctp", "--no-ui", "--td-address", address, "--md-address", address,
-                     "--model", str(rf_bundle), env={"AI_TRADER_BROKER_CONNECT_TIMEOUT_SECONDS": "3"})
+    result = run_cli(
+        home,
+        "trade",
+        "--gateway",
+        "ctp",
+        "--no-ui",
+        "--td-address",
+        address,
+        "--md-address",
+        address,
+        "--model",
+        str(rf_bundle),
+        env={"AI_TRADER_BROKER_CONNECT_TIMEOUT_SECONDS": "3"},
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr[-3000:]
     assert "3 秒内未完成登录和合约查询" in result.stderr and address in result.stderr
@@ -204,13 +244,24 @@ def audit_events(home: Home, kind: str) -> list[dict[str, Any]]:
     return [event for event in map(json.loads, lines) if event["event"] == kind]
 
 
-SIM_ARGS = ("trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end", "2016-06-10",
-            "--speed", "max")
+SIM_ARGS = (
+    "trade",
+    "--gateway",
+    "sim",
+    "--no-ui",
+    "--replay-start",
+    "2016-06-01",
+    "--replay-end",
+    "2016-06-10",
+    "--speed",
+    "max",
+)
 
 
 @pytest.fixture(scope="module")
-def sim_run(imported_home: Home, rf_bundle: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[Home, subprocess.CompletedProcess[str]]:
+def sim_run(
+    imported_home: Home, rf_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Home, subprocess.CompletedProcess[str]]:
     """The issue's acceptance command on a copy of the sample data: replay 2016-06-01..10 at full speed."""
     home = home_with_bars(imported_home, tmp_path_factory.mktemp("sim"))
     return home, run_cli(home, *SIM_ARGS, "--model", str(rf_bundle))
@@ -299,10 +350,12 @@ def test_sim_exchange_and_backtest_give_the_same_predictions_orders_and_position
     assert result.returncode == 0, result.stderr[-3000:]
     live = json.loads(result.stdout.split("PARITY", 1)[1])
 
-    backtest = BacktestingModule(home).run_backtest("rb0000.SHFE", start, end, rf_bundle, setting=dict(setting),
-                                                    use_cache=False)
-    live_predictions = pd.Series([value for _, value in live["predictions"]],
-                                 index=pd.DatetimeIndex([time for time, _ in live["predictions"]]))
+    backtest = BacktestingModule(home).run_backtest(
+        "rb0000.SHFE", start, end, rf_bundle, setting=dict(setting), use_cache=False
+    )
+    live_predictions = pd.Series(
+        [value for _, value in live["predictions"]], index=pd.DatetimeIndex([time for time, _ in live["predictions"]])
+    )
     assert len(live_predictions) == len(backtest.predictions) > 1500
     assert (live_predictions.index == backtest.predictions.index).all()
     np.testing.assert_allclose(live_predictions.to_numpy(), backtest.predictions.to_numpy(), rtol=0, atol=1e-7)
@@ -323,13 +376,16 @@ def test_sim_exchange_and_backtest_give_the_same_predictions_orders_and_position
         return "open" if offset == Offset.OPEN.value else "close"
 
     live_orders = [(decided_at(t), d, kind(o), p, v) for t, d, o, p, v, _ in live["orders"]]
-    expected = [(pd.Timestamp(o.datetime), getattr(o.direction, "value", ""), kind(o.offset.value), o.price,
-                 o.volume) for o in backtest.orders]
+    expected = [
+        (pd.Timestamp(o.datetime), getattr(o.direction, "value", ""), kind(o.offset.value), o.price, o.volume)
+        for o in backtest.orders
+    ]
     assert len(expected) >= 10
     assert live_orders == expected
     live_trades = [(pd.Timestamp(t), d, p, v) for t, d, p, v in live["trades"]]
-    assert live_trades == [(pd.Timestamp(t.datetime), getattr(t.direction, "value", ""), t.price, t.volume)
-                           for t in backtest.trades]
+    assert live_trades == [
+        (pd.Timestamp(t.datetime), getattr(t.direction, "value", ""), t.price, t.volume) for t in backtest.trades
+    ]
     final = sum(t.volume if t.direction == Direction.LONG else -t.volume for t in backtest.trades)
     assert live["pos"] == final
 
@@ -341,8 +397,18 @@ def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_ale
     home = home_with_bars(imported_home, tmp_path)
     state = home.vntrader_dir / "cta_strategy_data.json"
     state.write_text(json.dumps({"ai_rb": {"pos": 3, "entry_price": 2000.0}}), encoding="utf-8")
-    args = ("trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end", "2016-06-01",
-            "--model", str(rf_bundle))
+    args = (
+        "trade",
+        "--gateway",
+        "sim",
+        "--no-ui",
+        "--replay-start",
+        "2016-06-01",
+        "--replay-end",
+        "2016-06-01",
+        "--model",
+        str(rf_bundle),
+    )
     refused = run_cli(home, *args)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "记录的持仓 3 与券商持仓 0" in refused.stderr and "--adopt-broker-position" in refused.stderr
@@ -364,8 +430,23 @@ def test_ui_opens_offscreen_with_the_strategy_loaded_and_closes_without_the_exit
 
     home = home_with_bars(imported_home, tmp_path)
     shot = tmp_path / "main_window.png"
-    result = run_cli(home, "trade", "--gateway", "sim", "--replay-start", "2016-06-01", "--replay-end", "2016-06-01",
-                     "--speed", "60", "--model", str(rf_bundle), "--screenshot", str(shot), timeout=120)
+    result = run_cli(
+        home,
+        "trade",
+        "--gateway",
+        "sim",
+        "--replay-start",
+        "2016-06-01",
+        "--replay-end",
+        "2016-06-01",
+        "--speed",
+        "60",
+        "--model",
+        str(rf_bundle),
+        "--screenshot",
+        str(shot),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for path in (shot, tmp_path / "main_window_cta.png"):
         image = QImage(str(path))
@@ -382,8 +463,19 @@ def test_full_demo_then_a_simulated_trading_run_leave_no_secret_in_any_file(tmp_
     demo = run_cli(home, "demo", timeout=900)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert (home.models_dir / "demo_rf" / "fast.onnx").exists() and (home.models_dir / "demo_lstm").is_dir()
-    trade = run_cli(home, "trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end",
-                    "2016-06-03", "--speed", "max")  # the strategy's model from settings/strategies.json: demo_rf
+    trade = run_cli(
+        home,
+        "trade",
+        "--gateway",
+        "sim",
+        "--no-ui",
+        "--replay-start",
+        "2016-06-01",
+        "--replay-end",
+        "2016-06-03",
+        "--speed",
+        "max",
+    )  # the strategy's model from settings/strategies.json: demo_rf
     assert trade.returncode == 0, trade.stderr[-3000:]
     assert audit_events(home, "trade")
     assert_no_secret_anywhere(home, demo.stdout, demo.stderr, trade.stdout, trade.stderr)

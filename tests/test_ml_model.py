@@ -28,7 +28,7 @@ SMALL_LSTM = ml_model.ModelConfig(epochs=2, lstm_units=(8, 8), dense_units=4, tr
 @pytest.fixture(scope="module")
 def data(sample_frame: pd.DataFrame) -> dp.TrainingData:
     """2016 Q1 of the real sample, prepared with the default shape (60 × 30, horizon 5)."""
-    bars = sample_frame.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ):pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
+    bars = sample_frame.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ) : pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
     return dp.prepare_training_data(bars.copy(), VT, horizon=5, sequence_length=60, features_count=30)
 
 
@@ -127,8 +127,9 @@ def test_metadata_records_what_the_model_was_trained_on(forest_bundle: Path, dat
     np.testing.assert_allclose(scaler["mean"], train.mean().to_numpy(), rtol=1e-12)
 
 
-def test_evaluation_puts_the_model_beside_the_naive_baselines(forest: ml_model.PricePredictionModel,
-                                                              data: dp.TrainingData) -> None:
+def test_evaluation_puts_the_model_beside_the_naive_baselines(
+    forest: ml_model.PricePredictionModel, data: dp.TrainingData
+) -> None:
     metrics = forest.metrics["test"]
     labels = data.windows("test").labels
     assert metrics["samples"] == len(labels)
@@ -227,8 +228,9 @@ def test_write_training_report_writes_a_png_atomically(tmp_path: Path) -> None:
     history = ml_model.TrainingHistory(loss=[1.0, 0.8, 0.7, 0.65], val_loss=[1.1, 0.9, 0.95, 1.0], best_epoch=2)
     folder = tmp_path / "reports"  # does not exist yet: the function creates it
     written = ml_model.write_training_report(folder / "report.png", history, prediction, label, metrics, "test")
-    forest = ml_model.write_training_report(folder / "forest.png", ml_model.TrainingHistory(), prediction, label,
-                                            metrics, "random forest")
+    forest = ml_model.write_training_report(
+        folder / "forest.png", ml_model.TrainingHistory(), prediction, label, metrics, "random forest"
+    )
     assert written == folder / "report.png"
     for path in (written, forest):
         content = path.read_bytes()
@@ -240,7 +242,7 @@ def test_write_training_report_writes_a_png_atomically(tmp_path: Path) -> None:
 
 
 def sample_span(frame: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
-    return frame.loc[pd.Timestamp(first, tz=CHINA_TZ):pd.Timestamp(f"{last} 23:59", tz=CHINA_TZ)].copy()
+    return frame.loc[pd.Timestamp(first, tz=CHINA_TZ) : pd.Timestamp(f"{last} 23:59", tz=CHINA_TZ)].copy()
 
 
 def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progress(
@@ -248,12 +250,19 @@ def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progr
 ) -> None:
     lines: list[str] = []
     bars = sample_span(sample_frame, "2016-02-01", "2016-03-31")
-    model = ml_model.train_bundle(bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", extra={"note": "x"},
-                                  progress=lines.append)
+    model = ml_model.train_bundle(
+        bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", extra={"note": "x"}, progress=lines.append
+    )
     assert capsys.readouterr().out == ""
     assert model.path == tmp_path / "rf"
     assert sorted(p.name for p in model.path.iterdir()) == [
-        "fast.onnx", "metadata.json", "metrics.json", "model.joblib", "report.png", "scaler.json"]
+        "fast.onnx",
+        "metadata.json",
+        "metrics.json",
+        "model.joblib",
+        "report.png",
+        "scaler.json",
+    ]
     assert (model.path / "report.png").read_bytes().startswith(b"\x89PNG")
     metadata = json.loads((model.path / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["vt_symbol"] == VT and metadata["interval"] == "1m" and metadata["note"] == "x"
@@ -280,8 +289,7 @@ def test_train_walk_forward_names_the_folds_and_their_test_parts_follow_each_oth
     assert [fold.path for fold in folds] == [tmp_path / "wf-fold1", tmp_path / "wf-fold2", tmp_path / "wf"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wf", "wf-fold1", "wf-fold2"]
     metadata = [json.loads((fold.path / "metadata.json").read_text(encoding="utf-8")) for fold in folds]
-    assert [m["walk_forward"] for m in metadata] == [
-        {"fold": k, "folds": 3, "current": k == 3} for k in (1, 2, 3)]
+    assert [m["walk_forward"] for m in metadata] == [{"fold": k, "folds": 3, "current": k == 3} for k in (1, 2, 3)]
     assert folds[0].first_bar == bars.index[0] and folds[-1].last_bar <= bars.index[-1]
     assert folds[0].first_bar < folds[1].first_bar < folds[2].first_bar
     tests = [m["ranges"]["test"] for m in metadata]
@@ -291,7 +299,8 @@ def test_train_walk_forward_names_the_folds_and_their_test_parts_follow_each_oth
         assert 0 <= skipped <= SMALL_FOREST.horizon  # none left out beyond the rounding of a purge
     assert [fold.model.metadata["ranges"]["test"] for fold in folds] == [tuple(t) for t in tests]
     assert [line for line in lines if "/ fold " in line] == [
-        f"第 {k}/3 折 / fold {k}: {fold.first_bar} ~ {fold.last_bar}" for k, fold in zip((1, 2, 3), folds, strict=True)]
+        f"第 {k}/3 折 / fold {k}: {fold.first_bar} ~ {fold.last_bar}" for k, fold in zip((1, 2, 3), folds, strict=True)
+    ]
 
 
 # --- mode 3 from the command line ------------------------------------------------------------------------
@@ -311,8 +320,21 @@ def quarter_home(tmp_path_factory: pytest.TempPathFactory, sample_lines: list[st
 
 @pytest.mark.slow
 def test_train_command_saves_a_bundle_with_its_report(quarter_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--start", "2016-02-01",
-            "--end", "2016-03-31", "--model-type", "random_forest", "--name", "rf_q1"]
+    argv = [
+        "--home",
+        str(quarter_home.root),
+        "train",
+        "--vt-symbol",
+        VT,
+        "--start",
+        "2016-02-01",
+        "--end",
+        "2016-03-31",
+        "--model-type",
+        "random_forest",
+        "--name",
+        "rf_q1",
+    ]
     assert ai_trading_system.main(argv) == 0
     out = capsys.readouterr().out
     bundle = quarter_home.models_dir / "rf_q1"
@@ -329,8 +351,23 @@ def test_train_command_saves_a_bundle_with_its_report(quarter_home: Home, capsys
 def test_walk_forward_trains_one_bundle_per_fold_and_marks_the_last_current(
     quarter_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--start", "2016-01-01",
-            "--end", "2016-02-29", "--model-type", "random_forest", "--name", "wf", "--walk-forward", "2"]
+    argv = [
+        "--home",
+        str(quarter_home.root),
+        "train",
+        "--vt-symbol",
+        VT,
+        "--start",
+        "2016-01-01",
+        "--end",
+        "2016-02-29",
+        "--model-type",
+        "random_forest",
+        "--name",
+        "wf",
+        "--walk-forward",
+        "2",
+    ]
     assert ai_trading_system.main(argv) == 0
     out = capsys.readouterr().out
     first = json.loads((quarter_home.models_dir / "wf-fold1" / "metadata.json").read_text(encoding="utf-8"))
@@ -341,8 +378,9 @@ def test_walk_forward_trains_one_bundle_per_fold_and_marks_the_last_current(
     assert "wf-fold1" in out and "current bundle" in out
 
 
-def test_train_command_rejects_a_bad_name_and_missing_data(quarter_home: Home,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_command_rejects_a_bad_name_and_missing_data(
+    quarter_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = ["--home", str(quarter_home.root), "train", "--vt-symbol", VT, "--model-type", "random_forest"]
     assert ai_trading_system.main([*base, "--start", "2016-01-01", "--end", "2016-03-31", "--name", "../x"]) == 2
     assert ai_trading_system.main([*base, "--start", "2019-01-01", "--end", "2019-03-31"]) == 2

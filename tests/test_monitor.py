@@ -57,8 +57,14 @@ class Collector:
         self.messages: list[EmailMessage] = []
         self.refuse: set[str] = set()
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: Any,
+        session: Any,
+        envelope: Any,
+        address: str,  # noqa: N802
+        rcpt_options: list[str],
+    ) -> str:
         if address in self.refuse:
             return "550 5.1.1 no such user"
         envelope.rcpt_tos.append(address)
@@ -72,8 +78,11 @@ class Collector:
 
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode() and (
-        auth_data.password == PASSWORD.encode())
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == USER.encode()
+        and (auth_data.password == PASSWORD.encode())
+    )
     return AuthResult(success=ok, handled=False)
 
 
@@ -131,9 +140,15 @@ def mailers() -> Iterator[Callable[..., AlertMailer]]:
 
 
 def email_settings(port: int, username: str = "", **changes: Any) -> EmailSettings:
-    values: dict[str, Any] = {"host": "127.0.0.1", "port": port, "security": "none", "username": username,
-                              "sender": "desk@example.com", "recipients": "ops@example.com, risk@example.com",
-                              "timeout_seconds": 2.0}
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "username": username,
+        "sender": "desk@example.com",
+        "recipients": "ops@example.com, risk@example.com",
+        "timeout_seconds": 2.0,
+    }
     return EmailSettings(**{**values, **changes})
 
 
@@ -184,10 +199,26 @@ class Event:
 
 
 def strategy_event(name: str = "rb_ai", **variables: Any) -> Event:
-    values = {"inited": True, "trading": True, "pos": 1, "model_name": "rf_rb", "risk_state": "OK",
-              "prediction_value": 0.0012, **variables}
-    return Event("eCtaStrategy", {"strategy_name": name, "vt_symbol": "rb0000.SHFE", "class_name": "X",
-                                  "author": "", "parameters": {}, "variables": values})
+    values = {
+        "inited": True,
+        "trading": True,
+        "pos": 1,
+        "model_name": "rf_rb",
+        "risk_state": "OK",
+        "prediction_value": 0.0012,
+        **variables,
+    }
+    return Event(
+        "eCtaStrategy",
+        {
+            "strategy_name": name,
+            "vt_symbol": "rb0000.SHFE",
+            "class_name": "X",
+            "author": "",
+            "parameters": {},
+            "variables": values,
+        },
+    )
 
 
 def make_monitor(clock: FakeClock, mailer: AlertMailer, product: str = "rb", **settings: Any) -> SystemMonitor:
@@ -205,7 +236,9 @@ def checks(issues: list[HealthIssue]) -> dict[str, str]:
 
 
 def test_alert_arrives_through_local_smtp_with_login_and_the_password_is_never_shown(
-    servers: Callable[..., LocalSmtp], mailers: Callable[..., AlertMailer], home: Home,
+    servers: Callable[..., LocalSmtp],
+    mailers: Callable[..., AlertMailer],
+    home: Home,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="monitor")
@@ -287,7 +320,9 @@ def test_duplicates_within_the_throttle_window_merge_and_the_next_mail_counts_th
 
 
 def test_full_queue_drops_the_oldest_with_a_log_line(
-    servers: Callable[..., LocalSmtp], mailers: Callable[..., AlertMailer], monkeypatch: pytest.MonkeyPatch,
+    servers: Callable[..., LocalSmtp],
+    mailers: Callable[..., AlertMailer],
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(monitor, "MAX_QUEUE", 3)
@@ -401,10 +436,15 @@ def test_event_callbacks_are_not_delayed_while_the_smtp_server_hangs(
         # each attempt hangs for 0.5 s: an alert sent on the event thread would delay ticks by that much
         mailer = mailers(email_settings(port, timeout_seconds=0.5), throttle=0, retry_initial=0.01, retry_max=0.02)
         clock = FakeClock(at(MONDAY, 10, 0))
-        settings = MonitorSettings(cpu_percent=0.001, memory_percent=0.001, disk_percent=0.001,
-                                   check_interval_seconds=1, heartbeat_interval_seconds=1, daily_summary_time="")
-        watcher = SystemMonitor(settings, mailer, heartbeat_path=home.heartbeat_path, disk_path=home.root,
-                                clock=clock)
+        settings = MonitorSettings(
+            cpu_percent=0.001,
+            memory_percent=0.001,
+            disk_percent=0.001,
+            check_interval_seconds=1,
+            heartbeat_interval_seconds=1,
+            daily_summary_time="",
+        )
+        watcher = SystemMonitor(settings, mailer, heartbeat_path=home.heartbeat_path, disk_path=home.root, clock=clock)
         engine = EventEngine()
         latencies: list[float] = []
         engine.register(EVENT_TICK, lambda event: latencies.append(time.perf_counter() - event.data))
@@ -421,8 +461,10 @@ def test_event_callbacks_are_not_delayed_while_the_smtp_server_hangs(
         finally:
             watcher.detach()
             engine.stop()
-    print(f"tick handler latency max {max(latencies) * 1000:.3f} ms, failed mail attempts "
-          f"{mailer.stats.failed_attempts}, alerts waiting {mailer.stats.queued}")
+    print(
+        f"tick handler latency max {max(latencies) * 1000:.3f} ms, failed mail attempts "
+        f"{mailer.stats.failed_attempts}, alerts waiting {mailer.stats.queued}"
+    )
     assert max(latencies) < 0.1
     status = watcher.status()
     assert status["market_data"]["ticks"] == 200
@@ -474,7 +516,7 @@ def test_heartbeat_is_written_atomically_on_timer_events_at_its_interval(
 
 
 def test_stale_market_data_is_an_issue_only_inside_a_session_that_has_lasted_long_enough(
-    mailers: Callable[..., AlertMailer]
+    mailers: Callable[..., AlertMailer],
 ) -> None:
     clock = FakeClock(at(MONDAY, 9, 50))
     watcher = make_monitor(clock, mailers(EmailSettings()), stale_data_seconds=180)
@@ -484,10 +526,12 @@ def test_stale_market_data_is_an_issue_only_inside_a_session_that_has_lasted_lon
     stale = [issue for issue in watcher.check_health() if issue.check == "market_data"]
     assert [(i.severity, i.subject) for i in stale] == [("WARNING", "rb")]
     assert "600 秒没有行情" in stale[0].message
-    for last_tick, now in ((at(MONDAY, 11, 25), at(MONDAY, 12, 0)),  # lunch
-                           (at(MONDAY - timedelta(days=2), 2, 50), at(MONDAY - timedelta(days=1), 3, 0)),  # Sunday
-                           (at(MONDAY - timedelta(days=3), 15, 0), at(MONDAY, 9, 2)),  # session only 2 min old
-                           (at(MONDAY, 10, 14), at(MONDAY, 10, 32))):  # the 10:15-10:30 break just ended
+    for last_tick, now in (
+        (at(MONDAY, 11, 25), at(MONDAY, 12, 0)),  # lunch
+        (at(MONDAY - timedelta(days=2), 2, 50), at(MONDAY - timedelta(days=1), 3, 0)),  # Sunday
+        (at(MONDAY - timedelta(days=3), 15, 0), at(MONDAY, 9, 2)),  # session only 2 min old
+        (at(MONDAY, 10, 14), at(MONDAY, 10, 32)),
+    ):  # the 10:15-10:30 break just ended
         clock.now = last_tick
         watcher.on_tick(Event("eTick."))
         clock.now = now
@@ -526,8 +570,12 @@ def test_strategy_issues_silent_model_missing_and_risk_halted(mailers: Callable[
     clock.advance(250)  # 350 s since the other strategies' last event, 250 s since "ok"'s
     watcher.on_tick(Event("eTick."))
     found = {(i.check, i.subject): i.severity for i in watcher.check_health()}
-    assert found == {("strategy_silent", "halted"): "WARNING", ("strategy_silent", "no_model"): "WARNING",
-                     ("risk", "halted"): "CRITICAL", ("model", "no_model"): "CRITICAL"}
+    assert found == {
+        ("strategy_silent", "halted"): "WARNING",
+        ("strategy_silent", "no_model"): "WARNING",
+        ("risk", "halted"): "CRITICAL",
+        ("model", "no_model"): "CRITICAL",
+    }
     watcher.set_model_loaded("ok", False)
     assert ("model", "ok") in {(i.check, i.subject) for i in watcher.check_health()}
     watcher.set_model_loaded("no_model", True)
@@ -539,8 +587,11 @@ def test_strategy_issues_silent_model_missing_and_risk_halted(mailers: Callable[
 
 def test_resource_thresholds_come_from_the_settings(mailers: Callable[..., AlertMailer], home: Home) -> None:
     home.root.mkdir(parents=True)
-    tiny = SystemMonitor(MonitorSettings(cpu_percent=0.001, memory_percent=0.001, disk_percent=0.001),
-                         mailers(EmailSettings()), disk_path=home.root)
+    tiny = SystemMonitor(
+        MonitorSettings(cpu_percent=0.001, memory_percent=0.001, disk_percent=0.001),
+        mailers(EmailSettings()),
+        disk_path=home.root,
+    )
     psutil.cpu_percent(interval=None)
     end = time.perf_counter() + 0.1
     while time.perf_counter() < end:  # some CPU use to measure
@@ -548,8 +599,9 @@ def test_resource_thresholds_come_from_the_settings(mailers: Callable[..., Alert
     issues = tiny.check_resources()
     assert checks(issues) == {"cpu": "WARNING", "memory": "WARNING", "disk": "WARNING"}
     assert all("阈值 0.001%" in issue.message for issue in issues)
-    full = SystemMonitor(MonitorSettings(memory_percent=100, disk_percent=100), mailers(EmailSettings()),
-                         disk_path=home.root)
+    full = SystemMonitor(
+        MonitorSettings(memory_percent=100, disk_percent=100), mailers(EmailSettings()), disk_path=home.root
+    )
     assert not {"memory", "disk"} & set(checks(full.check_resources()))
     assert full.status()["resources"]["disk_percent"] == pytest.approx(psutil.disk_usage(str(home.root)).percent)
 
@@ -572,7 +624,8 @@ def test_run_checks_alerts_each_issue_and_repeats_merge_by_check_and_subject(
     assert mailer.stats.merged == sum(repeated)
     assert [e["merged"] for e in audit.read()] == [False] * len(first) + repeated
     assert watcher.status()["issues"] == [
-        {"check": i.check, "message": i.message, "severity": i.severity, "subject": i.subject} for i in second]
+        {"check": i.check, "message": i.message, "severity": i.severity, "subject": i.subject} for i in second
+    ]
 
 
 def test_daily_summary_is_sent_once_a_day_when_the_clock_crosses_its_time(
@@ -597,7 +650,9 @@ def test_daily_summary_is_sent_once_a_day_when_the_clock_crosses_its_time(
     time.sleep(0.05)
     summaries = [m for m in server.messages if "每日汇总" in str(m["Subject"])]
     assert [str(m["Subject"]) for m in summaries] == [
-        "[AI Trader] 每日汇总 2025-01-06 / daily summary", "[AI Trader] 每日汇总 2025-01-07 / daily summary"]
+        "[AI Trader] 每日汇总 2025-01-06 / daily summary",
+        "[AI Trader] 每日汇总 2025-01-07 / daily summary",
+    ]
     monday, tuesday = (m.get_content() for m in summaries)
     assert "CRITICAL 1" in monday and "成交 / trades: 3" in monday
     assert "rb_ai rb0000.SHFE: 持仓 / pos 2" in monday and "风控 / risk OK" in monday
@@ -613,12 +668,21 @@ def write_email_settings(home: Home, **values: Any) -> None:
 
 
 def test_test_email_command_sends_through_the_configured_server(
-    home: Home, servers: Callable[..., LocalSmtp], monkeypatch: pytest.MonkeyPatch,
+    home: Home,
+    servers: Callable[..., LocalSmtp],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = servers(auth=True).start()
-    write_email_settings(home, host="127.0.0.1", port=server.port, security="none", username=USER,
-                         sender="desk@example.com", recipients="ops@example.com")
+    write_email_settings(
+        home,
+        host="127.0.0.1",
+        port=server.port,
+        security="none",
+        username=USER,
+        sender="desk@example.com",
+        recipients="ops@example.com",
+    )
     monkeypatch.setenv("AI_TRADER_SMTP_PASSWORD", PASSWORD)
     assert monitor.main(["--home", str(home.root), "--test-email"]) == 0
     assert "测试邮件已发送到 ops@example.com" in capsys.readouterr().out
@@ -627,8 +691,15 @@ def test_test_email_command_sends_through_the_configured_server(
 
 def test_test_email_command_exit_codes_name_the_failure(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    write_email_settings(home, host="127.0.0.1", port=port, security="none", sender="desk@example.com",
-                         recipients="ops@example.com", timeout_seconds=2)
+    write_email_settings(
+        home,
+        host="127.0.0.1",
+        port=port,
+        security="none",
+        sender="desk@example.com",
+        recipients="ops@example.com",
+        timeout_seconds=2,
+    )
     assert monitor.main(["--home", str(home.root), "--test-email"]) == 3
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "connection refused" in err
@@ -644,9 +715,12 @@ def test_check_command_prints_the_resource_table(home: Home, capsys: pytest.Capt
 
 
 def test_importing_monitor_loads_no_vnpy_or_tensorflow_and_creates_nothing(tmp_path: Path) -> None:
-    result = run_python("import sys, monitor\n"
-                        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vnpy', 'vnpy_ctastrategy', "
-                        "'tensorflow', 'pandas'}))", tmp_path / "home")
+    result = run_python(
+        "import sys, monitor\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vnpy', 'vnpy_ctastrategy', "
+        "'tensorflow', 'pandas'}))",
+        tmp_path / "home",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -53,8 +53,17 @@ class FakeCtaEngine:
         self.logs: list[str] = []
         self.events = 0
 
-    def send_order(self, strategy: Any, direction: Direction, offset: Offset, price: float, volume: float,
-                   stop: bool, lock: bool, net: bool) -> list[str]:
+    def send_order(
+        self,
+        strategy: Any,
+        direction: Direction,
+        offset: Offset,
+        price: float,
+        volume: float,
+        stop: bool,
+        lock: bool,
+        net: bool,
+    ) -> list[str]:
         order = SentOrder(f"FAKE.{len(self.orders) + 1}", direction, offset, price, volume)
         self.orders.append(order)
         self.active[order.vt_orderid] = order
@@ -78,15 +87,34 @@ class FakeCtaEngine:
         order = self.active.pop(vt_orderid)
         strategy.pos += order.volume if order.direction == Direction.LONG else -order.volume
         strategy.on_order(self._order_data(order, Status.ALLTRADED))
-        strategy.on_trade(TradeData(gateway_name="FAKE", symbol="rb0000", exchange=Exchange.SHFE,
-                                    orderid=vt_orderid.split(".")[1], tradeid=vt_orderid, direction=order.direction,
-                                    offset=order.offset, price=order.price, volume=order.volume, datetime=when))
+        strategy.on_trade(
+            TradeData(
+                gateway_name="FAKE",
+                symbol="rb0000",
+                exchange=Exchange.SHFE,
+                orderid=vt_orderid.split(".")[1],
+                tradeid=vt_orderid,
+                direction=order.direction,
+                offset=order.offset,
+                price=order.price,
+                volume=order.volume,
+                datetime=when,
+            )
+        )
 
     @staticmethod
     def _order_data(order: SentOrder, status: Status) -> OrderData:
-        return OrderData(gateway_name="FAKE", symbol="rb0000", exchange=Exchange.SHFE,
-                         orderid=order.vt_orderid.split(".")[1], direction=order.direction, offset=order.offset,
-                         price=order.price, volume=order.volume, status=status)
+        return OrderData(
+            gateway_name="FAKE",
+            symbol="rb0000",
+            exchange=Exchange.SHFE,
+            orderid=order.vt_orderid.split(".")[1],
+            direction=order.direction,
+            offset=order.offset,
+            price=order.price,
+            volume=order.volume,
+            status=status,
+        )
 
     def write_log(self, msg: str, strategy: Any = None) -> None:
         self.logs.append(msg)
@@ -100,8 +128,9 @@ class FakeCtaEngine:
     def get_size(self, strategy: Any) -> int:
         return 10
 
-    def load_bar(self, vt_symbol: str, days: int, interval: Interval, callback: Any,
-                 use_database: bool) -> list[BarData]:
+    def load_bar(
+        self, vt_symbol: str, days: int, interval: Interval, callback: Any, use_database: bool
+    ) -> list[BarData]:
         return self.history
 
     def put_strategy_event(self, strategy: Any) -> None:
@@ -121,25 +150,42 @@ class ScriptedSignal:
 def bar_at(when: datetime, close: float, high: float | None = None, low: float | None = None) -> BarData:
     high = close if high is None else high
     low = close if low is None else low
-    return BarData(gateway_name="TEST", symbol="rb0000", exchange=Exchange.SHFE, datetime=when,
-                   interval=Interval.MINUTE, open_price=close, high_price=high, low_price=low, close_price=close,
-                   volume=100.0)
+    return BarData(
+        gateway_name="TEST",
+        symbol="rb0000",
+        exchange=Exchange.SHFE,
+        datetime=when,
+        interval=Interval.MINUTE,
+        open_price=close,
+        high_price=high,
+        low_price=low,
+        close_price=close,
+        volume=100.0,
+    )
 
 
 def minutes(start: datetime, count: int) -> list[datetime]:
     return [start + timedelta(minutes=i) for i in range(count)]
 
 
-def scripted_strategy(predictions: list[float], threshold: float = 0.001, **setting: Any,
-                      ) -> tuple[PredictiveTradingStrategy, FakeCtaEngine]:
+def scripted_strategy(
+    predictions: list[float],
+    threshold: float = 0.001,
+    **setting: Any,
+) -> tuple[PredictiveTradingStrategy, FakeCtaEngine]:
     """A started strategy on the fake engine whose prediction per bar comes from `predictions`."""
     engine = FakeCtaEngine(async_cancel=setting.pop("async_cancel", False))
     strategy = PredictiveTradingStrategy(engine, "test", VT, {"prediction_threshold": threshold, **setting})
     spec = contract_spec(VT, load_contracts())
-    strategy.risk = RiskManager(RiskSettings(max_daily_loss_rate=strategy.max_daily_loss_rate,
-                                             max_position_ratio=strategy.max_position_ratio,
-                                             max_single_trade_ratio=strategy.max_single_trade_ratio),
-                                spec, strategy.capital)
+    strategy.risk = RiskManager(
+        RiskSettings(
+            max_daily_loss_rate=strategy.max_daily_loss_rate,
+            max_position_ratio=strategy.max_position_ratio,
+            max_single_trade_ratio=strategy.max_single_trade_ratio,
+        ),
+        spec,
+        strategy.capital,
+    )
     strategy.signal = ScriptedSignal(iter(predictions))  # type: ignore[assignment]
     strategy.threshold = threshold
     strategy.inited = strategy.trading = True
@@ -156,7 +202,8 @@ def test_prediction_above_threshold_buys_at_close_plus_one_tick() -> None:
     assert engine.orders == []  # inside the threshold: keep the (flat) position
     strategy.on_bar(bar_at(times[1], 3000))
     assert [(o.direction, o.offset, o.price, o.volume) for o in engine.orders] == [
-        (Direction.LONG, Offset.OPEN, 3001.0, 1)]
+        (Direction.LONG, Offset.OPEN, 3001.0, 1)
+    ]
     assert any("预测 +0.002000" in line and "风控通过" in line for line in engine.logs)
 
 
@@ -271,21 +318,37 @@ def test_window_buffer_gives_the_last_rows_in_order() -> None:
 @pytest.fixture(scope="module")
 def jan_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
     """Real rb bars from 2015-12-20 (warm-up) to 2016-01-31."""
-    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ):pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
+    return sample_frame.loc[pd.Timestamp("2015-12-20", tz=CHINA_TZ) : pd.Timestamp("2016-01-31 23:59", tz=CHINA_TZ)]
 
 
 @pytest.fixture(scope="module")
 def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktestingEngine, list[float]]:
     """The strategy with the real bundle on January 2016, and its online prediction for every traded bar."""
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(jan_2016, VT))
-    engine.set_parameters(vt_symbol=VT, interval=Interval.MINUTE, start=datetime(2016, 1, 4, tzinfo=CHINA_TZ),
-                          end=datetime(2016, 1, 31, 23, 59, tzinfo=CHINA_TZ), rate=0.0001, slippage=1, size=10,
-                          pricetick=1, capital=1_000_000)
+    engine.set_parameters(
+        vt_symbol=VT,
+        interval=Interval.MINUTE,
+        start=datetime(2016, 1, 4, tzinfo=CHINA_TZ),
+        end=datetime(2016, 1, 31, 23, 59, tzinfo=CHINA_TZ),
+        rate=0.0001,
+        slippage=1,
+        size=10,
+        pricetick=1,
+        capital=1_000_000,
+    )
     # margin caps tight enough to bind: rb at 1,707 .. 1,870 needs about 1,800 of margin a lot, so 0.25% of
     # ~1,000,000 (2,500) allows one lot an order and 0.4% (4,000) two lots in all, well below fixed_size
-    setting = {"model_path": str(rf_bundle), "fixed_size": 5, "trailing_percent": 0.5, "warmup_days": 14,
-               "commission_rate": 0.0001, "margin_rate": 0.1, "slippage_cost": 1.0,
-               "max_single_trade_ratio": 0.0025, "max_position_ratio": 0.004}
+    setting = {
+        "model_path": str(rf_bundle),
+        "fixed_size": 5,
+        "trailing_percent": 0.5,
+        "warmup_days": 14,
+        "commission_rate": 0.0001,
+        "margin_rate": 0.1,
+        "slippage_cost": 1.0,
+        "max_single_trade_ratio": 0.0025,
+        "max_position_ratio": 0.004,
+    }
     engine.add_strategy(PredictiveTradingStrategy, setting)
     seen: list[float] = []
     strategy = engine.strategy
@@ -302,8 +365,9 @@ def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktest
     return engine, seen
 
 
-def test_backtest_on_real_bars_trades_within_every_limit(backtest: tuple[PreloadedBacktestingEngine, list[float]],
-                                                         ) -> None:
+def test_backtest_on_real_bars_trades_within_every_limit(
+    backtest: tuple[PreloadedBacktestingEngine, list[float]],
+) -> None:
     engine, _ = backtest
     trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
     assert len(trades) >= 10
@@ -328,8 +392,12 @@ def test_risk_manager_pnl_equals_vnpy_net_pnl(backtest: tuple[PreloadedBacktesti
     engine, _ = backtest
     engine.calculate_result()
     stats = engine.calculate_statistics(output=False)
-    book = RiskManager(RiskSettings(), ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1),
-                       1_000_000, slippage=1)
+    book = RiskManager(
+        RiskSettings(),
+        ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1),
+        1_000_000,
+        slippage=1,
+    )
     for trade in sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid))):
         book.update_trade(trade)
     book.mark(engine.history_data[-1].close_price, engine.history_data[-1].datetime)
@@ -337,8 +405,9 @@ def test_risk_manager_pnl_equals_vnpy_net_pnl(backtest: tuple[PreloadedBacktesti
     assert engine.strategy.risk.equity == pytest.approx(book.equity, abs=1e-6)
 
 
-def test_online_predictions_equal_the_batch_path(backtest: tuple[PreloadedBacktestingEngine, list[float]],
-                                                 jan_2016: pd.DataFrame, rf_bundle: Path) -> None:
+def test_online_predictions_equal_the_batch_path(
+    backtest: tuple[PreloadedBacktestingEngine, list[float]], jan_2016: pd.DataFrame, rf_bundle: Path
+) -> None:
     engine, seen = backtest
     model = PricePredictionModel().load_model(rf_bundle)
     batch = batch_predictions(model, jan_2016, VT)

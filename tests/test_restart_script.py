@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 # A stand-in for the trading process: beats every 0.1 s (JSON pid/time, atomic replace) and behaves as argv says:
 #   forever | exit SECONDS CODE | crash | hang-once SECONDS (first run only: stops beating, ignores SIGTERM)
-CHILD = r'''
+CHILD = r"""
 import json, os, signal, sys, time
 from pathlib import Path
 
@@ -70,11 +70,16 @@ while True:
         temp.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
         os.replace(temp, beat)
     time.sleep(0.1)
-'''
+"""
 
 FAST = WatchdogSettings(
-    heartbeat_timeout_seconds=1.0, startup_grace_seconds=2.0, backoff_initial_seconds=0.2, backoff_max_seconds=0.8,
-    max_crashes=5, crash_window_seconds=60.0, stop_timeout_seconds=1.0,
+    heartbeat_timeout_seconds=1.0,
+    startup_grace_seconds=2.0,
+    backoff_initial_seconds=0.2,
+    backoff_max_seconds=0.8,
+    max_crashes=5,
+    crash_window_seconds=60.0,
+    stop_timeout_seconds=1.0,
 )
 RESTART_SCRIPT = PROJECT_DIR / "restart_script.py"
 
@@ -120,8 +125,15 @@ def child(tmp_path: Path) -> Path:
 def make(home: Home, child: Path, *args: str, settings: WatchdogSettings = FAST, **kwargs: Any) -> Supervisor:
     """A fast-polling supervisor of the stand-in child with a recording alert."""
     kwargs.setdefault("alert", AlertRecorder())
-    return Supervisor(settings, [sys.executable, str(child), *args], home, AuditLog(home.audit_path),
-                      cwd=home.root.parent, poll_seconds=0.05, **kwargs)
+    return Supervisor(
+        settings,
+        [sys.executable, str(child), *args],
+        home,
+        AuditLog(home.audit_path),
+        cwd=home.root.parent,
+        poll_seconds=0.05,
+        **kwargs,
+    )
 
 
 def started_pids(audit: AuditLog) -> list[int]:
@@ -272,8 +284,9 @@ def test_child_exiting_0_ends_the_supervisor_without_restart(home: Home, child: 
 
 def test_command_that_cannot_start_is_a_configuration_error(home: Home, tmp_path: Path) -> None:
     alerts = AlertRecorder()
-    supervisor = Supervisor(FAST, [str(tmp_path / "missing-program")], home, AuditLog(home.audit_path), alerts,
-                            poll_seconds=0.05)
+    supervisor = Supervisor(
+        FAST, [str(tmp_path / "missing-program")], home, AuditLog(home.audit_path), alerts, poll_seconds=0.05
+    )
     assert supervisor.run() == 2
     assert actions(supervisor.audit, "config_error")
     assert alerts.severities() == ["CRITICAL"]
@@ -286,8 +299,13 @@ def test_second_supervisor_on_the_same_home_is_refused_naming_the_holder(home: H
         with pytest.raises(WatchdogLocked, match=f"pid {os.getpid()}") as error:
             make(home, child, "forever").run()
         assert error.value.exit_code == 2
-        result = subprocess.run([sys.executable, str(RESTART_SCRIPT), "--home", str(home.root)], capture_output=True,
-                                text=True, timeout=30, env=clean_environment())
+        result = subprocess.run(
+            [sys.executable, str(RESTART_SCRIPT), "--home", str(home.root)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=clean_environment(),
+        )
         assert result.returncode == 2
         assert f"另一个看门狗（pid {os.getpid()}）" in result.stderr
         assert "Traceback" not in result.stderr
@@ -309,14 +327,23 @@ def clean_environment() -> dict[str, str]:
 
 def test_sigterm_stops_the_supervisor_subprocess_and_its_child(home: Home, child: Path, tmp_path: Path) -> None:
     home.settings_dir.mkdir(parents=True)
-    settings = {"command": f"{{python}} {shlex.quote(str(child))} forever", "heartbeat_timeout_seconds": 1.0,
-                "startup_grace_seconds": 2.0, "backoff_initial_seconds": 0.2, "stop_timeout_seconds": 2.0}
+    settings = {
+        "command": f"{{python}} {shlex.quote(str(child))} forever",
+        "heartbeat_timeout_seconds": 1.0,
+        "startup_grace_seconds": 2.0,
+        "backoff_initial_seconds": 0.2,
+        "stop_timeout_seconds": 2.0,
+    }
     (home.settings_dir / "watchdog.json").write_text(json.dumps(settings), encoding="utf-8")
     log = tmp_path / "watchdog.err"
     with open(log, "wb") as stderr:
-        watchdog = subprocess.Popen([sys.executable, str(RESTART_SCRIPT), "--home", str(home.root)],
-                                    stdout=subprocess.DEVNULL, stderr=stderr, env=clean_environment(),
-                                    start_new_session=True)
+        watchdog = subprocess.Popen(
+            [sys.executable, str(RESTART_SCRIPT), "--home", str(home.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=clean_environment(),
+            start_new_session=True,
+        )
     audit = AuditLog(home.audit_path)
     try:
         pid = wait_for(lambda: beating_pid(home), 10, "the child's heartbeat")
@@ -335,8 +362,18 @@ def test_sigterm_stops_the_supervisor_subprocess_and_its_child(home: Home, child
 
 
 def test_cli_command_option_and_alerts_through_the_monitor(home: Home, child: Path) -> None:
-    argv = [sys.executable, str(RESTART_SCRIPT), "--home", str(home.root), "--command", "{python}", str(child),
-            "exit", "0.1", "2"]
+    argv = [
+        sys.executable,
+        str(RESTART_SCRIPT),
+        "--home",
+        str(home.root),
+        "--command",
+        "{python}",
+        str(child),
+        "exit",
+        "0.1",
+        "2",
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=clean_environment())
     audit = AuditLog(home.audit_path)
     kill_groups(started_pids(audit))
@@ -396,10 +433,12 @@ def test_calendar_child_exiting_0_waits_for_the_next_window(home: Home, child: P
 
 
 def test_import_is_inert_and_loads_no_trading_modules(tmp_path: Path) -> None:
-    code = ("import sys, restart_script, signal; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vnpy', 'tensorflow', 'monitor', 'ml_model', "
-            "'data_collector', 'predictive_trading_strategy'))); "
-            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)")
+    code = (
+        "import sys, restart_script, signal; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vnpy', 'tensorflow', 'monitor', 'ml_model', "
+        "'data_collector', 'predictive_trading_strategy'))); "
+        "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
+    )
     result = run_python(code, tmp_path / "home")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "True"]
@@ -441,7 +480,13 @@ def test_exit_codes_are_described_chinese_first() -> None:
 
 def test_command_template_uses_this_interpreter_and_splits_like_a_shell() -> None:
     assert resolve_command("{python} ai_trading_system.py trade --gateway ctp --no-ui") == [
-        sys.executable, "ai_trading_system.py", "trade", "--gateway", "ctp", "--no-ui"]
+        sys.executable,
+        "ai_trading_system.py",
+        "trade",
+        "--gateway",
+        "ctp",
+        "--no-ui",
+    ]
     assert resolve_command("x", ["{python}", "a b.py", "--flag"]) == [sys.executable, "a b.py", "--flag"]
     assert resolve_command("x", ["{python} 'a b.py' --flag"]) == [sys.executable, "a b.py", "--flag"]
     with pytest.raises(ConfigError, match="watchdog.command"):

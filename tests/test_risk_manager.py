@@ -438,8 +438,9 @@ marks_and_orders = st.lists(
     st.one_of(
         st.tuples(st.just("mark"), st.integers(0, 3 * 3600), st.integers(-60, 60)),
         st.tuples(
-            st.sampled_from([(LONG, OPEN), (SHORT, OPEN)] * 3 + [(LONG, CLOSE), (SHORT, CLOSE), (LONG, TODAY),
-                                                                 (SHORT, YESTERDAY)]),
+            st.sampled_from(
+                [(LONG, OPEN), (SHORT, OPEN)] * 3 + [(LONG, CLOSE), (SHORT, CLOSE), (LONG, TODAY), (SHORT, YESTERDAY)]
+            ),
             st.integers(0, 600),
             st.integers(-160, 160),
             st.integers(1, 20),
@@ -451,9 +452,7 @@ marks_and_orders = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(steps=marks_and_orders, loss_rate=st.sampled_from([0.005, 0.02]))
-def test_every_allowed_order_filled_in_full_stays_within_margin_limits(
-    steps: list[tuple], loss_rate: float
-) -> None:
+def test_every_allowed_order_filled_in_full_stays_within_margin_limits(steps: list[tuple], loss_rate: float) -> None:
     limits = replace(LIMITS, max_daily_loss_rate=loss_rate)
     book = RiskManager(limits, RB, CAPITAL)
     now, price = FRIDAY, 3000
@@ -488,8 +487,19 @@ def test_every_allowed_order_filled_in_full_stays_within_margin_limits(
 
 fills = st.lists(
     st.tuples(
-        st.sampled_from([(LONG, OPEN), (SHORT, OPEN), (SHORT, CLOSE), (LONG, CLOSE), (SHORT, TODAY),
-                         (LONG, YESTERDAY), (SHORT, YESTERDAY), (LONG, TODAY), ("mark", None)]),
+        st.sampled_from(
+            [
+                (LONG, OPEN),
+                (SHORT, OPEN),
+                (SHORT, CLOSE),
+                (LONG, CLOSE),
+                (SHORT, TODAY),
+                (LONG, YESTERDAY),
+                (SHORT, YESTERDAY),
+                (LONG, TODAY),
+                ("mark", None),
+            ]
+        ),
         st.integers(1, 12),
         st.integers(2000, 4000),
     ),

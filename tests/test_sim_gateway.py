@@ -140,8 +140,9 @@ class Replay:
         """Send like CtaEngine: through vnpy's OffsetConverter (unless told not to), then main_engine.send_order."""
         direction, offset, price, volume, stop = spec
         symbol, exchange = data_collector.parse_vt_symbol(self.vt_symbol)
-        request = OrderRequest(symbol, exchange, direction, OrderType.STOP if stop else OrderType.LIMIT, volume,
-                               price, offset)
+        request = OrderRequest(
+            symbol, exchange, direction, OrderType.STOP if stop else OrderType.LIMIT, volume, price, offset
+        )
         requests = self.engine.convert_order_request(request, self.name, False, False) if convert else [request]
         ids = []
         for converted in requests:
@@ -196,23 +197,27 @@ def write_bars(path: Path, rows: list[tuple[Any, ...]] = HAND_BARS) -> Path:
 
 
 def bar_values(bars: list[BarData]) -> list[tuple[Any, ...]]:
-    return [(b.datetime, b.open_price, b.high_price, b.low_price, b.close_price, b.volume, b.turnover,
-             b.open_interest) for b in bars]
+    return [
+        (b.datetime, b.open_price, b.high_price, b.low_price, b.close_price, b.volume, b.turnover, b.open_interest)
+        for b in bars
+    ]
 
 
 def trade_values(trades: list[TradeData]) -> list[tuple[Any, ...]]:
     """Trades as (time, direction, offset, price, volume); SHFE's close today/yesterday count as close."""
     closes = (Offset.CLOSETODAY, Offset.CLOSEYESTERDAY)
-    return [(t.datetime, t.direction, Offset.CLOSE if t.offset in closes else t.offset, t.price, t.volume)
-            for t in trades]
+    return [
+        (t.datetime, t.direction, Offset.CLOSE if t.offset in closes else t.offset, t.price, t.volume) for t in trades
+    ]
 
 
 # --- bars rebuilt from the replayed ticks ------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_bar_generator_rebuilds_every_replayed_real_bar_exactly(make_replay: Callable[[], Replay],
-                                                                imported_home: Home) -> None:
+def test_bar_generator_rebuilds_every_replayed_real_bar_exactly(
+    make_replay: Callable[[], Replay], imported_home: Home
+) -> None:
     replay = make_replay()
     replay.run(vt_symbol=RB, home=str(imported_home.root), start="2016-03-01", end="2016-03-10", speed="max")
     frame = data_collector.load_history_data(RB, "2016-03-01", "2016-03-10", home=imported_home)
@@ -221,18 +226,26 @@ def test_bar_generator_rebuilds_every_replayed_real_bar_exactly(make_replay: Cal
     assert bar_values(replay.bars) == wanted  # first and last bar included
     assert replay.gateway.stats.bars == len(wanted) and replay.gateway.stats.ticks == 4 * len(wanted) + 1
     assert any("回放结束" in line and "replay finished" in line for line in replay.logs)
-    assert all(tick.datetime.minute == bar.datetime.minute for tick, bar in zip(replay.ticks[::4], replay.bars,
-                                                                                  strict=False))
+    assert all(
+        tick.datetime.minute == bar.datetime.minute for tick, bar in zip(replay.ticks[::4], replay.bars, strict=False)
+    )
 
 
 def test_hand_bars_with_turnover_and_open_interest_are_rebuilt_and_ticks_follow_the_bar(
-        make_replay: Callable[[], Replay], home: Home, tmp_path: Path) -> None:
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path
+) -> None:
     replay = make_replay()
-    replay.run(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv")), start="2016-01-04",
-               end="2016-01-04")
+    replay.run(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv")),
+        start="2016-01-04",
+        end="2016-01-04",
+    )
     wanted = [(china(t), o, h, lo, c, v, tv, oi) for t, o, h, lo, c, v, tv, oi in HAND_BARS]
-    assert bar_values(replay.bars) == [tuple(float(x) if not isinstance(x, datetime) else x for x in row)
-                                       for row in wanted]
+    assert bar_values(replay.bars) == [
+        tuple(float(x) if not isinstance(x, datetime) else x for x in row) for row in wanted
+    ]
     prices = [tick.last_price for tick in replay.ticks]
     assert prices[4:8] == [2006, 2001, 2015, 2010]  # an up bar: open, low, high, close
     assert prices[8:12] == [2010, 2020, 2000, 2002]  # a down bar: open, high, low, close
@@ -241,9 +254,20 @@ def test_hand_bars_with_turnover_and_open_interest_are_rebuilt_and_ticks_follow_
 
 
 def test_bar_ticks_put_the_volume_where_bar_generator_counts_it() -> None:
-    bar = BarData(gateway_name="DB", symbol="rb0000", exchange=Exchange.SHFE, datetime=china("2016-01-04 09:00:00"),
-                  interval=Interval.MINUTE, open_price=10, high_price=12, low_price=9, close_price=11, volume=7,
-                  turnover=70, open_interest=3)
+    bar = BarData(
+        gateway_name="DB",
+        symbol="rb0000",
+        exchange=Exchange.SHFE,
+        datetime=china("2016-01-04 09:00:00"),
+        interval=Interval.MINUTE,
+        open_price=10,
+        high_price=12,
+        low_price=9,
+        close_price=11,
+        volume=7,
+        turnover=70,
+        open_interest=3,
+    )
     first, volume, turnover = sim_gateway.bar_ticks(bar, "SIM", 0.0, 0.0, first=True)
     later, _, _ = sim_gateway.bar_ticks(bar, "SIM", 100.0, 1000.0, first=False)
     assert [t.volume for t in first] == [0, 7, 7, 7] and (volume, turnover) == (7, 70)
@@ -287,14 +311,30 @@ class ScriptStrategy(CtaTemplate):
         self.send_order(direction, offset, price, volume, stop)
 
 
-def vnpy_trades(data: list[Any], mode: BacktestingMode, vt_symbol: str, size: float, pricetick: float,
-                plan: dict[Any, list[Spec]], follow: dict[int, list[Spec]]) -> list[tuple[Any, ...]]:
+def vnpy_trades(
+    data: list[Any],
+    mode: BacktestingMode,
+    vt_symbol: str,
+    size: float,
+    pricetick: float,
+    plan: dict[Any, list[Spec]],
+    follow: dict[int, list[Spec]],
+) -> list[tuple[Any, ...]]:
     """The trades vnpy's own BacktestingEngine makes for the script on the same data."""
     backtest = BacktestingEngine()
     backtest.output = lambda msg: None
-    backtest.set_parameters(vt_symbol=vt_symbol, interval=Interval.MINUTE, start=data[0].datetime,
-                            end=data[-1].datetime, rate=0, slippage=0, size=size, pricetick=pricetick,
-                            capital=1_000_000, mode=mode)
+    backtest.set_parameters(
+        vt_symbol=vt_symbol,
+        interval=Interval.MINUTE,
+        start=data[0].datetime,
+        end=data[-1].datetime,
+        rate=0,
+        slippage=0,
+        size=size,
+        pricetick=pricetick,
+        capital=1_000_000,
+        mode=mode,
+    )
     backtest.add_strategy(ScriptStrategy, {})
     strategy: Any = backtest.strategy
     strategy.plan, strategy.follow = plan, follow
@@ -306,8 +346,9 @@ def vnpy_trades(data: list[Any], mode: BacktestingMode, vt_symbol: str, size: fl
 L, S, OPEN, CLOSE = Direction.LONG, Direction.SHORT, Offset.OPEN, Offset.CLOSE
 
 
-def test_bar_matching_equals_vnpy_backtester_on_hand_made_bars(make_replay: Callable[[], Replay], home: Home,
-                                                                tmp_path: Path) -> None:
+def test_bar_matching_equals_vnpy_backtester_on_hand_made_bars(
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path
+) -> None:
     plan: dict[Any, list[Spec]] = {
         china("2016-01-04 09:00:00"): [
             (L, OPEN, 2000, 1, False),  # below bar 1's low 2001: waits, fills on bar 2 (low 2000) at 2000
@@ -320,27 +361,38 @@ def test_bar_matching_equals_vnpy_backtester_on_hand_made_bars(make_replay: Call
         china("2016-01-04 09:03:00"): [(L, OPEN, 2001, 1, False)],
         china("2016-01-04 09:04:00"): [(L, OPEN, 2100, 1, False)],  # after the last bar: never matched
     }
-    follow: dict[int, list[Spec]] = {1: [
-        (S, CLOSE, 2001, 1, False),  # sent from on_trade on bar 1: matched on bar 2 at max(2001, open 2010)
-        (S, OPEN, 2014, 1, True),  # vnpy matches a stop sent from a limit fill's on_trade on the same bar
-    ]}
+    follow: dict[int, list[Spec]] = {
+        1: [
+            (S, CLOSE, 2001, 1, False),  # sent from on_trade on bar 1: matched on bar 2 at max(2001, open 2010)
+            (S, OPEN, 2014, 1, True),  # vnpy matches a stop sent from a limit fill's on_trade on the same bar
+        ]
+    }
     replay = make_replay()
     replay.on_bar = lambda bar: [replay.send(spec) for spec in plan.get(bar.datetime, [])]
     replay.on_trade = lambda trade: [replay.send(spec) for spec in follow.get(len(replay.trades), [])]
-    replay.run(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv")), start="2016-01-04",
-               end="2016-01-04")
+    replay.run(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv")),
+        start="2016-01-04",
+        end="2016-01-04",
+    )
 
     minute = [china(f"2016-01-04 09:0{m}:00") for m in range(5)]
     expected = [
-        (minute[1], L, OPEN, 2006, 1), (minute[1], L, OPEN, 2012, 1), (minute[1], S, OPEN, 2003, 1),
+        (minute[1], L, OPEN, 2006, 1),
+        (minute[1], L, OPEN, 2012, 1),
+        (minute[1], S, OPEN, 2003, 1),
         (minute[1], S, OPEN, 2006, 1),
-        (minute[2], L, OPEN, 2000, 1), (minute[2], S, CLOSE, 2010, 1),
-        (minute[3], L, OPEN, 1995, 1), (minute[3], S, OPEN, 2004, 1), (minute[3], L, OPEN, 2000, 1),
+        (minute[2], L, OPEN, 2000, 1),
+        (minute[2], S, CLOSE, 2010, 1),
+        (minute[3], L, OPEN, 1995, 1),
+        (minute[3], S, OPEN, 2004, 1),
+        (minute[3], L, OPEN, 2000, 1),
         (minute[4], L, OPEN, 2001, 1),
     ]
     assert trade_values(replay.trades) == trade_values(replay.gateway.trades) == expected
-    bars = data_collector.frame_to_bars(data_collector.read_bar_csv(tmp_path / "bars.csv")[0].set_index("datetime"),
-                                        RB)
+    bars = data_collector.frame_to_bars(data_collector.read_bar_csv(tmp_path / "bars.csv")[0].set_index("datetime"), RB)
     assert vnpy_trades(bars, BacktestingMode.BAR, RB, 10, 1, plan, follow) == expected
     assert [o.offset for o in replay.sent if o.direction == S and o.type == OrderType.LIMIT][:1] == [Offset.CLOSETODAY]
     last = replay.gateway.orders[-1]
@@ -348,8 +400,9 @@ def test_bar_matching_equals_vnpy_backtester_on_hand_made_bars(make_replay: Call
     assert replay.gateway.stats.trades == 10 and replay.gateway.stats.orders == 11
 
 
-def test_tick_matching_equals_vnpy_backtester_on_the_copper_ticks(make_replay: Callable[[], Replay],
-                                                                   home: Home) -> None:
+def test_tick_matching_equals_vnpy_backtester_on_the_copper_ticks(
+    make_replay: Callable[[], Replay], home: Home
+) -> None:
     plan: dict[Any, list[Spec]] = {
         0: [(L, OPEN, 47830, 1, False), (S, OPEN, 47790, 1, True)],  # fills at tick 1's ask; stop at tick 6
         18: [(L, OPEN, 47810, 1, False)],  # tick 19's ask drops to 47810
@@ -362,15 +415,21 @@ def test_tick_matching_equals_vnpy_backtester_on_the_copper_ticks(make_replay: C
     replay = make_replay()
     replay.on_tick = lambda tick: [replay.send(spec) for spec in plan.get(len(replay.ticks) - 1, [])]
     replay.on_trade = lambda trade: [replay.send(spec) for spec in follow.get(len(replay.trades), [])]
-    replay.run(vt_symbol=CU, home=str(home.root), mode="tick", csv=str(SAMPLE_TICKS_CSV), start="2019-09-16",
-               end="2019-09-16")
+    replay.run(
+        vt_symbol=CU, home=str(home.root), mode="tick", csv=str(SAMPLE_TICKS_CSV), start="2019-09-16", end="2019-09-16"
+    )
 
     ticks = data_collector.read_tick_csv(SAMPLE_TICKS_CSV, CU)
     at = [tick.datetime for tick in ticks]
     expected = [
-        (at[1], L, OPEN, 47820, 1), (at[2], S, CLOSE, 47780, 1), (at[6], S, OPEN, 47780, 1),
-        (at[19], L, OPEN, 47810, 1), (at[21], S, OPEN, 47800, 1), (at[25], L, OPEN, 47810, 1),
-        (at[36], L, OPEN, 47800, 1), (at[37], L, OPEN, 47800, 1),
+        (at[1], L, OPEN, 47820, 1),
+        (at[2], S, CLOSE, 47780, 1),
+        (at[6], S, OPEN, 47780, 1),
+        (at[19], L, OPEN, 47810, 1),
+        (at[21], S, OPEN, 47800, 1),
+        (at[25], L, OPEN, 47810, 1),
+        (at[36], L, OPEN, 47800, 1),
+        (at[37], L, OPEN, 47800, 1),
     ]
     assert trade_values(replay.trades) == expected
     assert vnpy_trades(ticks, BacktestingMode.TICK, CU, 5, 10, plan, follow) == expected
@@ -396,19 +455,38 @@ def test_tick_mode_replays_the_stored_ticks_as_they_are(make_replay: Callable[[]
 
 
 def test_matching_rules_are_vnpys_at_the_edges() -> None:
-    bar = BarData(gateway_name="DB", symbol="rb0000", exchange=Exchange.SHFE, datetime=china("2016-01-04 09:00:00"),
-                  open_price=2006, high_price=2015, low_price=2001, close_price=2010)
+    bar = BarData(
+        gateway_name="DB",
+        symbol="rb0000",
+        exchange=Exchange.SHFE,
+        datetime=china("2016-01-04 09:00:00"),
+        open_price=2006,
+        high_price=2015,
+        low_price=2001,
+        close_price=2010,
+    )
     assert sim_gateway.cross_bar_limit(L, 2001, bar) == 2001 and sim_gateway.cross_bar_limit(L, 2000, bar) is None
     assert sim_gateway.cross_bar_limit(S, 2015, bar) == 2015 and sim_gateway.cross_bar_limit(S, 2016, bar) is None
     assert sim_gateway.cross_bar_limit(S, 1990, bar) == 2006  # a sell below the open fills at the open
     assert sim_gateway.cross_bar_stop(L, 2000, bar) == 2006 and sim_gateway.cross_bar_stop(L, 2016, bar) is None
     assert sim_gateway.cross_bar_stop(S, 2001, bar) == 2001 and sim_gateway.cross_bar_stop(S, 2000, bar) is None
-    tick = TickData(gateway_name="T", symbol="cu1909", exchange=Exchange.SHFE, datetime=bar.datetime,
-                    last_price=100, bid_price_1=90, ask_price_1=110)
+    tick = TickData(
+        gateway_name="T",
+        symbol="cu1909",
+        exchange=Exchange.SHFE,
+        datetime=bar.datetime,
+        last_price=100,
+        bid_price_1=90,
+        ask_price_1=110,
+    )
     assert sim_gateway.cross_tick_limit(L, 120, tick) == 110 and sim_gateway.cross_tick_limit(L, 100, tick) is None
     assert sim_gateway.cross_tick_limit(S, 80, tick) == 90 and sim_gateway.cross_tick_limit(S, 95, tick) is None
-    assert sim_gateway.cross_tick_limit(L, 120, TickData(gateway_name="T", symbol="x", exchange=Exchange.SHFE,
-                                                         datetime=bar.datetime)) is None  # empty book
+    assert (
+        sim_gateway.cross_tick_limit(
+            L, 120, TickData(gateway_name="T", symbol="x", exchange=Exchange.SHFE, datetime=bar.datetime)
+        )
+        is None
+    )  # empty book
     assert sim_gateway.cross_tick_stop(L, 95, tick) == 100 and sim_gateway.cross_tick_stop(S, 99, tick) is None
 
 
@@ -417,7 +495,8 @@ def test_matching_rules_are_vnpys_at_the_edges() -> None:
 
 @pytest.mark.slow
 def test_shfe_close_after_a_new_trading_day_becomes_close_yesterday_through_vnpys_converter(
-        make_replay: Callable[[], Replay], imported_home: Home) -> None:
+    make_replay: Callable[[], Replay], imported_home: Home
+) -> None:
     replay = make_replay()
     state: dict[str, Any] = {}
 
@@ -447,11 +526,14 @@ def test_shfe_close_after_a_new_trading_day_becomes_close_yesterday_through_vnpy
     assert (final.volume, final.yd_volume, final.frozen) == (0, 0, 0)
 
 
-def test_commission_margin_and_balance_to_the_cent(make_replay: Callable[[], Replay], home: Home,
-                                                   tmp_path: Path) -> None:
+def test_commission_margin_and_balance_to_the_cent(
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path
+) -> None:
     replay = make_replay()
-    plan = {china("2016-01-04 09:00:00"): [(L, OPEN, 2012.0, 2.0, False)],  # fills on bar 1 at its open 2006
-            china("2016-01-04 09:01:00"): [(S, CLOSE, 2005.0, 2.0, False)]}  # fills on bar 2 at its open 2010
+    plan = {
+        china("2016-01-04 09:00:00"): [(L, OPEN, 2012.0, 2.0, False)],  # fills on bar 1 at its open 2006
+        china("2016-01-04 09:01:00"): [(S, CLOSE, 2005.0, 2.0, False)],
+    }  # fills on bar 2 at its open 2010
     holding: list[AccountData] = []
 
     def on_bar(bar: BarData) -> None:
@@ -461,8 +543,14 @@ def test_commission_margin_and_balance_to_the_cent(make_replay: Callable[[], Rep
             replay.send(spec)
 
     replay.on_bar = on_bar
-    replay.run(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv")), start="2016-01-04",
-               end="2016-01-04", capital=1_000_000)
+    replay.run(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv")),
+        start="2016-01-04",
+        end="2016-01-04",
+        capital=1_000_000,
+    )
 
     assert [(t.price, t.volume) for t in replay.trades] == [(2006, 2), (2010, 2)]
     # while holding 2 lots bought at 2006, marked at bar 1's close 2010
@@ -479,11 +567,18 @@ def test_commission_margin_and_balance_to_the_cent(make_replay: Callable[[], Rep
     assert book is not None and book.commission == pytest.approx(8.032, abs=1e-9) and book.realised == 80
 
 
-def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(make_replay: Callable[[], Replay], home: Home,
-                                                                   tmp_path: Path) -> None:
+def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path
+) -> None:
     replay = make_replay()
-    replay.connect(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv")),
-                   start="2016-01-04", end="2016-01-04", capital=1_000_000)
+    replay.connect(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv")),
+        start="2016-01-04",
+        end="2016-01-04",
+        capital=1_000_000,
+    )
     cases = [
         ((L, OPEN, 2000, 0, False), "volume must be a positive whole number"),
         ((L, OPEN, 2000, 1.5, False), "volume must be a positive whole number"),
@@ -492,8 +587,9 @@ def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(make_replay: C
         ((S, Offset.CLOSEYESTERDAY, 2000, 1, False), "not enough position to close"),
     ]
     for spec, reason in cases:
-        vt_orderid = replay.gateway.send_order(OrderRequest("rb0000", Exchange.SHFE, spec[0], OrderType.LIMIT,
-                                                            spec[3], spec[2], spec[1]))
+        vt_orderid = replay.gateway.send_order(
+            OrderRequest("rb0000", Exchange.SHFE, spec[0], OrderType.LIMIT, spec[3], spec[2], spec[1])
+        )
         replay.drain()
         assert replay.orders[-1].vt_orderid == vt_orderid and replay.orders[-1].status == Status.REJECTED
         assert reason in replay.logs[-1] and vt_orderid in replay.logs[-1]
@@ -523,8 +619,9 @@ def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(make_replay: C
 
 
 @pytest.mark.slow
-def test_query_history_serves_the_warm_up_days_before_the_replay_start(make_replay: Callable[[], Replay],
-                                                                       imported_home: Home) -> None:
+def test_query_history_serves_the_warm_up_days_before_the_replay_start(
+    make_replay: Callable[[], Replay], imported_home: Home
+) -> None:
     replay = make_replay()
     replay.connect(vt_symbol=RB, home=str(imported_home.root), start="2016-03-07", end="2016-03-07", warmup_days=10)
     now = datetime.now(CHINA_TZ)  # CtaEngine.load_bar asks for [now - days, now)
@@ -548,14 +645,22 @@ def replace_start(request: HistoryRequest, start: datetime) -> HistoryRequest:
 
 @pytest.mark.slow
 def test_speed_max_finishes_a_day_and_speed_n_takes_at_least_the_replayed_time_over_n(
-        make_replay: Callable[[], Replay], imported_home: Home, home: Home, tmp_path: Path) -> None:
+    make_replay: Callable[[], Replay], imported_home: Home, home: Home, tmp_path: Path
+) -> None:
     fast = make_replay()
     fast.run(vt_symbol=RB, home=str(imported_home.root), start="2016-03-02", end="2016-03-02", speed="max")
-    assert fast.gateway.stats.bars == len(data_collector.load_history_data(RB, "2016-03-02", "2016-03-02",
-                                                                           home=imported_home))
+    assert fast.gateway.stats.bars == len(
+        data_collector.load_history_data(RB, "2016-03-02", "2016-03-02", home=imported_home)
+    )
     paced = make_replay()
-    paced.connect(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv", HAND_BARS[:3])),
-                  start="2016-01-04", end="2016-01-04", speed="600")
+    paced.connect(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv", HAND_BARS[:3])),
+        start="2016-01-04",
+        end="2016-01-04",
+        speed="600",
+    )
     started = time.monotonic()
     paced.start()
     assert paced.gateway.finished.wait(30)
@@ -570,51 +675,64 @@ def test_long_gaps_take_a_few_seconds_of_wall_time_at_most() -> None:
     assert sim_gateway.wall_seconds(7200, 1e6) == pytest.approx(0.0072)
 
 
-def test_hold_waits_for_release_after_subscribe(make_replay: Callable[[], Replay], home: Home,
-                                                tmp_path: Path) -> None:
+def test_hold_waits_for_release_after_subscribe(make_replay: Callable[[], Replay], home: Home, tmp_path: Path) -> None:
     replay = make_replay()
-    replay.connect(vt_symbol=RB, home=str(home.root), csv=str(write_bars(tmp_path / "bars.csv")), start="2016-01-04",
-                   end="2016-01-04", hold=True)
+    replay.connect(
+        vt_symbol=RB,
+        home=str(home.root),
+        csv=str(write_bars(tmp_path / "bars.csv")),
+        start="2016-01-04",
+        end="2016-01-04",
+        hold=True,
+    )
     replay.start()
     assert not replay.gateway.finished.wait(0.3) and replay.gateway.stats.ticks == 0
     replay.gateway.release()
     assert replay.gateway.finished.wait(30) and len(replay.bars) == 5
 
 
-@pytest.mark.parametrize(("change", "error", "message"), [
-    ({"vt_symbol": "xx0000.SHFE"}, ConfigError, "没有品种 xx"),
-    ({"vt_symbol": "rb0000"}, DataError, "bad vt_symbol"),
-    ({"start": "2016-03-08", "end": "2016-03-07"}, ConfigError, "start is after end"),
-    ({"start": "2016/03/07"}, ConfigError, "YYYY-MM-DD"),
-    ({"start": "2020-01-06", "end": "2020-01-10"}, DataError, "no bars stored"),
-    ({"start": "2016-03-05", "end": "2016-03-06"}, DataError, "no data to replay"),  # a weekend
-    ({"speed": "fast"}, ConfigError, "bad setting speed"),
-    ({"speed": 0}, ConfigError, "bad setting speed"),
-    ({"speed": -2}, ConfigError, "bad setting speed"),
-    ({"mode": "minute"}, ConfigError, "must be bar or tick"),
-    ({"capital": -1}, ConfigError, "bad setting capital"),
-    ({"warmup_days": 1.5}, ConfigError, "bad setting warmup_days"),
-    ({"hold": "yes"}, ConfigError, "bad setting hold"),
-    ({"csv": "/nonexistent/bars.csv"}, ConfigError, "file not found"),
-    ({"spead": "max"}, ConfigError, "unknown setting"),
-])
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"vt_symbol": "xx0000.SHFE"}, ConfigError, "没有品种 xx"),
+        ({"vt_symbol": "rb0000"}, DataError, "bad vt_symbol"),
+        ({"start": "2016-03-08", "end": "2016-03-07"}, ConfigError, "start is after end"),
+        ({"start": "2016/03/07"}, ConfigError, "YYYY-MM-DD"),
+        ({"start": "2020-01-06", "end": "2020-01-10"}, DataError, "no bars stored"),
+        ({"start": "2016-03-05", "end": "2016-03-06"}, DataError, "no data to replay"),  # a weekend
+        ({"speed": "fast"}, ConfigError, "bad setting speed"),
+        ({"speed": 0}, ConfigError, "bad setting speed"),
+        ({"speed": -2}, ConfigError, "bad setting speed"),
+        ({"mode": "minute"}, ConfigError, "must be bar or tick"),
+        ({"capital": -1}, ConfigError, "bad setting capital"),
+        ({"warmup_days": 1.5}, ConfigError, "bad setting warmup_days"),
+        ({"hold": "yes"}, ConfigError, "bad setting hold"),
+        ({"csv": "/nonexistent/bars.csv"}, ConfigError, "file not found"),
+        ({"spead": "max"}, ConfigError, "unknown setting"),
+    ],
+)
 @pytest.mark.slow
-def test_bad_settings_are_clear_errors_from_connect(make_replay: Callable[[], Replay], imported_home: Home,
-                                                    change: dict[str, Any], error: type[Exception],
-                                                    message: str) -> None:
+def test_bad_settings_are_clear_errors_from_connect(
+    make_replay: Callable[[], Replay], imported_home: Home, change: dict[str, Any], error: type[Exception], message: str
+) -> None:
     replay = make_replay()
-    setting = {"vt_symbol": RB, "home": str(imported_home.root), "start": "2016-03-07", "end": "2016-03-07",
-               **change}
+    setting = {"vt_symbol": RB, "home": str(imported_home.root), "start": "2016-03-07", "end": "2016-03-07", **change}
     with pytest.raises(error, match=message):
         replay.connect(**setting)
     assert replay.gateway.settings is None
 
 
 def test_connect_twice_is_refused_and_close_is_idempotent_and_unregisters(
-        make_replay: Callable[[], Replay], home: Home, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     replay = make_replay()
-    setting = {"vt_symbol": RB, "home": str(home.root), "csv": str(write_bars(tmp_path / "bars.csv")),
-               "start": "2016-01-04", "end": "2016-01-04"}
+    setting = {
+        "vt_symbol": RB,
+        "home": str(home.root),
+        "csv": str(write_bars(tmp_path / "bars.csv")),
+        "start": "2016-01-04",
+        "end": "2016-01-04",
+    }
     replay.connect(**setting)
     contract = replay.engine.get_contract(RB)  # connect returns once MainEngine knows the contract
     assert contract is not None and contract.gateway_name == replay.name

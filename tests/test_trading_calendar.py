@@ -29,7 +29,7 @@ def _cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dat
 
 def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
     """A copy of the real sample between two times (inclusive)."""
-    frame = sample_frame.loc[at(start):at(end)].copy()
+    frame = sample_frame.loc[at(start) : at(end)].copy()
     frame.attrs["vt_symbol"] = VT
     return frame
 
@@ -49,9 +49,11 @@ def test_importing_trading_calendar_prints_nothing_and_creates_no_file(tmp_path:
 
 
 def test_importing_trading_calendar_loads_neither_pandas_nor_vnpy(tmp_path: Path) -> None:
-    result = run_python("import sys, trading_calendar\n"
-                        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vnpy', 'pandas', 'data_processor'}))",
-                        tmp_path / "home")
+    result = run_python(
+        "import sys, trading_calendar\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'vnpy', 'pandas', 'data_processor'}))",
+        tmp_path / "home",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -100,8 +102,16 @@ def test_a_product_not_in_the_table_has_shfe_day_hours_and_no_night() -> None:
 
 
 def test_session_table_follows_the_products_eras() -> None:
-    index = pd.DatetimeIndex([at("2014-06-03 21:30"), at("2015-06-03 23:30"), at("2016-06-03 23:30"),
-                              at("2016-06-03 22:59"), at("2016-06-03 10:20"), at("2016-06-03 13:30")])
+    index = pd.DatetimeIndex(
+        [
+            at("2014-06-03 21:30"),
+            at("2015-06-03 23:30"),
+            at("2016-06-03 23:30"),
+            at("2016-06-03 22:59"),
+            at("2016-06-03 10:20"),
+            at("2016-06-03 13:30"),
+        ]
+    )
     assert tc.session_mask(tc.session_eras(VT), index).tolist() == [False, True, False, True, False, True]
     copper = tc.session_mask(tc.session_eras("cu1909.SHFE"), pd.DatetimeIndex([at("2019-09-17 00:30")]))
     assert copper.tolist() == [True]
@@ -167,16 +177,22 @@ def test_session_bounds_list_each_window_of_a_trading_day(spring_2016: pd.DataFr
     bounds = tc.session_bounds(spring_2016)
     day = bounds[bounds["trading_day"] == np.datetime64("2016-06-14")]
     assert [(f"{a:%H:%M}", f"{b:%H:%M}") for a, b in zip(day["first"], day["last"], strict=True)] == [
-        ("21:00", "22:59"), ("09:00", "10:14"), ("10:30", "11:29"), ("13:30", "14:59")]
+        ("21:00", "22:59"),
+        ("09:00", "10:14"),
+        ("10:30", "11:29"),
+        ("13:30", "14:59"),
+    ]
     assert day["bars"].tolist() == [120, 75, 60, 90]
 
 
 night_minutes = st.one_of(st.integers(21 * 60, 24 * 60 - 1), st.integers(0, 2 * 60 + 29))
 
 
-@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)), minute=night_minutes,
-       trading=st.sets(st.dates(date(2005, 1, 1), date(2036, 1, 31)).filter(lambda d: d.weekday() < 5),
-                       max_size=30))
+@given(
+    day=st.dates(date(2005, 1, 1), date(2035, 12, 31)),
+    minute=night_minutes,
+    trading=st.sets(st.dates(date(2005, 1, 1), date(2036, 1, 31)).filter(lambda d: d.weekday() < 5), max_size=30),
+)
 @settings(max_examples=200, deadline=None)
 def test_every_night_bar_maps_to_a_later_weekday(day: date, minute: int, trading: set[date]) -> None:
     when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
@@ -192,8 +208,10 @@ def test_every_night_bar_maps_to_a_later_weekday(day: date, minute: int, trading
         assert result == min(later)  # the data's next trading day wins over the weekday guess
 
 
-@given(day=st.dates(date(2005, 1, 1), date(2035, 12, 31)).filter(lambda d: d.weekday() < 5),
-       minute=st.integers(9 * 60, 15 * 60 - 1))
+@given(
+    day=st.dates(date(2005, 1, 1), date(2035, 12, 31)).filter(lambda d: d.weekday() < 5),
+    minute=st.integers(9 * 60, 15 * 60 - 1),
+)
 @settings(max_examples=100, deadline=None)
 def test_day_bars_belong_to_their_own_date(day: date, minute: int) -> None:
     when = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=CHINA_TZ)
