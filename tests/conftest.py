@@ -14,7 +14,7 @@ import pytest
 
 import ai_trading_system
 import data_collector
-from config import PROJECT_DIR, SAMPLE_BARS_CSV, SAMPLE_TICKS_CSV, Home, resolve_home
+from config import CHINA_TZ, PROJECT_DIR, SAMPLE_BARS_CSV, SAMPLE_TICKS_CSV, Home, resolve_home
 
 
 def require(path: Path) -> Path:
@@ -79,6 +79,27 @@ def sample_frame(sample_bars_csv: Path) -> pd.DataFrame:
     frame = frame.set_index("datetime")
     frame.attrs["vt_symbol"] = "rb0000.SHFE"
     return frame
+
+
+def at(text: str) -> pd.Timestamp:
+    """A China-time timestamp from text such as "2016-05-03 09:00"."""
+    return pd.Timestamp(text, tz=CHINA_TZ)
+
+
+def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
+    """A copy of the real sample between two times (inclusive)."""
+    frame = sample_frame.loc[at(start) : at(end)].copy()
+    frame.attrs["vt_symbol"] = "rb0000.SHFE"
+    return frame
+
+
+@pytest.fixture(scope="module")
+def spring_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    """2016-04-05 .. 2016-06-30, cleaned: night sessions, the 2016-05-03 session change and a roll gap."""
+    import data_processor
+
+    cleaned, _ = data_processor.clean_data(bars(sample_frame, "2016-04-05", "2016-06-30 23:59"), "rb0000.SHFE")
+    return cleaned
 
 
 def table_dump(home: Home) -> list[tuple[object, ...]]:

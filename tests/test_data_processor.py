@@ -15,6 +15,7 @@ from vnpy.trader.object import BarData
 
 import data_processor as dp
 from config import CHINA_TZ, DataError
+from tests.conftest import at, bars
 from trading_calendar import trading_days
 
 VT = "rb0000.SHFE"
@@ -35,24 +36,6 @@ TA_LEAKS_WITH_FILLNA = TA_LEAKS_WITHOUT_FILLNA | {
     "trend_vortex_ind_neg",
     "trend_vortex_ind_pos",
 }
-
-
-def at(text: str) -> pd.Timestamp:
-    return pd.Timestamp(text, tz=CHINA_TZ)
-
-
-def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
-    """A copy of the real sample between two times (inclusive)."""
-    frame = sample_frame.loc[at(start) : at(end)].copy()
-    frame.attrs["vt_symbol"] = VT
-    return frame
-
-
-@pytest.fixture(scope="module")
-def spring_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
-    """2016-04-05 .. 2016-06-30, cleaned: night sessions, the 2016-05-03 session change and a roll gap."""
-    cleaned, _ = dp.clean_data(bars(sample_frame, "2016-04-05", "2016-06-30 23:59"), VT)
-    return cleaned
 
 
 # --- cleaning -----------------------------------------------------------------------------------------

@@ -7,38 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import data_processor as dp
 import trading_calendar as tc
 from config import CHINA_TZ
-from tests.conftest import run_python
+from tests.conftest import at, bars, run_python
 
 VT = "rb0000.SHFE"
 
 
-def at(text: str) -> pd.Timestamp:
-    return pd.Timestamp(text, tz=CHINA_TZ)
-
-
 def _cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, tzinfo=CHINA_TZ)
-
-
-def bars(sample_frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
-    """A copy of the real sample between two times (inclusive)."""
-    frame = sample_frame.loc[at(start) : at(end)].copy()
-    frame.attrs["vt_symbol"] = VT
-    return frame
-
-
-@pytest.fixture(scope="module")
-def spring_2016(sample_frame: pd.DataFrame) -> pd.DataFrame:
-    """2016-04-05 .. 2016-06-30, cleaned: night sessions, the 2016-05-03 session change and a roll gap."""
-    cleaned, _ = dp.clean_data(bars(sample_frame, "2016-04-05", "2016-06-30 23:59"), VT)
-    return cleaned
 
 
 def test_importing_trading_calendar_prints_nothing_and_creates_no_file(tmp_path: Path) -> None:
