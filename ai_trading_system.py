@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
 
     audit = commands.add_parser(
-        "audit", help="前视偏差审计：特征与标签是否用到未来数据 / look-ahead audit of the features and labels"
+        "audit", help="前视偏差审计：清洗、特征与标签是否用到未来数据 / look-ahead audit of cleaning, features, labels"
     )
     audit.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
     audit.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--horizon", type=_positive_int, help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon"
     )
     audit.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
+    audit.add_argument(
+        "--label",
+        choices=list(data_processor.LABEL_KINDS),
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help="标签类型（默认 executable：下一根开盘价进出）/ label kind",
+    )
 
     train = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
     train.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
@@ -469,29 +475,27 @@ AUDIT_HEADERS: tuple[str, ...] = (
 
 
 def cmd_audit(args: argparse.Namespace, home: Home) -> int:
-    """Prove that features and labels use no future bars (GUIDE §4); exit 1 when any column leaks."""
+    """Prove that cleaning, features and labels use no future bars (GUIDE §4); exit 1 when any column leaks."""
     horizon = args.horizon if args.horizon is not None else settings_for(home).model.prediction_horizon
     vt_symbol = args.vt_symbol
     _stderr_progress(f"读取K线 / loading bars: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     frame = data_collector.load_history_data(vt_symbol, args.start, args.end, args.interval, home=home)
-    clean, report = data_processor.clean_data(frame, vt_symbol)
+    _, report = data_processor.clean_data(frame, vt_symbol)
     print(f"清洗报告 / cleaning report: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     for line in report.lines():
         print(line)
     print()
 
-    cuts = data_processor.default_cut_points(len(clean), args.cuts)
-    _stderr_progress(f"审计中 / auditing features: {len(clean):,} 根K线，{len(cuts)} 个切点 ...")
-    features = data_processor.audit_lookahead(lambda d: data_processor.build_features(d, vt_symbol), clean, cuts)
-    _stderr_progress(f"审计中 / auditing labels (horizon {horizon}) ...")
-    labels = data_processor.audit_lookahead(
-        lambda d: data_processor.make_labels(d, horizon), clean, cuts, allowed_lookahead=horizon
+    cuts = data_processor.default_cut_points(len(frame), args.cuts)
+    _stderr_progress(
+        f"审计中 / auditing cleaning, features and the {args.label} label (horizon {horizon}): "
+        f"{len(frame):,} 根K线，{len(cuts)} 个切点 ..."
     )
+    result = data_processor.audit_pipeline(frame, vt_symbol, horizon, cuts, args.label)
 
-    results = (features, labels)
-    print_table([row for result in results for row in result.rows()], AUDIT_HEADERS)
-    checked = sum(len(result.columns) for result in results)
-    leaking = [name for result in results for name in result.leaking_columns]
+    print_table(result.rows(), AUDIT_HEADERS)
+    checked = len(result.columns)
+    leaking = result.leaking_columns
     print()
     print(
         f"检查 {checked} 列，{len(cuts)} 个切点，泄漏 {len(leaking)} 列 / "

@@ -20,8 +20,11 @@ from datetime import date, datetime
 from datetime import time as clock_time
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:  # numpy only types the vectorised cost; config imports nothing heavy
+    import numpy as np
 
 PROJECT_DIR: Path = Path(__file__).resolve().parent
 SETTINGS_DIR: Path = PROJECT_DIR / "settings"
@@ -34,6 +37,7 @@ FEATURE_CODE_FILES: tuple[Path, ...] = (
     PROJECT_DIR / "trading_calendar.py",
     PROJECT_DIR / "data_processor.py",
     PROJECT_DIR / "ml_model.py",
+    PROJECT_DIR / "predictive_trading_strategy.py",  # batch_predictions
 )
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
@@ -173,6 +177,14 @@ class ContractSpec:
             raise ConfigError(f"保证金率 {self.margin_rate} 应在 (0, 1] / margin rate out of range")
         if self.slippage_ticks < 0:
             raise ConfigError(f"滑点跳数 {self.slippage_ticks} 不能为负 / slippage ticks must be ≥ 0")
+
+    @overload
+    def round_trip_return(self, price: float) -> float: ...
+    @overload
+    def round_trip_return(self, price: np.ndarray) -> np.ndarray: ...
+    def round_trip_return(self, price: float | np.ndarray) -> float | np.ndarray:
+        """Round-trip cost as a return at `price` (number or array): commission both sides, slippage ticks each side."""
+        return 2 * self.commission_rate + 2 * self.slippage_ticks * self.pricetick / price
 
 
 def _require_positive(section: str, owner: Any, names: Sequence[str]) -> None:

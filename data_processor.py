@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 from vnpy.trader.object import BarData
 
-from config import CHINA_TZ, DataError
+from config import CHINA_TZ, ContractSpec, DataError
 from trading_calendar import (
     MINUTES_PER_DAY,
     BarCalendar,
     SessionEra,
     add_calendar,
+    anchored_trading_day,
     as_china_index,
     bar_minutes,
     causal_trading_days,
@@ -26,6 +27,7 @@ from trading_calendar import (
     known_eras,
     progress_since_open,
     resolve_vt_symbol,
+    session_date_and_night,
     session_eras,
     session_mask,
     session_progress,
@@ -107,8 +109,43 @@ def robust_return_z(close: np.ndarray, skip: np.ndarray, window: int = 2000) -> 
     return returns, z
 
 
+ROLL_MIN_GAP: float = 0.02  # an opening gap below this is never a roll
+ROLL_SIGMAS: float = 6.0
+ROLL_HISTORY: int = 250  # past opening gaps (about a year of trading days) behind the roll threshold
+ROLL_MIN_HISTORY: int = 20  # a robust sigma of fewer opening gaps is noise: until then the threshold is min_gap
+
+
+def roll_threshold(past_gaps: np.ndarray, min_gap: float = ROLL_MIN_GAP, sigmas: float = ROLL_SIGMAS) -> float:
+    """max(min_gap, sigmas × the robust sigma (1.4826 × MAD) of the past opening gaps); min_gap with few of them."""
+    if len(past_gaps) < ROLL_MIN_HISTORY:
+        return min_gap
+    sigma = 1.4826 * float(np.median(np.abs(past_gaps - np.median(past_gaps))))
+    return max(min_gap, sigmas * sigma)
+
+
+def causal_roll_gaps(
+    day_open: np.ndarray,
+    open_: np.ndarray,
+    close: np.ndarray,
+    min_gap: float = ROLL_MIN_GAP,
+    sigmas: float = ROLL_SIGMAS,
+    history: int = ROLL_HISTORY,
+) -> np.ndarray:
+    """Trading-day opens whose gap over the last close exceeds `roll_threshold` of the `history` opening gaps
+    before it (the first bar has no gap). `RollDetector` gives the same bar by bar."""
+    rows = np.flatnonzero(np.asarray(day_open, dtype=bool))
+    rows = rows[rows > 0]
+    # math.log, as RollDetector computes it, so both paths see bit-identical gaps
+    gaps = np.array([math.log(open_[i] / close[i - 1]) for i in rows.tolist()], dtype="float64")
+    marked = np.zeros(len(open_), dtype=bool)
+    for n, row in enumerate(rows.tolist()):
+        marked[row] = abs(gaps[n]) > roll_threshold(gaps[max(n - history, 0) : n], min_gap, sigmas)
+    return marked
+
+
 def find_roll_gaps(df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigmas: float) -> tuple[np.ndarray, str]:
-    """Probable contract changes: an exact change of a `contract` column, else a large gap at a trading day's open.
+    """Probable contract changes: an exact change of a `contract` column, else a roll-sized gap at a trading day's
+    open by `causal_roll_gaps` (past opening gaps only, so a prefix of the data marks the same rolls).
 
     Without a contract column a roll cannot be told from a news gap; both break a label that spans them,
     so every opening gap above the rule is marked.
@@ -117,14 +154,58 @@ def find_roll_gaps(df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigma
         contract = df["contract"].astype(str).to_numpy()
         changed = np.r_[False, contract[1:] != contract[:-1]]
         return changed, "contract 列变化 / contract column changes"
-    gaps = np.r_[0.0, np.log(df["open"].to_numpy()[1:] / df["close"].to_numpy()[:-1])]
-    opening = gaps[day_open & (np.arange(len(gaps)) > 0)]
-    sigma = 1.4826 * float(np.median(np.abs(opening - np.median(opening)))) if len(opening) else 0.0
-    threshold = max(min_gap, sigmas * sigma)
-    marked = day_open & (np.abs(gaps) > threshold)
-    marked[0] = False
-    rule = f"|开盘跳空| > max({min_gap:.3f}, {sigmas:g}×{sigma:.4f}) = {threshold:.4f}"
+    marked = causal_roll_gaps(
+        day_open, df["open"].to_numpy(dtype="float64"), df["close"].to_numpy(dtype="float64"), min_gap, sigmas
+    )
+    rule = (
+        f"|开盘跳空| > max({min_gap:.3f}, {sigmas:g}× 此前至多 {ROLL_HISTORY} 个开盘跳空的稳健 σ) / "
+        f"|opening gap| above max({min_gap:.3f}, {sigmas:g} robust sigmas of up to {ROLL_HISTORY} earlier opening "
+        f"gaps, from {ROLL_MIN_HISTORY} on)"
+    )
     return marked, rule
+
+
+def gap_segments(df: pd.DataFrame) -> np.ndarray:
+    """Segment number of every bar, a new one at each roll gap by the causal rule (the bars as traded, no
+    contract column): what batch inference uses, equal to `RollDetector` bar by bar."""
+    index = as_china_index(df.index)
+    days = causal_trading_days(index)
+    day_open = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
+    rolls = causal_roll_gaps(day_open, df["open"].to_numpy(dtype="float64"), df["close"].to_numpy(dtype="float64"))
+    segment: np.ndarray = np.cumsum(rolls)
+    return segment
+
+
+class RollDetector:
+    """`causal_roll_gaps` one bar at a time (one median of at most ROLL_HISTORY numbers per trading day)."""
+
+    def __init__(self, min_gap: float = ROLL_MIN_GAP, sigmas: float = ROLL_SIGMAS, history: int = ROLL_HISTORY) -> None:
+        self.min_gap, self.sigmas = min_gap, sigmas
+        self._gaps: deque[float] = deque(maxlen=history)
+        self._session: tuple[date, bool] | None = None
+        self._day: date | None = None
+        self._prev_close = math.nan
+
+    def update(self, when: datetime, o: float, c: float) -> bool:
+        """Feed one bar (start time, open, close); True when it opens a trading day across a roll-sized gap."""
+        if when.tzinfo is not CHINA_TZ:
+            when = when.astimezone(CHINA_TZ)
+        session = session_date_and_night(when)
+        day = self._day
+        if session != self._session:
+            self._session = session
+            day = anchored_trading_day(*session)
+        rolled = False
+        if day != self._day and self._day is not None:
+            gap = math.log(o / self._prev_close)
+            rolled = abs(gap) > roll_threshold(np.array(self._gaps, dtype="float64"), self.min_gap, self.sigmas)
+            self._gaps.append(gap)
+        self._day = day
+        self._prev_close = c
+        return rolled
+
+
+CLEANING_LOOKAHEAD: dict[str, int] = {"spike": 1}  # bars after t that a cleaning column at t reads
 
 
 def clean_data(
@@ -132,8 +213,8 @@ def clean_data(
     vt_symbol: str | None = None,
     spike_z: float = 10.0,
     spike_revert: float = 0.5,
-    roll_min_gap: float = 0.02,
-    roll_sigmas: float = 6.0,
+    roll_min_gap: float = ROLL_MIN_GAP,
+    roll_sigmas: float = ROLL_SIGMAS,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Sort, drop duplicates and off-session bars, flag spikes and roll gaps; add the trading calendar.
 
@@ -141,7 +222,8 @@ def clean_data(
     `spike_revert` of its size (a bad print goes out and back; a real jump stays).
 
     Adds columns `trading_day`, `night`, `day_open`, `spike`, `roll_gap` and `segment` (a new segment starts at
-    every roll gap; labels and windows never cross one).
+    every roll gap; labels and windows never cross one). Causal: every column at bar t uses bars ≤ t, except
+    `spike`, which the bar after confirms (`CLEANING_LOOKAHEAD`); only labels, which look forward anyway, read it.
     """
     vt_symbol = resolve_vt_symbol(df, vt_symbol)
     frame = _checked_bars(df)
@@ -193,21 +275,73 @@ def clean_data(
 # --- labels ------------------------------------------------------------------------------------------
 
 
+LABEL_KINDS: dict[str, str] = {
+    "executable": "open[t+1+h] / open[t+1] - 1: decided at bar t's close, entered at the next bar's open, left h bars "
+    "later at the open; NaN past the data, across a roll gap, or when the entry or exit bar is a flagged spike",
+    "close": "close[t+h] / close[t] - 1 over h bars; NaN past the data or across a roll gap",
+}
+DEFAULT_LABEL_KIND: str = "executable"
+
+
 def label_name(horizon: int) -> str:
     return f"fwd_ret_{horizon}"
 
 
-def make_labels(df: pd.DataFrame, horizon: int) -> pd.Series:
-    """Forward return close[t+h] / close[t] - 1; NaN where t+h runs past the data or across a roll gap."""
+def _checked_kind(kind: str) -> str:
+    if kind not in LABEL_KINDS:
+        raise DataError(f"标签类型必须是 {' / '.join(LABEL_KINDS)}，收到 {kind!r} / unknown label kind")
+    return kind
+
+
+def label_reach(horizon: int, kind: str = DEFAULT_LABEL_KIND) -> int:
+    """How many bars after t the label at t reads: h for close-to-close; h+2 for the executable label, whose exit
+    bar t+1+h is known not to be a spike only at t+2+h (a spike is confirmed by the bar after it)."""
+    return horizon if _checked_kind(kind) == "close" else horizon + 2
+
+
+def make_labels(df: pd.DataFrame, horizon: int, kind: str = DEFAULT_LABEL_KIND) -> pd.Series:
+    """The forward return of `LABEL_KINDS[kind]` at every bar; NaN where it would read past the data, cross a roll
+    gap (bars t .. t+1+h not in one `segment`) or, for the executable label, trade at a `spike` bar."""
     if horizon < 1:
         raise DataError(f"预测周期必须 ≥ 1，收到 {horizon} / horizon must be at least 1")
-    close = df["close"].to_numpy(dtype="float64")
-    segment = df["segment"].to_numpy() if "segment" in df.columns else np.zeros(len(df), dtype=np.int64)
-    label = np.full(len(close), np.nan)
-    if len(close) > horizon:
-        same = segment[horizon:] == segment[:-horizon]
-        label[:-horizon] = np.where(same, close[horizon:] / close[:-horizon] - 1.0, np.nan)
+    reach = label_reach(horizon, kind)
+    rows = len(df)
+    segment = df["segment"].to_numpy() if "segment" in df.columns else np.zeros(rows, dtype=np.int64)
+    label = np.full(rows, np.nan)
+    if rows > reach:
+        if kind == "close":
+            close = df["close"].to_numpy(dtype="float64")
+            same = segment[horizon:] == segment[:-horizon]
+            label[:-horizon] = np.where(same, close[horizon:] / close[:-horizon] - 1.0, np.nan)
+        else:
+            last = rows - reach  # labels at rows 0 .. last-1; entry bar t+1, exit bar t+1+h
+            opens = df["open"].to_numpy(dtype="float64")
+            entry, exit_ = opens[1 : last + 1], opens[horizon + 1 : last + horizon + 1]
+            usable = segment[:last] == segment[horizon + 1 : last + horizon + 1]
+            if "spike" in df.columns:
+                spike = df["spike"].to_numpy(dtype=bool)
+                usable &= ~spike[1 : last + 1] & ~spike[horizon + 1 : last + horizon + 1]
+            label[:last] = np.where(usable, exit_ / entry - 1.0, np.nan)
     return pd.Series(label, index=df.index, name=label_name(horizon))
+
+
+def entry_prices(df: pd.DataFrame, kind: str = DEFAULT_LABEL_KIND) -> np.ndarray:
+    """The price each label's trade enters at: the next bar's open (executable; NaN at the last bar) or the close."""
+    if _checked_kind(kind) == "close":
+        return np.asarray(df["close"], dtype="float64")
+    opens = np.asarray(df["open"], dtype="float64")
+    return np.append(opens[1:], np.nan)
+
+
+def make_net_labels(
+    df: pd.DataFrame, horizon: int, spec: ContractSpec, kind: str = DEFAULT_LABEL_KIND, direction: int = 1
+) -> pd.Series:
+    """What a long (direction 1) or short (-1) trade nets after the contract's round-trip cost at its entry price."""
+    if direction not in (1, -1):
+        raise DataError(f"方向必须是 1（多）或 -1（空），收到 {direction} / direction must be 1 or -1")
+    gross = make_labels(df, horizon, kind)
+    cost = spec.round_trip_return(entry_prices(df, kind))
+    return pd.Series(direction * gross.to_numpy() - cost, index=df.index, name=f"net_{gross.name}")
 
 
 # --- the feature set (batch) -------------------------------------------------------------------------
@@ -560,7 +694,7 @@ class TrainingData:
     index: pd.DatetimeIndex
     names: list[str]  # selected features, in FEATURE_NAMES order
     features: pd.DataFrame  # selected, unscaled
-    labels: pd.Series
+    labels: pd.Series  # demeaned: the raw label less `label_mean`
     scaled: np.ndarray  # float32 (rows, names), NaN in the warm-up rows
     scaler: Scaler
     split: Split
@@ -569,12 +703,26 @@ class TrainingData:
     sequence_length: int
     report: CleaningReport
     close: np.ndarray  # cleaned closes, for baselines that need the last return
+    label_kind: str = DEFAULT_LABEL_KIND
+    label_mean: float = 0.0  # the training part's mean raw label, subtracted from every label
+    label_means: dict[str, float] = field(default_factory=dict)  # mean raw label of train, valid and test
 
     def windows(self, part: str) -> Windows:
         """LSTM windows whose last row lies in `part` (train, valid or test)."""
         return make_windows(
             self.scaled, self.labels.to_numpy(), self.sequence_length, self.segment, self.split.parts()[part]
         )
+
+
+def part_means(labels: pd.Series, split: Split) -> dict[str, float]:
+    """Mean of the finite labels in each part of the split (NaN for an empty part)."""
+    values = labels.to_numpy(dtype="float64")
+    means = {}
+    for part, (start, stop) in split.parts().items():
+        chosen = values[start:stop]
+        chosen = chosen[np.isfinite(chosen)]
+        means[part] = float(chosen.mean()) if len(chosen) else math.nan
+    return means
 
 
 def prepare_training_data(
@@ -584,13 +732,21 @@ def prepare_training_data(
     sequence_length: int = 60,
     features_count: int = 30,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    label_kind: str = DEFAULT_LABEL_KIND,
 ) -> TrainingData:
-    """Clean, build features and labels, split in time with a purge, select features and fit the scaler on train."""
+    """Clean, build features and labels, split in time with a purge, select features and fit the scaler on train;
+    the labels are demeaned by the training part's mean label."""
     cleaned, report = clean_data(df, vt_symbol)
     features = build_features(cleaned)
-    labels = make_labels(cleaned, horizon)
-    split = split_chronological(len(cleaned), *fractions, gap=max(horizon, 1), horizon=horizon)
+    raw = make_labels(cleaned, horizon, label_kind)
+    reach = label_reach(horizon, label_kind)
+    split = split_chronological(len(cleaned), *fractions, gap=reach, horizon=reach)
     start, stop = split.train
+    means = part_means(raw, split)
+    # A model must not learn the training years' drift as a constant (a falling market makes it short everything
+    # later); subtracting the training mean keeps every ranking between bars, so the signal's information is intact.
+    label_mean = means["train"]
+    labels = raw - label_mean
     names = select_features(features.iloc[start:stop], labels.iloc[start:stop], features_count)
     chosen = features[names]
     train = chosen.iloc[start:stop]
@@ -609,6 +765,9 @@ def prepare_training_data(
         sequence_length,
         report,
         cleaned["close"].to_numpy(dtype="float64"),
+        label_kind,
+        label_mean,
+        means,
     )
 
 
@@ -902,12 +1061,15 @@ class ColumnLeak:
     max_difference: float
 
 
+ROWS_COLUMN: str = "(rows)"  # the audit's name for rows that a prefix keeps or drops differently from the full run
+
+
 @dataclass
 class AuditResult:
     columns: list[str]
     cut_points: list[int]
     leaks: list[ColumnLeak]
-    allowed_lookahead: int = 0
+    allowed_lookahead: dict[str, int] = field(default_factory=dict)  # rows after t each column may read
 
     @property
     def ok(self) -> bool:
@@ -938,30 +1100,41 @@ def audit_lookahead(
     feature_fn: Callable[[pd.DataFrame], pd.DataFrame | pd.Series],
     df: pd.DataFrame,
     cut_points: Sequence[int],
-    allowed_lookahead: int = 0,
+    allowed_lookahead: int | Mapping[str, int] = 0,
     rtol: float = 1e-9,
     atol: float = 1e-12,
 ) -> AuditResult:
     """Compare every column computed on df[:k] with the same rows computed on all of df, for each k.
 
-    A row counts only if it lies `allowed_lookahead` rows before k (a label over h bars legitimately needs h
-    more rows). A value that appears, disappears or changes is a leak.
+    A row counts only if it lies `allowed_lookahead` rows before the prefix's end (a label over h bars legitimately
+    needs h more rows): one number for every column, or one per column name (others 0). A value that appears,
+    disappears or changes is a leak. When `feature_fn` drops rows (cleaning), the prefix's rows must be the first
+    rows of the full run, else `ROWS_COLUMN` leaks.
     """
     full = _as_frame(feature_fn(df))
     columns = [str(name) for name in full.columns]
+    if isinstance(allowed_lookahead, int):
+        ahead = {name: allowed_lookahead for name in columns}
+    else:
+        ahead = {name: int(allowed_lookahead.get(name, 0)) for name in columns}
+    reach = np.array([ahead[name] for name in columns])
     failed: dict[str, list[tuple[int, float, int]]] = {}
     for k in sorted(set(int(k) for k in cut_points)):
         if not 0 < k <= len(df):
             raise DataError(f"切点 {k} 超出数据范围 1..{len(df)} / cut point out of range")
         part = _as_frame(feature_fn(df.iloc[:k]))
-        rows = k - allowed_lookahead
-        if rows <= 0:
-            continue
         if list(map(str, part.columns)) != columns:
             raise DataError("特征函数在不同长度数据上返回的列不同 / the feature function returned other columns")
-        a = part.iloc[:rows].to_numpy(dtype="float64")
-        b = full.iloc[:rows].to_numpy(dtype="float64")
+        kept = len(part)
+        if not part.index.equals(full.index[:kept]):
+            shared = min(kept, len(full))
+            differs = np.flatnonzero(np.asarray(part.index[:shared] != full.index[:shared]))
+            failed.setdefault(ROWS_COLUMN, []).append((k, math.inf, int(differs[0]) if len(differs) else shared - 1))
+            continue
+        a = part.to_numpy(dtype="float64")
+        b = full.iloc[:kept].to_numpy(dtype="float64")
         same = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+        same |= np.arange(kept)[:, None] >= kept - reach[None, :]  # rows whose look-ahead runs past the prefix
         for j in np.flatnonzero(~same.all(axis=0)):
             bad = np.flatnonzero(~same[:, j])
             with np.errstate(invalid="ignore"):
@@ -969,10 +1142,45 @@ def audit_lookahead(
             biggest = float(np.nanmax(diff)) if np.isfinite(diff).any() else math.inf
             failed.setdefault(columns[j], []).append((k, biggest, int(bad[0])))
     leaks = [
-        ColumnLeak(name, len(hits), str(df.index[min(row for _, _, row in hits)]), max(d for _, d, _ in hits))
+        ColumnLeak(name, len(hits), str(full.index[min(row for _, _, row in hits)]), max(d for _, d, _ in hits))
         for name, hits in failed.items()
     ]
-    return AuditResult(columns, sorted(set(int(k) for k in cut_points)), leaks, allowed_lookahead)
+    if ROWS_COLUMN in failed:
+        columns = [ROWS_COLUMN, *columns]
+    return AuditResult(columns, sorted(set(int(k) for k in cut_points)), leaks, ahead)
+
+
+# the columns clean_data adds, but `night`, which is also a feature
+CLEANING_COLUMNS: tuple[str, ...] = ("trading_day", "day_open", "spike", "roll_gap", "segment")
+
+
+def pipeline_frame(
+    bars: pd.DataFrame, vt_symbol: str | None, horizon: int, kind: str = DEFAULT_LABEL_KIND
+) -> pd.DataFrame:
+    """Cleaning columns, features and the label computed from raw bars, as numbers: what the audit checks together."""
+    cleaned, _ = clean_data(bars, vt_symbol)
+    columns = {name: cleaned[name].to_numpy() for name in CLEANING_COLUMNS}
+    columns["trading_day"] = columns["trading_day"].astype("datetime64[D]").astype("int64")  # days since 1970
+    calendar = pd.DataFrame(columns, index=cleaned.index).astype("float64")
+    return pd.concat([calendar, build_features(cleaned, vt_symbol), make_labels(cleaned, horizon, kind)], axis=1)
+
+
+def pipeline_lookahead(horizon: int, kind: str = DEFAULT_LABEL_KIND) -> dict[str, int]:
+    """Rows after t that each column of `pipeline_frame` may read: the spike flag 1, the label its reach, others 0."""
+    return {**CLEANING_LOOKAHEAD, label_name(horizon): label_reach(horizon, kind)}
+
+
+def audit_pipeline(
+    bars: pd.DataFrame,
+    vt_symbol: str | None,
+    horizon: int,
+    cut_points: Sequence[int],
+    kind: str = DEFAULT_LABEL_KIND,
+) -> AuditResult:
+    """The look-ahead audit of cleaning, features and labels together: all of it on bars[:k] against all bars."""
+    return audit_lookahead(
+        lambda part: pipeline_frame(part, vt_symbol, horizon, kind), bars, cut_points, pipeline_lookahead(horizon, kind)
+    )
 
 
 def default_cut_points(rows: int, count: int = 25, seed: int = 7) -> list[int]:

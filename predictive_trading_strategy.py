@@ -23,7 +23,7 @@ from config import (
     product_of,
     resolve_home,
 )
-from data_processor import FEATURE_WARMUP, FeatureState, build_features, make_windows
+from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle
 from risk_manager import PositionBook, RiskManager
 
@@ -53,7 +53,11 @@ class WindowBuffer:
 
 
 class ModelSignal:
-    """Online features → scaler → window → prediction: the live inference path, one bar at a time."""
+    """Online features → scaler → window → prediction: the live inference path, one bar at a time.
+
+    No prediction from a window that spans a roll gap (found by the causal rule of `data_processor.RollDetector`):
+    training never builds one, and on a continuous series its prices mix two contracts.
+    """
 
     def __init__(self, model: PricePredictionModel, vt_symbol: str) -> None:
         if model.scaler is None:
@@ -62,6 +66,8 @@ class ModelSignal:
         self.scaler = model.scaler
         self.state = FeatureState(vt_symbol, model.names)
         self.buffer = WindowBuffer(model.config.sequence_length, len(model.names))
+        self.rolls = RollDetector()
+        self.since_roll = self.buffer.length  # bars since the last roll gap; no roll seen counts as long ago
 
     @property
     def bars_needed(self) -> int:
@@ -69,24 +75,28 @@ class ModelSignal:
         return FEATURE_WARMUP + self.buffer.length
 
     def update(self, bar: BarData) -> float:
-        """Feed one finished bar; its prediction, or NaN while warming up or when a feature is undefined."""
+        """Feed one finished bar; its prediction, or NaN while warming up, when a feature is undefined or when the
+        window spans a roll gap."""
+        rolled = self.rolls.update(bar.datetime, bar.open_price, bar.close_price)
+        self.since_roll = 0 if rolled else min(self.since_roll + 1, self.buffer.length)
         features = self.state.update(bar)
         if features is None:
             return NO_PREDICTION
         self.buffer.push(self.scaler.transform(features))
         window = self.buffer.window()
-        if window is None or not np.isfinite(window).all():
+        if window is None or self.since_roll < self.buffer.length - 1 or not np.isfinite(window).all():
             return NO_PREDICTION
         return self.model.predict_one(window)
 
 
 def batch_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symbol: str) -> np.ndarray:
-    """Every bar's prediction in one batch, equal to what ModelSignal gives bar by bar (NaN while warming up)."""
+    """Every bar's prediction in one batch, equal to what ModelSignal gives bar by bar (NaN while warming up and
+    where the window spans a roll gap)."""
     if model.scaler is None:
         raise ModelError("模型包缺少标准化参数 / the bundle has no scaler")
     features = build_features(frame, vt_symbol)[model.names].to_numpy()
     length = model.config.sequence_length
-    windows = make_windows(model.scaler.transform(features), None, length)
+    windows = make_windows(model.scaler.transform(features), None, length, gap_segments(frame))
     predictions = np.full(len(frame), NO_PREDICTION)
     predictions[windows.starts + length - 1] = model.predict(windows)
     return predictions

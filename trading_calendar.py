@@ -303,10 +303,14 @@ def session_mask(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: i
 
 
 def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-    """A copy with `trading_day`, `night` and `day_open` (the first bar of each trading day)."""
+    """A copy with `trading_day` (the causal weekday rule), `night` and `day_open` (each trading day's first bar).
+
+    Cleaning must not look ahead, so this uses `causal_trading_days`, not `trading_days` (which reads later day
+    bars): China's exchanges hold no night session before a holiday, so the two differ only on unscheduled closures.
+    """
     out = df.copy()
     index = as_china_index(out.index)
-    days = trading_days(index)
+    days = causal_trading_days(index)
     out["trading_day"] = days.astype("datetime64[s]")
     out["night"] = is_night(index)
     out["day_open"] = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)

@@ -171,7 +171,7 @@ def table_rows(out: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
+def test_audit_prints_the_cleaning_report_and_every_cleaning_column_feature_and_the_label_as_ok(
     imported_home: Home, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = ai_trading_system.main(["--home", str(imported_home.root), *AUDIT_JANUARY])
@@ -182,21 +182,37 @@ def test_audit_prints_the_cleaning_report_and_every_feature_and_the_label_as_ok(
     assert report.rows_in == 6900 and report.trading_days == 21
     assert all(line in captured.out.splitlines() for line in report.lines())
     rows = table_rows(captured.out)
-    assert list(rows) == [*data_processor.FEATURE_NAMES, "fwd_ret_5"]  # horizon from the model settings
+    # horizon from the model settings
+    assert list(rows) == [*data_processor.CLEANING_COLUMNS, *data_processor.FEATURE_NAMES, "fwd_ret_5"]
     assert rows["rsi_14"] == ["rsi_14", "ok", "0"] and rows["fwd_ret_5"] == ["fwd_ret_5", "ok", "0"]
+    assert rows["roll_gap"] == ["roll_gap", "ok", "0"] and rows["spike"] == ["spike", "ok", "0"]
     assert all(row[1] == "ok" for row in rows.values())
     cuts = len(data_processor.default_cut_points(6900, 8))
     assert cuts == 9
-    assert f"检查 42 列，{cuts} 个切点，泄漏 0 列" in captured.out
-    assert "审计中 / auditing features" in captured.err
+    assert f"检查 47 列，{cuts} 个切点，泄漏 0 列" in captured.out
+    assert "审计中 / auditing cleaning, features and the executable label (horizon 5)" in captured.err
 
 
 @pytest.mark.slow
-def test_audit_horizon_option_overrides_the_settings(imported_home: Home, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--home", str(imported_home.root), *AUDIT_JANUARY[:-2], "--cuts", "3", "--horizon", "12"]
+def test_audit_horizon_and_label_options_override_the_defaults(
+    imported_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--home",
+        str(imported_home.root),
+        *AUDIT_JANUARY[:-2],
+        "--cuts",
+        "3",
+        "--horizon",
+        "12",
+        "--label",
+        "close",
+    ]
     assert ai_trading_system.main(argv) == 0
-    rows = table_rows(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    rows = table_rows(captured.out)
     assert rows["fwd_ret_12"] == ["fwd_ret_12", "ok", "0"] and "fwd_ret_5" not in rows
+    assert "the close label (horizon 12)" in captured.err
 
 
 @pytest.mark.slow
@@ -240,7 +256,7 @@ def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
     # every cut but the whole range fails, first at the range's first bar (the cut after one bar)
     assert rows["next_close"][:5] == ["next_close", "LEAK", "8", "2016-01-04", "09:00:00+08:00"]
     assert [name for name, row in rows.items() if row[1] != "ok"] == ["next_close"]
-    assert "检查 43 列，9 个切点，泄漏 1 列" in out and "(next_close)" in out
+    assert "检查 48 列，9 个切点，泄漏 1 列" in out and "(next_close)" in out
 
 
 # --- the mode prompt ---------------------------------------------------------------------------

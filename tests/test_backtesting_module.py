@@ -98,8 +98,8 @@ def test_golden_backtest_on_real_bars_is_pinned_and_repeatable(
     assert statistics["total_net_pnl"] == pytest.approx(GOLDEN_NET_PNL, abs=0.01)
 
 
-GOLDEN_TRADES = 74
-GOLDEN_NET_PNL = -1383.155
+GOLDEN_TRADES = 21
+GOLDEN_NET_PNL = 422.137
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from vnpy.trader.constant import Exchange, Interval
 from vnpy.trader.object import BarData
 
 import data_processor as dp
-from config import CHINA_TZ, DataError
+from config import CHINA_TZ, DataError, contract_spec, load_contracts
 from tests.conftest import at, bars
 from trading_calendar import trading_days
 
@@ -113,6 +113,47 @@ def test_a_contract_column_marks_rolls_exactly(sample_frame: pd.DataFrame) -> No
     assert "contract" in report.roll_rule
 
 
+def test_roll_threshold_is_the_floor_until_enough_past_gaps_then_six_robust_sigmas() -> None:
+    rng = np.random.default_rng(3)
+    few = rng.normal(0, 0.01, dp.ROLL_MIN_HISTORY - 1)
+    assert dp.roll_threshold(few) == dp.ROLL_MIN_GAP == 0.02
+    many = rng.normal(0, 0.01, dp.ROLL_HISTORY)
+    sigma = 1.4826 * np.median(np.abs(many - np.median(many)))
+    assert dp.roll_threshold(many) == pytest.approx(6 * sigma) and dp.roll_threshold(many) > 0.05
+    assert dp.roll_threshold(many / 100) == 0.02
+
+
+def test_roll_detector_bar_by_bar_equals_the_batch_rule_across_real_rolls(sample_frame: pd.DataFrame) -> None:
+    raw = bars(sample_frame, "2016-02-15", "2016-05-31 23:59")
+    detector = dp.RollDetector()
+    online = [
+        detector.update(when, o, c)
+        for when, o, c in zip(raw.index.to_pydatetime(), raw["open"].tolist(), raw["close"].tolist(), strict=True)
+    ]
+    np.testing.assert_array_equal(np.cumsum(online), dp.gap_segments(raw))
+    rolls = raw.index[np.flatnonzero(online)].tolist()
+    assert rolls == [at(t) for t in ("2016-03-07 21:00", "2016-03-08 21:00", "2016-03-11 21:00", "2016-05-09 21:00")]
+    cleaned, _ = dp.clean_data(raw, VT)
+    assert cleaned.index[cleaned["roll_gap"].to_numpy()].tolist() == rolls
+
+
+@pytest.mark.slow
+def test_roll_detector_finds_the_samples_roll_gaps_as_cleaning_does(sample_frame: pd.DataFrame) -> None:
+    cleaned, report = dp.clean_data(sample_frame, VT)
+    detector = dp.RollDetector()
+    online = [
+        detector.update(when, o, c)
+        for when, o, c in zip(
+            sample_frame.index.to_pydatetime(),
+            sample_frame["open"].tolist(),
+            sample_frame["close"].tolist(),
+            strict=True,
+        )
+    ]
+    assert sum(online) == len(report.roll_gaps) == 22
+    np.testing.assert_array_equal(np.asarray(online), cleaned["roll_gap"].to_numpy())
+
+
 def test_clean_data_rejects_bars_without_prices_or_time_zone(sample_frame: pd.DataFrame) -> None:
     frame = bars(sample_frame, "2016-06-01", "2016-06-01 15:00")
     with pytest.raises(DataError, match="close"):
@@ -132,14 +173,59 @@ def test_features_are_nan_only_in_the_warmup_rows(spring_2016: pd.DataFrame) -> 
     assert np.isfinite(values[dp.FEATURE_WARMUP :]).all()
 
 
-def test_our_features_and_labels_never_see_the_future(sample_frame: pd.DataFrame) -> None:
+def test_our_features_and_close_labels_never_see_the_future(sample_frame: pd.DataFrame) -> None:
     for start, end in (("2016-04-20", "2016-05-20 15:00"), ("2011-02-01", "2011-03-15 15:00")):
         cleaned, _ = dp.clean_data(bars(sample_frame, start, end), VT)
         cuts = dp.default_cut_points(len(cleaned), 30)
         features = dp.audit_lookahead(lambda d: dp.build_features(d, VT), cleaned, cuts)
-        labels = dp.audit_lookahead(lambda d: dp.make_labels(d, 5), cleaned, cuts, allowed_lookahead=5)
+        labels = dp.audit_lookahead(lambda d: dp.make_labels(d, 5, "close"), cleaned, cuts, allowed_lookahead=5)
         assert features.ok and labels.ok, (features.leaks, labels.leaks)
         assert len(features.columns) == len(dp.FEATURE_NAMES) and len(features.cut_points) >= 25
+
+
+def test_cleaning_features_and_executable_labels_together_never_see_the_future(sample_frame: pd.DataFrame) -> None:
+    # 2016-02-15 .. 04-15 holds the roll gaps of 2016-03-07, 03-08 and 03-11, spikes and night sessions
+    raw = bars(sample_frame, "2016-02-15", "2016-04-15 15:00")
+    cuts = dp.default_cut_points(len(raw), 30)
+    result = dp.audit_pipeline(raw, VT, 5, cuts)
+    assert result.ok, result.leaks
+    assert result.columns == [*dp.CLEANING_COLUMNS, *dp.FEATURE_NAMES, "fwd_ret_5"]
+    assert result.allowed_lookahead["spike"] == 1 and result.allowed_lookahead["fwd_ret_5"] == 7
+    assert result.allowed_lookahead["roll_gap"] == 0 and result.allowed_lookahead["trading_day"] == 0
+    # the reach is exact: a label at t reads bar t+7 (the exit bar t+6 is confirmed not a spike by t+7)
+    inner = [k for k in cuts if k < len(raw)][-8:]
+    tighter = dp.audit_lookahead(lambda d: dp.pipeline_frame(d, VT, 5)[["fwd_ret_5"]], raw, inner, allowed_lookahead=6)
+    assert tighter.leaking_columns == ["fwd_ret_5"] and tighter.leaks[0].cuts_failed == 8
+
+
+def old_roll_rule(df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigmas: float) -> tuple[np.ndarray, str]:
+    """A roll rule that reads the whole series, as the old one did: a threshold at the median of ALL opening gaps
+    (the old rule's 2% floor hid its look-ahead on this sample; without a floor every cut shows it)."""
+    gaps = np.r_[0.0, np.log(df["open"].to_numpy()[1:] / df["close"].to_numpy()[:-1])]
+    opening = gaps[day_open & (np.arange(len(gaps)) > 0)]
+    marked = day_open & (np.abs(gaps) > (float(np.median(np.abs(opening))) if len(opening) else 0.0))
+    marked[0] = False
+    return marked, "whole-series median"
+
+
+def test_the_pipeline_audit_catches_a_cleaning_step_that_looks_ahead(
+    sample_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = bars(sample_frame, "2016-02-15", "2016-03-31 15:00")
+    monkeypatch.setattr(dp, "find_roll_gaps", old_roll_rule)
+    result = dp.audit_pipeline(raw, VT, 5, dp.default_cut_points(len(raw), 12))
+    assert {"roll_gap", "segment", "fwd_ret_5"} <= set(result.leaking_columns)
+    assert not {"trading_day", "spike", "ret_1", "rsi_14"} & set(result.leaking_columns)
+
+
+def test_the_audit_reports_rows_that_a_prefix_keeps_differently(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-01", "2016-06-03 15:00")
+
+    def drops_by_the_last_close(d: pd.DataFrame) -> pd.DataFrame:  # keeps rows by a statistic of the whole input
+        return d[["close"]][d["close"] > d["close"].iloc[-1]]
+
+    result = dp.audit_lookahead(drops_by_the_last_close, frame, [200, 400, len(frame)])
+    assert result.leaking_columns == [dp.ROWS_COLUMN] and result.columns[0] == dp.ROWS_COLUMN
 
 
 @pytest.mark.parametrize(("fillna", "expected"), [(False, TA_LEAKS_WITHOUT_FILLNA), (True, TA_LEAKS_WITH_FILLNA)])
@@ -193,8 +279,10 @@ def test_audit_flags_any_lead_and_passes_any_lag(window: int, lead: int, cuts: l
     assert dp.audit_lookahead(lambda d: d["close"].shift(-lead), frame, cuts, allowed_lookahead=lead).ok
 
 
-def test_labels_are_forward_returns_that_stop_at_the_end_and_at_rolls(spring_2016: pd.DataFrame) -> None:
-    labels = dp.make_labels(spring_2016, 5)
+def test_close_labels_are_the_old_forward_returns_that_stop_at_the_end_and_at_rolls(
+    spring_2016: pd.DataFrame,
+) -> None:
+    labels = dp.make_labels(spring_2016, 5, "close")
     close = spring_2016["close"].to_numpy()
     assert labels.name == "fwd_ret_5"
     assert labels.iloc[100] == pytest.approx(close[105] / close[100] - 1, rel=1e-12)
@@ -202,6 +290,60 @@ def test_labels_are_forward_returns_that_stop_at_the_end_and_at_rolls(spring_201
     roll = int(np.flatnonzero(spring_2016["roll_gap"].to_numpy())[0])
     assert labels.iloc[roll - 5 : roll].isna().all()
     assert np.isfinite(labels.iloc[roll - 6]) and np.isfinite(labels.iloc[roll])
+    spike = int(np.flatnonzero(spring_2016["spike"].to_numpy())[0])
+    assert np.isfinite(labels.iloc[spike])  # the old label ignores spikes
+    segment = spring_2016["segment"].to_numpy()
+    same = np.r_[segment[5:] == segment[:-5], np.zeros(5, dtype=bool)]
+    expected = np.where(same, np.r_[close[5:] / close[:-5] - 1, np.full(5, np.nan)], np.nan)
+    np.testing.assert_array_equal(labels.to_numpy(), expected)
+
+
+def test_executable_labels_enter_at_the_next_open_and_exit_h_bars_later(spring_2016: pd.DataFrame) -> None:
+    labels = dp.make_labels(spring_2016, 5)
+    assert labels.name == "fwd_ret_5" and dp.DEFAULT_LABEL_KIND == "executable"
+    # decided at 10:00's close (2175): bought at 10:01's open 2174, sold at 10:06's open 2178
+    assert labels[at("2016-04-06 10:00")] == pytest.approx(2178 / 2174 - 1, rel=1e-12)
+    # decided at 09:59: in at 10:00's open 2175, out at 10:05's open 2178
+    assert labels[at("2016-04-06 09:59")] == pytest.approx(2178 / 2175 - 1, rel=1e-12)
+    # decided at the day session's last bar: in at the night's first open 2188, out at 21:05's open
+    night_exit = spring_2016.loc[at("2016-04-07 21:05"), "open"]
+    assert labels[at("2016-04-07 14:59")] == pytest.approx(night_exit / 2188 - 1, rel=1e-12)
+    assert labels.iloc[-7:].isna().all() and np.isfinite(labels.iloc[-8])  # bar t+7 must exist to confirm the exit
+
+
+def test_executable_labels_never_span_a_roll_or_trade_at_a_spike(spring_2016: pd.DataFrame) -> None:
+    labels = dp.make_labels(spring_2016, 5)
+    roll = spring_2016.index.get_loc(at("2016-05-09 21:00"))  # 2175 -> 2105 at the night's open
+    assert bool(spring_2016["roll_gap"].iloc[roll])
+    assert labels.iloc[roll - 6 : roll].isna().all()  # bars t .. t+6 would include the roll bar
+    assert np.isfinite(labels.iloc[roll - 7]) and np.isfinite(labels.iloc[roll])
+    spike = spring_2016.index.get_loc(at("2016-04-21 14:22"))  # a real bad print: 2757 -> 2739 -> 2753
+    assert bool(spring_2016["spike"].iloc[spike]) and spring_2016["spike"].sum() == 1
+    assert np.isnan(labels.iloc[spike - 1]) and np.isnan(labels.iloc[spike - 6])  # entry bar, exit bar
+    around = [spike - 7, *range(spike - 5, spike - 1), spike]
+    assert np.isfinite(labels.iloc[around]).all()
+
+
+def test_labels_reject_an_unknown_kind(spring_2016: pd.DataFrame) -> None:
+    with pytest.raises(DataError, match="标签类型"):
+        dp.make_labels(spring_2016, 5, "mid")
+    assert set(dp.LABEL_KINDS) == {"executable", "close"} and all(dp.LABEL_KINDS.values())
+    assert (dp.label_reach(5, "close"), dp.label_reach(5)) == (5, 7)
+
+
+def test_net_labels_subtract_the_contracts_round_trip_at_the_entry_price(spring_2016: pd.DataFrame) -> None:
+    spec = contract_spec(VT, load_contracts())
+    assert spec.round_trip_return(2000.0) == pytest.approx(2 * 0.0001 + 2 * 1 / 2000)  # 12 bp at 2,000
+    gross = dp.make_labels(spring_2016, 5)
+    long = dp.make_net_labels(spring_2016, 5, spec)
+    short = dp.make_net_labels(spring_2016, 5, spec, direction=-1)
+    t = at("2016-04-06 10:00")
+    cost = 2 * 0.0001 + 2 / 2174  # entry at 10:01's open
+    assert long[t] == pytest.approx(gross[t] - cost, rel=1e-12) and short[t] == pytest.approx(-gross[t] - cost)
+    assert long.isna().equals(gross.isna()) and long.name == "net_fwd_ret_5"
+    finite = np.isfinite(gross.to_numpy()[:-1])
+    charged = (gross - long).to_numpy()[:-1][finite]
+    np.testing.assert_allclose(charged, spec.round_trip_return(spring_2016["open"].to_numpy()[1:])[finite], rtol=1e-9)
 
 
 # --- selection, scaling, splits, windows ----------------------------------------------------------------
@@ -219,10 +361,42 @@ def test_feature_selection_sees_only_the_training_rows(
     unused = next(name for name in dp.FEATURE_NAMES if name not in chosen)
     poisoned.iloc[stop:] = features[unused].iloc[stop:]  # labels after the training part that `unused` predicts
     assert unused in dp.select_features(features, poisoned, 30)  # a selection that saw them would take it
-    monkeypatch.setattr(dp, "make_labels", lambda df, horizon: poisoned)
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: poisoned)
     data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
-    assert data.labels.equals(poisoned) and data.split == honest.split
+    assert data.labels.equals(poisoned - data.label_mean) and data.split == honest.split
     assert data.names == chosen
+
+
+def test_labels_are_demeaned_by_the_training_parts_mean_only(
+    spring_2016: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
+    raw = dp.make_labels(spring_2016, 5)
+    (start, stop), (v0, v1), (t0, t1) = data.split.train, data.split.valid, data.split.test
+    assert data.label_kind == "executable" and data.split.gap == 7  # the purge covers the label's reach
+    assert data.label_mean == pytest.approx(float(np.nanmean(raw.iloc[start:stop])), rel=1e-12)
+    np.testing.assert_allclose(data.labels + data.label_mean, raw, rtol=0, atol=1e-15)
+    assert abs(float(np.nanmean(data.labels.iloc[start:stop]))) < 1e-15
+    assert data.label_means == pytest.approx(
+        {
+            "train": data.label_mean,
+            "valid": float(np.nanmean(raw.iloc[v0:v1])),
+            "test": float(np.nanmean(raw.iloc[t0:t1])),
+        },
+        rel=1e-12,
+    )
+    later = raw.copy()
+    later.iloc[stop:] += 0.01  # a different future moves nothing fitted on the training part
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: later)
+    again = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
+    assert again.label_mean == data.label_mean and again.names == data.names
+    assert again.label_means["test"] == pytest.approx(data.label_means["test"] + 0.01, rel=1e-9)
+
+
+def test_prepare_training_data_takes_the_close_label_kind(spring_2016: pd.DataFrame) -> None:
+    data = dp.prepare_training_data(spring_2016, VT, horizon=5, features_count=30, label_kind="close")
+    assert data.label_kind == "close" and data.split.gap == 5
+    np.testing.assert_allclose(data.labels + data.label_mean, dp.make_labels(spring_2016, 5, "close"), atol=1e-15)
 
 
 def test_scaler_statistics_are_the_training_rows_statistics(spring_2016: pd.DataFrame) -> None:

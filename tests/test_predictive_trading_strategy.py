@@ -20,8 +20,10 @@ import data_collector
 import live_trading
 from backtesting_module import PreloadedBacktestingEngine
 from config import CHINA_TZ, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
+from data_processor import FEATURE_WARMUP
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import (
+    ModelSignal,
     PredictiveTradingStrategy,
     WindowBuffer,
     batch_predictions,
@@ -405,7 +407,7 @@ def test_risk_manager_pnl_equals_vnpy_net_pnl(backtest: tuple[PreloadedBacktesti
     assert engine.strategy.risk.equity == pytest.approx(book.equity, abs=1e-6)
 
 
-def test_online_predictions_equal_the_batch_path(
+def test_online_predictions_equal_the_batch_path_and_skip_the_window_after_a_real_roll(
     backtest: tuple[PreloadedBacktestingEngine, list[float]], jan_2016: pd.DataFrame, rf_bundle: Path
 ) -> None:
     engine, seen = backtest
@@ -414,5 +416,28 @@ def test_online_predictions_equal_the_batch_path(
     first = jan_2016.index.searchsorted(pd.Timestamp(engine.start))
     online = np.array(seen)
     assert len(online) == len(jan_2016) - first
-    assert np.isfinite(online).all()
-    np.testing.assert_allclose(online, batch[first:], rtol=0, atol=1e-7)
+    roll = jan_2016.index.get_loc(pd.Timestamp("2016-01-04 09:00", tz=CHINA_TZ))  # rb1601 -> rb1605, +2.1%
+    assert roll == first
+    window = model.config.sequence_length
+    missing = np.flatnonzero(np.isnan(batch)).tolist()
+    assert missing == [*range(FEATURE_WARMUP + window - 1), *range(roll, roll + window - 1)]
+    np.testing.assert_array_equal(np.isnan(online), np.isnan(batch[first:]))
+    finite = np.isfinite(online)
+    np.testing.assert_allclose(online[finite], batch[first:][finite], rtol=0, atol=1e-7)
+
+
+def test_model_signal_and_batch_skip_the_same_bars_across_real_rolls(
+    sample_frame: pd.DataFrame, rf_bundle: Path
+) -> None:
+    frame = sample_frame.loc[pd.Timestamp("2016-02-25", tz=CHINA_TZ) : pd.Timestamp("2016-03-20 23:59", tz=CHINA_TZ)]
+    model = PricePredictionModel().load_model(rf_bundle)
+    batch = batch_predictions(model, frame, VT)
+    signal = ModelSignal(model, VT)
+    online = np.array([signal.update(bar) for bar in data_collector.frame_to_bars(frame, VT)])
+    np.testing.assert_array_equal(np.isnan(online), np.isnan(batch))
+    finite = np.isfinite(batch)
+    np.testing.assert_allclose(online[finite], batch[finite], rtol=0, atol=1e-7)
+    for when in ("2016-03-07 21:00", "2016-03-08 21:00", "2016-03-11 21:00"):  # the sample's March roll gaps
+        roll = frame.index.get_loc(pd.Timestamp(when, tz=CHINA_TZ))
+        assert np.isnan(batch[roll : roll + 59]).all() and np.isfinite(batch[roll + 59])
+        assert np.isfinite(batch[roll - 1])  # the window ending before the gap is whole
