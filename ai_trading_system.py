@@ -325,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）",
     )
-    trade.add_argument("--replay-start", help="sim：回放开始日期 YYYY-MM-DD")
+    trade.add_argument(
+        "--replay-start",
+        help="sim：回放开始 YYYY-MM-DD，或 YYYY-MM-DD HH:MM（中国时间，从该分钟的K线续放被中断的回放）",
+    )
     trade.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
     trade.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
     trade.add_argument("--replay-mode", choices=("bar", "tick"), default="bar", help="sim：回放K线或 tick（默认 bar）")
@@ -842,8 +845,11 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
 
 
 def sim_setting(args: argparse.Namespace, home: Home, config: live_trading.StrategyConfig) -> dict[str, Any]:
-    """The simulated exchange's connect setting: the replay options, and the strategy's contract, capital and
-    warm-up days (so the account and the history served agree with the strategy's)."""
+    """The simulated exchange's connect setting, checked before any engine starts: the replay options, and the
+    strategy's contract, capital and warm-up days (so the account and the history served agree with the strategy's).
+    Call after bind_vnpy_home (it imports sim_gateway)."""
+    from sim_gateway import parse_settings
+
     if not args.replay_start or not args.replay_end:
         raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
     setting = {
@@ -859,6 +865,7 @@ def sim_setting(args: argparse.Namespace, home: Home, config: live_trading.Strat
     }
     if "warmup_days" in config.setting:  # else the strategy's default and the simulator's agree (10)
         setting["warmup_days"] = config.setting["warmup_days"]
+    parse_settings(setting)
     return setting
 
 
@@ -1018,7 +1025,7 @@ def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
         "--gateway",
         "sim",
         "--replay-start",
-        _ask(input_fn, "回放开始 / replay start", "2016-06-01"),
+        _ask(input_fn, "回放开始 / replay start (YYYY-MM-DD [HH:MM])", "2016-06-01"),
         "--replay-end",
         _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
         "--speed",

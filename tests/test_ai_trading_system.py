@@ -17,6 +17,7 @@ import config
 import data_collector
 import data_processor
 from config import PROJECT_DIR, Home, resolve_home
+from tests.conftest import run_python
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -578,6 +579,36 @@ def test_trade_broker_environment_lies_between_the_home_settings_and_the_command
     monkeypatch.setenv("AI_TRADER_BROKER_CONNECT_TIMEOUT_SECONDS", "25")
     assert resolve_trade(home).broker.connect_timeout_seconds == 25.0
     assert resolve_trade(home, "--connect-timeout", "5").broker.connect_timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(
+    ("start", "accepted"),
+    [
+        ("2016-06-01", "2016-06-01 00:00"),
+        ("2016-06-01 10:37", "2016-06-01 10:37"),
+        (" 2016-06-01 21:05 ", "2016-06-01 21:05"),
+    ],
+)
+def test_trade_replay_start_takes_a_date_or_a_china_time(home: Home, start: str, accepted: str) -> None:
+    args = ai_trading_system.build_parser().parse_args(
+        ["trade", "--gateway", "sim", "--replay-start", start, "--replay-end", "2016-06-02"]
+    )
+    options = ai_trading_system.trade_options(args, home, config.settings_for(home))
+    import sim_gateway
+
+    setting = ai_trading_system.sim_setting(args, home, options.strategy)
+    assert f"{sim_gateway.parse_settings(setting).start:%Y-%m-%d %H:%M %Z}" == f"{accepted} CST"
+
+
+def test_trade_with_a_bad_replay_start_exits_2_with_one_message_before_connecting(home: Home) -> None:
+    code = (
+        "import sys, ai_trading_system; sys.exit(ai_trading_system.main(['trade', '--gateway', 'sim', "
+        "'--no-ui', '--replay-start', '2016-06-01 25:00', '--replay-end', '2016-06-02']))"
+    )
+    result = run_python(code, home.root)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "YYYY-MM-DD HH:MM" in result.stderr and "2016-06-01 25:00" in result.stderr
+    assert "Traceback" not in result.stderr and "SIM 连接" not in result.stderr
 
 
 # --- the documentation follows the code -----------------------------------------------------------------------
