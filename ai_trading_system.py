@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from config import (
     SECRET_ENV,
     STRATEGIES_FILE,
     AppError,
+    AppSettings,
+    BrokerSettings,
     ConfigError,
     Home,
     bind_vnpy_home,
@@ -296,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
 
     trade = commands.add_parser(
-        "trade", help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator"
+        "trade",
+        help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator",
+        description="选项优先于主目录 settings/，再优先于项目 settings/，最后是默认值 / "
+        "command line > <home>/settings > settings/ > defaults",
     )
     trade.add_argument(
         "--gateway",
@@ -312,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument(
         "--capital",
         type=_positive_float,
-        help="策略资金（风控基数；模拟交易所的初始资金），默认取策略设置的 capital，否则 1,000,000",
+        help="策略资金（风控基数；模拟交易所的初始资金），覆盖策略设置的 capital（默认 1,000,000）",
     )
     trade.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
     trade.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
@@ -326,12 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）",
     )
-    trade.add_argument("--replay-start", help="sim：回放开始日期 YYYY-MM-DD")
+    trade.add_argument(
+        "--replay-start",
+        help="sim：回放开始 YYYY-MM-DD，或 YYYY-MM-DD HH:MM（中国时间，从该分钟的K线续放被中断的回放）",
+    )
     trade.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
     trade.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
     trade.add_argument("--replay-mode", choices=("bar", "tick"), default="bar", help="sim：回放K线或 tick（默认 bar）")
     trade.add_argument("--replay-csv", help="sim：从 CSV 回放，而不是数据库")
-    trade.add_argument("--warmup-days", type=_positive_int, default=10, help="sim：回放开始前提供的历史天数（默认 10）")
+    trade.add_argument(
+        "--warmup-days",
+        type=_positive_int,
+        help="策略开始前载入的历史天数（sim：回放开始前提供的历史），覆盖策略设置的 warmup_days（默认 10）",
+    )
     trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
 
     keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
@@ -776,26 +788,47 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
 # --- live trading (mode 1) ------------------------------------------------------------------
 
 
-def sim_setting(args: argparse.Namespace, home: Home, vt_symbol: str, capital: float) -> dict[str, Any]:
-    """The simulated exchange's connect setting from the command line."""
-    if not args.replay_start or not args.replay_end:
-        raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
-    return {
-        "vt_symbol": vt_symbol,
-        "home": str(home.root),
-        "mode": args.replay_mode,
-        "csv": str(Path(args.replay_csv).resolve()) if args.replay_csv else "",
-        "start": args.replay_start,
-        "end": args.replay_end,
-        "speed": args.speed,
-        "capital": capital,
-        "warmup_days": args.warmup_days,
-        "hold": True,
-    }  # replay once the strategy has started
+# trade options that override a setting: option dest -> (where, key). "strategy": the strategy's entry in
+# strategies.json (its vt_symbol or a parameter of its `setting`); "broker": broker.json. Every other trade option
+# exists only on the command line.
+TRADE_OVERRIDES: dict[str, tuple[str, str]] = {
+    "vt_symbol": ("strategy", "vt_symbol"),
+    "model": ("strategy", "model_path"),
+    "threshold": ("strategy", "prediction_threshold"),
+    "capital": ("strategy", "capital"),
+    "warmup_days": ("strategy", "warmup_days"),
+    "td_address": ("broker", "td_address"),
+    "md_address": ("broker", "md_address"),
+    "connect_timeout": ("broker", "connect_timeout_seconds"),
+}
 
 
-def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.StrategyConfig:
-    """The strategy to run: settings/strategies.json's entry (the only one, or --strategy), command-line overrides."""
+def layered(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The one precedence rule of option values (GUIDE §5), layers given lowest first: defaults, settings/,
+    <home>/settings, the command line. A later layer's value wins; None means "not set in this layer"."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update((key, value) for key, value in layer.items() if value is not None)
+    return merged
+
+
+def command_line_layer(args: argparse.Namespace, where: str) -> dict[str, Any]:
+    """The values the command line gives for one settings source (None where an option was left out)."""
+    return {key: getattr(args, dest) for dest, (source, key) in TRADE_OVERRIDES.items() if source == where}
+
+
+@dataclass(frozen=True)
+class TradeOptions:
+    """What `trade` runs, each value resolved once by `layered`: the strategy and the broker settings."""
+
+    strategy: live_trading.StrategyConfig
+    broker: BrokerSettings
+
+
+def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -> TradeOptions:
+    """The strategy (strategies.json's only entry, or --strategy) and the broker settings, by `layered`: the
+    command line, then the strategy's entry (the home's strategies.json replaces the project's entry by name) over
+    the contract's costs and the default capital; broker.json as settings_for merged it (environment included)."""
     configs = live_trading.load_strategy_configs(home)
     if not configs:
         raise ConfigError(f"settings/{STRATEGIES_FILE} 中没有策略 / no strategy configured")
@@ -803,16 +836,41 @@ def chosen_strategy(args: argparse.Namespace, home: Home) -> live_trading.Strate
     if name not in configs:
         raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
     config = configs[name]
-    setting = dict(config.setting)
-    if args.model:
-        setting["model_path"] = str(resolve_bundle(home, args.model))
-    elif setting.get("model_path"):
-        setting["model_path"] = str(resolve_bundle(home, str(setting["model_path"])))
-    else:
+    chosen = layered({"vt_symbol": config.vt_symbol, **config.setting}, command_line_layer(args, "strategy"))
+    vt_symbol = str(chosen.pop("vt_symbol"))
+    if not chosen.get("model_path"):
         raise ConfigError(f"策略 {name} 没有 model_path；请用 --model 指定模型包 / no model")
-    if args.threshold is not None:
-        setting["prediction_threshold"] = args.threshold
-    return live_trading.StrategyConfig(name, config.class_name, args.vt_symbol or config.vt_symbol, setting)
+    chosen["model_path"] = str(resolve_bundle(home, str(chosen["model_path"])))
+    spec = contract_spec(vt_symbol, load_contracts(settings_dirs(home)))
+    defaults = live_trading.live_costs(spec, DEFAULT_CAPITAL, args.gateway == "sim")
+    strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen))
+    broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
+    return TradeOptions(strategy, broker)
+
+
+def sim_setting(args: argparse.Namespace, home: Home, config: live_trading.StrategyConfig) -> dict[str, Any]:
+    """The simulated exchange's connect setting, checked before any engine starts: the replay options, and the
+    strategy's contract, capital and warm-up days (so the account and the history served agree with the strategy's).
+    Call after bind_vnpy_home (it imports sim_gateway)."""
+    from sim_gateway import parse_settings
+
+    if not args.replay_start or not args.replay_end:
+        raise ConfigError("--gateway sim 需要 --replay-start 和 --replay-end（YYYY-MM-DD）/ replay range needed")
+    setting = {
+        "vt_symbol": config.vt_symbol,
+        "home": str(home.root),
+        "mode": args.replay_mode,
+        "csv": str(Path(args.replay_csv).resolve()) if args.replay_csv else "",
+        "start": args.replay_start,
+        "end": args.replay_end,
+        "speed": args.speed,
+        "capital": config.setting["capital"],
+        "hold": True,  # replay once the strategy has started
+    }
+    if "warmup_days" in config.setting:  # else the strategy's default and the simulator's agree (10)
+        setting["warmup_days"] = config.setting["warmup_days"]
+    parse_settings(setting)
+    return setting
 
 
 def install_stop_signals(stop: threading.Event) -> None:
@@ -844,17 +902,13 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     secrets = load_secrets(home)
     install_redaction()
     bind_vnpy_home(home, settings.database)  # before anything imports vnpy's engines (GUIDE §6)
-    config = chosen_strategy(args, home)
-    spec = contract_spec(config.vt_symbol, load_contracts(settings_dirs(home)))
+    options = trade_options(args, home, settings)
+    config = options.strategy
     simulated = args.gateway == "sim"
-    capital = float(args.capital or config.setting.get("capital", DEFAULT_CAPITAL))
-    setting = {**live_trading.live_costs(spec, capital, simulated), **config.setting}
-    config = live_trading.StrategyConfig(config.name, config.class_name, config.vt_symbol, setting)
     if simulated:
-        gateway, connect = "SIM", sim_setting(args, home, config.vt_symbol, capital)
+        gateway, connect = "SIM", sim_setting(args, home, config)
     else:
-        gateway = "CTP"
-        connect = live_trading.ctp_setting(settings.broker, secrets, args.td_address, args.md_address)
+        gateway, connect = "CTP", live_trading.ctp_setting(options.broker, secrets)
     screenshot = Path(args.screenshot).resolve() if args.screenshot else None  # MainEngine changes the directory
     stop = threading.Event()
     if args.no_ui:
@@ -862,7 +916,7 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     system = live_trading.AITradingSystem(home, settings, secrets)
     try:
         system.monitor.attach(system.event_engine, product_of(config.vt_symbol))
-        system.connect_gateway(gateway, connect, args.connect_timeout or settings.broker.connect_timeout_seconds)
+        system.connect_gateway(gateway, connect, options.broker.connect_timeout_seconds)
         system.record([config.vt_symbol], home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None)
         if not system.start_trading(config, adopt_position=args.adopt_broker_position):
             return EXIT_BAD_INPUT  # a human must reconcile the position first
@@ -975,7 +1029,7 @@ def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
         "--gateway",
         "sim",
         "--replay-start",
-        _ask(input_fn, "回放开始 / replay start", "2016-06-01"),
+        _ask(input_fn, "回放开始 / replay start (YYYY-MM-DD [HH:MM])", "2016-06-01"),
         "--replay-end",
         _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
         "--speed",

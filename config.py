@@ -283,6 +283,7 @@ class WatchdogSettings:
     backoff_max_seconds: float = 300.0
     max_crashes: int = 5  # this many crashes within crash_window_seconds: give up and alert
     crash_window_seconds: float = 900.0
+    outage_alert_seconds: float = 300.0  # exits 3 (transient) in a row for this long: one alert, then one "recovered"
     stop_timeout_seconds: float = 30.0  # SIGTERM, then SIGKILL after this long
     follow_calendar: bool = False  # run only around trading sessions
     lead_minutes: int = 10  # with follow_calendar: start this long before a session, stop this long after
@@ -300,6 +301,7 @@ class WatchdogSettings:
                 "backoff_max_seconds",
                 "max_crashes",
                 "crash_window_seconds",
+                "outage_alert_seconds",
                 "stop_timeout_seconds",
             ),
         )

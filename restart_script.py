@@ -1,4 +1,9 @@
-"""The watchdog: start the trading process as a child, watch its exit code and heartbeat, restart it with back-off."""
+"""The watchdog: start the trading process as a child, watch its exit code and heartbeat, restart it with back-off.
+
+Exit codes of the child: 2 (configuration) is never restarted; 3 (transient: the front is unreachable) is an outage,
+retried with its own capped back-off inside the trading sessions for as long as it lasts and never counted as a crash;
+anything else is a crash, and max_crashes of them within crash_window_seconds stop supervision.
+"""
 
 from __future__ import annotations
 
@@ -168,6 +173,31 @@ class CrashHistory:
         return backoff_delay(self.streak, self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
 
 
+@dataclass
+class Outage:
+    """Transient exits (exit 3) in a row: when the first came, the back-off streak, whether its alert went out."""
+
+    settings: WatchdogSettings
+    since: float | None = None  # monotonic time of the first exit 3; None: no outage
+    streak: int = 0
+    alerted: bool = False
+
+    def record(self, now: float) -> float:
+        """Note an exit 3 at monotonic `now`; the seconds to wait before the next start."""
+        if self.since is None:
+            self.since = now
+        self.streak += 1
+        return backoff_delay(self.streak, self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+
+    def lasted(self, now: float) -> float:
+        """Seconds since the first exit 3 (0 without an outage)."""
+        return 0.0 if self.since is None else now - self.since
+
+    def alert_due(self, now: float) -> bool:
+        """Whether the outage has lasted outage_alert_seconds and its one alert has not gone out yet."""
+        return self.since is not None and not self.alerted and self.lasted(now) >= self.settings.outage_alert_seconds
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """The trading process's last beat: the pid it wrote and when the file was replaced (epoch seconds)."""
@@ -205,6 +235,13 @@ def hung_reason(beat_age: float | None, running_for: float, settings: WatchdogSe
     return None
 
 
+def healthy(beat_age: float | None, running_for: float, settings: WatchdogSettings) -> bool:
+    """Whether a running child trades again: past its start-up grace (a failed connect exits 3 well within it) and
+    beating on time."""
+    fresh = beat_age is not None and beat_age <= settings.heartbeat_timeout_seconds
+    return fresh and running_for >= settings.startup_grace_seconds
+
+
 def resolve_command(template: str, override: Sequence[str] | None = None) -> list[str]:
     """The child's argv: `override`, else the settings string split like a shell; `{python}` is this interpreter."""
     if override:
@@ -234,7 +271,7 @@ def _nothing() -> None:
 
 def log_alert(message: str, severity: str) -> None:
     """The alert used without e-mail: a log line."""
-    level = logging.CRITICAL if severity == "CRITICAL" else logging.WARNING
+    level = {"CRITICAL": logging.CRITICAL, "INFO": logging.INFO}.get(severity, logging.WARNING)
     logger.log(level, "告警 / alert [%s]: %s", severity, message)
 
 
@@ -320,12 +357,14 @@ class Supervisor:
     now: Callable[[], datetime] = china_now
     sleep: Callable[[float], None] = time.sleep
     crashes: CrashHistory = field(init=False)
+    outage: Outage = field(init=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _stop_reason: str | None = field(default=None, init=False, repr=False)
     _resume_after: datetime | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.crashes = CrashHistory(self.settings)
+        self.outage = Outage(self.settings)
 
     @property
     def child_pid(self) -> int | None:
@@ -388,7 +427,14 @@ class Supervisor:
         """Log a child's end; the supervisor's exit code, or None to go on (after any back-off)."""
         meaning = describe_exit(outcome.returncode)
         expected = outcome.reason in ("stopped", "window_end")
-        level = logging.INFO if expected or outcome.returncode == EXIT_OK else logging.ERROR
+        transient = outcome.reason == "exited" and outcome.returncode == EXIT_TRANSIENT
+        level = (
+            logging.INFO
+            if expected or outcome.returncode == EXIT_OK
+            else logging.WARNING
+            if transient
+            else logging.ERROR
+        )
         message = (
             f"子进程 {outcome.pid} 退出，退出码 {outcome.returncode}（{meaning}），"
             f"运行 {outcome.runtime:.1f} 秒 / child exited ({outcome.reason})"
@@ -416,7 +462,75 @@ class Supervisor:
                 f"子进程 {outcome.pid} 因配置错误退出（退出码 2），不再重启 / "
                 "the child exited with a configuration error and will not be restarted"
             )
+        if transient:
+            self._after_transient()
+            return None
         return self._after_crash(outcome)
+
+    def _after_transient(self) -> None:
+        """Exit 3 is an outage, not a crash: restart after the outage's own capped back-off for as long as it lasts;
+        outside the trading sessions (the calendar's run windows) the next try waits for the next session."""
+        now = self.clock()
+        delay = self.outage.record(now)
+        lasted = self.outage.lasted(now)
+        message = (
+            f"子进程暂时性故障（退出码 3，如前置不可达），{delay:g} 秒后重试，已持续 {lasted:.0f} 秒，不计为崩溃 / "
+            f"transient failure, retrying in {delay:g} s (not a crash)"
+        )
+        self._record(
+            "restart",
+            "transient_retry",
+            logging.WARNING,
+            message,
+            delay=delay,
+            streak=self.outage.streak,
+            outage_seconds=round(lasted, 3),
+        )
+        self._pause(delay)
+        if not self.settings.follow_calendar:  # with the calendar the main loop waits for the run window itself
+            self._wait_for_window()
+
+    def _check_outage(self) -> None:
+        """Send the outage's one alert once it has lasted outage_alert_seconds."""
+        now = self.clock()
+        if not self.outage.alert_due(now):
+            return
+        self.outage.alerted = True
+        lasted = self.outage.lasted(now)
+        message = (
+            f"交易进程已 {lasted:.0f} 秒无法连接（连续 {self.outage.streak} 次退出码 3），看门狗继续重试 / "
+            f"the trading process has not connected for {lasted:.0f} s; the watchdog keeps retrying"
+        )
+        self._record(
+            "watchdog",
+            "outage",
+            logging.CRITICAL,
+            message,
+            outage_seconds=round(lasted, 3),
+            attempts=self.outage.streak,
+        )
+        self.alert(message, "CRITICAL")
+
+    def _recovered(self, pid: int) -> None:
+        """End the outage: a child runs healthily again; the "recovered" alert follows an outage alert."""
+        outage, self.outage = self.outage, Outage(self.settings)
+        lasted = outage.lasted(self.clock())
+        message = (
+            f"交易已恢复：子进程 {pid} 运行正常，距首次连接失败 {lasted:.0f} 秒 / "
+            f"trading resumed, {lasted:.0f} s after the first failed connect"
+        )
+        self._record(
+            "watchdog",
+            "recovered",
+            logging.INFO,
+            message,
+            child_pid=pid,
+            outage_seconds=round(lasted, 3),
+            attempts=outage.streak,
+            alerted=outage.alerted,
+        )
+        if outage.alerted:
+            self.alert(message, "INFO")
 
     def _after_crash(self, outcome: ChildExit) -> int | None:
         """Count a crash; give up past max_crashes, else wait the back-off."""
@@ -475,7 +589,9 @@ class Supervisor:
                     f"运行时段 {window.end:%Y-%m-%d %H:%M} 结束，停止子进程 / run window over, stopping the child",
                 )
                 return self._end(process, started, "window_end")
-            reason = self._hung(process, self.clock() - started)
+            running_for = self.clock() - started
+            age = self._beat_age(process)
+            reason = hung_reason(age, running_for, self.settings)
             if reason is not None:
                 self._record(
                     "restart",
@@ -486,6 +602,8 @@ class Supervisor:
                     detail=reason,
                 )
                 return self._end(process, started, "hung")
+            if self.outage.since is not None and healthy(age, running_for, self.settings):
+                self._recovered(process.pid)
             self._pause(self.poll_seconds)
 
     def _start_child(self) -> subprocess.Popen[bytes]:
@@ -518,12 +636,11 @@ class Supervisor:
         )
         return process
 
-    def _hung(self, process: subprocess.Popen[bytes], running_for: float) -> str | None:
-        """Why the child counts as hung, judged by its own heartbeat's age, or None."""
+    def _beat_age(self, process: subprocess.Popen[bytes]) -> float | None:
+        """Seconds since the child's own last heartbeat, or None before its first."""
         beat = read_heartbeat(self.home.heartbeat_path)
         ours = beat is not None and (beat.pid == process.pid or _process_group(beat.pid) == process.pid)
-        age = time.time() - beat.mtime if beat is not None and ours else None
-        return hung_reason(age, running_for, self.settings)
+        return time.time() - beat.mtime if beat is not None and ours else None
 
     def _end(self, process: subprocess.Popen[bytes], started: float, reason: str) -> ChildExit:
         """Stop the child gracefully and report how it ended."""
@@ -569,9 +686,10 @@ class Supervisor:
     # --- waiting ---
 
     def _pause(self, seconds: float) -> None:
-        """Sleep `seconds` in slices of poll_seconds, returning early on a stop request."""
+        """Sleep `seconds` in slices of poll_seconds (an outage's alert goes out on time), ending early on a stop."""
         deadline = self.clock() + seconds
         while self._stop_reason is None:
+            self._check_outage()
             left = deadline - self.clock()
             if left <= 0:
                 return
@@ -632,7 +750,8 @@ def build_alert(settings: AppSettings, home: Home, audit: AuditLog) -> tuple[Ale
     mailer.start()
 
     def send(message: str, severity: str) -> None:
-        mailer.send_alert(message, severity, key=f"watchdog:{severity}")  # repeated crash warnings are merged
+        key = f"watchdog:{severity}" if severity == "WARNING" else None  # repeated crash warnings are merged
+        mailer.send_alert(message, severity, key=key)
 
     return send, mailer.stop
 

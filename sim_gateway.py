@@ -106,7 +106,7 @@ class SimSettings:
     home: Home
     mode: str
     csv: Path | None
-    start: datetime  # 00:00 of the start date, China time
+    start: datetime  # the first replayed moment, China time: 00:00 of a start date, or a start minute
     end: datetime  # the last microsecond of the end date
     speed: float | None  # None: as fast as possible
     capital: float
@@ -127,6 +127,22 @@ def _day(name: str, value: Any) -> date:
     except ValueError:
         pass
     raise _bad(name, value, "应为 YYYY-MM-DD 日期", "expected a YYYY-MM-DD date")
+
+
+def _start(value: Any) -> datetime:
+    """The replay start: `YYYY-MM-DD` (00:00 of that day) or `YYYY-MM-DD HH:MM` (that minute), China time."""
+    text = value.strip() if isinstance(value, str) else ""
+    for pattern in ("%Y-%m-%d", "%Y-%m-%d %H:%M"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=CHINA_TZ)
+        except ValueError:
+            continue
+    raise _bad(
+        "start",
+        value,
+        "应为 YYYY-MM-DD 或 YYYY-MM-DD HH:MM（中国时间）",
+        "expected a YYYY-MM-DD date or a YYYY-MM-DD HH:MM time (China time)",
+    )
 
 
 def _positive(name: str, value: Any, rule: str = "应为正数", english: str = "must be a positive number") -> float:
@@ -160,9 +176,10 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
         raise _bad("csv", str(csv_value), "文件不存在", "file not found")
     if "start" not in setting or "end" not in setting:
         raise ConfigError("SIM 设置需要 start 和 end（YYYY-MM-DD）/ start and end are required")
-    first, last = _day("start", setting["start"]), _day("end", setting["end"])
-    if first > last:
-        raise ConfigError(f"SIM 设置 start {first} 晚于 end {last} / start is after end")
+    start, last = _start(setting["start"]), _day("end", setting["end"])
+    end = data_collector.to_china_time(last, end_of_day=True)
+    if start > end:
+        raise ConfigError(f"SIM 设置 start {start:%Y-%m-%d %H:%M} 晚于 end {last} / start is after end")
     hold = setting.get("hold", False)
     if not isinstance(hold, bool):
         raise _bad("hold", hold, "应为 true 或 false", "must be a boolean")
@@ -176,8 +193,8 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
         home=resolve_home(setting.get("home") or None),
         mode=mode,
         csv=csv,
-        start=data_collector.to_china_time(first),
-        end=data_collector.to_china_time(last, end_of_day=True),
+        start=start,
+        end=end,
         speed=None
         if str(speed).strip().lower() == SPEED_MAX
         else _positive(
@@ -441,9 +458,10 @@ class ReplayStats:
 class SimGateway(BaseGateway):
     """A simulated exchange for one contract (module docstring: replay and matching).
 
-    Setting keys: vt_symbol, home, mode (bar | tick), csv (a bar or tick CSV instead of the database), start and end
-    (YYYY-MM-DD, end inclusive), speed ("max" or N× real time, gaps over 5 minutes shortened to 3 s of wall time),
-    capital, warmup_days, hold (true: also wait for `release()`). The replay starts when the contract is subscribed;
+    Setting keys: vt_symbol, home, mode (bar | tick), csv (a bar or tick CSV instead of the database), start
+    (YYYY-MM-DD, or YYYY-MM-DD HH:MM in China time to resume a replay at that minute's bar), end (YYYY-MM-DD,
+    inclusive), speed ("max" or N× real time, gaps over 5 minutes shortened to 3 s of wall time), capital,
+    warmup_days, hold (true: also wait for `release()`). The replay starts when the contract is subscribed;
     at its end `finished` is set; `stats`, `orders` and `trades` tell what happened.
 
     History: the replay clock (the time of the last price the event engine has seen) is "now" for `query_history`.
@@ -568,7 +586,7 @@ class SimGateway(BaseGateway):
         count = len(self._bars) - self._first if settings.mode == "bar" else len(self._ticks)
         speed = "max" if settings.speed is None else f"{settings.speed:g}x"
         self.write_log(
-            f"SIM 连接成功：回放 {settings.vt_symbol} {settings.start:%Y-%m-%d} ~ {settings.end:%Y-%m-%d}，"
+            f"SIM 连接成功：回放 {settings.vt_symbol} {settings.start:%Y-%m-%d %H:%M} ~ {settings.end:%Y-%m-%d}，"
             f"{count:,} 个{'K线' if settings.mode == 'bar' else ' tick'}，速度 {speed}，"
             f"订阅后{'调用 release() 后' if settings.hold else ''}开始 / connected"
         )
@@ -673,7 +691,7 @@ class SimGateway(BaseGateway):
             source = settings.csv or "数据库 / database"
             kind = "K线" if settings.mode == "bar" else " tick"
             raise DataError(
-                f"{source} 中没有 {settings.vt_symbol} 在 {settings.start:%Y-%m-%d} ~ "
+                f"{source} 中没有 {settings.vt_symbol} 在 {settings.start:%Y-%m-%d %H:%M} ~ "
                 f"{settings.end:%Y-%m-%d} 可回放的{kind} / no data to replay in this range"
             )
         for tick in ticks:  # our own fresh objects, not yet published

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import config
 import data_collector
 import data_processor
 from config import PROJECT_DIR, Home, resolve_home
+from tests.conftest import run_python
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -447,6 +449,182 @@ def test_backtest_with_a_missing_bundle_exits_2(
     assert ai_trading_system.main(argv) == 2
     assert "no_such_bundle" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+# --- trade (mode 1): one precedence for every option ----------------------------------------------------------
+
+# The options of `trade` that exist only on the command line (the others override a setting: TRADE_OVERRIDES).
+COMMAND_LINE_ONLY = {
+    "gateway",
+    "no_ui",
+    "strategy",
+    "adopt_broker_position",
+    "replay_start",
+    "replay_end",
+    "speed",
+    "replay_mode",
+    "replay_csv",
+    "screenshot",
+}
+# option dest -> (its command-line text, the value in settings/, in <home>/settings, the default; each as resolved)
+LAYER_VALUES: dict[str, tuple[str, Any, Any, Any]] = {
+    "vt_symbol": ("rb2610.SHFE", "rb2601.SHFE", "rb2605.SHFE", None),  # required in every entry: no default
+    "model": ("cli_model", "project_model", "home_model", None),  # no default: a strategy must name one
+    "threshold": ("0.003", 0.001, 0.002, None),  # None: the key is left out, the bundle's threshold applies
+    "capital": ("300000", 500000.0, 700000.0, 1_000_000.0),
+    "warmup_days": ("3", 5, 7, None),  # None: left out, the strategy's and the simulator's default (10)
+    "td_address": ("tcp://10.0.0.1:1", "tcp://10.0.0.2:2", "tcp://10.0.0.3:3", ""),
+    "md_address": ("tcp://10.0.0.1:4", "tcp://10.0.0.2:5", "tcp://10.0.0.3:6", ""),
+    "connect_timeout": ("5", 10.0, 20.0, 30.0),
+}
+
+
+@pytest.fixture
+def project_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the project's settings/ (the real files but strategies.json and broker.json) to change."""
+    folder = tmp_path / "project-settings"
+    folder.mkdir()
+    for path in (PROJECT_DIR / "settings").glob("*.json"):
+        if path.name not in ("strategies.json", "broker.json"):
+            (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(config, "SETTINGS_DIR", folder)
+    return folder
+
+
+def write_layer(folder: Path, dest: str, value: Any) -> None:
+    """Write one settings folder's strategies.json (a whole entry) and broker.json, `dest` set to `value`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    where, key = ai_trading_system.TRADE_OVERRIDES[dest]
+    entry: dict[str, Any] = {"vt_symbol": "rb2609.SHFE", "setting": {"model_path": "m"}}
+    broker: dict[str, Any] = {}
+    if value is not None:
+        if key == "vt_symbol":
+            entry["vt_symbol"] = value
+        elif where == "strategy":
+            entry["setting"][key] = value
+        else:
+            broker[key] = value
+    (folder / "strategies.json").write_text(json.dumps({"ai_rb": entry}), encoding="utf-8")
+    (folder / "broker.json").write_text(json.dumps(broker), encoding="utf-8")
+
+
+def resolved(options: ai_trading_system.TradeOptions, dest: str, home: Home) -> Any:
+    """The value `trade` runs with for one option."""
+    where, key = ai_trading_system.TRADE_OVERRIDES[dest]
+    if key == "vt_symbol":
+        return options.strategy.vt_symbol
+    if key == "model_path":
+        return Path(options.strategy.setting[key]).name
+    if where == "strategy":
+        return options.strategy.setting.get(key)
+    return getattr(options.broker, key)
+
+
+def resolve_trade(home: Home, *argv: str) -> ai_trading_system.TradeOptions:
+    args = ai_trading_system.build_parser().parse_args(["trade", "--gateway", "sim", *argv])
+    return ai_trading_system.trade_options(args, home, config.settings_for(home))
+
+
+def test_layered_lets_a_later_layer_win_and_none_set_nothing() -> None:
+    defaults, project, own, command_line = {"a": 1, "b": 2, "c": 3}, {"a": 10, "b": 20}, {"a": 100}, {"a": None}
+    assert ai_trading_system.layered(defaults, project, own, command_line) == {"a": 100, "b": 20, "c": 3}
+    assert ai_trading_system.layered(defaults, {"c": None, "d": 0}) == {"a": 1, "b": 2, "c": 3, "d": 0}
+
+
+def test_every_trade_option_is_an_override_or_command_line_only_and_defaults_to_not_given() -> None:
+    trade = subcommands(ai_trading_system.build_parser())["trade"][1]
+    dests = {action.dest for action in named_arguments(trade)}
+    assert dests == set(ai_trading_system.TRADE_OVERRIDES) | COMMAND_LINE_ONLY
+    assert set(LAYER_VALUES) == set(ai_trading_system.TRADE_OVERRIDES)
+    defaults = trade.parse_args([])
+    assert {dest: getattr(defaults, dest) for dest in ai_trading_system.TRADE_OVERRIDES} == dict.fromkeys(
+        ai_trading_system.TRADE_OVERRIDES
+    )  # an argparse default would hide the settings files
+
+
+@pytest.mark.parametrize("dest", list(LAYER_VALUES))
+def test_trade_option_precedence_is_command_line_then_home_then_project_then_default(
+    dest: str, home: Home, project_settings: Path
+) -> None:
+    text, in_project, in_home, default = LAYER_VALUES[dest]
+    option = "--" + dest.replace("_", "-")
+    write_layer(project_settings, dest, in_project)
+    write_layer(home.settings_dir, dest, in_home)
+    from_command_line = resolved(resolve_trade(home, option, text), dest, home)
+    assert from_command_line == (text if isinstance(in_project, str) else type(in_project)(text))
+    assert resolved(resolve_trade(home), dest, home) == in_home
+    (home.settings_dir / "strategies.json").unlink()
+    (home.settings_dir / "broker.json").unlink()
+    assert resolved(resolve_trade(home), dest, home) == in_project
+    write_layer(project_settings, dest, None)
+    if default is None and dest in ("vt_symbol", "model"):
+        return  # a strategy entry must name them
+    assert resolved(resolve_trade(home), dest, home) == default
+
+
+def test_trade_capital_from_the_command_line_wins_for_the_strategy_and_the_simulated_account(
+    home: Home, project_settings: Path
+) -> None:
+    write_layer(project_settings, "capital", 500000.0)
+    write_layer(home.settings_dir, "warmup_days", 7)
+    args = ai_trading_system.build_parser().parse_args(
+        [
+            "trade",
+            "--gateway",
+            "sim",
+            "--capital",
+            "300000",
+            "--replay-start",
+            "2016-06-01",
+            "--replay-end",
+            "2016-06-02",
+        ]
+    )
+    options = ai_trading_system.trade_options(args, home, config.settings_for(home))
+    connect = ai_trading_system.sim_setting(args, home, options.strategy)
+    assert options.strategy.setting["capital"] == connect["capital"] == 300000.0
+    assert options.strategy.setting["warmup_days"] == connect["warmup_days"] == 7
+    assert options.strategy.setting["commission_rate"] == 0.0001  # the contract's costs stay underneath
+    assert options.strategy.setting["slippage_cost"] == 1.0 and options.strategy.setting["margin_rate"] == 0.1
+
+
+def test_trade_broker_environment_lies_between_the_home_settings_and_the_command_line(
+    home: Home, project_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_layer(home.settings_dir, "connect_timeout", 20.0)
+    monkeypatch.setenv("AI_TRADER_BROKER_CONNECT_TIMEOUT_SECONDS", "25")
+    assert resolve_trade(home).broker.connect_timeout_seconds == 25.0
+    assert resolve_trade(home, "--connect-timeout", "5").broker.connect_timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(
+    ("start", "accepted"),
+    [
+        ("2016-06-01", "2016-06-01 00:00"),
+        ("2016-06-01 10:37", "2016-06-01 10:37"),
+        (" 2016-06-01 21:05 ", "2016-06-01 21:05"),
+    ],
+)
+def test_trade_replay_start_takes_a_date_or_a_china_time(home: Home, start: str, accepted: str) -> None:
+    args = ai_trading_system.build_parser().parse_args(
+        ["trade", "--gateway", "sim", "--replay-start", start, "--replay-end", "2016-06-02"]
+    )
+    options = ai_trading_system.trade_options(args, home, config.settings_for(home))
+    import sim_gateway
+
+    setting = ai_trading_system.sim_setting(args, home, options.strategy)
+    assert f"{sim_gateway.parse_settings(setting).start:%Y-%m-%d %H:%M %Z}" == f"{accepted} CST"
+
+
+def test_trade_with_a_bad_replay_start_exits_2_with_one_message_before_connecting(home: Home) -> None:
+    code = (
+        "import sys, ai_trading_system; sys.exit(ai_trading_system.main(['trade', '--gateway', 'sim', "
+        "'--no-ui', '--replay-start', '2016-06-01 25:00', '--replay-end', '2016-06-02']))"
+    )
+    result = run_python(code, home.root)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "YYYY-MM-DD HH:MM" in result.stderr and "2016-06-01 25:00" in result.stderr
+    assert "Traceback" not in result.stderr and "SIM 连接" not in result.stderr
 
 
 # --- the documentation follows the code -----------------------------------------------------------------------

@@ -23,11 +23,13 @@ import restart_script
 from config import CHINA_TZ, PROJECT_DIR, AuditLog, ConfigError, Home, WatchdogSettings
 from restart_script import (
     CrashHistory,
+    Outage,
     RunWindow,
     Supervisor,
     WatchdogLocked,
     backoff_delay,
     describe_exit,
+    healthy,
     hung_reason,
     next_window,
     read_heartbeat,
@@ -41,6 +43,7 @@ T = TypeVar("T")
 
 # A stand-in for the trading process: beats every 0.1 s (JSON pid/time, atomic replace) and behaves as argv says:
 #   forever | exit SECONDS CODE | crash | hang-once SECONDS (first run only: stops beating, ignores SIGTERM)
+#   | transient SECONDS (exits 3 at once until SECONDS after the first start in this home, then runs forever)
 CHILD = r"""
 import json, os, signal, sys, time
 from pathlib import Path
@@ -53,6 +56,13 @@ beat = home / "run" / "trading.heartbeat"
 print(f"child {os.getpid()} {mode}", flush=True)
 if mode == "crash":
     sys.exit(1)
+if mode == "transient":
+    first = home / "first-start"
+    if not first.exists():
+        first.write_text(str(time.time()))
+    if time.time() - float(first.read_text()) < seconds:
+        sys.exit(3)
+    mode = "forever"
 if mode == "hang-once":
     marker = home / "hung-once"
     if marker.exists():
@@ -274,6 +284,77 @@ def test_crash_loop_gives_up_after_max_crashes_with_growing_capped_backoff(home:
     assert alerts.severities() == ["WARNING"] * 4 + ["CRITICAL"]
 
 
+def test_transient_exits_outlast_the_crash_window_then_the_child_is_supervised_normally(
+    home: Home, child: Path
+) -> None:
+    settings = replace(
+        FAST,
+        backoff_initial_seconds=0.05,
+        backoff_max_seconds=0.2,
+        max_crashes=3,
+        crash_window_seconds=1.0,
+        startup_grace_seconds=1.0,
+        outage_alert_seconds=0.5,
+    )
+    alerts = AlertRecorder()
+    now = FakeNow(china("2024-01-10 10:00"))  # a Wednesday inside rb's day session: the retries go on
+    supervisor = make(home, child, "transient", "2.0", settings=settings, alert=alerts, now=now)
+    with supervising(supervisor) as running:
+        first = wait_for(lambda: beating_pid(home), 15, "a child that got through")
+        wait_for(lambda: actions(supervisor.audit, "recovered"), 5, "the recovery")
+        os.kill(first, signal.SIGKILL)  # from now on an ordinary crash
+        second = wait_for(lambda: (pid := beating_pid(home)) != first and pid, 5, "the child restarted after a crash")
+        assert running.thread.is_alive() and supervisor.child_pid == second
+    audit = supervisor.audit
+    retries = actions(audit, "transient_retry")
+    exits = actions(audit, "child_exited")
+    assert len(retries) > settings.max_crashes  # the old rule would have given up after 3 within the window
+    assert [event["returncode"] for event in exits[: len(retries)]] == [3] * len(retries)
+    spread = datetime.fromisoformat(exits[len(retries) - 1]["time"]) - datetime.fromisoformat(exits[0]["time"])
+    assert spread.total_seconds() > settings.crash_window_seconds
+    delays = [event["delay"] for event in retries]
+    assert delays == [0.05, 0.1, 0.2] + [0.2] * (len(retries) - 3)  # capped back-off
+    assert not actions(audit, "gave_up")
+    assert [event["crashes"] for event in actions(audit, "restart_scheduled")] == [1]  # exit 3 never counted
+    assert actions(audit, "restart_scheduled")[0]["delay"] == 0.05  # a fresh crash streak
+    assert len(actions(audit, "outage")) == 1 and len(actions(audit, "recovered")) == 1
+    recovered = actions(audit, "recovered")[0]
+    assert recovered["child_pid"] == first and recovered["alerted"] and recovered["attempts"] == len(retries)
+    assert alerts.severities() == ["CRITICAL", "INFO", "WARNING"]  # outage, recovered, then the crash warning
+    assert "keeps retrying" in alerts.sent[0][0] and "trading resumed" in alerts.sent[1][0]
+
+
+def test_short_outage_sends_no_alert_and_a_refused_login_still_stops_at_once(home: Home, child: Path) -> None:
+    settings = replace(FAST, startup_grace_seconds=0.3, outage_alert_seconds=60.0)
+    alerts = AlertRecorder()
+    now = FakeNow(china("2024-01-10 10:00"))
+    supervisor = make(home, child, "transient", "0.3", settings=settings, alert=alerts, now=now)
+    with supervising(supervisor):
+        wait_for(lambda: actions(supervisor.audit, "recovered"), 10, "the recovery")
+    assert actions(supervisor.audit, "recovered")[0]["alerted"] is False
+    assert not actions(supervisor.audit, "outage") and alerts.sent == []
+    before = len(started_pids(supervisor.audit))
+    refused = make(home, child, "exit", "0.1", "2", settings=settings, alert=alerts, now=now)  # same home and log
+    with supervising(refused) as running:
+        assert running.wait() == 2
+    assert len(started_pids(refused.audit)) == before + 1
+    assert alerts.severities() == ["CRITICAL"] and "a human must act" in alerts.sent[0][0]
+
+
+def test_transient_exit_outside_the_sessions_waits_for_the_next_one(home: Home, child: Path) -> None:
+    now = FakeNow(china("2024-01-13 10:00"))  # Saturday: no session until Monday
+    supervisor = make(home, child, "exit", "0.05", "3", now=now)
+    with supervising(supervisor) as running:
+        waiting = wait_for(lambda: actions(supervisor.audit, "waiting"), 5, "the wait for Monday")
+        assert waiting[0]["next_start"] == "2024-01-15T08:50:00+08:00"
+        time.sleep(0.5)
+        assert len(started_pids(supervisor.audit)) == 1 and running.thread.is_alive()
+        now.value = china("2024-01-15 08:50")
+        wait_for(lambda: len(started_pids(supervisor.audit)) >= 2, 5, "the retry in Monday's run window")
+    assert actions(supervisor.audit, "transient_retry")[0]["delay"] == 0.2
+    assert not actions(supervisor.audit, "restart_scheduled")
+
+
 def test_child_exiting_0_ends_the_supervisor_without_restart(home: Home, child: Path) -> None:
     supervisor = make(home, child, "exit", "0.1", "0")
     with supervising(supervisor) as running:
@@ -462,6 +543,22 @@ def test_crash_history_counts_the_window_and_resets_after_a_stable_run() -> None
     history.record(30.0, 15.0)  # the child ran longer than the window: the back-off starts again
     assert (history.streak, history.delay()) == (1, 0.2)
     assert history.record(31.0, 0.1) == 2 and history.record(32.0, 0.1) == 3 and history.gave_up
+
+
+def test_outage_backs_off_alerts_once_after_its_time_and_is_never_a_crash() -> None:
+    outage = Outage(replace(FAST, backoff_initial_seconds=1.0, backoff_max_seconds=4.0, outage_alert_seconds=10.0))
+    assert not outage.alert_due(100.0) and outage.lasted(100.0) == 0.0
+    assert [outage.record(at) for at in (0.0, 2.0, 5.0, 10.0, 15.0)] == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert outage.since == 0.0 and outage.lasted(9.0) == 9.0
+    assert not outage.alert_due(9.9) and outage.alert_due(10.0)
+    outage.alerted = True
+    assert not outage.alert_due(60.0)
+
+
+def test_a_child_is_healthy_past_its_startup_grace_with_a_fresh_beat() -> None:
+    assert healthy(0.5, 2.0, FAST) and healthy(1.0, 2.0, FAST)
+    assert not healthy(0.5, 1.9, FAST)  # still inside the start-up grace: maybe still connecting
+    assert not healthy(None, 30.0, FAST) and not healthy(1.5, 30.0, FAST)
 
 
 def test_hung_reason_allows_the_startup_grace_then_the_heartbeat_timeout() -> None:

@@ -639,6 +639,34 @@ def test_query_history_serves_the_warm_up_days_before_the_replay_start(
     assert other == [] and any("warmup_days" in line for line in replay.logs)
 
 
+@pytest.mark.slow
+def test_a_replay_resumes_at_a_mid_day_minute_with_the_bars_before_it_served_as_history(
+    make_replay: Callable[[], Replay], imported_home: Home
+) -> None:
+    replay = make_replay()
+    replay.connect(
+        vt_symbol=RB, home=str(imported_home.root), start="2016-03-07 10:37", end="2016-03-07", warmup_days=3
+    )
+    assert replay.gateway.settings is not None and replay.gateway.settings.start == china("2016-03-07 10:37:00")
+    now = datetime.now(CHINA_TZ)  # CtaEngine.load_bar asks for [now - days, now): before the replay, now is the start
+    request = HistoryRequest("rb0000", Exchange.SHFE, start=now - timedelta(days=3), end=now, interval=Interval.MINUTE)
+    history = replay.engine.query_history(request, replay.name)
+    replay.start()
+    assert replay.gateway.finished.wait(60), "replay did not finish"
+    assert not replay.errors and replay.gateway.error is None
+
+    before = data_collector.load_history_data(
+        RB, china("2016-03-04 10:37"), china("2016-03-07 10:36"), home=imported_home
+    )
+    assert bar_values(history) == bar_values(data_collector.frame_to_bars(before, RB))
+    assert history[0].datetime.date().isoformat() == "2016-03-04" and history[-1].datetime == china("2016-03-07 10:36")
+    rest = data_collector.load_history_data(RB, china("2016-03-07 10:37"), "2016-03-07", home=imported_home)
+    assert replay.bars[0].datetime == china("2016-03-07 10:37")  # the first replayed bar is the start minute's
+    assert bar_values(replay.bars) == bar_values(data_collector.frame_to_bars(rest, RB))
+    assert replay.ticks[0].datetime == china("2016-03-07 10:37")
+    assert any("2016-03-07 10:37" in line for line in replay.logs)
+
+
 def replace_start(request: HistoryRequest, start: datetime) -> HistoryRequest:
     return HistoryRequest(request.symbol, request.exchange, start=start, end=request.end, interval=request.interval)
 
@@ -698,6 +726,10 @@ def test_hold_waits_for_release_after_subscribe(make_replay: Callable[[], Replay
         ({"vt_symbol": "rb0000"}, DataError, "bad vt_symbol"),
         ({"start": "2016-03-08", "end": "2016-03-07"}, ConfigError, "start is after end"),
         ({"start": "2016/03/07"}, ConfigError, "YYYY-MM-DD"),
+        ({"start": "2016-03-07 25:00"}, ConfigError, "YYYY-MM-DD HH:MM"),
+        ({"start": "2016-03-07 10:30:15"}, ConfigError, "YYYY-MM-DD HH:MM"),
+        ({"start": "2016-03-07T10:30"}, ConfigError, "YYYY-MM-DD HH:MM"),
+        ({"start": "2016-03-08 09:00", "end": "2016-03-07"}, ConfigError, "start is after end"),
         ({"start": "2020-01-06", "end": "2020-01-10"}, DataError, "no bars stored"),
         ({"start": "2016-03-05", "end": "2016-03-06"}, DataError, "no data to replay"),  # a weekend
         ({"speed": "fast"}, ConfigError, "bad setting speed"),
