@@ -144,6 +144,7 @@ class BacktestOptions:
     fixed_size: int = 1
     trailing_percent: float = 0.8
     use_cache: bool = True
+    allow_in_sample: bool = False  # a range overlapping the bundle's train / valid part runs, marked IN-SAMPLE
 
 
 BACKTEST_DEFAULTS: BacktestOptions = BacktestOptions()
@@ -178,6 +179,11 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"移动止损百分比（默认 {defaults.trailing_percent:g}，0 为关闭）",
     )
     parser.add_argument("--no-cache", action="store_true", help="不使用预测缓存 / recompute the predictions")
+    parser.add_argument(
+        "--allow-in-sample",
+        action="store_true",
+        help="允许区间与模型包的训练/验证部分重叠（样本内），所有输出标明 IN-SAMPLE / allow an in-sample range",
+    )
 
 
 def backtest_options(args: argparse.Namespace) -> BacktestOptions:
@@ -193,6 +199,7 @@ def backtest_options(args: argparse.Namespace) -> BacktestOptions:
         fixed_size=args.fixed_size,
         trailing_percent=args.trailing_percent,
         use_cache=not args.no_cache,
+        allow_in_sample=args.allow_in_sample,
     )
 
 
@@ -594,18 +601,20 @@ def resolve_bundle(home: Home, text: str) -> Path:
 
 
 def cmd_model(args: argparse.Namespace, home: Home) -> int:
-    """Load a bundle with every check the strategy applies, then show what it is and how it scored."""
-    settings = settings_for(home)
-    expect = ml_model.ModelConfig.from_settings(settings.model)
-    model = ml_model.PricePredictionModel().load_model(resolve_bundle(home, args.model), expect)
+    """Load a bundle with every check a load applies (seal, files, features, window, horizon, label kind, versions),
+    then show what it is and how it scored."""
+    model = ml_model.PricePredictionModel().load_model(resolve_bundle(home, args.model))
     meta = model.metadata
     ranges = meta.get("ranges", {})
     rows = [
         ("模型包 / bundle", str(model.path)),
+        ("封印 / seal", model.seal[:16]),
         ("类型 / type", model.model_type),
-        ("合约 / vt_symbol", meta.get("vt_symbol", "")),
+        ("合约 / vt_symbol", meta["vt_symbol"]),
+        ("K线周期 / interval", meta["interval"]),
         ("窗口 × 特征 / window × features", f"{meta['sequence_length']} × {len(model.names)}"),
         ("预测周期 / horizon", meta["horizon"]),
+        ("标签 / label kind", meta["label_kind"]),
         ("阈值 / threshold", f"{model.threshold:.6f}"),
         *((f"{part} / range", f"{a[:16]} ~ {b[:16]}") for part, (a, b) in ranges.items()),
         ("创建于 / created", meta.get("created_at", "")),
@@ -630,8 +639,15 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def print_backtest_summary(statistics: dict[str, Any]) -> None:
-    """The key statistics of one backtest."""
+def print_in_sample(note: str) -> None:
+    """The IN-SAMPLE line (backtesting_module.in_sample_note) that opens an in-sample run's summary."""
+    if note:
+        print(f"样本内 / {note}")
+
+
+def print_backtest_summary(statistics: dict[str, Any], in_sample_note: str = "") -> None:
+    """The key statistics of one backtest, after the IN-SAMPLE line when it ran in sample."""
+    print_in_sample(in_sample_note)
     rows = []
     for key, label, pattern in SUMMARY_ROWS:
         value = statistics.get(key)
@@ -675,9 +691,10 @@ def run_and_report(
         size=options.size,
         pricetick=options.pricetick,
         use_cache=options.use_cache,
+        allow_in_sample=options.allow_in_sample,
     )
     files = backtesting_module.write_report(result, folder)
-    print_backtest_summary(result.statistics)
+    print_backtest_summary(result.statistics, backtesting_module.in_sample_note(result.in_sample))
     print(f"报告 / report: {folder}  ({', '.join(sorted(files))})")
     return dict(result.statistics)
 
@@ -724,15 +741,19 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
         costs,
         folder / "work",
         use_cache=options.use_cache,
+        allow_in_sample=options.allow_in_sample,
     )
+    note = backtesting_module.in_sample_note(backtesting_module.read_job(job).in_sample)
     if args.walk_forward:
         table = optimizer.walk_forward(job, grid, args.walk_forward, args.method)
         path = write_csv_atomic(table, folder / "walk_forward.csv")
+        print_in_sample(note)
         print_table([tuple(str(v) for v in row) for row in table.itertuples(index=False)], list(table.columns))
         print(f"样本外结果 / out-of-sample results: {path}")
         return EXIT_OK
     found = optimizer.search(job, grid, args.method, output=_stderr_progress)
     path = write_csv_atomic(found.table, folder / "results.csv")
+    print_in_sample(note)
     top = found.table.head(10)
     print_table([tuple(str(v) for v in row) for row in top.itertuples(index=False)], list(top.columns))
     print(f"最优参数 / best settings ({args.target}): {found.best}")

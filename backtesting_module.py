@@ -37,7 +37,7 @@ from config import (
     settings_dirs,
     temporary_path,
 )
-from ml_model import PricePredictionModel, find_bundle
+from ml_model import PricePredictionModel, find_bundle, refuse_in_sample
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy, batch_predictions
 
 if TYPE_CHECKING:
@@ -120,12 +120,13 @@ class BacktestResult:
     benchmark: pd.Series  # buy-and-hold balance at each day's close
     messages: list[str] = field(default_factory=list)
     orders: list[OrderData] = field(default_factory=list)  # every order the strategy sent, in sending order
+    in_sample: list[str] = field(default_factory=list)  # the bundle's train / valid parts the range overlaps
 
 
 def prediction_key(model: PricePredictionModel, frame: pd.DataFrame) -> str:
     """Fingerprint of model + bars + feature code: any change gives another cache entry."""
     digest = hashlib.sha256()
-    digest.update(repr(sorted((model.metadata.get("files") or {}).items())).encode())
+    digest.update(model.seal.encode())
     digest.update(np.asarray(frame.index.as_unit("us").asi8).tobytes())
     digest.update(np.ascontiguousarray(frame[list(data_processor.OHLCV)].to_numpy(dtype="float64")).tobytes())
     for path in FEATURE_CODE_FILES:
@@ -194,6 +195,13 @@ def set_engine_parameters(
     )
 
 
+def load_checked(path: str | Path, vt_symbol: str, interval: str) -> PricePredictionModel:
+    """A bundle loaded with every check, against the product and bar interval it will trade."""
+    return PricePredictionModel().load_model(
+        path, vt_symbol=vt_symbol, interval=data_collector.parse_interval(interval).value
+    )
+
+
 class BacktestingModule:
     """Runs the predictive strategy on vnpy's BacktestingEngine for one home (its database, settings and cache)."""
 
@@ -252,12 +260,17 @@ class BacktestingModule:
         pricetick: float | None = None,
         bars: pd.DataFrame | None = None,
         use_cache: bool = True,
+        allow_in_sample: bool = False,
     ) -> BacktestResult:
-        """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.json."""
+        """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.json.
+        A range overlapping the bundle's train or valid part is refused unless `allow_in_sample` (the result then
+        says which parts it overlaps, and every report marks it IN-SAMPLE)."""
         begin = data_collector.to_china_time(start)
         finish = data_collector.to_china_time(end, end_of_day=True)
         if begin >= finish:
             raise DataError(f"回测开始 {begin:%Y-%m-%d} 不早于结束 {finish:%Y-%m-%d} / start must be before end")
+        model = load_checked(find_bundle(str(model_path), self.home.models_dir), vt_symbol, interval)
+        overlaps = refuse_in_sample(model.metadata, begin, finish, allow_in_sample)
         costs = self.costs(vt_symbol, capital, rate, slippage, size, pricetick)
         chosen = dict(setting or {})
         warmup_days = int(chosen.get("warmup_days", WARMUP_DAYS))
@@ -270,7 +283,6 @@ class BacktestingModule:
         if traded.empty:
             raise DataError(f"{vt_symbol} 在 {begin:%Y-%m-%d} ~ {finish:%Y-%m-%d} 没有K线 / no bars in the range")
 
-        model = PricePredictionModel().load_model(find_bundle(str(model_path), self.home.models_dir))
         predictions, _ = cached_predictions(model, bars, vt_symbol, self.cache_dir if use_cache else None)
         chosen = {**strategy_costs(str(model.path), costs), **chosen}
 
@@ -304,6 +316,7 @@ class BacktestingModule:
             benchmark=benchmark,
             messages=engine.messages,
             orders=sorted(engine.limit_orders.values(), key=lambda o: int(o.orderid)),
+            in_sample=overlaps,
         )
 
 
@@ -324,15 +337,23 @@ class OptimizationJob:
     costs: dict[str, float]  # rate, slippage, size, pricetick, capital
     base_setting: dict[str, Any]
     target: str
+    allow_in_sample: bool = False
+    in_sample: tuple[str, ...] = ()  # the bundle's train / valid parts start..end overlaps (allowed only when asked)
+
+
+def read_job(path: Path | str) -> OptimizationJob:
+    """An optimisation job as `Optimizer.prepare` wrote it."""
+    with open(path, "rb") as handle:
+        job: OptimizationJob = pickle.load(handle)
+    return job
 
 
 @functools.lru_cache(maxsize=4)
 def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PricePredictionModel]:
     """One load per worker process of the job, its vnpy bars and the model (ONNX only: no TensorFlow)."""
-    with open(job_path, "rb") as handle:
-        job: OptimizationJob = pickle.load(handle)
+    job = read_job(job_path)
     bars = data_collector.frame_to_bars(job.bars, job.vt_symbol, data_collector.parse_interval(job.interval))
-    model = PricePredictionModel().load_model(job.model_path)
+    model = load_checked(job.model_path, job.vt_symbol, job.interval)
     return job, bars, model
 
 
@@ -432,16 +453,30 @@ class Optimizer:
         costs: dict[str, float],
         folder: Path,
         use_cache: bool = True,
+        allow_in_sample: bool = False,
     ) -> Path:
-        """Load bars and predictions once and write the job every worker reads; `costs` from module.costs()."""
+        """Load bars and predictions once and write the job every worker reads; `costs` from module.costs().
+        A range overlapping the bundle's train or valid part is refused unless `allow_in_sample`."""
         module = self.module
+        model = load_checked(find_bundle(str(model_path), module.home.models_dir), vt_symbol, interval)
+        overlaps = refuse_in_sample(model.metadata, start, end, allow_in_sample)
         warmup = int(base_setting.get("warmup_days", WARMUP_DAYS))
         bars = module.load_bars(vt_symbol, start, end, interval, warmup)
-        model = PricePredictionModel().load_model(find_bundle(str(model_path), module.home.models_dir))
         predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir if use_cache else None)
         setting = {**strategy_costs(str(model.path), costs), **base_setting}
         job = OptimizationJob(
-            vt_symbol, interval, start, end, str(model.path), bars, predictions, costs, setting, target
+            vt_symbol,
+            interval,
+            start,
+            end,
+            str(model.path),
+            bars,
+            predictions,
+            costs,
+            setting,
+            target,
+            allow_in_sample,
+            tuple(overlaps),
         )
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "job.pkl"
@@ -459,8 +494,8 @@ class Optimizer:
         """Every grid point (or a genetic search over the grid) in worker processes."""
         from vnpy.trader.optimize import OptimizationSetting, run_bf_optimization, run_ga_optimization
 
-        with job_path.open("rb") as handle:
-            target = pickle.load(handle).target
+        job = read_job(job_path)
+        target = job.target
         setting = OptimizationSetting()
         for name, values in grid.items():
             setting.params[name] = list(values)
@@ -480,25 +515,26 @@ class Optimizer:
         else:
             results = run_bf_optimization(evaluate, setting, _target_of, max_workers=self.workers, output=output)
         table, best = results_table(results, list(grid), target)
+        table["in_sample"] = bool(job.in_sample)
         return OptimizationResult(target, table, best, grid_edges(best, grid))
 
     def walk_forward(
         self, job_path: Path, grid: dict[str, list[float]], folds: int, method: str = "grid"
     ) -> pd.DataFrame:
         """Optimise on each window, test the best settings on the next one; only out-of-sample rows are returned."""
-        with job_path.open("rb") as handle:
-            job: OptimizationJob = pickle.load(handle)
+        job = read_job(job_path)
         edges = pd.date_range(job.start, job.end, periods=folds + 2)
         rows = []
         for fold in range(folds):
             train = (edges[fold].to_pydatetime(), edges[fold + 1].to_pydatetime())
             test = (edges[fold + 1].to_pydatetime(), edges[fold + 2].to_pydatetime())
             fold_job = replace(job, start=train[0], end=train[1])
+            _, bars, model = _worker_state(str(job_path))
+            overlaps = refuse_in_sample(model.metadata, train[0], test[1], job.allow_in_sample)
             fold_path = job_path.with_name(f"job_fold{fold + 1}.pkl")
             with fold_path.open("wb") as handle:
                 pickle.dump(fold_job, handle, protocol=pickle.HIGHEST_PROTOCOL)
             found = self.search(fold_path, grid, method)
-            _, bars, model = _worker_state(str(job_path))
             statistics = run_on_bars(job, bars, model, found.best, test[0], test[1])
             rows.append(
                 {
@@ -512,6 +548,7 @@ class Optimizer:
                         key: statistics.get(key)
                         for key in (job.target, "total_net_pnl", "total_return", "max_ddpercent", "total_trade_count")
                     },
+                    "in_sample": bool(overlaps),
                 }
             )
         return pd.DataFrame(rows)
@@ -590,6 +627,8 @@ def report_statistics(result: BacktestResult) -> dict[str, Any]:
             "start": result.start,
             "end": result.end,
             **result.statistics,
+            "in_sample": bool(result.in_sample),
+            "in_sample_ranges": result.in_sample,
             "setting": result.setting,
         }
     )
@@ -625,10 +664,16 @@ def _statistic(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "n/a"
 
 
+def in_sample_note(overlaps: Sequence[str]) -> str:
+    """The line that marks an in-sample run's outputs (which of the bundle's parts it overlaps); empty if none."""
+    return f"IN-SAMPLE: the range overlaps the bundle's {'; '.join(overlaps)}" if overlaps else ""
+
+
 def report_title(result: BacktestResult) -> str:
-    """Symbol, range and the key statistics on two lines."""
+    """Symbol, range and the key statistics on two lines, after an IN-SAMPLE line when the run is in sample."""
     stats = result.statistics
-    return (
+    note = in_sample_note(result.in_sample)
+    return (f"{note}\n" if note else "") + (
         f"{result.vt_symbol}   {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d}\n"
         f"net P&L {_statistic(stats.get('total_net_pnl'), ',.0f')}   "
         f"return {_statistic(stats.get('total_return'), '.2f')}%   "
@@ -763,14 +808,18 @@ def results_chart(result: BacktestResult) -> Any:
     chart.add_trace(go.Bar(x=curves.index, y=curves["net_pnl"], name="Daily Pnl"), row=3, col=1)
     chart.add_trace(go.Histogram(x=curves["net_pnl"], nbinsx=100, name="Days"), row=4, col=1)
     chart.update_layout(
-        height=1000, width=1000, title_text=report_title(result).replace("\n", "<br>"), margin={"t": 120}
+        height=1000,
+        width=1000,
+        title_text=report_title(result).replace("\n", "<br>"),
+        margin={"t": 150 if result.in_sample else 120},
     )
     return chart
 
 
 def write_report(result: BacktestResult, folder: Path, engine_chart: Any | None = None) -> dict[str, Path]:
     """statistics.json, trades.csv, daily.csv, report.png and report.html in `folder`: all are rendered under
-    temporary names first and renamed only when every one succeeded, so a failure leaves the previous report."""
+    temporary names first and renamed only when every one succeeded, so a failure leaves the previous report.
+    An in-sample run says IN-SAMPLE in statistics.json and both titles (an `engine_chart`'s included)."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -784,6 +833,9 @@ def write_report(result: BacktestResult, folder: Path, engine_chart: Any | None 
         daily_frame(result).to_csv(staged["daily.csv"], index=False)
         plot_results(result, staged["report.png"])
         chart = results_chart(result) if engine_chart is None else engine_chart
+        if engine_chart is not None and result.in_sample:  # our own chart's title carries the line already
+            title = engine_chart.layout.title.text or ""
+            chart.update_layout(title_text=f"{in_sample_note(result.in_sample)}<br>{title}")
         chart.write_html(staged["report.html"], include_plotlyjs=True)
         for name, path in paths.items():
             os.replace(staged[name], path)

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from config import CHINA_TZ, ModelError, ModelSettings, atomic_folder, atomic_path, file_sha256, json_safe
+from config import (
+    CHINA_TZ,
+    ModelError,
+    ModelSettings,
+    atomic_folder,
+    atomic_path,
+    file_sha256,
+    json_safe,
+    product_of,
+)
 from data_processor import (
     FEATURE_NAMES,
     FEATURE_VERSION,
@@ -33,12 +42,16 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-BUNDLE_FORMAT: int = 1
+BUNDLE_FORMAT: int = 2  # 2: sealed by manifest.json (see manifest_of)
 MODEL_FILES: dict[str, str] = {"lstm": "model.keras", "random_forest": "model.joblib"}
 FAST_FILE = "fast.onnx"
 SCALER_FILE = "scaler.json"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
+LABEL_KINDS: tuple[str, ...] = ("executable", "close")  # data_processor's label kinds
+DEFAULT_LABEL_KIND = "close"
+RETRAIN = "请用 python ai_trading_system.py train ...（或 demo）重新训练 / retrain it with the train or demo command"
 LABEL_DEFINITION = "close[t+h] / close[t] - 1 over h bars; NaN past the data or across a roll gap"
 FAST_TOLERANCE: float = 1e-5
 BATCH_CHUNK: int = 1024
@@ -382,6 +395,7 @@ class PricePredictionModel:
         self.label_scale = 1.0
         self.threshold = 0.0
         self.metadata: dict[str, Any] = {}
+        self.seal = ""  # the bundle's identity once saved or loaded: its manifest's seal
         self.metrics: dict[str, Any] = {}
         self.history = TrainingHistory()
         self.path: Path | None = None
@@ -556,10 +570,25 @@ class PricePredictionModel:
 
     # -- the bundle --
 
-    def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write the bundle folder atomically: a temporary folder beside it, then a rename."""
+    def save_model(
+        self, path: str | Path, extra: dict[str, Any] | None = None, attach: Callable[[Path], object] | None = None
+    ) -> Path:
+        """Write the bundle folder atomically and seal it (`manifest_of`); `attach(folder)` may first add files such
+        as report.png, so they are sealed too. The metadata (self.metadata, then `extra`) must name the vt_symbol,
+        interval and train / valid / test ranges the model was trained on; `label_kind` defaults to close."""
         if self.network is None or self.onnx_bytes is None or self.scaler is None:
             raise ModelError("没有可保存的已训练模型 / nothing trained to save")
+        facts = {**self.metadata, **(extra or {})}
+        missing = [key for key in ("vt_symbol", "interval", "ranges") if not facts.get(key)]
+        if missing:
+            raise ModelError(
+                f"保存模型包需要 {missing}（训练所用的合约、K线周期与 train/valid/test 区间，经 extra 传入）/ "
+                "a bundle must record what it was trained on"
+            )
+        label_kind = facts.get("label_kind", DEFAULT_LABEL_KIND)
+        if label_kind not in LABEL_KINDS:
+            raise ModelError(f"标签类型 {label_kind!r} 未知（可用：{', '.join(LABEL_KINDS)}）/ unknown label kind")
+        bundle_ranges({"ranges": facts["ranges"]}, Path(path))  # refuse ranges a loader could not read
         target = Path(path)
         with atomic_folder(target) as temp:
             model_file = MODEL_FILES[self.model_type]
@@ -574,10 +603,8 @@ class PricePredictionModel:
             (temp / METRICS_FILE).write_text(
                 json.dumps(json_safe(self.metrics), indent=2, ensure_ascii=False), encoding="utf-8"
             )
-            files = {name: file_sha256(temp / name) for name in (model_file, FAST_FILE, SCALER_FILE, METRICS_FILE)}
             metadata = {
-                **self.metadata,
-                **(extra or {}),
+                **facts,
                 "format": BUNDLE_FORMAT,
                 "name": target.name,
                 "model_type": self.model_type,
@@ -586,6 +613,7 @@ class PricePredictionModel:
                 "sequence_length": self.config.sequence_length,
                 "horizon": self.config.horizon,
                 "label": LABEL_DEFINITION,
+                "label_kind": label_kind,
                 "label_scale": self.label_scale,
                 "threshold": self.threshold,
                 "seed": self.config.seed,
@@ -594,20 +622,33 @@ class PricePredictionModel:
                 "metrics": self.metrics,
                 "versions": library_versions(),
                 "created_at": datetime.now(CHINA_TZ).isoformat(timespec="seconds"),
-                "files": files,
             }
             (temp / METADATA_FILE).write_text(
                 json.dumps(json_safe(metadata), indent=2, ensure_ascii=False), encoding="utf-8"
             )
+            if attach is not None:
+                attach(temp)
+            manifest = manifest_of(temp)
+            (temp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         self.metadata = metadata
+        self.seal = str(manifest["seal"])
         self.path = target
         return target
 
-    def load_model(self, path: str | Path, expect: ModelConfig | None = None) -> PricePredictionModel:
-        """Load a bundle, refusing one that is incomplete, corrupt or made for other features or shapes."""
+    def load_model(
+        self,
+        path: str | Path,
+        vt_symbol: str | None = None,
+        interval: str | None = None,
+        expect: ModelConfig | None = None,
+    ) -> PricePredictionModel:
+        """Load a sealed bundle, refusing one that is old, incomplete, edited or made for other features, shapes,
+        label kinds or versions; and, when given, for another product than `vt_symbol`'s or another bar `interval`
+        (vnpy's value: 1m, 1h, d) than the bars it will be fed; `expect` asks for a window and horizon too."""
         folder = Path(path)
-        metadata = read_metadata(folder)
-        check_bundle(folder, metadata, expect)
+        manifest = verify_manifest(folder)
+        metadata = _metadata_json(folder)
+        check_bundle(folder, metadata, manifest["files"], vt_symbol=vt_symbol, interval=interval, expect=expect)
         self.config = ModelConfig.from_dict(metadata["config"])
         self.model_type = self.config.model_type
         self.names = list(metadata["features"])
@@ -620,10 +661,17 @@ class PricePredictionModel:
             self.onnx_bytes = (folder / FAST_FILE).read_bytes()
             self.fast = FastPredictor(self.onnx_bytes, self.model_type)
         except Exception as exc:  # a damaged file must become a clear ModelError, whatever the parser raised
-            raise ModelError(f"模型包 {folder} 无法读取（{exc}）；请重新训练 / unreadable bundle, retrain") from None
+            raise ModelError(f"模型包 {folder} 无法读取（{exc}）；{RETRAIN}") from None
         if list(self.scaler.names) != self.names:
-            raise ModelError(f"模型包 {folder} 的标准化参数与特征不一致；请重新训练 / scaler and features disagree")
+            raise ModelError(f"模型包 {folder} 的标准化参数与特征不一致；{RETRAIN}")
+        window, width = self.config.sequence_length, len(self.names)
+        takes = list(self.fast.single.get_inputs()[0].shape[1:])
+        if takes != ([window, width] if self.model_type == "lstm" else [width]):
+            raise ModelError(
+                f"模型包 {folder} 的模型输入为 {takes}，与元数据的窗口 {window} × {width} 个特征不符；{RETRAIN}"
+            )
         self.network = None  # the Keras / scikit-learn model loads on demand: inference does not need it
+        self.seal = str(manifest["seal"])
         self.path = folder
         return self
 
@@ -646,31 +694,101 @@ class PricePredictionModel:
         return self.network
 
 
+def manifest_of(folder: Path) -> dict[str, Any]:
+    """The manifest that seals a bundle folder: the sha256 of every other file in it, and a seal over that list.
+
+    `save_model` writes it last, as `manifest.json`: {"format", "files": {name: sha256}, "seal"}, where "files"
+    covers every other file of the bundle (metadata.json, which holds the threshold, included) and "seal" is the
+    sha256 of format and files as canonical JSON: the manifest's own digest, kept inside it. Every load checks the
+    seal first (an edited manifest is refused), then each listed file (an edited, missing or replaced file is
+    refused), and reads only listed files; a folder without a manifest (written before sealing) is refused with the
+    advice to retrain. The seal is the bundle's identity (the prediction cache's key, the `model` command). It catches
+    corruption and hand edits; it is not a signature: whoever recomputes every digest can forge it.
+    """
+    files = {
+        item.name: file_sha256(item)
+        for item in sorted(folder.iterdir())
+        if item.is_file() and item.name != MANIFEST_FILE
+    }
+    return {"format": BUNDLE_FORMAT, "files": files, "seal": _seal(BUNDLE_FORMAT, files)}
+
+
+def _seal(format_: object, files: object) -> str:
+    text = json.dumps({"format": format_, "files": files}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def verify_manifest(folder: Path) -> dict[str, Any]:
+    """The bundle's manifest once its seal and every listed file check out, or a ModelError (what, where, the fix)."""
+    if not folder.is_dir():
+        raise ModelError(f"模型包 {folder} 不存在；{RETRAIN}")
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"模型包 {folder} 没有 {MANIFEST_FILE}：它写于封存格式之前（或不是模型包），文件无法校验；{RETRAIN}"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(files, dict)
+        or not all(isinstance(name, str) and isinstance(digest, str) for name, digest in files.items())
+        or manifest.get("seal") != _seal(manifest.get("format"), files)
+    ):
+        raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 被改动或已损坏（封印不符）；{RETRAIN}")
+    if manifest["format"] != BUNDLE_FORMAT:
+        raise ModelError(f"模型包 {folder} 格式版本 {manifest['format']}，当前代码需要 {BUNDLE_FORMAT}；{RETRAIN}")
+    for name in (METADATA_FILE, SCALER_FILE, FAST_FILE, METRICS_FILE):
+        if name not in files:
+            raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 未记录 {name}；{RETRAIN}")
+    for name, digest in files.items():
+        file = folder / name
+        if Path(name).name != name or name in (".", ".."):
+            raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 列出了文件夹外的路径 {name!r}；{RETRAIN}")
+        if not file.is_file():
+            raise ModelError(f"模型包 {folder} 缺少文件 {name}；{RETRAIN}")
+        if file_sha256(file) != digest:
+            raise ModelError(
+                f"模型包 {folder} 的 {name} 与 {MANIFEST_FILE} 记录的校验和不符（损坏或被改动）；{RETRAIN}"
+            )
+    return dict(manifest)
+
+
+def _metadata_json(folder: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 已损坏（{exc}）；{RETRAIN}") from None
+    if not isinstance(metadata, dict):
+        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 格式错误；{RETRAIN}")
+    return metadata
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    """metadata.json of a sealed bundle (`verify_manifest` first), or a ModelError saying what is wrong and the fix."""
+    verify_manifest(folder)
+    return _metadata_json(folder)
+
+
 def find_bundle(text: str, models_dir: Path) -> Path:
     """A bundle given as a folder path, else as a name under `models_dir`."""
     path = Path(text).expanduser()
     return path if path.is_dir() or os.sep in text else models_dir / text
 
 
-def read_metadata(folder: Path) -> dict[str, Any]:
-    """metadata.json of a bundle, or a ModelError saying what is wrong and how to fix it."""
-    retrain = "请用 python ai_trading_system.py train ... 重新训练 / retrain with the train command"
-    if not folder.is_dir():
-        raise ModelError(f"模型包 {folder} 不存在；{retrain}")
-    try:
-        metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"模型包 {folder} 缺少 {METADATA_FILE}；{retrain}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 已损坏（{exc}）；{retrain}") from None
-    if not isinstance(metadata, dict):
-        raise ModelError(f"模型包 {folder} 的 {METADATA_FILE} 格式错误；{retrain}")
-    return metadata
-
-
-def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | None) -> None:
-    """Refuse a bundle whose files, features, shape or library versions do not match the running code."""
-    retrain = "请重新训练 / retrain with the train command"
+def check_bundle(
+    folder: Path,
+    metadata: dict[str, Any],
+    files: dict[str, str],
+    vt_symbol: str | None = None,
+    interval: str | None = None,
+    expect: ModelConfig | None = None,
+) -> None:
+    """Refuse a bundle whose metadata, files, features, window, horizon, label kind or library versions do not match
+    the running code, or (when given) whose product or bar interval differ from the bars it will be fed."""
     required = (
         "format",
         "model_type",
@@ -678,49 +796,121 @@ def check_bundle(folder: Path, metadata: dict[str, Any], expect: ModelConfig | N
         "feature_version",
         "sequence_length",
         "horizon",
+        "label_kind",
         "label_scale",
         "threshold",
         "config",
         "versions",
-        "files",
+        "vt_symbol",
+        "interval",
+        "ranges",
     )
     missing = [key for key in required if key not in metadata]
     if missing:
-        raise ModelError(f"模型包 {folder} 的元数据缺少 {missing}；{retrain}")
+        raise ModelError(f"模型包 {folder} 的元数据缺少 {missing}；{RETRAIN}")
     if metadata["format"] != BUNDLE_FORMAT:
-        raise ModelError(f"模型包 {folder} 格式版本 {metadata['format']}，当前代码需要 {BUNDLE_FORMAT}；{retrain}")
+        raise ModelError(f"模型包 {folder} 格式版本 {metadata['format']}，当前代码需要 {BUNDLE_FORMAT}；{RETRAIN}")
     if metadata["model_type"] not in MODEL_FILES:
-        raise ModelError(f"模型包 {folder} 的模型类型 {metadata['model_type']!r} 未知；{retrain}")
-    for name, digest in metadata["files"].items():
-        file = folder / name
-        if not file.is_file():
-            raise ModelError(f"模型包 {folder} 缺少文件 {name}；{retrain}")
-        if file_sha256(file) != digest:
-            raise ModelError(f"模型包 {folder} 的 {name} 与元数据记录的校验和不符（损坏或被改动）；{retrain}")
-    for name in (MODEL_FILES[metadata["model_type"]], FAST_FILE, SCALER_FILE):
-        if name not in metadata["files"]:
-            raise ModelError(f"模型包 {folder} 的元数据未记录 {name}；{retrain}")
+        raise ModelError(f"模型包 {folder} 的模型类型 {metadata['model_type']!r} 未知；{RETRAIN}")
+    if MODEL_FILES[metadata["model_type"]] not in files:
+        raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 未记录 {MODEL_FILES[metadata['model_type']]}；{RETRAIN}")
     unknown = [name for name in metadata["features"] if name not in FEATURE_NAMES]
     if unknown or metadata["feature_version"] != FEATURE_VERSION:
         raise ModelError(
             f"模型包 {folder} 用另一套特征训练（特征版本 {metadata['feature_version']}，当前 {FEATURE_VERSION}"
             + (f"，未知特征 {unknown}" if unknown else "")
-            + f"）；{retrain}"
+            + f"）；{RETRAIN}"
         )
+    if metadata["label_kind"] not in LABEL_KINDS:
+        raise ModelError(
+            f"模型包 {folder} 的标签类型 {metadata['label_kind']!r} 当前代码不认识（可用：{', '.join(LABEL_KINDS)}）；"
+            f"{RETRAIN}"
+        )
+    config = metadata["config"] if isinstance(metadata["config"], dict) else {}
+    for key in ("sequence_length", "horizon"):
+        if metadata[key] != config.get(key):
+            raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]} 与其配置 {config.get(key)} 矛盾；{RETRAIN}")
     if expect is not None:
         for key, wanted in (("sequence_length", expect.sequence_length), ("horizon", expect.horizon)):
             if metadata[key] != wanted:
-                raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]}，当前设置为 {wanted}；{retrain}")
+                raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]}，调用方需要 {wanted}；{RETRAIN}")
+    bundle_ranges(metadata, folder)
+    trained_on = str(metadata["vt_symbol"])
+    if vt_symbol is not None and product_of(trained_on) != product_of(vt_symbol):
+        raise ModelError(
+            f"模型包 {folder} 是为 {trained_on} 训练的，不能交易 {vt_symbol}；请用该品种的数据训练 / "
+            "the bundle was trained on another product"
+        )
+    if interval is not None and str(metadata["interval"]) != interval:
+        raise ModelError(
+            f"模型包 {folder} 用 {metadata['interval']} K线训练，不能用于 {interval} K线；请改用 --interval "
+            f"{metadata['interval']}，或用 {interval} 数据重新训练 / the bundle was trained on another bar interval"
+        )
     saved, running = metadata["versions"], library_versions()
     if metadata["model_type"] == "lstm" and _major(saved.get("keras", "")) != _major(running["keras"]):
-        raise ModelError(f"模型包 {folder} 由 Keras {saved.get('keras')} 保存，当前为 {running['keras']}；{retrain}")
+        raise ModelError(f"模型包 {folder} 由 Keras {saved.get('keras')} 保存，当前为 {running['keras']}；{RETRAIN}")
     if metadata["model_type"] == "random_forest" and _minor(saved.get("scikit-learn", "")) != _minor(
         running["scikit-learn"]
     ):
         raise ModelError(
             f"模型包 {folder} 由 scikit-learn {saved.get('scikit-learn')} 保存，当前为 "
-            f"{running['scikit-learn']}；{retrain}"
+            f"{running['scikit-learn']}；{RETRAIN}"
         )
+
+
+# --- out of sample ---------------------------------------------------------------------------------------
+
+
+def _china(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(CHINA_TZ) if stamp.tzinfo is None else stamp.tz_convert(CHINA_TZ)
+
+
+def bundle_ranges(metadata: dict[str, Any], folder: Path | None = None) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """The bundle's parts as (first, last) bar start in China time; train and valid must be there."""
+    ranges = metadata.get("ranges")
+    parsed: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+    try:
+        for part, (first, last) in dict(ranges or {}).items():
+            parsed[str(part)] = (_china(first), _china(last))
+    except (TypeError, ValueError):
+        parsed = {}
+    if "train" not in parsed or "valid" not in parsed or any(pd.isna(t) for pair in parsed.values() for t in pair):
+        where = folder or metadata.get("name", "")
+        raise ModelError(f"模型包 {where} 没有可读的 train / valid 区间（{ranges!r}）；{RETRAIN}")
+    return parsed
+
+
+def check_out_of_sample(metadata: dict[str, Any], start: datetime, end: datetime) -> list[str]:
+    """The bundle's train and valid parts that [start, end] overlaps, e.g. `train 2015-09-01 09:00 ~ 2015-11-20 14:59`;
+    empty when the range is out of sample (the test part is, and so is anything before train or after valid)."""
+    begin, finish = _china(start), _china(end)
+    ranges = bundle_ranges(metadata)
+    return [
+        f"{part} {first:%Y-%m-%d %H:%M} ~ {last:%Y-%m-%d %H:%M}"
+        for part, (first, last) in ((part, ranges[part]) for part in ("train", "valid"))
+        if begin <= last and finish >= first
+    ]
+
+
+def refuse_in_sample(metadata: dict[str, Any], start: datetime, end: datetime, allow_in_sample: bool) -> list[str]:
+    """`check_out_of_sample`'s overlaps; unless `allow_in_sample`, a ModelError naming the bundle's ranges, the asked
+    range and the fix. With it, the caller must mark every output IN-SAMPLE."""
+    overlaps = check_out_of_sample(metadata, start, end)
+    if overlaps and not allow_in_sample:
+        ranges = bundle_ranges(metadata)
+        parts = "；".join(
+            f"{part} {first:%Y-%m-%d %H:%M} ~ {last:%Y-%m-%d %H:%M}" for part, (first, last) in ranges.items()
+        )
+        valid_end, name = ranges["valid"][1], metadata.get("name", "")
+        raise ModelError(
+            f"区间 {_china(start):%Y-%m-%d} ~ {_china(end):%Y-%m-%d} 与模型包 {name} 的训练/验证部分"
+            f"重叠（{'；'.join(overlaps)}），是样本内测试。模型包的区间：{parts}（test 部分是样本外，可用）。"
+            f"请选择 {valid_end:%Y-%m-%d %H:%M} 之后（或 train 开始之前）的日期；若确要样本内运行，加 --allow-in-sample"
+            "（库调用 allow_in_sample=True），所有输出都会标明 IN-SAMPLE / the range overlaps the bundle's training "
+            "or validation part: choose dates after the validation end, or pass --allow-in-sample"
+        )
+    return overlaps
 
 
 # --- training report ---------------------------------------------------------------------------------

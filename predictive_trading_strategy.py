@@ -20,7 +20,6 @@ from config import (
     ContractSpec,
     ModelError,
     RiskSettings,
-    product_of,
     resolve_home,
 )
 from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
@@ -119,16 +118,11 @@ class PrecomputedSignal:
         return self.table.get(int(bar.datetime.timestamp()), NO_PREDICTION)
 
 
-def load_signal(model_path: str, vt_symbol: str) -> ModelSignal:
-    """Load a bundle by path or by name under the home's models/, checked against the traded product."""
-    model = PricePredictionModel().load_model(find_bundle(model_path, resolve_home().models_dir))
-    trained_on = str(model.metadata.get("vt_symbol") or "")
-    if trained_on and product_of(trained_on) != product_of(vt_symbol):
-        raise ModelError(
-            f"模型包 {model_path} 是为 {trained_on} 训练的，不能交易 {vt_symbol}；请用该品种的数据训练 / "
-            "the bundle was trained on another product"
-        )
-    return ModelSignal(model, vt_symbol)
+def load_signal(model_path: str, vt_symbol: str, interval: str = "1m") -> ModelSignal:
+    """Load a bundle by path or by name under the home's models/, checked against the traded product and the bar
+    interval (the strategy's BarGenerator makes 1-minute bars)."""
+    bundle = find_bundle(model_path, resolve_home().models_dir)
+    return ModelSignal(PricePredictionModel().load_model(bundle, vt_symbol=vt_symbol, interval=interval), vt_symbol)
 
 
 def target_position(prediction: float, threshold: float, position: float, size: int) -> float:

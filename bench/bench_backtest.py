@@ -187,7 +187,8 @@ def train_bundle(model_type: str, bars: pd.DataFrame, folder: Path, epochs: int,
 
     model, data, source, seconds = train_briefly(model_type, epochs, train_stride, data_for, progress)
     model.evaluate(data, "test")
-    path = model.save_model(folder / model_type, extra={"vt_symbol": VT_SYMBOL})
+    extra = {"vt_symbol": VT_SYMBOL, "interval": "1m", "ranges": data.split.ranges(data.index)}
+    path = model.save_model(folder / model_type, extra=extra)
     return path, f"{source}, {seconds:.1f} s, on {len(bars)} bars {bars.index[0]:%Y-%m-%d} .. {bars.index[-1]:%Y-%m-%d}"
 
 

@@ -143,4 +143,5 @@ def rf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFacto
     )
     model.train(data)
     model.evaluate(data, "test")
-    return model.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra={"vt_symbol": "rb0000.SHFE"})
+    extra = {"vt_symbol": "rb0000.SHFE", "interval": "1m", "ranges": data.split.ranges(data.index)}
+    return model.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra=extra)

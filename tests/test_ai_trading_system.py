@@ -16,6 +16,7 @@ import ai_trading_system
 import config
 import data_collector
 import data_processor
+import ml_model
 from config import PROJECT_DIR, Home, resolve_home
 from tests.conftest import run_python
 
@@ -625,6 +626,120 @@ def test_trade_with_a_bad_replay_start_exits_2_with_one_message_before_connectin
     assert result.returncode == 2, result.stderr[-2000:]
     assert "YYYY-MM-DD HH:MM" in result.stderr and "2016-06-01 25:00" in result.stderr
     assert "Traceback" not in result.stderr and "SIM 连接" not in result.stderr
+
+
+def test_backtest_of_an_in_sample_range_exits_2_naming_the_bundles_ranges_and_the_fix(
+    home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = backtest_argv(home, rf_bundle, tmp_path / "report")
+    argv[argv.index("2016-01-04")] = "2015-10-08"
+    assert ai_trading_system.main(argv) == 2
+    err = capsys.readouterr().err
+    ranges = ml_model.read_metadata(rf_bundle)["ranges"]
+    for part in ("train", "valid", "test"):
+        assert f"{part} {ranges[part][0][:16]} ~ {ranges[part][1][:16]}" in err
+    assert "2015-10-08 ~ 2016-01-29" in err and f"{ranges['valid'][1][:16]} 之后" in err
+    assert "--allow-in-sample" in err and "Traceback" not in err and not (tmp_path / "report").exists()
+
+
+def resealed_copy(bundle: Path, folder: Path, **changes: Any) -> Path:
+    """A copy of the bundle whose metadata was changed and sealed again, as a buggy writer would leave it."""
+    import shutil
+
+    copy = folder / bundle.name
+    shutil.copytree(bundle, copy)
+    metadata = json.loads((copy / "metadata.json").read_text(encoding="utf-8"))
+    (copy / "metadata.json").write_text(json.dumps({**metadata, **changes}), encoding="utf-8")
+    (copy / "manifest.json").write_text(json.dumps(ml_model.manifest_of(copy)), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("change", "argv_change", "message"),
+    [
+        ({}, ("--interval", "1h"), "用 1m K线训练，不能用于 1h K线；请改用 --interval 1m"),
+        ({"horizon": 10}, (), "horizon=10 与其配置 5 矛盾"),
+        ({"sequence_length": 30}, (), "sequence_length=30 与其配置 60 矛盾"),
+        ({"threshold": 1e-9, "edited": True}, (), "metadata.json 与 manifest.json 记录的校验和不符"),
+    ],
+    ids=["interval", "horizon", "window", "edited"],
+)
+def test_backtest_of_a_bundle_for_other_bars_or_an_edited_one_exits_2(
+    change: dict[str, Any],
+    argv_change: tuple[str, ...],
+    message: str,
+    home: Home,
+    rf_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundle = resealed_copy(rf_bundle, tmp_path / "bundles", **change) if change else rf_bundle
+    if change.get("edited"):  # edited after the seal: the manifest no longer matches
+        metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
+        (bundle / "metadata.json").write_text(json.dumps({**metadata, "threshold": 1e-8}), encoding="utf-8")
+    assert ai_trading_system.main([*backtest_argv(home, bundle, tmp_path / "report"), *argv_change]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "report").exists()
+
+
+@pytest.fixture(scope="module")
+def late_2015_home(tmp_path_factory: pytest.TempPathFactory, sample_lines: list[str]) -> Home:
+    """A home holding 2015-11 and 2015-12 of the real sample: the rf_bundle fixture's valid and test parts."""
+    root = tmp_path_factory.mktemp("late2015")
+    csv = root / "rb_2015_late.csv"
+    rows = [line for line in sample_lines[1:] if line.startswith(("2015-11-", "2015-12-"))]
+    csv.write_text("\n".join([sample_lines[0], *rows]) + "\n", encoding="utf-8")
+    home = resolve_home(root / "home")
+    argv = ["--home", str(home.root), "import", "--csv", str(csv), "--vt-symbol", "rb0000.SHFE"]
+    assert ai_trading_system.main(argv) == 0
+    return home
+
+
+def test_allow_in_sample_runs_and_marks_the_summary_statistics_and_both_report_titles(
+    late_2015_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    report = tmp_path / "report"
+    argv = backtest_argv(late_2015_home, rf_bundle, report)
+    argv[argv.index("2016-01-04")], argv[argv.index("2016-01-29")] = "2015-12-07", "2015-12-31"
+    assert ai_trading_system.main([*argv, "--allow-in-sample"]) == 0
+    valid = ml_model.read_metadata(rf_bundle)["ranges"]["valid"]
+    overlap = f"valid {valid[0][:16]} ~ {valid[1][:16]}"
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"样本内 / IN-SAMPLE: the range overlaps the bundle's {overlap}"
+    statistics = json.loads((report / "statistics.json").read_text(encoding="utf-8"))
+    assert (statistics["in_sample"], statistics["in_sample_ranges"]) == (True, [overlap])
+    assert f"IN-SAMPLE: the range overlaps the bundle's {overlap}" in (report / "report.html").read_text("utf-8")
+
+
+def test_optimize_with_allow_in_sample_marks_results_csv_and_the_output(
+    late_2015_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    argv = [
+        "--home",
+        str(late_2015_home.root),
+        "optimize",
+        "--vt-symbol",
+        "rb0000.SHFE",
+        "--start",
+        "2015-12-07",
+        "--end",
+        "2015-12-31",
+        "--model",
+        str(rf_bundle),
+        "--param",
+        "prediction_threshold=0.0004,0.0005",
+        "--workers",
+        "1",
+        "--report-dir",
+        str(tmp_path / "opt"),
+        "--no-cache",
+        "--allow-in-sample",
+    ]
+    assert ai_trading_system.main(argv) == 0
+    assert pd.read_csv(tmp_path / "opt" / "results.csv")["in_sample"].tolist() == [True, True]
+    assert capsys.readouterr().out.startswith("样本内 / IN-SAMPLE: the range overlaps the bundle's valid ")
 
 
 # --- the documentation follows the code -----------------------------------------------------------------------

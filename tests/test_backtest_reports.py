@@ -212,3 +212,29 @@ def test_engine_chart_is_written_as_given(result: BacktestResult, tmp_path: Path
     chart = go.Figure(layout_title_text="chart from engine.show_chart")
     paths = write_report(result, tmp_path, engine_chart=chart)
     assert "chart from engine.show_chart" in paths["report.html"].read_text(encoding="utf-8")
+
+
+def test_an_out_of_sample_report_says_so_in_statistics_json(report: dict[str, Path], figure: Figure) -> None:
+    loaded = json.loads(report["statistics.json"].read_text(encoding="utf-8"))
+    assert (loaded["in_sample"], loaded["in_sample_ranges"]) == (False, [])
+    assert "IN-SAMPLE" not in figure.get_suptitle() and "IN-SAMPLE" not in report["report.html"].read_text("utf-8")
+
+
+def test_an_in_sample_run_says_in_sample_in_statistics_json_and_both_titles(
+    result: BacktestResult, tmp_path: Path
+) -> None:
+    overlaps = ["valid 2015-11-23 09:05 ~ 2015-12-10 14:59"]
+    marked = dataclasses.replace(result, in_sample=overlaps)
+    paths = write_report(marked, tmp_path / "marked")
+    loaded = json.loads(paths["statistics.json"].read_text(encoding="utf-8"))
+    assert (loaded["in_sample"], loaded["in_sample_ranges"]) == (True, overlaps)
+    note = "IN-SAMPLE: the range overlaps the bundle's valid 2015-11-23 09:05 ~ 2015-12-10 14:59"
+    assert results_figure(marked).get_suptitle().splitlines()[0] == note  # report.png's title
+    assert note in paths["report.html"].read_text(encoding="utf-8")
+
+    import plotly.graph_objects as go
+
+    chart = go.Figure(layout_title_text="chart from engine.show_chart")
+    engine = write_report(marked, tmp_path / "engine", engine_chart=chart)
+    html = engine["report.html"].read_text(encoding="utf-8")
+    assert note in html and "chart from engine.show_chart" in html

@@ -21,8 +21,8 @@ from backtesting_module import (
     prediction_key,
     run_on_bars,
 )
-from config import CHINA_TZ, DataError, Home, resolve_home
-from ml_model import PricePredictionModel
+from config import CHINA_TZ, DataError, Home, ModelError, resolve_home
+from ml_model import PricePredictionModel, read_metadata
 
 VT = "rb0000.SHFE"
 
@@ -102,6 +102,80 @@ GOLDEN_TRADES = 21
 GOLDEN_NET_PNL = 422.137
 
 
+def bundle_ranges(bundle: Path) -> dict[str, list[str]]:
+    ranges: dict[str, list[str]] = read_metadata(bundle)["ranges"]
+    return ranges
+
+
+def test_a_backtest_overlapping_the_bundles_train_or_valid_part_is_refused_before_any_bar_is_read(
+    rf_bundle: Path, tmp_path: Path
+) -> None:
+    module = BacktestingModule(resolve_home(tmp_path / "home"))  # an empty database: the refusal comes first
+    valid = bundle_ranges(rf_bundle)["valid"]
+    with pytest.raises(ModelError) as refused:
+        module.run_backtest(VT, "2015-11-02", "2015-12-31", rf_bundle)
+    message = str(refused.value)
+    assert "2015-11-02 ~ 2015-12-31" in message and f"valid {valid[0][:16]} ~ {valid[1][:16]}" in message
+    assert "--allow-in-sample" in message and "allow_in_sample=True" in message
+    with pytest.raises(ModelError, match="1m K线训练，不能用于 1h K线"):
+        module.run_backtest(VT, "2016-01-04", "2016-01-29", rf_bundle, interval="1h")
+    with pytest.raises(ModelError, match="不能交易 cu2001.SHFE"):
+        module.run_backtest("cu2001.SHFE", "2016-01-04", "2016-01-29", rf_bundle)
+
+
+def test_the_test_part_is_out_of_sample_and_allow_in_sample_marks_the_result(
+    sample_frame: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    ranges = bundle_ranges(rf_bundle)
+    first_test_day = (pd.Timestamp(ranges["test"][0]) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    bars = sample_frame.loc[pd.Timestamp("2015-11-20", tz=CHINA_TZ) : pd.Timestamp("2015-12-31 23:59", tz=CHINA_TZ)]
+    module = BacktestingModule(resolve_home(tmp_path / "home"))
+    tested = module.run_backtest(VT, first_test_day, "2015-12-31", rf_bundle, bars=bars, use_cache=False)
+    assert tested.in_sample == [] and len(tested.bars) > 1000
+    valid_end = pd.Timestamp(ranges["valid"][1]).strftime("%Y-%m-%d")
+    marked = module.run_backtest(
+        VT, valid_end, "2015-12-31", rf_bundle, bars=bars, use_cache=False, allow_in_sample=True
+    )
+    assert marked.in_sample == [f"valid {ranges['valid'][0][:16]} ~ {ranges['valid'][1][:16]}"]
+
+
+def optimize_argv(home: Home, bundle: Path, report: Path, start: str, end: str, *more: str) -> list[str]:
+    return [
+        "--home",
+        str(home.root),
+        "optimize",
+        "--vt-symbol",
+        VT,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--model",
+        str(bundle),
+        "--param",
+        "prediction_threshold=0.0004,0.0005",
+        "--workers",
+        "2",
+        "--report-dir",
+        str(report),
+        "--no-cache",
+        *more,
+    ]
+
+
+@pytest.mark.parametrize("walk_forward", [[], ["--walk-forward", "2"]])
+def test_optimize_refuses_an_in_sample_range_with_exit_2_naming_the_ranges(
+    walk_forward: list[str], rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    argv = optimize_argv(home, rf_bundle, tmp_path / "opt", "2015-10-01", "2016-01-29", *walk_forward)
+    assert ai_trading_system.main(argv) == 2
+    err = capsys.readouterr().err
+    train = bundle_ranges(rf_bundle)["train"]
+    assert f"train {train[0][:16]} ~ {train[1][:16]}" in err and "--allow-in-sample" in err
+    assert "Traceback" not in err and not (tmp_path / "opt").exists()
+
+
 @pytest.mark.slow
 def test_optimize_grid_writes_sorted_results_and_names_the_best(
     imported_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -136,6 +210,7 @@ def test_optimize_grid_writes_sorted_results_and_names_the_best(
     assert len(table) == 6
     assert table["total_net_pnl"].is_monotonic_decreasing
     assert set(table["prediction_threshold"]) == {0.0005, 0.001, 0.0015}
+    assert not table["in_sample"].any()
     best = table.iloc[0]
     assert f"'prediction_threshold': {best['prediction_threshold']}" in capsys.readouterr().out
 
@@ -167,6 +242,7 @@ def test_walk_forward_reports_only_out_of_sample_windows(imported_home: Home, rf
     ]
     assert ai_trading_system.main(argv) == 0
     table = pd.read_csv(report / "walk_forward.csv")
+    assert not table["in_sample"].any()
     # 2016-01-04 .. 2016-02-26 in four equal windows: optimise on one, test on the next, then roll on by one
     windows = ["2016-01-04", "2016-01-21", "2016-02-08", "2016-02-26"]
     assert table[["fold", "optimised_from", "optimised_to", "tested_from", "tested_to"]].values.tolist() == [

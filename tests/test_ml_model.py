@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import ai_trading_system
 import data_processor as dp
 import ml_model
-from config import CHINA_TZ, Home, ModelError, resolve_home
+from config import CHINA_TZ, Home, ModelError, file_sha256, resolve_home
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +31,11 @@ def data(sample_frame: pd.DataFrame) -> dp.TrainingData:
     """2016 Q1 of the real sample, prepared with the default shape (60 × 30, horizon 5)."""
     bars = sample_frame.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ) : pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
     return dp.prepare_training_data(bars.copy(), VT, horizon=5, sequence_length=60, features_count=30)
+
+
+def facts(data: dp.TrainingData) -> dict[str, Any]:
+    """What a bundle must record about its training bars (train_bundle passes the same)."""
+    return {"vt_symbol": VT, "interval": "1m", "ranges": data.split.ranges(data.index)}
 
 
 def trained(kind: str, data: dp.TrainingData) -> ml_model.PricePredictionModel:
@@ -50,8 +56,10 @@ def lstm(data: dp.TrainingData) -> ml_model.PricePredictionModel:
 
 
 @pytest.fixture(scope="module")
-def forest_bundle(forest: ml_model.PricePredictionModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return forest.save_model(tmp_path_factory.mktemp("bundles") / "rf")
+def forest_bundle(
+    forest: ml_model.PricePredictionModel, data: dp.TrainingData, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return forest.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra=facts(data))
 
 
 def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
@@ -60,11 +68,16 @@ def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
     return target
 
 
-def edit_metadata(bundle: Path, **changes: Any) -> None:
+def edit_metadata(bundle: Path, reseal: bool = True, **changes: Any) -> None:
+    """Change metadata.json; with `reseal` also redo the manifest, as a buggy writer would, so that the loader's
+    other checks are what must refuse the change."""
     path = bundle / ml_model.METADATA_FILE
     metadata = json.loads(path.read_text(encoding="utf-8"))
     metadata.update(changes)
     path.write_text(json.dumps(metadata), encoding="utf-8")
+    if reseal:
+        manifest = ml_model.manifest_of(bundle)
+        (bundle / ml_model.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
 
 
 # --- training, the fast path, bundles -------------------------------------------------------------------
@@ -77,7 +90,7 @@ def test_a_saved_bundle_loads_back_and_predicts_identically(
     model: ml_model.PricePredictionModel = request.getfixturevalue("forest" if kind == "random_forest" else "lstm")
     test = data.windows("test")
     before = model.predict(test)
-    bundle = model.save_model(tmp_path / kind)
+    bundle = model.save_model(tmp_path / kind, extra=facts(data))
     loaded = ml_model.PricePredictionModel().load_model(bundle)
     assert loaded.model_type == kind and loaded.names == data.names
     np.testing.assert_array_equal(loaded.predict(test), before)
@@ -85,7 +98,15 @@ def test_a_saved_bundle_loads_back_and_predicts_identically(
     assert loaded.predict_one(window) == pytest.approx(before[0], abs=1e-7)
     assert sorted(p.name for p in tmp_path.iterdir()) == [kind]  # no temporary folder left behind
     files = {p.name for p in bundle.iterdir()}
-    assert {ml_model.MODEL_FILES[kind], "fast.onnx", "scaler.json", "metadata.json", "metrics.json"} <= files
+    assert files == {
+        ml_model.MODEL_FILES[kind],
+        "fast.onnx",
+        "scaler.json",
+        "metadata.json",
+        "metrics.json",
+        "manifest.json",
+    }
+    assert loaded.seal == model.seal and len(loaded.seal) == 64
 
 
 @pytest.mark.parametrize("kind", ["random_forest", pytest.param("lstm", marks=pytest.mark.slow)])
@@ -120,7 +141,11 @@ def test_metadata_records_what_the_model_was_trained_on(forest_bundle: Path, dat
     assert metadata["threshold"] > 0 and "validation" in metadata["threshold_method"]
     assert metadata["versions"]["scikit-learn"] and metadata["versions"]["onnxruntime"]
     assert metadata["created_at"].endswith("+08:00")
-    assert set(metadata["files"]) == {"model.joblib", "fast.onnx", "scaler.json", "metrics.json"}
+    assert (metadata["vt_symbol"], metadata["interval"], metadata["label_kind"]) == (VT, "1m", "close")
+    assert metadata["ranges"]["valid"] == list(data.split.ranges(data.index)["valid"])
+    manifest = json.loads((forest_bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["files"]) == {"model.joblib", "fast.onnx", "scaler.json", "metrics.json", "metadata.json"}
+    assert manifest["files"]["metadata.json"] == file_sha256(forest_bundle / "metadata.json")
     scaler = json.loads((forest_bundle / "scaler.json").read_text(encoding="utf-8"))
     start, stop = data.split.train
     train = data.features.iloc[start:stop].dropna()
@@ -171,6 +196,7 @@ def test_a_corrupt_file_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
 def test_unreadable_metadata_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(forest_bundle, tmp_path)
     (bundle / "metadata.json").write_text("{not json", encoding="utf-8")
+    (bundle / "manifest.json").write_text(json.dumps(ml_model.manifest_of(bundle)), encoding="utf-8")
     with pytest.raises(ModelError, match="已损坏"):
         ml_model.PricePredictionModel().load_model(bundle)
     with pytest.raises(ModelError, match="不存在"):
@@ -197,10 +223,160 @@ def test_a_bundle_for_another_window_or_horizon_is_refused(forest_bundle: Path, 
     bundle = copy_bundle(forest_bundle, tmp_path)
     expect = ml_model.ModelConfig(sequence_length=60, horizon=10)
     with pytest.raises(ModelError, match="horizon=5"):
-        ml_model.PricePredictionModel().load_model(bundle, expect)
+        ml_model.PricePredictionModel().load_model(bundle, expect=expect)
     edit_metadata(bundle, versions={"scikit-learn": "0.24.2", "keras": "3.0"})
     with pytest.raises(ModelError, match="scikit-learn 0.24.2"):
         ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_an_edited_threshold_in_metadata_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    edit_metadata(bundle, reseal=False, threshold=1e-9)
+    with pytest.raises(ModelError, match="metadata.json 与 manifest.json 记录的校验和不符") as refused:
+        ml_model.PricePredictionModel().load_model(bundle)
+    assert "train" in str(refused.value)  # how to fix it
+    with pytest.raises(ModelError, match="校验和不符"):
+        ml_model.read_metadata(bundle)
+
+
+def test_an_edited_manifest_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path)
+    edit_metadata(bundle, reseal=False, threshold=1e-9)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["metadata.json"] = file_sha256(bundle / "metadata.json")  # the digest, not the seal
+    (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ModelError, match="manifest.json 被改动或已损坏"):
+        ml_model.PricePredictionModel().load_model(bundle)
+    (bundle / "manifest.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelError, match="封印不符"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_file_the_manifest_lists_must_exist_and_the_required_ones_must_be_listed(
+    forest_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(forest_bundle, tmp_path / "a")
+    (bundle / "metadata.json").unlink()
+    with pytest.raises(ModelError, match="缺少文件 metadata.json"):
+        ml_model.PricePredictionModel().load_model(bundle)
+    unlisted = copy_bundle(forest_bundle, tmp_path / "b")
+    (unlisted / "scaler.json").rename(tmp_path / "scaler.json")
+    (unlisted / "manifest.json").write_text(json.dumps(ml_model.manifest_of(unlisted)), encoding="utf-8")
+    with pytest.raises(ModelError, match="未记录 scaler.json"):
+        ml_model.PricePredictionModel().load_model(unlisted)
+
+
+def test_a_bundle_written_before_sealing_is_refused_with_the_advice_to_retrain(
+    forest_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    old = copy_bundle(forest_bundle, home.models_dir)
+    (old / "manifest.json").unlink()
+    edit_metadata(old, reseal=False, format=1, files={"fast.onnx": file_sha256(old / "fast.onnx")})
+    with pytest.raises(ModelError, match="没有 manifest.json") as refused:
+        ml_model.PricePredictionModel().load_model(old)
+    assert "重新训练" in str(refused.value) and "train" in str(refused.value)
+    assert ai_trading_system.main(["--home", str(home.root), "model", "--model", "rf"]) == 2
+    err = capsys.readouterr().err
+    assert "没有 manifest.json" in err and "demo" in err and "Traceback" not in err
+
+
+def test_extra_files_written_before_the_seal_are_sealed(
+    forest: ml_model.PricePredictionModel, data: dp.TrainingData, tmp_path: Path
+) -> None:
+    bundle = forest.save_model(
+        tmp_path / "rf", extra=facts(data), attach=lambda folder: (folder / "report.png").write_bytes(b"png")
+    )
+    assert "report.png" in json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
+    ml_model.PricePredictionModel().load_model(bundle)
+    (bundle / "report.png").write_bytes(b"other")
+    with pytest.raises(ModelError, match="report.png 与 manifest.json"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_bundle_must_record_its_training_bars_and_a_known_label_kind(
+    forest: ml_model.PricePredictionModel, data: dp.TrainingData, tmp_path: Path
+) -> None:
+    blank = ml_model.PricePredictionModel("random_forest", SMALL_FOREST)
+    blank.network, blank.onnx_bytes, blank.scaler = forest.network, forest.onnx_bytes, forest.scaler
+    with pytest.raises(ModelError, match="interval"):
+        blank.save_model(tmp_path / "a", extra={"vt_symbol": VT, "ranges": facts(data)["ranges"]})
+    with pytest.raises(ModelError, match="train / valid"):
+        blank.save_model(tmp_path / "b", extra={**facts(data), "ranges": {"test": ("2016-01-04", "2016-01-05")}})
+    with pytest.raises(ModelError, match="标签类型"):
+        blank.save_model(tmp_path / "c", extra={**facts(data), "label_kind": "future"})
+    assert not any(tmp_path.iterdir())
+    bundle = blank.save_model(tmp_path / "d", extra={**facts(data), "label_kind": "executable"})
+    assert ml_model.read_metadata(bundle)["label_kind"] == "executable"
+    edit_metadata(bundle, label_kind="future")
+    with pytest.raises(ModelError, match="标签类型 'future' 当前代码不认识"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_bundle_is_refused_for_bars_of_another_interval_or_product(forest_bundle: Path) -> None:
+    model = ml_model.PricePredictionModel().load_model(forest_bundle, vt_symbol="rb2605.SHFE", interval="1m")
+    assert model.metadata["interval"] == "1m"
+    with pytest.raises(ModelError, match="用 1m K线训练，不能用于 1h K线；请改用 --interval 1m"):
+        ml_model.PricePredictionModel().load_model(forest_bundle, vt_symbol=VT, interval="1h")
+    with pytest.raises(ModelError, match="是为 rb0000.SHFE 训练的，不能交易 cu2001.SHFE"):
+        ml_model.PricePredictionModel().load_model(forest_bundle, vt_symbol="cu2001.SHFE", interval="1m")
+
+
+def test_a_window_or_horizon_that_contradicts_the_bundle_itself_is_refused(forest_bundle: Path, tmp_path: Path) -> None:
+    window = copy_bundle(forest_bundle, tmp_path / "a")
+    edit_metadata(window, sequence_length=30)
+    with pytest.raises(ModelError, match="sequence_length=30 与其配置 60 矛盾"):
+        ml_model.PricePredictionModel().load_model(window)
+    horizon = copy_bundle(forest_bundle, tmp_path / "b")
+    edit_metadata(horizon, horizon=10)
+    with pytest.raises(ModelError, match="horizon=10 与其配置 5 矛盾"):
+        ml_model.PricePredictionModel().load_model(horizon)
+
+
+# --- out of sample -----------------------------------------------------------------------------------------
+
+
+RANGES = {
+    "train": ("2015-09-01 09:00:00+08:00", "2015-11-20 14:59:00+08:00"),
+    "valid": ("2015-11-23 09:05:00+08:00", "2015-12-10 14:59:00+08:00"),
+    "test": ("2015-12-11 09:05:00+08:00", "2015-12-31 14:59:00+08:00"),
+}
+
+
+def day(text: str, end_of_day: bool = False) -> datetime:
+    return datetime.fromisoformat(f"{text} {'23:59:59' if end_of_day else '00:00:00'}").replace(tzinfo=CHINA_TZ)
+
+
+def test_check_out_of_sample_names_the_train_and_valid_parts_a_range_overlaps() -> None:
+    metadata = {"name": "rf", "ranges": RANGES}
+    overlaps = ml_model.check_out_of_sample
+    assert overlaps(metadata, day("2015-11-01"), day("2015-11-30", True)) == [
+        "train 2015-09-01 09:00 ~ 2015-11-20 14:59",
+        "valid 2015-11-23 09:05 ~ 2015-12-10 14:59",
+    ]
+    assert overlaps(metadata, day("2015-12-10"), day("2015-12-31", True)) == [
+        "valid 2015-11-23 09:05 ~ 2015-12-10 14:59"
+    ]
+    assert overlaps(metadata, day("2015-12-11"), day("2015-12-31", True)) == []  # the test part
+    assert overlaps(metadata, day("2016-01-04"), day("2016-12-31", True)) == []
+    assert overlaps(metadata, day("2015-01-05"), day("2015-08-31", True)) == []  # before the training bars
+    assert overlaps(metadata, day("2015-01-05"), day("2016-12-31", True)) == [
+        "train 2015-09-01 09:00 ~ 2015-11-20 14:59",
+        "valid 2015-11-23 09:05 ~ 2015-12-10 14:59",
+    ]
+
+
+def test_an_in_sample_range_is_refused_naming_the_ranges_and_the_fix_unless_allowed() -> None:
+    metadata = {"name": "rf", "ranges": RANGES}
+    with pytest.raises(ModelError) as refused:
+        ml_model.refuse_in_sample(metadata, day("2015-12-01"), day("2015-12-31", True), allow_in_sample=False)
+    message = str(refused.value)
+    assert "2015-12-01 ~ 2015-12-31" in message and "模型包 rf" in message
+    assert "train 2015-09-01 09:00 ~ 2015-11-20 14:59" in message and "test 2015-12-11 09:05" in message
+    assert "2015-12-10 14:59 之后" in message and "--allow-in-sample" in message
+    allowed = ml_model.refuse_in_sample(metadata, day("2015-12-01"), day("2015-12-31", True), allow_in_sample=True)
+    assert allowed == ["valid 2015-11-23 09:05 ~ 2015-12-10 14:59"]
+    assert ml_model.refuse_in_sample(metadata, day("2016-01-01"), day("2016-01-31", True), False) == []
 
 
 def test_a_failed_save_leaves_the_previous_bundle_intact(
@@ -257,6 +433,7 @@ def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progr
     assert model.path == tmp_path / "rf"
     assert sorted(p.name for p in model.path.iterdir()) == [
         "fast.onnx",
+        "manifest.json",
         "metadata.json",
         "metrics.json",
         "model.joblib",

@@ -233,6 +233,12 @@ def test_bundle_of_another_product_is_refused(rf_bundle: Path) -> None:
         load_signal(str(rf_bundle), "cu1909.SHFE")
 
 
+def test_bundle_for_bars_of_another_interval_is_refused(rf_bundle: Path) -> None:
+    assert load_signal(str(rf_bundle), "rb2605.SHFE").model.metadata["interval"] == "1m"  # the strategy's bars
+    with pytest.raises(ModelError, match="用 1m K线训练，不能用于 1h K线"):
+        load_signal(str(rf_bundle), VT, "1h")
+
+
 def test_an_order_above_the_single_trade_margin_shrinks_to_the_largest_allowed_volume() -> None:
     # 30 lots of rb at 3001 need 90,030 of margin: more than 5% of 1,000,000 for one order
     strategy, engine = scripted_strategy([0.002], fixed_size=30)
