@@ -25,8 +25,11 @@ from config import (
 from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle
 from risk_manager import PositionBook, RiskManager
+from trade_simulator import CLOSE, LONG, OPEN, SHORT, allowed_target, next_order, trailing_stop
 
 NO_PREDICTION: float = math.nan
+DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
+OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
 
 class WindowBuffer:
@@ -125,17 +128,6 @@ def load_signal(model_path: str, vt_symbol: str, interval: str = "1m") -> ModelS
     return ModelSignal(PricePredictionModel().load_model(bundle, vt_symbol=vt_symbol, interval=interval), vt_symbol)
 
 
-def target_position(prediction: float, threshold: float, position: float, size: int) -> float:
-    """Long above +threshold, short below -threshold, otherwise keep the position."""
-    if math.isnan(prediction):
-        return position
-    if prediction > threshold:
-        return size
-    if prediction < -threshold:
-        return -size
-    return position
-
-
 class PredictiveTradingStrategy(CtaTemplate):
     """Trades the model's prediction per bar: long above the threshold, short below, trailing stop, risk-checked."""
 
@@ -186,7 +178,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.risk: RiskManager | None = None
         self.threshold = 0.0
         self.best_price = 0.0
-        self.blocked: Direction | None = None  # after a trailing stop, no re-entry that way until the signal resets
+        self.blocked = 0  # after a trailing stop, the side (LONG / SHORT) not re-entered until the signal resets
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
 
@@ -280,34 +272,16 @@ class PredictiveTradingStrategy(CtaTemplate):
 
     def allowed_target(self, prediction: float) -> float:
         """The target position; after a trailing stop, no re-entry that way until the signal resets."""
-        target = target_position(prediction, self.threshold, self.pos, self.fixed_size)
-        if self.blocked is not None and not math.isnan(prediction):
-            side = (prediction > self.threshold) - (prediction < -self.threshold)
-            if side != (1 if self.blocked == Direction.LONG else -1):
-                self.blocked = None
-        position: float = self.pos  # vnpy's pos is untyped
-        if self.blocked == Direction.LONG and target > 0 >= position:
-            return position
-        if self.blocked == Direction.SHORT and target < 0 <= position:
-            return position
+        target, self.blocked = allowed_target(prediction, self.threshold, self.pos, self.fixed_size, self.blocked)
         return target
 
     def check_trailing_stop(self, bar: BarData) -> bool:
         """Follow the best price since entry; True when the close has retraced `trailing_percent` from it."""
-        if not self.pos or self.trailing_percent <= 0:
-            self.trailing_stop_price = 0.0
-            return False
-        fraction = self.trailing_percent / 100
-        if self.pos > 0:
-            self.best_price = max(self.best_price or bar.high_price, bar.high_price)
-            self.trailing_stop_price = self.best_price * (1 - fraction)
-            hit = bar.close_price <= self.trailing_stop_price
-        else:
-            self.best_price = min(self.best_price or bar.low_price, bar.low_price)
-            self.trailing_stop_price = self.best_price * (1 + fraction)
-            hit = bar.close_price >= self.trailing_stop_price
+        self.best_price, self.trailing_stop_price, hit = trailing_stop(
+            self.pos, self.best_price, bar.high_price, bar.low_price, bar.close_price, self.trailing_percent
+        )
         if hit:
-            self.blocked = Direction.LONG if self.pos > 0 else Direction.SHORT
+            self.blocked = LONG if self.pos > 0 else SHORT
         return hit
 
     # -- orders --
@@ -318,16 +292,9 @@ class PredictiveTradingStrategy(CtaTemplate):
             self.cancel_all()
             if self.active_orderids:  # live cancels are confirmed later: wait for them before anything new
                 return
-        position = self.pos
-        if target == position:
-            return
-        if position and (target == 0 or (target > 0) != (position > 0) or abs(target) < abs(position)):
-            volume = abs(position) if target == 0 or (target > 0) != (position > 0) else abs(position) - abs(target)
-            direction = Direction.SHORT if position > 0 else Direction.LONG
-            self.send(direction, Offset.CLOSE, volume, bar, target, why)
-        else:
-            direction = Direction.LONG if target > 0 else Direction.SHORT
-            self.send(direction, Offset.OPEN, abs(target) - abs(position), bar, target, why)
+        direction, offset, volume = next_order(self.pos, target)
+        if volume:
+            self.send(DIRECTIONS[direction], OFFSETS[offset], volume, bar, target, why)
 
     def order_price(self, direction: Direction, bar: BarData) -> float:
         """The bar's close with `slippage_ticks` of allowance toward the other side, on the tick grid."""
