@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）",
     )
+    train.add_argument(
+        "--label",
+        choices=tuple(data_processor.LABEL_KINDS),
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）或 close（收盘到收盘，仅作对比）",
+    )
 
     show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
     show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
@@ -544,10 +550,54 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def print_test_part(model: ml_model.PricePredictionModel) -> None:
-    """A trained bundle's test part: its size, the threshold and the metrics beside the baselines."""
+    """A trained bundle's decision (chosen on validation), its drift figures and the test metrics."""
+    print_decision(model.metadata)
     metrics = model.metrics["test"]
     print(f"\n测试集 / test part: {metrics['samples']:,} 个样本，阈值 / threshold {model.threshold:.6f}")
     print_metrics(metrics)
+
+
+def print_decision(metadata: dict[str, Any]) -> None:
+    """What the strategy simulation on the validation part chose, with the real costs, and the drift check."""
+    decision = metadata.get("decision") or {}
+    if not decision:
+        return
+    print(
+        f"\n验证期策略模拟 / validation simulation (round-trip cost {decision['round_trip_cost'] * 1e4:.1f} bp): "
+        f"阈值 / threshold {decision['threshold']:.6f}，净盈亏 / net P&L {decision['net_pnl']:,.2f}，"
+        f"成交 / trades {decision['trades']}（{decision['trades_per_day']:.2f}/日 / per day），"
+        f"开多 / long entries {decision['long_entries']}，开空 / short entries {decision['short_entries']}"
+    )
+    if decision["edge"] == "none":
+        print(
+            "结论 / verdict: edge: none —— 扣除真实成本后验证期没有任何阈值赚钱，策略不会用此模型开仓；"
+            "--threshold 可强制覆盖（不建议）/ no threshold made money on validation after costs: the strategy "
+            "will not open with this bundle"
+        )
+    else:
+        print("结论 / verdict: edge: positive —— 验证期扣除成本后为正 / net positive on validation after costs")
+    drift = metadata.get("drift") or {}
+    if drift:
+        rows = [
+            (
+                part,
+                _number(values["mean_label"]),
+                _number(values["mean_prediction"]),
+                f"{values['long_share']:.1%}",
+                f"{values['short_share']:.1%}",
+            )
+            for part, values in drift.items()
+        ]
+        print_table(
+            rows,
+            (
+                "部分 / part",
+                "平均标签 / mean label",
+                "平均预测 / mean prediction",
+                "做多信号 / long",
+                "做空信号 / short",
+            ),
+        )
 
 
 def cmd_train(args: argparse.Namespace, home: Home) -> int:
@@ -558,15 +608,32 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     name = args.name or f"{symbol}_{config.model_type}"
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
+    spec = contract_spec(args.vt_symbol, load_contracts(settings_dirs(home)))
     if args.walk_forward == 1:
         model = ml_model.train_bundle(
-            bars, args.vt_symbol, args.interval, config, home.models_dir / name, progress=_stderr_progress
+            bars,
+            args.vt_symbol,
+            args.interval,
+            config,
+            home.models_dir / name,
+            progress=_stderr_progress,
+            label_kind=args.label,
+            spec=spec,
         )
         print_test_part(model)
         print(f"模型包已保存 / bundle saved: {model.path}")
         return EXIT_OK
     folds = ml_model.train_walk_forward(
-        bars, args.vt_symbol, args.interval, config, home.models_dir, name, args.walk_forward, progress=_stderr_progress
+        bars,
+        args.vt_symbol,
+        args.interval,
+        config,
+        home.models_dir,
+        name,
+        args.walk_forward,
+        progress=_stderr_progress,
+        label_kind=args.label,
+        spec=spec,
     )
     rows = []
     for fold in folds:
@@ -616,10 +683,12 @@ def cmd_model(args: argparse.Namespace, home: Home) -> int:
         ("预测周期 / horizon", meta["horizon"]),
         ("标签 / label kind", meta["label_kind"]),
         ("阈值 / threshold", f"{model.threshold:.6f}"),
+        ("验证期结论 / edge", (meta.get("decision") or {}).get("edge", "-")),
         *((f"{part} / range", f"{a[:16]} ~ {b[:16]}") for part, (a, b) in ranges.items()),
         ("创建于 / created", meta.get("created_at", "")),
     ]
     print_table(rows, ("项目 / item", "值 / value"))
+    print_decision(meta)
     if "test" in model.metrics:
         print()
         print_metrics(model.metrics["test"])
@@ -633,6 +702,11 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("max_ddpercent", "最大回撤 / max drawdown %", "{:.2f}"),
     ("sharpe_ratio", "夏普比率 / Sharpe", "{:.2f}"),
     ("total_trade_count", "成交笔数 / trades", "{:,}"),
+    ("long_entries", "开多次数 / long entries", "{:,}"),
+    ("short_entries", "开空次数 / short entries", "{:,}"),
+    ("trades_per_day", "日均成交 / trades per day", "{:.2f}"),
+    ("expected_trades_per_day", "验证期日均成交 / expected per day", "{:.2f}"),
+    ("edge", "验证期结论 / edge", "{}"),
     ("total_commission", "手续费 / commission", "{:,.2f}"),
     ("total_slippage", "滑点成本 / slippage", "{:,.2f}"),
     ("buy_and_hold_return", "买入持有收益率 / buy & hold %", "{:.2f}"),
@@ -695,6 +769,16 @@ def run_and_report(
     )
     files = backtesting_module.write_report(result, folder)
     print_backtest_summary(result.statistics, backtesting_module.in_sample_note(result.in_sample))
+    rolls = result.statistics.get("rolls") or []
+    if rolls:
+        shown = ", ".join(roll[:16] for roll in rolls)
+        print(f"换月跳空 {len(rolls)} 次，跳空前已平仓 / {len(rolls)} roll gaps, flat before each: {shown}")
+    if options.threshold is not None and result.statistics.get("edge") == "none":
+        print(
+            "警告 / warning: 模型包验证期 edge: none，--threshold 强制开仓 / the bundle showed no validation edge; "
+            "--threshold forces it to trade",
+            file=sys.stderr,
+        )
     print(f"报告 / report: {folder}  ({', '.join(sorted(files))})")
     return dict(result.statistics)
 
@@ -771,6 +855,20 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+DEMO_COLUMNS: tuple[str, ...] = (
+    "total_net_pnl",
+    "total_return",
+    "max_ddpercent",
+    "sharpe_ratio",
+    "total_trade_count",
+    "long_entries",
+    "short_entries",
+    "trades_per_day",
+    "expected_trades_per_day",
+    "edge",
+)
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     """The main job: import the sample, train a RandomForest and a small LSTM on 2014-2015, backtest both on 2016."""
     result = data_collector.import_csv(
@@ -779,12 +877,14 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     print_import(result)
     settings = settings_for(home)
     bars = data_collector.load_history_data(SAMPLE_VT_SYMBOL, *DEMO_TRAIN, home=home)
+    spec = contract_spec(SAMPLE_VT_SYMBOL, load_contracts(settings_dirs(home)))
+    shown = [row for row in SUMMARY_ROWS if row[0] in DEMO_COLUMNS]
     summaries = []
     for name, overrides in DEMO_MODELS.items():
         config = ml_model.ModelConfig.from_settings(settings.model, **overrides)
         print(f"\n== 训练 / training {name} ({config.model_type}) on {DEMO_TRAIN[0]} ~ {DEMO_TRAIN[1]} ==")
         model = ml_model.train_bundle(
-            bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name, progress=_stderr_progress
+            bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name, progress=_stderr_progress, spec=spec
         )
         print_test_part(model)
         print(f"\n== 回测 / backtest {name} on {DEMO_TEST[0]} ~ {DEMO_TEST[1]} ==")
@@ -796,12 +896,12 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
                 name,
                 *(
                     pattern.format(statistics[key]) if statistics.get(key) is not None else "-"
-                    for key, _, pattern in SUMMARY_ROWS[:6]
+                    for key, _, pattern in shown
                 ),
             )
         )
     print()
-    print_table(summaries, ("模型 / model", *(label for _, label, _ in SUMMARY_ROWS[:6])))
+    print_table(summaries, ("模型 / model", *(label for _, label, _ in shown)))
     print(f"模型 / bundles: {home.models_dir}\n报告 / reports: {home.reports_dir}")
     return EXIT_OK
 

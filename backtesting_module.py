@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from vnpy.trader.constant import Direction, Interval
+from vnpy.trader.constant import Direction, Interval, Offset
 from vnpy.trader.object import BarData, OrderData, TradeData
 from vnpy_ctastrategy.backtesting import BacktestingEngine
 
@@ -119,6 +119,7 @@ class BacktestResult:
     predictions: pd.Series  # the prediction at each traded bar's close
     benchmark: pd.Series  # buy-and-hold balance at each day's close
     messages: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)  # the strategy's own log lines (write_log), with bar times
     orders: list[OrderData] = field(default_factory=list)  # every order the strategy sent, in sending order
     in_sample: list[str] = field(default_factory=list)  # the bundle's train / valid parts the range overlaps
 
@@ -292,6 +293,7 @@ class BacktestingModule:
         set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
+        engine.strategy.flat_bars = roll_flat_times(bars)
         replay(engine)
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
@@ -302,6 +304,13 @@ class BacktestingModule:
         trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
         statistics["long_trades"] = sum(1 for t in trades if t.direction == Direction.LONG)
         statistics["short_trades"] = len(trades) - statistics["long_trades"]
+        statistics.update(entries(trades))
+        days = int(statistics.get("total_days") or 0)
+        statistics["trades_per_day"] = len(trades) / days if days else 0.0
+        decision = model.metadata.get("decision") or {}
+        statistics["edge"] = decision.get("edge", "")
+        statistics["expected_trades_per_day"] = decision.get("trades_per_day")
+        statistics["rolls"] = rolls_stepped_over(bars, begin)
         first = len(bars) - len(traded)
         return BacktestResult(
             vt_symbol=vt_symbol,
@@ -315,6 +324,7 @@ class BacktestingModule:
             predictions=pd.Series(predictions[first:], index=traded.index, name="prediction"),
             benchmark=benchmark,
             messages=engine.messages,
+            logs=list(engine.logs),
             orders=sorted(engine.limit_orders.values(), key=lambda o: int(o.orderid)),
             in_sample=overlaps,
         )
@@ -357,6 +367,28 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
     return job, bars, model
 
 
+def roll_flat_times(frame: pd.DataFrame) -> set[int]:
+    """Bar start times (epoch seconds) at which the strategy must be flat because a roll gap follows (the causal
+    gap rule of batch inference; a trader knows the roll calendar ahead)."""
+    flags = data_processor.roll_exit_flags(data_processor.gap_segments(frame))
+    stamps = np.asarray(frame.index.as_unit("s").asi8)
+    return set(stamps[flags].tolist())
+
+
+def rolls_stepped_over(frame: pd.DataFrame, start: datetime) -> list[str]:
+    """The first bar of every new segment (a roll gap) at or after `start`."""
+    segment = data_processor.gap_segments(frame)
+    opens = np.r_[False, segment[1:] != segment[:-1]] & (frame.index >= pd.Timestamp(start))
+    return [str(stamp) for stamp in frame.index[opens]]
+
+
+def entries(trades: Sequence[TradeData]) -> dict[str, int]:
+    """Opening fills by direction."""
+    opened = [trade for trade in trades if trade.offset == Offset.OPEN]
+    longs = sum(1 for trade in opened if trade.direction == Direction.LONG)
+    return {"long_entries": longs, "short_entries": len(opened) - longs}
+
+
 def run_on_bars(
     job: OptimizationJob,
     bars: list[BarData],
@@ -370,6 +402,7 @@ def run_on_bars(
     set_engine_parameters(engine, job.vt_symbol, job.interval, start, end, job.costs)
     engine.add_strategy(PredictiveTradingStrategy, {**job.base_setting, **setting})
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(job.bars.index), job.predictions)
+    engine.strategy.flat_bars = roll_flat_times(job.bars)
     replay(engine)
     engine.calculate_result()
     return dict(json_safe(engine.calculate_statistics(output=False)))
@@ -678,7 +711,9 @@ def report_title(result: BacktestResult) -> str:
         f"net P&L {_statistic(stats.get('total_net_pnl'), ',.0f')}   "
         f"return {_statistic(stats.get('total_return'), '.2f')}%   "
         f"max drawdown {_statistic(stats.get('max_ddpercent'), '.2f')}%   "
-        f"Sharpe {_statistic(stats.get('sharpe_ratio'), '.2f')}   trades {len(result.trades)}"
+        f"Sharpe {_statistic(stats.get('sharpe_ratio'), '.2f')}   trades {len(result.trades)}   "
+        f"entries long {stats.get('long_entries', '-')} / short {stats.get('short_entries', '-')}   "
+        f"rolls flat {len(stats.get('rolls') or [])}   edge {stats.get('edge') or '-'}"
     )
 
 
@@ -686,10 +721,10 @@ def _plot_trades(ax: Axes, trades: Sequence[TradeData]) -> None:
     """Long entries as triangles up, short entries as triangles down, exits as crosses."""
     from vnpy.trader.constant import Offset
 
-    entries = [t for t in trades if t.offset == Offset.OPEN]
+    opened = [t for t in trades if t.offset == Offset.OPEN]
     groups = (
-        ("long entry", "^", "tab:green", [t for t in entries if t.direction == Direction.LONG]),
-        ("short entry", "v", "tab:red", [t for t in entries if t.direction != Direction.LONG]),
+        ("long entry", "^", "tab:green", [t for t in opened if t.direction == Direction.LONG]),
+        ("short entry", "v", "tab:red", [t for t in opened if t.direction != Direction.LONG]),
         ("exit", "x", "black", [t for t in trades if t.offset != Offset.OPEN]),
     )
     for label, marker, color, chosen in groups:

@@ -165,6 +165,18 @@ def find_roll_gaps(df: pd.DataFrame, day_open: np.ndarray, min_gap: float, sigma
     return marked, rule
 
 
+def roll_exit_flags(segment: np.ndarray) -> np.ndarray:
+    """Bars at which a position must be flat before a known roll: the last two bars of every segment that another
+    follows (an order sent on the next-to-last bar fills at the last bar's open, before the jump to the new
+    contract; nothing may open on the last bar, whose order would fill after it)."""
+    values = np.asarray(segment)
+    flags = np.zeros(len(values), dtype=bool)
+    last = np.flatnonzero(values[1:] != values[:-1])  # the last bar of each segment but the final one
+    flags[last] = True
+    flags[last[last > 0] - 1] = True
+    return flags
+
+
 def gap_segments(df: pd.DataFrame) -> np.ndarray:
     """Segment number of every bar, a new one at each roll gap by the causal rule (the bars as traded, no
     contract column): what batch inference uses, equal to `RollDetector` bar by bar."""
@@ -703,6 +715,7 @@ class TrainingData:
     sequence_length: int
     report: CleaningReport
     close: np.ndarray  # cleaned closes, for baselines that need the last return
+    prices: pd.DataFrame  # cleaned open / high / low / close: what the strategy simulator trades on validation
     label_kind: str = DEFAULT_LABEL_KIND
     label_mean: float = 0.0  # the training part's mean raw label, subtracted from every label
     label_means: dict[str, float] = field(default_factory=dict)  # mean raw label of train, valid and test
@@ -765,6 +778,7 @@ def prepare_training_data(
         sequence_length,
         report,
         cleaned["close"].to_numpy(dtype="float64"),
+        cleaned[["open", "high", "low", "close"]],
         label_kind,
         label_mean,
         means,

@@ -33,7 +33,6 @@ from config import (
 
 logger = logging.getLogger(__name__)
 DRAIN_EVENT: str = "eAiTraderDrain"  # carries a threading.Event that its handler sets
-RISK_REJECTION: str = "风控拒绝"  # how PredictiveTradingStrategy.send starts a vetoed order's log line
 
 
 # SimNow's test environment as SimNow documents it: three fronts for trading hours and one 7x24 front
@@ -293,11 +292,14 @@ class AITradingSystem:
         logger.info("%s | %s", event.data.gateway_name, event.data.msg)
 
     def _on_strategy_log(self, event: Any) -> None:
-        """Strategy log lines to the log; risk rejections to the audit trail too."""
+        """Strategy log lines to the log; risk rejections and a bundle without an edge to the audit trail too."""
+        from predictive_trading_strategy import NO_EDGE, RISK_REJECTION
+
         message = str(event.data.msg)
         logger.info("%s", message)
-        if RISK_REJECTION in message:
-            self.audit.write("risk_rejection", strategy=self.strategy_name, message=message)
+        for marker, audited in ((RISK_REJECTION, "risk_rejection"), (NO_EDGE, "model_no_edge")):
+            if marker in message:
+                self.audit.write(audited, strategy=self.strategy_name, message=message)
 
     def _connection_changed(self, connected: bool, detail: str) -> None:
         self.monitor.set_gateway_state(connected, detail)

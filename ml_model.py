@@ -20,23 +20,32 @@ import pandas as pd
 
 from config import (
     CHINA_TZ,
+    ContractSpec,
     ModelError,
     ModelSettings,
     atomic_folder,
     atomic_path,
+    contract_spec,
     file_sha256,
     json_safe,
+    load_contracts,
     product_of,
 )
 from data_processor import (
+    DEFAULT_LABEL_KIND,
     FEATURE_NAMES,
     FEATURE_VERSION,
+    LABEL_KINDS,
     Scaler,
     TrainingData,
     Windows,
     fold_slices,
+    make_windows,
     prepare_training_data,
+    roll_exit_flags,
 )
+from trade_simulator import EDGE_NONE, SimulationBars, ThresholdChoice, choose_threshold
+from trading_calendar import causal_trading_days
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +58,7 @@ SCALER_FILE = "scaler.json"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
-LABEL_KINDS: tuple[str, ...] = ("executable", "close")  # data_processor's label kinds
-DEFAULT_LABEL_KIND = "close"
 RETRAIN = "请用 python ai_trading_system.py train ...（或 demo）重新训练 / retrain it with the train or demo command"
-LABEL_DEFINITION = "close[t+h] / close[t] - 1 over h bars; NaN past the data or across a roll gap"
 FAST_TOLERANCE: float = 1e-5
 BATCH_CHUNK: int = 1024
 
@@ -77,7 +83,6 @@ class ModelConfig:
     max_depth: int = 10
     min_samples_leaf: int = 50
     n_jobs: int = -1
-    round_trip_cost: float = 0.0005  # rb: 2 × 0.01% commission + one tick of slippage, as a return
     seed: int = 42
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
@@ -143,25 +148,6 @@ def evaluation_table(
         "zero": score(np.zeros_like(label), label),
         "last_return_sign": score(np.sign(last_return) * typical_size, label),
     }
-
-
-def derive_threshold(prediction: np.ndarray, label: np.ndarray, cost: float) -> tuple[float, str]:
-    """Decision threshold from validation predictions: the |prediction| cut with the largest total net edge."""
-    size = np.abs(prediction)
-    best: tuple[float, float] | None = None
-    for quantile in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99):
-        cut = float(np.quantile(size, quantile))
-        chosen = size > cut
-        if chosen.sum() < 30:
-            continue
-        edge = float(np.mean(np.sign(prediction[chosen]) * label[chosen])) - cost
-        total = edge * int(chosen.sum())
-        if best is None or total > best[0]:
-            best = (total, cut)
-    if best is None or best[0] <= 0:
-        cut = float(np.quantile(size, 0.99)) if len(size) else 0.0
-        return cut, "no validation edge after costs: 99th percentile of |prediction| (trades rarely)"
-    return best[1], f"largest total validation edge after a round-trip cost of {cost:g}"
 
 
 # --- ONNX export (the fast path) ---------------------------------------------------------------------
@@ -438,9 +424,6 @@ class PricePredictionModel:
         self.history.seconds = time.perf_counter() - started
         self.history.train_samples = len(train)
         self._build_fast_path(valid)
-        valid_prediction = self.predict(valid)
-        self.threshold, method = derive_threshold(valid_prediction, valid.labels, self.config.round_trip_cost)
-        self.metadata["threshold_method"] = method
         return self.history
 
     def _train_lstm(self, train: Windows, valid: Windows, say: Progress) -> None:
@@ -612,7 +595,7 @@ class PricePredictionModel:
                 "feature_version": FEATURE_VERSION,
                 "sequence_length": self.config.sequence_length,
                 "horizon": self.config.horizon,
-                "label": LABEL_DEFINITION,
+                "label": LABEL_KINDS[label_kind],
                 "label_kind": label_kind,
                 "label_scale": self.label_scale,
                 "threshold": self.threshold,
@@ -1009,6 +992,43 @@ def write_training_report(
 # --- training runs: one bundle, walk-forward ---------------------------------------------------------
 
 
+def part_predictions(model: PricePredictionModel, data: TrainingData, part: str) -> np.ndarray:
+    """The model's prediction at every bar of a part (NaN where no complete window ends), labelled or not: what the
+    strategy would have seen bar by bar."""
+    start, stop = data.split.parts()[part]
+    windows = make_windows(data.scaled, None, data.sequence_length, data.segment, (start, stop))
+    predictions = np.full(stop - start, np.nan)
+    if len(windows):
+        predictions[windows.end_rows() - start] = model.predict(windows)
+    return predictions
+
+
+def decide_threshold(model: PricePredictionModel, data: TrainingData, spec: ContractSpec) -> ThresholdChoice:
+    """The threshold chosen by simulating the strategy's own rules, with the contract's costs, on the validation part
+    (flat before every roll, as the backtest is)."""
+    start, stop = data.split.valid
+    prices = data.prices.iloc[start:stop]
+    bars = SimulationBars.from_frame(prices, causal_trading_days(pd.DatetimeIndex(prices.index)))
+    flat = roll_exit_flags(data.segment)[start:stop]
+    return choose_threshold(bars, part_predictions(model, data, "valid"), spec, flat)
+
+
+def drift_report(model: PricePredictionModel, data: TrainingData, threshold: float) -> dict[str, dict[str, float]]:
+    """Per part: the mean raw label, the mean prediction and the share of bars that would signal long and short."""
+    report = {}
+    for part in ("train", "valid", "test"):
+        predictions = part_predictions(model, data, part)
+        finite = predictions[np.isfinite(predictions)]
+        count = max(len(finite), 1)
+        report[part] = {
+            "mean_label": data.label_means.get(part, math.nan),
+            "mean_prediction": float(finite.mean()) if len(finite) else math.nan,
+            "long_share": float((finite > threshold).sum() / count),
+            "short_share": float((finite < -threshold).sum() / count),
+        }
+    return report
+
+
 def train_bundle(
     bars: pd.DataFrame,
     vt_symbol: str,
@@ -1017,11 +1037,16 @@ def train_bundle(
     path: Path,
     extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    label_kind: str = DEFAULT_LABEL_KIND,
+    spec: ContractSpec | None = None,
 ) -> PricePredictionModel:
-    """Prepare the bars, train, evaluate on the validation and test parts, save the bundle and its report.png."""
+    """Prepare the bars, train, choose the threshold by simulating the strategy on the validation part with the
+    contract's costs (`spec`, else the project's contract table), evaluate, and save the sealed bundle with its
+    report.png."""
     say = progress or (lambda message: None)
+    spec = spec or contract_spec(vt_symbol, load_contracts())
     data = prepare_training_data(
-        bars, vt_symbol, config.horizon, config.sequence_length, config.features_count, config.fractions
+        bars, vt_symbol, config.horizon, config.sequence_length, config.features_count, config.fractions, label_kind
     )
     for line in data.report.lines()[:1]:
         say(line)
@@ -1029,8 +1054,20 @@ def train_bundle(
     say("  ".join(f"{part} {a[:16]} ~ {b[:16]}" for part, (a, b) in ranges.items()))
     model = PricePredictionModel(config.model_type, config)
     model.train(data, progress)
+    decision = decide_threshold(model, data, spec)
+    model.threshold = decision.threshold
+    say(
+        f"验证期模拟 / validation simulation: 阈值 / threshold {decision.threshold:.6f}, 净盈亏 / net P&L "
+        f"{decision.net_pnl:,.2f}, {decision.trades} 笔 / trades, edge: {decision.edge}"
+    )
     model.evaluate(data, "valid")
     metrics = model.evaluate(data, "test")
+    test = data.windows("test")
+    title = f"{vt_symbol} {config.model_type} {path.name}"
+
+    def attach_report(folder: Path) -> None:
+        write_training_report(folder / "report.png", model.history, model.predict(test), test.labels, metrics, title)
+
     model.save_model(
         path,
         extra={
@@ -1040,18 +1077,25 @@ def train_bundle(
             "ranges": ranges,
             "rows": len(data.index),
             "data_fingerprint": data_fingerprint(data),
+            "label_kind": data.label_kind,
+            "label_mean": data.label_mean,
+            "decision": decision.as_dict(),
+            "drift": drift_report(model, data, decision.threshold),
+            "costs": {
+                "commission_rate": spec.commission_rate,
+                "slippage_ticks": spec.slippage_ticks,
+                "pricetick": spec.pricetick,
+                "size": spec.size,
+            },
         },
-    )
-    test = data.windows("test")
-    write_training_report(
-        path / "report.png",
-        model.history,
-        model.predict(test),
-        test.labels,
-        metrics,
-        f"{vt_symbol} {config.model_type} {path.name}",
+        attach=attach_report,
     )
     return model
+
+
+def has_no_edge(metadata: dict[str, Any]) -> bool:
+    """Whether the bundle's validation simulation found no net edge after costs (the strategy then does not open)."""
+    return str((metadata.get("decision") or {}).get("edge", "")) == EDGE_NONE
 
 
 @dataclass(frozen=True)
@@ -1074,6 +1118,8 @@ def train_walk_forward(
     name: str,
     folds: int,
     progress: Progress | None = None,
+    label_kind: str = DEFAULT_LABEL_KIND,
+    spec: ContractSpec | None = None,
 ) -> list[WalkForwardFold]:
     """One bundle per rolling fold (data_processor.fold_slices), each tested on the span after the previous one's
     test part; named `NAME-foldK`, the last (the current bundle) plain `NAME`."""
@@ -1084,6 +1130,8 @@ def train_walk_forward(
         path = models_dir / (name if fold == len(slices) else f"{name}-fold{fold}")
         say(f"第 {fold}/{len(slices)} 折 / fold {fold}: {bars.index[start]} ~ {bars.index[stop - 1]}")
         extra = {"walk_forward": {"fold": fold, "folds": len(slices), "current": fold == len(slices)}}
-        model = train_bundle(bars.iloc[start:stop], vt_symbol, interval, config, path, extra, progress)
+        model = train_bundle(
+            bars.iloc[start:stop], vt_symbol, interval, config, path, extra, progress, label_kind, spec
+        )
         results.append(WalkForwardFold(fold, bars.index[start], bars.index[stop - 1], path, model))
     return results

@@ -23,11 +23,13 @@ from config import (
     resolve_home,
 )
 from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
-from ml_model import PricePredictionModel, find_bundle
+from ml_model import PricePredictionModel, find_bundle, has_no_edge
 from risk_manager import PositionBook, RiskManager
 from trade_simulator import CLOSE, LONG, OPEN, SHORT, allowed_target, next_order, trailing_stop
 
 NO_PREDICTION: float = math.nan
+RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log line (live_trading audits these lines)
+NO_EDGE: str = "无验证优势"  # how on_init starts the log line of a bundle whose validation showed no net edge
 DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
@@ -179,6 +181,8 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.threshold = 0.0
         self.best_price = 0.0
         self.blocked = 0  # after a trailing stop, the side (LONG / SHORT) not re-entered until the signal resets
+        self.opens = True  # False for a bundle with no validation edge (and no explicit threshold): never opens
+        self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
 
@@ -202,6 +206,13 @@ class PredictiveTradingStrategy(CtaTemplate):
             f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
             f"需要 {self.signal.bars_needed} 根K线预热"
         )
+        no_edge = has_no_edge(model.metadata)
+        self.opens = not no_edge or self.prediction_threshold > 0
+        if no_edge:
+            self.write_log(
+                f"{NO_EDGE}：模型包 {self.model_name} 在验证期按真实成本模拟没有净收益（edge: none），"
+                + ("按显式阈值仍会开仓，请谨慎 / an explicit threshold overrides it" if self.opens else "策略不会开仓")
+            )
         self.load_bar(self.warmup_days)
 
     def on_start(self) -> None:
@@ -262,11 +273,15 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.risk.mark(bar.close_price, bar.datetime)
         self.risk_state = self.risk.status
         stopped = self.check_trailing_stop(bar)
-        if self.risk.halted or stopped:
+        before_roll = int(bar.datetime.timestamp()) in self.flat_bars
+        if self.risk.halted or stopped or before_roll:
             target = 0.0
         else:
             target = self.allowed_target(self.prediction_value)
+            if not self.opens and abs(target) > abs(self.pos):
+                target = self.pos
         why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
+        why = why or ("换月前平仓 / flat before a roll" if before_roll else "")
         self.move_to(target, bar, why)
         self.put_event()
 
@@ -319,7 +334,8 @@ class PredictiveTradingStrategy(CtaTemplate):
         )
         if not decision.allowed:
             self.risk_state = f"{self.risk.status}: {decision.reason}"
-            self.write_log(f"风控拒绝 {direction.value}{offset.value} {volume}@{price}：{decision.reason}；{inputs}")
+            order = f"{direction.value}{offset.value} {volume}@{price}"
+            self.write_log(f"{RISK_REJECTION} {order}：{decision.reason}；{inputs}")
             return
         if direction == Direction.LONG:
             orderids = self.buy(price, volume) if offset == Offset.OPEN else self.cover(price, volume)

@@ -534,3 +534,92 @@ def simulate(
         net_pnl=gross - commission - slippage,
         trading_days=len(np.unique(bars.days)),
     )
+
+
+# --- the decision: a threshold chosen by simulating the strategy on the validation part -----------------------
+
+THRESHOLD_QUANTILES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998)
+MIN_DECISION_TRADES: int = 20  # fewer fills than this (ten round trips) is luck, not an edge
+EDGE_POSITIVE: str = "positive"
+EDGE_NONE: str = "none"
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The threshold whose simulated net P&L on the validation part was the largest, and what it would have done."""
+
+    threshold: float
+    edge: str  # EDGE_POSITIVE, or EDGE_NONE when no candidate made money after costs: the strategy does not open
+    net_pnl: float
+    trades: int
+    trades_per_day: float
+    trading_days: int
+    long_entries: int
+    short_entries: int
+    commission: float
+    slippage: float
+    round_trip_cost: float  # the contract's round trip as a return at the part's mean close
+    grid: tuple[tuple[float, float, int], ...]  # every candidate: (threshold, net P&L, trades)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain numbers for the bundle's metadata."""
+        return {
+            "threshold": self.threshold,
+            "edge": self.edge,
+            "net_pnl": self.net_pnl,
+            "trades": self.trades,
+            "trades_per_day": self.trades_per_day,
+            "trading_days": self.trading_days,
+            "long_entries": self.long_entries,
+            "short_entries": self.short_entries,
+            "commission": self.commission,
+            "slippage": self.slippage,
+            "round_trip_cost": self.round_trip_cost,
+            "grid": [list(row) for row in self.grid],
+        }
+
+
+def candidate_thresholds(predictions: np.ndarray) -> list[float]:
+    """Distinct quantiles of |prediction| (the finite ones), smallest first."""
+    size = np.abs(predictions[np.isfinite(predictions)])
+    if not len(size):
+        return []
+    return sorted({float(np.quantile(size, q)) for q in THRESHOLD_QUANTILES if np.quantile(size, q) > 0})
+
+
+def choose_threshold(
+    bars: SimulationBars,
+    predictions: np.ndarray,
+    spec: ContractSpec,
+    flat: np.ndarray | None = None,
+    **rules: Any,
+) -> ThresholdChoice:
+    """Simulate the strategy with the contract's real costs at each candidate threshold and keep the one with the
+    largest net P&L; `edge` is none when no candidate with at least MIN_DECISION_TRADES fills made money."""
+    grid: list[tuple[float, float, int]] = []
+    best: tuple[float, Simulation] | None = None
+    for threshold in candidate_thresholds(predictions):
+        run = simulate(bars, predictions, SimulationSettings.for_contract(spec, threshold, **rules), flat)
+        grid.append((threshold, run.net_pnl, run.trade_count))
+        if run.trade_count >= MIN_DECISION_TRADES and (best is None or run.net_pnl > best[1].net_pnl):
+            best = (threshold, run)
+    cost = float(spec.round_trip_return(float(np.mean(bars.close)))) if len(bars) else math.nan
+    if best is None:
+        threshold = grid[-1][0] if grid else 0.0
+        empty = simulate(bars, np.full(len(bars), np.nan), SimulationSettings.for_contract(spec, threshold, **rules))
+        best = (threshold, empty)
+    threshold, run = best
+    return ThresholdChoice(
+        threshold=threshold,
+        edge=EDGE_POSITIVE if run.net_pnl > 0 and run.trade_count >= MIN_DECISION_TRADES else EDGE_NONE,
+        net_pnl=run.net_pnl,
+        trades=run.trade_count,
+        trades_per_day=run.trades_per_day,
+        trading_days=run.trading_days,
+        long_entries=run.long_entries,
+        short_entries=run.short_entries,
+        commission=run.commission,
+        slippage=run.slippage,
+        round_trip_cost=cost,
+        grid=tuple(grid),
+    )

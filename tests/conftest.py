@@ -129,10 +129,14 @@ def run_python(
 
 @pytest.fixture(scope="session")
 def rf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small RandomForest bundle trained on real rb bars of 2015-09 .. 2015-12 (before any backtest range)."""
+    """A small RandomForest bundle trained on real rb bars of 2015-09 .. 2015-12 (before any backtest range).
+
+    Its threshold is the one the validation simulation picks, saved without the verdict (on these four months it is
+    edge: none, and the tests need a bundle that trades); `train_bundle` itself is tested in test_ml_model.
+    """
     import data_processor
     import ml_model
-    from config import CHINA_TZ
+    from config import CHINA_TZ, contract_spec, load_contracts
 
     bars = sample_frame.loc[pd.Timestamp("2015-09-01", tz=CHINA_TZ) : pd.Timestamp("2015-12-31 23:59", tz=CHINA_TZ)]
     data = data_processor.prepare_training_data(
@@ -142,6 +146,12 @@ def rf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFacto
         "random_forest", ml_model.ModelConfig(model_type="random_forest", trees=20, max_depth=6)
     )
     model.train(data)
+    model.threshold = ml_model.decide_threshold(model, data, contract_spec("rb0000.SHFE", load_contracts())).threshold
     model.evaluate(data, "test")
-    extra = {"vt_symbol": "rb0000.SHFE", "interval": "1m", "ranges": data.split.ranges(data.index)}
+    extra = {
+        "vt_symbol": "rb0000.SHFE",
+        "interval": "1m",
+        "ranges": data.split.ranges(data.index),
+        "label_kind": data.label_kind,
+    }
     return model.save_model(tmp_path_factory.mktemp("bundles") / "rf", extra=extra)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from vnpy.trader.constant import Direction, Offset
 
 import ai_trading_system
 import data_collector
@@ -23,6 +24,7 @@ from backtesting_module import (
 )
 from config import CHINA_TZ, DataError, Home, ModelError, resolve_home
 from ml_model import PricePredictionModel, read_metadata
+from predictive_trading_strategy import NO_EDGE
 
 VT = "rb0000.SHFE"
 
@@ -98,8 +100,59 @@ def test_golden_backtest_on_real_bars_is_pinned_and_repeatable(
     assert statistics["total_net_pnl"] == pytest.approx(GOLDEN_NET_PNL, abs=0.01)
 
 
-GOLDEN_TRADES = 21
-GOLDEN_NET_PNL = 422.137
+GOLDEN_TRADES = 111
+GOLDEN_NET_PNL = -1719.895
+
+
+def with_decision(bundle: Path, tmp_path: Path, edge: str) -> Path:
+    """A copy of a bundle whose metadata records a validation verdict, sealed again as `train` would seal it."""
+    import json
+    import shutil
+
+    from ml_model import MANIFEST_FILE, METADATA_FILE, manifest_of
+
+    copy = tmp_path / f"{bundle.name}_{edge}"
+    shutil.copytree(bundle, copy)
+    metadata = json.loads((copy / METADATA_FILE).read_text(encoding="utf-8"))
+    metadata["decision"] = {"edge": edge, "trades_per_day": 1.5, "threshold": metadata["threshold"]}
+    (copy / METADATA_FILE).write_text(json.dumps(metadata), encoding="utf-8")
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest_of(copy)), encoding="utf-8")
+    return copy
+
+
+def test_a_bundle_without_a_validation_edge_never_opens_unless_a_threshold_is_given(
+    january: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    module = BacktestingModule(resolve_home(tmp_path / "home"))
+    none = with_decision(rf_bundle, tmp_path, "none")
+    result = module.run_backtest(VT, "2016-01-04", "2016-01-31", none, bars=january, use_cache=False)
+    assert result.trades == [] and result.statistics["edge"] == "none"
+    assert sum(NO_EDGE in line for line in result.logs) == 1  # said once, at init
+    forced = module.run_backtest(
+        VT, "2016-01-04", "2016-01-31", none, setting={"prediction_threshold": 0.0003}, bars=january, use_cache=False
+    )
+    assert len(forced.trades) > 0 and any("显式阈值" in line for line in forced.logs)
+    positive = module.run_backtest(
+        VT, "2016-01-04", "2016-01-31", with_decision(rf_bundle, tmp_path, "positive"), bars=january, use_cache=False
+    )
+    assert positive.statistics["total_trade_count"] == GOLDEN_TRADES  # the verdict alone changes nothing
+    assert positive.statistics["expected_trades_per_day"] == 1.5
+    opened = [t for t in positive.trades if t.offset == Offset.OPEN]
+    assert positive.statistics["long_entries"] + positive.statistics["short_entries"] == len(opened)
+
+
+def test_a_backtest_is_flat_before_every_roll_gap_it_steps_over(
+    sample_frame: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    bars = sample_frame.loc[pd.Timestamp("2016-02-20", tz=CHINA_TZ) : pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
+    module = BacktestingModule(resolve_home(tmp_path / "home"))
+    result = module.run_backtest(VT, "2016-03-01", "2016-03-31", rf_bundle, bars=bars, use_cache=False)
+    rolls = [pd.Timestamp(text) for text in result.statistics["rolls"]]
+    assert [r.strftime("%m-%d %H:%M") for r in rolls] == ["03-07 21:00", "03-08 21:00", "03-11 21:00"]
+    assert len(result.trades) > 10
+    for roll in rolls:  # the position held when each roll bar opens: every fill before it, summed
+        held = sum((1 if t.direction == Direction.LONG else -1) * t.volume for t in result.trades if t.datetime < roll)
+        assert held == 0, roll
 
 
 def bundle_ranges(bundle: Path) -> dict[str, list[str]]:

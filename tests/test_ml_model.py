@@ -17,7 +17,8 @@ import pytest
 import ai_trading_system
 import data_processor as dp
 import ml_model
-from config import CHINA_TZ, Home, ModelError, file_sha256, resolve_home
+from config import CHINA_TZ, Home, ModelError, contract_spec, file_sha256, load_contracts, resolve_home
+from trade_simulator import MIN_DECISION_TRADES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,7 +36,7 @@ def data(sample_frame: pd.DataFrame) -> dp.TrainingData:
 
 def facts(data: dp.TrainingData) -> dict[str, Any]:
     """What a bundle must record about its training bars (train_bundle passes the same)."""
-    return {"vt_symbol": VT, "interval": "1m", "ranges": data.split.ranges(data.index)}
+    return {"vt_symbol": VT, "interval": "1m", "ranges": data.split.ranges(data.index), "label_kind": data.label_kind}
 
 
 def trained(kind: str, data: dp.TrainingData) -> ml_model.PricePredictionModel:
@@ -137,11 +138,10 @@ def test_metadata_records_what_the_model_was_trained_on(forest_bundle: Path, dat
     metadata = json.loads((forest_bundle / "metadata.json").read_text(encoding="utf-8"))
     assert metadata["features"] == data.names and metadata["feature_version"] == dp.FEATURE_VERSION
     assert (metadata["sequence_length"], metadata["horizon"], metadata["seed"]) == (60, 5, 42)
-    assert metadata["label"].startswith("close[t+h] / close[t] - 1")
-    assert metadata["threshold"] > 0 and "validation" in metadata["threshold_method"]
+    assert metadata["label"] == dp.LABEL_KINDS["executable"] and metadata["label"].startswith("open[t+1+h]")
     assert metadata["versions"]["scikit-learn"] and metadata["versions"]["onnxruntime"]
     assert metadata["created_at"].endswith("+08:00")
-    assert (metadata["vt_symbol"], metadata["interval"], metadata["label_kind"]) == (VT, "1m", "close")
+    assert (metadata["vt_symbol"], metadata["interval"], metadata["label_kind"]) == (VT, "1m", "executable")
     assert metadata["ranges"]["valid"] == list(data.split.ranges(data.index)["valid"])
     manifest = json.loads((forest_bundle / "manifest.json").read_text(encoding="utf-8"))
     assert set(manifest["files"]) == {"model.joblib", "fast.onnx", "scaler.json", "metrics.json", "metadata.json"}
@@ -453,6 +453,36 @@ def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progr
     loaded = ml_model.PricePredictionModel().load_model(model.path)
     assert loaded.threshold == model.threshold
     assert loaded.metrics["test"]["samples"] == model.metrics["test"]["samples"]
+    assert "report.png" in json.loads((model.path / "manifest.json").read_text(encoding="utf-8"))["files"]
+
+
+def test_train_bundle_chooses_the_threshold_by_simulating_the_strategy_on_validation_with_the_real_costs(
+    sample_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    bars = sample_span(sample_frame, "2016-02-01", "2016-03-31")
+    spec = contract_spec(VT, load_contracts())
+    model = ml_model.train_bundle(bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", spec=spec)
+    metadata = model.metadata
+    decision = metadata["decision"]
+    assert metadata["label_kind"] == "executable" and metadata["costs"]["commission_rate"] == spec.commission_rate
+    # the chosen threshold is the best candidate by validation net P&L among those with enough fills
+    eligible = [row for row in decision["grid"] if row[2] >= MIN_DECISION_TRADES]
+    assert model.threshold == decision["threshold"]
+    if eligible:
+        assert decision["threshold"] == max(eligible, key=lambda row: row[1])[0]
+    assert decision["edge"] == ("positive" if eligible and max(r[1] for r in eligible) > 0 else "none")
+    assert ml_model.has_no_edge(metadata) == (decision["edge"] == "none")
+    # the same simulation again, from the bundle's own data, gives the recorded figures
+    data = dp.prepare_training_data(bars, VT, horizon=5, sequence_length=60, features_count=30)
+    again = ml_model.decide_threshold(model, data, spec)
+    assert (again.threshold, again.trades) == (decision["threshold"], decision["trades"])
+    assert again.net_pnl == pytest.approx(decision["net_pnl"])
+    # rb's round trip at ~2,000: two ticks of slippage and commission both sides, about 12 bp
+    assert decision["round_trip_cost"] == pytest.approx(2 * spec.commission_rate + 2 / 2000, rel=0.15)
+    drift = metadata["drift"]
+    assert set(drift) == {"train", "valid", "test"}
+    assert drift["train"]["mean_label"] == pytest.approx(metadata["label_mean"])
+    assert all(0 <= part["long_share"] + part["short_share"] <= 1 for part in drift.values())
 
 
 def test_train_walk_forward_names_the_folds_and_their_test_parts_follow_each_other(

@@ -17,12 +17,12 @@ from vnpy.trader.object import BarData, OrderData, TradeData
 from vnpy_ctastrategy.base import EngineType
 
 import data_collector
-import live_trading
 from backtesting_module import PreloadedBacktestingEngine
 from config import CHINA_TZ, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
 from data_processor import FEATURE_WARMUP
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import (
+    RISK_REJECTION,
     ModelSignal,
     PredictiveTradingStrategy,
     WindowBuffer,
@@ -250,7 +250,7 @@ def test_risk_veto_sends_nothing_and_logs_the_reason() -> None:
     strategy, engine = scripted_strategy([0.002], capital=50_000.0)
     strategy.on_bar(bar_at(FRIDAY, 3000))  # one lot needs 3,000 > 5% of 50,000
     assert engine.orders == []
-    assert any(live_trading.RISK_REJECTION in line and "预测 +0.002000" in line for line in engine.logs)  # audited
+    assert any(RISK_REJECTION in line and "预测 +0.002000" in line for line in engine.logs)  # audited
 
 
 def test_reversal_closes_first_and_opens_only_after_the_close_traded() -> None:

@@ -16,17 +16,22 @@ from vnpy.trader.object import TradeData
 import data_collector
 from backtesting_module import BacktestingModule, PreloadedBacktestingEngine, replay, set_engine_parameters
 from config import CHINA_TZ, ConfigError, DataError, contract_spec, load_contracts, resolve_home
+from data_processor import gap_segments, roll_exit_flags
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy
 from tests.conftest import run_python
 from trade_simulator import (
     CLOSE,
+    EDGE_NONE,
+    EDGE_POSITIVE,
     LONG,
+    MIN_DECISION_TRADES,
     OPEN,
     SHORT,
     Simulation,
     SimulationBars,
     SimulationSettings,
+    choose_threshold,
     simulate,
 )
 from trading_calendar import causal_trading_days
@@ -330,3 +335,49 @@ def test_importing_the_simulator_loads_neither_numba_nor_vnpy(tmp_path: Path) ->
     done = run_python(code, tmp_path / "home")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_simulator_equals_the_engine_when_flat_before_real_rolls(sample_frame: pd.DataFrame) -> None:
+    frame = sample_frame.loc[pd.Timestamp("2016-02-25", tz=CHINA_TZ) : pd.Timestamp("2016-03-15 23:59", tz=CHINA_TZ)]
+    begin = pd.Timestamp("2016-03-01", tz=CHINA_TZ)
+    predictions = synthetic_predictions(frame["close"].to_numpy())
+    settings = dataclasses.replace(RISK_BINDS, capital=1_000_000, max_daily_loss_rate=0.02)
+    flags = roll_exit_flags(gap_segments(frame))
+    engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT))
+    costs = {
+        "rate": settings.commission_rate,
+        "slippage": settings.slippage_cost,
+        "size": settings.size,
+        "pricetick": settings.pricetick,
+        "capital": settings.capital,
+    }
+    set_engine_parameters(engine, VT, "1m", begin.to_pydatetime(), frame.index[-1].to_pydatetime(), costs)
+    engine.add_strategy(PredictiveTradingStrategy, settings.strategy_setting())
+    engine.strategy.signal = PrecomputedSignal(PricePredictionModel("random_forest"), frame.index, predictions)
+    engine.strategy.flat_bars = set(np.asarray(frame.index.as_unit("s").asi8)[flags].tolist())
+    replay(engine)
+    engine_trades = engine_rows(sorted(engine.trades.values(), key=lambda trade: int(trade.tradeid)))
+    traded = frame.loc[begin:]
+    first = len(frame) - len(traded)
+    bars = SimulationBars.from_frame(traded, causal_trading_days(pd.DatetimeIndex(traded.index)))
+    simulation = simulate(bars, predictions[first:], settings, flat=flags[first:])
+    assert simulated_trades(simulation, pd.DatetimeIndex(traded.index)) == engine_trades
+    assert flags[first:].sum() >= 6 and len(engine_trades) > 20  # three rolls in the range, two flat bars each
+
+
+def test_choose_threshold_keeps_the_best_net_pnl_and_says_none_when_nothing_earns_after_costs() -> None:
+    rng = np.random.default_rng(3)
+    steps = rng.choice([-4.0, 4.0], size=3000)
+    close = 3000 + np.cumsum(steps)
+    bars = hand_bars(list(close))
+    spec = contract_spec(VT, load_contracts())
+    ahead = np.r_[close[2:] - close[1:-1], 0.0, 0.0] / 3000  # tomorrow's move, known today: a perfect model
+    foresight = choose_threshold(bars, ahead * rng.uniform(0.5, 1.5, size=len(close)), spec)
+    assert foresight.edge == EDGE_POSITIVE and foresight.net_pnl > 0
+    eligible = [row for row in foresight.grid if row[2] >= MIN_DECISION_TRADES]
+    assert foresight.threshold == max(eligible, key=lambda row: row[1])[0]
+    replayed = simulate(bars, ahead * 0, SimulationSettings.for_contract(spec, foresight.threshold))
+    assert replayed.trade_count == 0  # sanity: no prediction, no trade
+    hindsight = choose_threshold(bars, -ahead, spec)  # always wrong
+    assert hindsight.edge == EDGE_NONE and all(row[1] <= 0 for row in hindsight.grid)
+    assert foresight.round_trip_cost == pytest.approx(spec.round_trip_return(float(close.mean())))
