@@ -30,6 +30,7 @@ from config import (
     STRATEGIES_FILE,
     AppError,
     AppSettings,
+    AuditLog,
     BrokerSettings,
     ConfigError,
     Home,
@@ -358,6 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="策略开始前载入的历史天数（sim：回放开始前提供的历史），覆盖策略设置的 warmup_days（默认 10）",
     )
     trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
+
+    state = commands.add_parser(
+        "state",
+        help="查看或清除策略的实盘状态（风控账本、熔断、移动止损）/ show or clear a strategy's saved live state",
+    )
+    state.add_argument("--strategy", help="策略名（查看时默认全部）/ the strategy")
+    state.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：实盘与 SimNow 的状态（默认）；sim：模拟交易所回放的状态与模拟账户",
+    )
+    state.add_argument(
+        "--clear",
+        action="store_true",
+        help="删除状态（先停止交易进程并核对券商持仓）：下次启动时账本为空、不再熔断、持仓以券商为准；"
+        "ctp 须同时给 --strategy，sim 不给则清除整个模拟账户",
+    )
 
     keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
     keep.add_argument(
@@ -1071,6 +1090,47 @@ def print_trade_summary(system: live_trading.AITradingSystem, config: live_tradi
     print_table(rows, ("项目 / item", "值 / value"))
 
 
+def cmd_state(args: argparse.Namespace, home: Home) -> int:
+    """Show the strategies' saved live state, or clear one (the only way it is ever deleted)."""
+    simulated = args.gateway == "sim"
+    if args.clear:
+        removed = live_trading.clear_states(home, simulated, args.strategy)
+        AuditLog(home.audit_path).write(
+            "state_cleared", strategy=args.strategy, gateway=args.gateway, files=[str(path) for path in removed]
+        )
+        for path in removed:
+            print(f"已删除 / removed {path}")
+        if not removed:
+            print("没有可删除的状态 / no saved state")
+        return EXIT_OK
+    states = live_trading.saved_states(home, simulated)
+    if args.strategy:
+        states = {name: state for name, state in states.items() if name == args.strategy}
+    folder = home.sim_state_dir if simulated else home.state_dir
+    if not states:
+        print(f"{folder} 中没有已保存的状态 / no saved state")
+        return EXIT_OK
+    rows = []
+    for name, state in states.items():
+        risk = state.get("risk") or {}
+        halt = f"是 / yes：{risk.get('halt_reason', '')}" if risk.get("halted") else "否 / no"
+        model = state.get("model") or {}
+        rows += [
+            (name, "交易日 / trading day", state.get("trading_day")),
+            ("", "持仓 / position", state.get("pos")),
+            ("", "已实现盈亏 / realised", risk.get("realised")),
+            ("", "手续费 / commission", risk.get("commission")),
+            ("", "日初权益 / day-start equity", risk.get("day_start_equity")),
+            ("", "熔断 / halted", halt),
+            ("", "最后K线 / last bar", state.get("last_bar")),
+            ("", "模型 / model", model.get("name")),
+            ("", "保存于 / saved at", state.get("saved_at")),
+        ]
+    print(f"状态目录 / folder: {folder}")
+    print_table(rows, ("策略 / strategy", "项目 / item", "值 / value"))
+    return EXIT_OK
+
+
 def cmd_secrets(args: argparse.Namespace, home: Home) -> int:
     """Store a secret in the home's encrypted file (key outside the repository), or list the stored names."""
     if args.action == "list":
@@ -1097,6 +1157,7 @@ COMMANDS: dict[str, Handler] = {
     "optimize": cmd_optimize,
     "demo": cmd_demo,
     "trade": cmd_trade,
+    "state": cmd_state,
     "secrets": cmd_secrets,
 }
 

@@ -498,6 +498,26 @@ class Home:
     def heartbeat_path(self) -> Path:
         return self.run_dir / "trading.heartbeat"
 
+    @property
+    def state_dir(self) -> Path:
+        """What live strategies remember across a restart, one JSON per strategy; `sim/` for the simulator."""
+        return self.root / "state"
+
+    @property
+    def sim_state_dir(self) -> Path:
+        """The simulated exchange's account and the strategies' states of SIM runs (kept apart from live ones)."""
+        return self.state_dir / "sim"
+
+    def strategy_state_path(self, name: str, simulated: bool = False) -> Path:
+        """The state file of strategy `name` (live, or of SIM runs)."""
+        if not name or name.startswith(".") or any(sep in name for sep in "/\\"):
+            raise ConfigError(f"策略名 {name!r} 不能用作文件名 / the strategy name cannot name a file")
+        return (self.sim_state_dir if simulated else self.state_dir) / f"{name}.json"
+
+    @property
+    def sim_account_path(self) -> Path:
+        return self.sim_state_dir / "exchange.json"
+
     def database_path(self, settings: DatabaseSettings) -> Path:
         return self.vntrader_dir / settings.database
 

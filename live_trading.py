@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import data_collector
 from config import (
+    CHINA_TZ,
     SECRET_ENV,
     STRATEGIES_FILE,
     AppSettings,
@@ -26,10 +28,16 @@ from config import (
     TransientError,
     bind_vnpy_home,
     guarded,
+    json_safe,
     read_json_object,
     settings_dirs,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from vnpy.trader.object import PositionData
+
+    from risk_manager import PositionBook
 
 logger = logging.getLogger(__name__)
 DRAIN_EVENT: str = "eAiTraderDrain"  # carries a threading.Event that its handler sets
@@ -48,6 +56,8 @@ SIMNOW_AUTH_CODE: str = "0000000000000000"
 STRATEGY_CLASS_NAME: str = "PredictiveTradingStrategy"
 STRATEGY_MODULE: str = "predictive_trading_strategy"
 POSITION_SETTLE_SECONDS: float = 5.0  # CTP reports no position event when flat: wait this long after the account
+LEFTOVER_CANCEL_SECONDS: float = 10.0  # how long the broker may take to confirm the cancel of a leftover order
+LEGACY_VARIABLES: tuple[str, ...] = ("pos", "entry_price")  # what vnpy's json may restore when we have no state
 SIM_RECORDING_DB: str = "sim_recording.db"
 
 
@@ -161,6 +171,73 @@ def live_costs(spec: ContractSpec, capital: float, simulated: bool) -> dict[str,
         "margin_rate": spec.margin_rate,
         "slippage_cost": slippage,
     }
+
+
+class FileStateStore:
+    """A strategy's state as one readable JSON file under the home, written atomically, and its risk events in the
+    audit log: the strategy's StateStore live (the strategy itself opens no file)."""
+
+    def __init__(self, path: Path, audit: AuditLog) -> None:
+        self.path = path
+        self.audit = audit
+
+    def load(self) -> dict[str, Any] | None:
+        return read_json_object(self.path) if self.path.exists() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        saved_at = datetime.now(CHINA_TZ).isoformat(timespec="milliseconds")
+        write_json_atomic(self.path, json_safe({**state, "saved_at": saved_at}), indent=2)
+
+    def record(self, event: str, fields: dict[str, Any]) -> None:
+        self.audit.write(event, **fields)
+
+
+def saved_states(home: Home, simulated: bool = False) -> dict[str, dict[str, Any]]:
+    """The saved strategy states (live, or of SIM runs), by strategy name."""
+    folder = home.sim_state_dir if simulated else home.state_dir
+    paths = sorted(path for path in folder.glob("*.json") if path != home.sim_account_path)
+    return {path.stem: read_json_object(path) for path in paths}
+
+
+def clear_states(home: Home, simulated: bool = False, name: str | None = None) -> list[Path]:
+    """Delete one strategy's saved state, or (SIM, no name) every SIM state and the simulated account; the files
+    removed. Nothing else ever deletes a live state."""
+    if name:
+        paths = [home.strategy_state_path(name, simulated)]
+    elif simulated:
+        paths = sorted(home.sim_state_dir.glob("*.json"))
+    else:
+        raise ConfigError("清除实盘状态须用 --strategy 指明策略 / name the strategy whose live state to clear")
+    removed = [path for path in paths if path.exists()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def restorable_variables(saved: Mapping[str, Any] | None, have_state: bool) -> dict[str, Any]:
+    """What vnpy's cta_strategy_data.json may still put back after on_init: nothing when our state file exists (it
+    wins), else only the position fields it always kept; never the model name or risk state just set by on_init."""
+    if not saved or have_state:
+        return {}
+    return {name: saved[name] for name in LEGACY_VARIABLES if name in saved}
+
+
+def broker_book(positions: Sequence[PositionData], vt_symbol: str) -> PositionBook:
+    """The broker's positions of one contract as a PositionBook: today = volume − yesterday, at the broker's price."""
+    from vnpy.trader.constant import Direction
+
+    from risk_manager import PositionBook
+
+    book = PositionBook()
+    for position in positions:
+        if position.vt_symbol != vt_symbol or not position.volume:
+            continue
+        today, yd = position.volume - position.yd_volume, position.yd_volume
+        if position.direction == Direction.LONG:
+            book.long_today, book.long_yd, book.long_price = today, yd, position.price
+        elif position.direction == Direction.SHORT:
+            book.short_today, book.short_yd, book.short_price = today, yd, position.price
+    return book
 
 
 class ConnectionWatch:
@@ -315,7 +392,8 @@ class AITradingSystem:
 
         self.gateway_name = name
         if name != "CTP":  # the simulated exchange has its contract when connect returns (or raises)
-            self.main_engine.connect(setting, name)
+            # the simulated account outlives a killed process, as a broker's does
+            self.main_engine.connect({"account_file": str(self.home.sim_account_path), **setting}, name)
             self._connection_changed(True, f"{name} 已连接")
             return
         watch = ConnectionWatch(name, self._connection_changed)
@@ -326,36 +404,59 @@ class AITradingSystem:
         watch.wait(timeout, fronts)
         logger.info("%s 已登录，合约 %d 个 / logged in", name, len(self.main_engine.get_all_contracts()))
 
-    def gateway_position(self, vt_symbol: str, timeout: float) -> float:
-        """The broker's net position of a contract (long − short), once the account and positions are queried."""
-        from vnpy.trader.constant import Direction
+    def gateway_positions(self, vt_symbol: str, timeout: float) -> PositionBook:
+        """The broker's positions of a contract, once the account and positions are queried."""
+        from risk_manager import PositionBook
 
         deadline = time.monotonic() + timeout
         seen_account_at = None
         while time.monotonic() < deadline:
             positions = [p for p in self.main_engine.get_all_positions() if p.vt_symbol == vt_symbol]
             if positions:
-                return float(
-                    sum(
-                        p.volume if p.direction == Direction.LONG else -p.volume
-                        for p in positions
-                        if p.direction in (Direction.LONG, Direction.SHORT)
-                    )
-                )
+                return broker_book(positions, vt_symbol)
             if self.main_engine.get_all_accounts():
                 seen_account_at = seen_account_at or time.monotonic()
                 if time.monotonic() - seen_account_at >= POSITION_SETTLE_SECONDS:
-                    return 0.0  # CTP sends nothing for a contract that is not held
+                    return PositionBook()  # CTP sends nothing for a contract that is not held
             time.sleep(0.05)
         raise TransientError(f"{timeout:g} 秒内未收到账户与持仓 / no account or positions from the gateway")
+
+    def cancel_leftovers(self, vt_symbol: str, timeout: float = LEFTOVER_CANCEL_SECONDS) -> int:
+        """Cancel (and audit) the working orders of a contract that a previous process left, and wait until the
+        broker confirms; TransientError when it does not in time. Returns how many there were."""
+        leftovers = [order for order in self.main_engine.get_all_active_orders() if order.vt_symbol == vt_symbol]
+        for order in leftovers:
+            logger.warning("撤销上一进程留下的委托 %s / cancelling a leftover order", order.vt_orderid)
+            self.audit.write(
+                "leftover_order_cancel",
+                vt_orderid=order.vt_orderid,
+                vt_symbol=order.vt_symbol,
+                direction=order.direction.value if order.direction else "",
+                offset=order.offset.value,
+                price=order.price,
+                volume=order.volume,
+                traded=order.traded,
+            )
+            self.main_engine.cancel_order(order.create_cancel_request(), order.gateway_name)
+        deadline = time.monotonic() + timeout
+        while True:
+            working = [o.vt_orderid for o in leftovers if (self.main_engine.get_order(o.vt_orderid) or o).is_active()]
+            if not working:
+                return len(leftovers)
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"{timeout:g} 秒内未确认撤单：{', '.join(working)}；未开始交易 / leftover orders not cancelled"
+                )
+            time.sleep(0.05)
 
     # -- strategies --
 
     def start_trading(
         self, config: StrategyConfig, adopt_position: bool = False, position_timeout: float = 30.0
     ) -> bool:
-        """Register, init and (if the restored position matches the broker's) start one strategy; False when the
-        position check stopped it (logged, audited, alerted)."""
+        """Register and init one strategy (its state restored from the home), cancel the orders a previous process
+        left, check its positions against the broker's, feed it the account, start it; False when the position
+        check stopped it (logged, audited, alerted)."""
         contract = self.main_engine.get_contract(config.vt_symbol)
         if contract is None:
             raise ConfigError(
@@ -370,34 +471,99 @@ class AITradingSystem:
         strategy = self.cta_engine.strategies.get(config.name)
         if strategy is None:
             raise ConfigError(f"策略 {config.name} 未能加入 CTA 引擎（见日志）/ strategy was not added")
+        store = FileStateStore(self.home.strategy_state_path(config.name, self.gateway_name == "SIM"), self.audit)
+        strategy.store, strategy.account_required = store, True
+        # vnpy puts its saved variables back after on_init: ours win, and the model just loaded keeps its name
+        saved = self.cta_engine.strategy_data.get(config.name)
+        self.cta_engine.strategy_data[config.name] = restorable_variables(saved, store.path.exists())
         self.cta_engine.init_strategy(config.name).result()
         if strategy.signal is None:
             raise ModelError(f"策略 {config.name} 的模型未能加载：{config.setting.get('model_path')} / no model")
         self.monitor.set_model_loaded(config.name, True)
         self.audit.write("model_load", strategy=config.name, model=strategy.model_name)
-        broker = self.gateway_position(config.vt_symbol, position_timeout)
-        if strategy.pos != broker:
-            if not adopt_position:
-                self.position_mismatch(config, float(strategy.pos), broker)
-                return False
-            logger.warning("采用券商持仓 %s（策略记录 %s）/ adopting the broker's position", broker, strategy.pos)
-            self.audit.write("position_adopted", strategy=config.name, strategy_pos=strategy.pos, broker_pos=broker)
-            strategy.pos = broker
-            self.cta_engine.sync_strategy_data(strategy)
+        broker = self.gateway_positions(config.vt_symbol, position_timeout)  # the broker has answered: orders too
+        if self.cancel_leftovers(config.vt_symbol):
+            time.sleep(POSITION_SETTLE_SECONDS)  # a leftover may have traded before its cancel: positions follow
+            broker = self.gateway_positions(config.vt_symbol, position_timeout)
+        logger.info(
+            "本地停止单不跨进程保留；移动止损由状态恢复（最优价 %s，止损价 %s）/ local stop orders are not kept",
+            strategy.best_price,
+            strategy.trailing_stop_price,
+        )
+        if not self.check_positions(config, strategy, broker, adopt_position):
+            return False
+        self.follow_account(strategy)
         self.cta_engine.start_strategy(config.name)
         self.audit.write("strategy_start", strategy=config.name, vt_symbol=config.vt_symbol, pos=strategy.pos)
         logger.info("策略 %s 已启动，持仓 %s / strategy started", config.name, strategy.pos)
         return True
 
-    def position_mismatch(self, config: StrategyConfig, remembered: float, broker: float) -> None:
-        """Refuse to trade on a position the broker does not confirm; say how to fix it."""
+    def check_positions(self, config: StrategyConfig, strategy: Any, broker: PositionBook, adopt: bool) -> bool:
+        """Compare the strategy's long and short, today and yesterday, with the broker's: equal totals take the
+        broker's split; different ones stop here unless `adopt`, which books the broker's at its prices."""
+        from risk_manager import PositionBook, position_differences, same_holdings, with_broker_split
+
+        ours: PositionBook = strategy.risk.state.positions
+        if strategy.risk.net_position != strategy.pos:  # only vnpy's own json remembered a position
+            ours = PositionBook(long_yd=max(strategy.pos, 0.0), short_yd=max(-strategy.pos, 0.0))
+        differences = position_differences(ours, broker)
+        if not differences:
+            strategy.adopt_positions(with_broker_split(ours, broker))  # the broker's prices where ours are unknown
+            return True
+        if same_holdings(ours, broker):
+            logger.info(
+                "今昨仓划分按券商校正：%s / today-yesterday split taken from the broker", "；".join(differences)
+            )
+            strategy.adopt_positions(with_broker_split(ours, broker))
+            return True
+        if not adopt:
+            self.position_mismatch(config, float(strategy.pos), broker.net, differences)
+            return False
+        logger.warning("采用券商持仓：%s / adopting the broker's positions", "；".join(differences))
+        self.audit.write(
+            "position_adopted",
+            strategy=config.name,
+            strategy_pos=strategy.pos,
+            broker_pos=broker.net,
+            differences=differences,
+            long_price=broker.long_price,
+            short_price=broker.short_price,
+        )
+        strategy.adopt_positions(broker)
+        self.cta_engine.sync_strategy_data(strategy)
+        return True
+
+    def follow_account(self, strategy: Any) -> None:
+        """Feed the gateway's account events (and the latest one) to the strategy: its equity for the limits."""
+        from vnpy.trader.event import EVENT_ACCOUNT
+
+        def forward(event: Any) -> None:
+            if event.data.gateway_name == self.gateway_name:
+                strategy.on_account(event.data)
+
+        self.event_engine.register(EVENT_ACCOUNT, guarded("strategy.account", forward, logger))
+        for account in self.main_engine.get_all_accounts():
+            if account.gateway_name == self.gateway_name:
+                strategy.on_account(account)
+
+    def position_mismatch(
+        self, config: StrategyConfig, remembered: float, broker: float, differences: Sequence[str] = ()
+    ) -> None:
+        """Refuse to trade on a position the broker does not confirm; say what differs and how to fix it."""
+        detail = f"（{'；'.join(differences)}）" if differences else ""
         message = (
-            f"策略 {config.name} 记录的持仓 {remembered:g} 与券商持仓 {broker:g}（{config.vt_symbol}）不一致，"
+            f"策略 {config.name} 记录的持仓 {remembered:g} 与券商持仓 {broker:g}（{config.vt_symbol}）不一致{detail}，"
             "未启动交易。核对后如以券商为准，请加 --adopt-broker-position 重新运行 trade / "
             "position mismatch, trading not started"
         )
         logger.error("%s", message)
-        self.audit.write("position_mismatch", strategy=config.name, strategy_pos=remembered, broker_pos=broker)
+        self.audit.write(
+            "position_mismatch",
+            strategy=config.name,
+            strategy_pos=remembered,
+            broker_pos=broker,
+            differences=list(differences),
+        )
         self.mailer.send_alert(message, "CRITICAL", key=f"position_mismatch_{config.name}")
 
     def record(self, vt_symbols: Sequence[str], database: Path | None = None) -> None:
@@ -475,11 +641,21 @@ class AITradingSystem:
             if not self.engine_closed:
                 self.cta_engine.stop_all_strategies()
                 self.drain(5.0)
-            self.audit.write("strategy_stop", strategy=self.strategy_name)
+            strategy = self.cta_engine.strategies.get(self.strategy_name)
+            self.audit.write("strategy_stop", strategy=self.strategy_name, pos=strategy.pos if strategy else None)
         if self.collector is not None:
             self.collector.stop()
         self.monitor.detach()
         self.mailer.stop(5.0)
         if not self.engine_closed:  # MainWindow's exit dialog closes the engines itself
             self.main_engine.close()
+        self.end_sim_world()
         logger.info("交易系统已关闭 / trading system closed")
+
+    def end_sim_world(self) -> None:
+        """A replay that reached its end leaves nothing to resume: remove the simulated account and SIM states
+        (a killed or stopped one keeps them, and the next SIM run in this home continues it)."""
+        if self.gateway_name != "SIM" or not getattr(self.main_engine.get_gateway("SIM"), "completed", False):
+            return
+        clear_states(self.home, simulated=True)
+        logger.info("回放已完成，模拟账户与 SIM 策略状态已清除 / replay complete, simulated state removed")

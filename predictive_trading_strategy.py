@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from vnpy.trader.constant import Direction, Offset, OrderType
-from vnpy.trader.object import BarData, OrderData, OrderRequest, TickData, TradeData
+from vnpy.trader.object import AccountData, BarData, OrderData, OrderRequest, TickData, TradeData
 from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
 from vnpy_ctastrategy import CtaTemplate
 
@@ -18,6 +18,7 @@ from config import (
     AppError,
     ConfigError,
     ContractSpec,
+    DataError,
     ModelError,
     RiskSettings,
     resolve_home,
@@ -32,6 +33,44 @@ RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log l
 NO_EDGE: str = "无验证优势"  # how on_init starts the log line of a bundle whose validation showed no net edge
 DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
+
+STATE_FORMAT: int = 1  # the layout of the saved strategy state
+
+
+class StateStore(Protocol):
+    """Where the strategy keeps what it knows across a restart and reports its halts; the composition root gives it
+    one (live: a file under the home and the audit log), else it keeps them in memory."""
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none."""
+        ...
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Keep this state (plain JSON values) in place of the previous one."""
+        ...
+
+    def record(self, event: str, fields: dict[str, Any]) -> None:
+        """Report a risk event (`risk_halt`, `risk_resume`) with its fields."""
+        ...
+
+
+class MemoryStateStore:
+    """The default store: the latest state and the events in memory (backtests, tests)."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.saves = 0
+
+    def load(self) -> dict[str, Any] | None:
+        return self.state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.saves += 1
+
+    def record(self, event: str, fields: dict[str, Any]) -> None:
+        self.events.append((event, fields))
 
 
 class WindowBuffer:
@@ -130,6 +169,35 @@ def load_signal(model_path: str, vt_symbol: str, interval: str = "1m") -> ModelS
     return ModelSignal(PricePredictionModel().load_model(bundle, vt_symbol=vt_symbol, interval=interval), vt_symbol)
 
 
+def bundle_checksum(model: PricePredictionModel) -> str:
+    """The bundle's identity: the seal of its manifest (ml_model.manifest_of), which covers every file."""
+    return model.seal
+
+
+def _saved_time(value: Any, what: str) -> datetime | None:
+    """A saved time-zone-aware ISO time, or None; DataError when it is something else."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        when = None
+    if when is None or when.utcoffset() is None:
+        raise DataError(f"状态中的 {what} 无效：{value!r} / saved {what} is not an aware ISO time")
+    return when
+
+
+def target_position(prediction: float, threshold: float, position: float, size: int) -> float:
+    """Long above +threshold, short below -threshold, otherwise keep the position."""
+    if math.isnan(prediction):
+        return position
+    if prediction > threshold:
+        return size
+    if prediction < -threshold:
+        return -size
+    return position
+
+
 class PredictiveTradingStrategy(CtaTemplate):
     """Trades the model's prediction per bar: long above the threshold, short below, trailing stop, risk-checked."""
 
@@ -178,6 +246,8 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.bg = BarGenerator(self.on_bar)
         self.signal: ModelSignal | PrecomputedSignal | None = None
         self.risk: RiskManager | None = None
+        self.store: StateStore = MemoryStateStore()  # the live composition root hands in the home's file
+        self.account_required = False  # live: set by the composition root; nothing opens before the balance
         self.threshold = 0.0
         self.best_price = 0.0
         self.blocked = 0  # after a trailing stop, the side (LONG / SHORT) not re-entered until the signal resets
@@ -185,23 +255,36 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
+        self.model_checksum = ""
+        self.decided_bar: datetime | None = None  # the bar of the latest decision
+        self.settled_bar: datetime | None = None  # the latest bar whose decision has no order left in flight
+        self.resume_after: datetime | None = None  # after a restart: bars up to this one were acted on already
+        self.saved_key: tuple[Any, ...] = ()
+        self.halt_seen = False
+        self.account_warned = False
 
     # -- lifecycle --
 
     def on_init(self) -> None:
-        """Load the model and the risk manager, then warm the features with history; no model means no trading."""
+        """Load the model and the risk manager, restore the saved state, then warm the features with history;
+        no model means no trading."""
         try:
             if self.signal is None:  # a backtest may hand in a PrecomputedSignal of the same model
                 self.signal = load_signal(self.model_path, self.vt_symbol)
             self.risk = self.build_risk_manager()
+            model = self.signal.model
+            self.model_name = model.path.name if model.path else ""
+            self.model_checksum = bundle_checksum(model)
+            saved = self.store.load()
+            if saved is not None:
+                self.restore_state(saved)
         except AppError as exc:
             self.signal = self.risk = None
             self.write_log(f"初始化失败，策略不会交易：{exc}")
             raise  # the engine then leaves the strategy uninitialised
-        model = self.signal.model
-        self.model_name = model.path.name if model.path else ""
         self.threshold = self.prediction_threshold if self.prediction_threshold > 0 else model.threshold
         self.risk_state = self.risk.status
+        self.saved_key = self.state_key()
         self.write_log(
             f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
             f"需要 {self.signal.bars_needed} 根K线预热"
@@ -216,12 +299,12 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.load_bar(self.warmup_days)
 
     def on_start(self) -> None:
-        """Adopt a position the engine restored (live restart) into the risk manager's book."""
+        """Book a position that only vnpy's own variables remembered (no state of ours) into the risk book."""
         if self.signal is None or self.risk is None:
             # vnpy marks a strategy inited even when on_init raised; on_bar still refuses to trade without a model
             self.write_log("没有可用的模型，策略不会下单；请检查 model_path 后重新初始化")
             return
-        if self.pos and self.risk.net_position != self.pos:  # CtaEngine restored pos from its json on a restart
+        if self.pos and self.risk.net_position != self.pos:  # the live root books the broker's positions first
             price = self.entry_price or self.last_price
             book = (
                 PositionBook(long_yd=self.pos, long_price=price)
@@ -230,6 +313,7 @@ class PredictiveTradingStrategy(CtaTemplate):
             )
             self.risk.sync_positions(book)
             self.write_log(f"沿用已有持仓 {self.pos}（开仓价 {price}）")
+            self.save_state("start")
         self.put_event()
 
     def on_stop(self) -> None:
@@ -253,7 +337,128 @@ class PredictiveTradingStrategy(CtaTemplate):
             max_position_ratio=self.max_position_ratio,
             max_single_trade_ratio=self.max_single_trade_ratio,
         )
-        return RiskManager(limits, spec, self.capital, slippage=self.slippage_cost)
+        return RiskManager(
+            limits, spec, self.capital, slippage=self.slippage_cost, account_required=self.account_required
+        )
+
+    # -- the state that survives a restart --
+
+    def state_snapshot(self, reason: str) -> dict[str, Any]:
+        """What a restart needs, as plain JSON values: the risk book, the trailing stop, the model, the last bar."""
+        assert self.risk is not None
+        state = self.risk.state
+        return {
+            "format": STATE_FORMAT,
+            "strategy": self.strategy_name,
+            "vt_symbol": self.vt_symbol,
+            "trading_day": state.trading_day.isoformat() if state.trading_day else None,
+            "saved_for": reason,
+            "last_bar": self.settled_bar.isoformat() if self.settled_bar else None,
+            "model": {"name": self.model_name, "checksum": self.model_checksum},
+            "pos": float(self.pos),
+            "entry_price": self.entry_price,
+            "trailing": {
+                "best_price": self.best_price,
+                "stop_price": self.trailing_stop_price,
+                "blocked": DIRECTIONS[self.blocked].name if self.blocked else None,
+            },
+            "risk": self.risk.snapshot(),
+        }
+
+    def state_key(self) -> tuple[Any, ...]:
+        """The few values whose change on a bar is worth a save (fills and halts always save)."""
+        if self.risk is None:
+            return ()
+        state = self.risk.state
+        return self.pos, self.best_price, self.blocked, state.halted, state.trading_day
+
+    def save_state(self, reason: str) -> None:
+        """Hand the current state to the store."""
+        if self.risk is None:
+            return
+        self.store.save(self.state_snapshot(reason))
+        self.saved_key = self.state_key()
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        """Put a saved state back (in on_init); an earlier trading day's is rolled by the first bar's mark."""
+        assert self.risk is not None
+        if saved.get("format") != STATE_FORMAT or saved.get("vt_symbol") != self.vt_symbol:
+            raise ConfigError(
+                f"策略 {self.strategy_name} 的已存状态属于 {saved.get('vt_symbol')!r}（格式 {saved.get('format')!r}），"
+                f"与现在的 {self.vt_symbol} 不符；核对持仓后用 `ai_trading_system.py state --strategy "
+                f"{self.strategy_name} --clear` 清除 / the saved state belongs to another contract"
+            )
+        trailing = saved.get("trailing")
+        if not isinstance(trailing, dict) or not isinstance(saved.get("risk"), dict):
+            raise DataError("状态缺少 trailing 或 risk / the saved state is incomplete")
+        self.risk.restore(saved["risk"])
+        blocked = trailing.get("blocked")
+        if blocked not in (None, Direction.LONG.name, Direction.SHORT.name):
+            raise DataError(f"状态中的 blocked 无效：{blocked!r} / saved blocked direction is invalid")
+        try:
+            self.pos = float(saved["pos"])
+            self.entry_price = float(saved["entry_price"])
+            self.best_price = float(trailing["best_price"])
+            self.trailing_stop_price = float(trailing["stop_price"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError("状态中的持仓或止损价无效 / saved position or stop prices are invalid") from None
+        self.blocked = (LONG if blocked == Direction.LONG.name else SHORT) if blocked else 0
+        self.settled_bar = self.decided_bar = self.resume_after = _saved_time(saved.get("last_bar"), "last_bar")
+        self.halt_seen = self.risk.halted
+        self.risk_state = self.risk.status
+        account = self.risk.state
+        if math.isfinite(account.last_price):
+            self.last_price = account.last_price
+        model = saved.get("model") or {}
+        if model.get("checksum") != self.model_checksum:
+            self.write_log(
+                f"模型已更换：状态中为 {model.get('name')}，现在加载 {self.model_name}；账本与熔断照常恢复 "
+                "/ the model changed since the state was saved"
+            )
+        self.write_log(
+            f"已恢复状态：交易日 {account.trading_day}，持仓 {self.pos:g}，已实现盈亏 {account.realised:,.2f}，"
+            f"手续费 {account.commission:,.2f}，{'熔断中：' + account.halt_reason if account.halted else '未熔断'}，"
+            f"最后处理K线 {self.resume_after} / state restored"
+        )
+
+    def note_halt(self, when: datetime | None) -> None:
+        """Report a halt, or its lift on a new trading day, once: the log, the store's events and the state."""
+        assert self.risk is not None
+        halted = self.risk.halted
+        if halted == self.halt_seen:
+            return
+        self.halt_seen = halted
+        state = self.risk.state
+        fields: dict[str, Any] = {
+            "strategy": self.strategy_name,
+            "trading_day": state.trading_day.isoformat() if state.trading_day else None,
+            "time": when.isoformat() if when else None,
+        }
+        self.save_state("halt" if halted else "resume")  # saved before it is reported: a crash keeps the halt
+        if halted:
+            fields.update(
+                reason=state.halt_reason, daily_pnl=round(self.risk.daily_pnl, 2), limit=round(self.risk.loss_limit, 2)
+            )
+            self.store.record("risk_halt", fields)
+            self.write_log(f"暂停开仓：{state.halt_reason}")
+        else:
+            self.store.record("risk_resume", fields)
+            self.write_log(f"交易日 {fields['trading_day']} 开始，恢复开仓 / trading resumes")
+
+    def adopt_positions(self, book: PositionBook) -> None:
+        """Take the broker's positions (with its prices) as the book and `pos` (the live root, before start)."""
+        assert self.risk is not None
+        self.risk.sync_positions(book)
+        self.pos = book.net
+        if not self.pos:
+            self.entry_price = self.best_price = self.trailing_stop_price = 0.0
+        self.note_halt(None)
+        self.save_state("adopt")
+
+    def on_account(self, account: AccountData) -> None:
+        """The broker's account (live): the risk limits use its balance, capped by `capital`."""
+        if self.risk is not None:
+            self.risk.set_balance(account.balance)
 
     # -- market data --
 
@@ -268,9 +473,10 @@ class PredictiveTradingStrategy(CtaTemplate):
             return
         self.last_price = bar.close_price
         self.prediction_value = self.signal.update(bar)
-        if not self.trading:
-            return
+        if not self.trading or (self.resume_after is not None and bar.datetime <= self.resume_after):
+            return  # warming up, or a bar the previous process already acted on
         self.risk.mark(bar.close_price, bar.datetime)
+        self.note_halt(bar.datetime)
         self.risk_state = self.risk.status
         stopped = self.check_trailing_stop(bar)
         before_roll = int(bar.datetime.timestamp()) in self.flat_bars
@@ -283,6 +489,11 @@ class PredictiveTradingStrategy(CtaTemplate):
         why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
         why = why or ("换月前平仓 / flat before a roll" if before_roll else "")
         self.move_to(target, bar, why)
+        self.decided_bar = bar.datetime
+        if not self.active_orderids:
+            self.settled_bar = bar.datetime
+        if self.state_key() != self.saved_key:
+            self.save_state("bar")
         self.put_event()
 
     def allowed_target(self, prediction: float) -> float:
@@ -308,8 +519,14 @@ class PredictiveTradingStrategy(CtaTemplate):
             if self.active_orderids:  # live cancels are confirmed later: wait for them before anything new
                 return
         direction, offset, volume = next_order(self.pos, target)
-        if volume:
-            self.send(DIRECTIONS[direction], OFFSETS[offset], volume, bar, target, why)
+        if not volume:
+            return
+        if offset == OPEN and self.risk is not None and self.risk.awaiting_account:
+            if not self.account_warned:
+                self.write_log("尚未收到账户资金，暂不开仓 / waiting for the account balance before opening")
+                self.account_warned = True
+            return
+        self.send(DIRECTIONS[direction], OFFSETS[offset], volume, bar, target, why)
 
     def order_price(self, direction: Direction, bar: BarData) -> float:
         """The bar's close with `slippage_ticks` of allowance toward the other side, on the tick grid."""
@@ -346,17 +563,24 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.write_log(f"下单 {direction.value}{offset.value} {volume}@{price}；{inputs}；风控通过")
 
     def on_order(self, order: OrderData) -> None:
+        """Forget an order once it is done; the decision that sent it is settled when none is left."""
         if not order.is_active():
             self.active_orderids.discard(order.vt_orderid)
+            if not self.active_orderids:
+                self.settled_bar = self.decided_bar
 
     def on_trade(self, trade: TradeData) -> None:
-        """Keep the risk manager's book and the entry / best prices in step with fills."""
+        """Keep the risk manager's book and the entry / best prices in step with fills; save the state."""
         if self.risk is not None:
             self.risk.update_trade(trade)
+            self.note_halt(trade.datetime)
             self.risk_state = self.risk.status
         if not self.pos:
             self.entry_price = self.best_price = self.trailing_stop_price = 0.0
         elif trade.offset == Offset.OPEN:
             self.entry_price = trade.price
             self.best_price = trade.price
+        if not self.active_orderids:
+            self.settled_bar = self.decided_bar
+        self.save_state("fill")
         self.put_event()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from vnpy.trader.constant import Direction, Offset
 from vnpy.trader.object import OrderRequest, TradeData
@@ -30,6 +31,13 @@ OFFSET_NAMES: dict[Offset, str] = {
     Offset.CLOSEYESTERDAY: "平昨",
 }
 BUCKET_NAMES: dict[Offset, str] = {Offset.CLOSE: "", Offset.CLOSETODAY: "今仓", Offset.CLOSEYESTERDAY: "昨仓"}
+POSITION_FIELDS: dict[str, str] = {
+    "long_today": "多头今仓",
+    "long_yd": "多头昨仓",
+    "short_today": "空头今仓",
+    "short_yd": "空头昨仓",
+}
+AWAITING_ACCOUNT: str = "尚未收到账户资金（AccountData），暂不开仓 / no account balance yet: no opening"
 
 SentOrder = tuple[datetime, Direction, Offset, float, float]  # time, direction, offset, price, volume
 
@@ -116,20 +124,47 @@ class PositionBook:
         self.short_yd, self.short_today = self.short_yd + self.short_today, 0.0
 
 
+def position_differences(ours: PositionBook, broker: PositionBook) -> list[str]:
+    """Which of long / short × today / yesterday differ between the strategy's book and the broker's, for a person."""
+    return [
+        f"{name}：策略 {getattr(ours, key):g}，券商 {getattr(broker, key):g}"
+        for key, name in POSITION_FIELDS.items()
+        if getattr(ours, key) != getattr(broker, key)
+    ]
+
+
+def same_holdings(ours: PositionBook, broker: PositionBook) -> bool:
+    """Whether the long and the short totals agree (the today / yesterday split may still differ)."""
+    return ours.long == broker.long and ours.short == broker.short
+
+
+def with_broker_split(ours: PositionBook, broker: PositionBook) -> PositionBook:
+    """The broker's today / yesterday split with our average prices where we know them (the broker's else)."""
+    return replace(
+        broker,
+        long_price=ours.long_price if ours.long and ours.long_price else broker.long_price,
+        short_price=ours.short_price if ours.short and ours.short_price else broker.short_price,
+    )
+
+
 @dataclass
 class AccountState:
     """Everything the pre-trade check reads: money, positions, the day's reference equity, halts and sent orders."""
 
-    capital: float  # equity at the start
+    capital: float  # the configured capital: equity at the start, and the cap on the account's balance
     positions: PositionBook
     realised: float = 0.0  # cumulative realised P&L in money (contract size applied)
     commission: float = 0.0
     slippage_cost: float = 0.0  # see RiskManager(slippage=...)
     last_price: float = math.nan
     trading_day: date | None = None
-    day_start_equity: float = math.nan  # equity when the trading day began (set at its first mark)
+    day_start_equity: float = math.nan  # the book's equity when the trading day began (set at its first mark)
+    balance: float = math.nan  # the broker's account balance (live), nan until it arrives and in backtests
+    day_start_balance: float = math.nan  # the balance when the trading day began, or when it first arrived that day
+    account_required: bool = False  # live: nothing opens until the broker's balance has arrived
     halted: bool = False
     halt_reason: str = ""
+    halted_at: datetime | None = None  # when the current halt began
     book_out_of_sync: bool = False  # a fill closed more than the book held; only sync_positions lifts this halt
     limit_up: float = math.nan  # the day's price band when known, else nan
     limit_down: float = math.nan
@@ -143,14 +178,87 @@ class AccountState:
         shorts = (book.short_price - mark) * book.short * size if book.short else 0.0
         return longs + shorts
 
-    def equity(self, size: float, price: float | None = None) -> float:
-        """Capital plus realised minus costs plus open P&L at `price` (default the last mark)."""
+    def book_equity(self, size: float, price: float | None = None) -> float:
+        """Capital plus realised minus costs plus open P&L at `price` (default the last mark): the strategy's own."""
         costs = self.commission + self.slippage_cost
         return self.capital + self.realised - costs + self.unrealised(size, price)
 
+    def equity(self, size: float, price: float | None = None) -> float:
+        """The book's equity, capped by the broker's balance once it is known (an account may hold less)."""
+        own = self.book_equity(size, price)
+        return min(own, self.balance) if math.isfinite(self.balance) else own
+
     def daily_pnl(self, size: float, price: float | None = None) -> float:
-        """Equity change since the trading day began (nan before the first mark)."""
-        return self.equity(size, price) - self.day_start_equity
+        """The book's equity change since the trading day began (nan before the first mark)."""
+        return self.book_equity(size, price) - self.day_start_equity
+
+    def loss_base(self) -> float:
+        """What the daily loss limit is a fraction of: the day-start equity, capped by the day-start balance."""
+        start = self.day_start_equity
+        return min(start, self.day_start_balance) if math.isfinite(self.day_start_balance) else start
+
+
+def account_to_dict(state: AccountState) -> dict[str, Any]:
+    """What of the account must survive a restart, as plain JSON values (nan as null); sent orders are not kept."""
+    return {
+        "positions": asdict(state.positions),
+        "realised": state.realised,
+        "commission": state.commission,
+        "slippage_cost": state.slippage_cost,
+        "last_price": _plain(state.last_price),
+        "trading_day": state.trading_day.isoformat() if state.trading_day else None,
+        "day_start_equity": _plain(state.day_start_equity),
+        "day_start_balance": _plain(state.day_start_balance),
+        "halted": state.halted,
+        "halt_reason": state.halt_reason,
+        "halted_at": state.halted_at.isoformat() if state.halted_at else None,
+        "book_out_of_sync": state.book_out_of_sync,
+    }
+
+
+def restore_account(state: AccountState, saved: Mapping[str, Any]) -> None:
+    """Put a saved account (`account_to_dict`) back into `state`; DataError naming the first bad value."""
+    positions = saved.get("positions")
+    if not isinstance(positions, Mapping) or set(positions) != {f.name for f in fields(PositionBook)}:
+        raise DataError(f"状态中的持仓无效：{positions!r} / saved positions are invalid")
+    book = PositionBook(**{key: _saved_number(positions, key, allow_nan=False) for key in positions})
+    if min(book.long_today, book.long_yd, book.short_today, book.short_yd) < 0:
+        raise DataError(f"状态中的持仓为负：{positions!r} / saved positions are negative")
+    day = saved.get("trading_day")
+    halted_at = saved.get("halted_at")
+    try:
+        trading_day = date.fromisoformat(day) if day is not None else None
+        halt_time = _aware(datetime.fromisoformat(halted_at)) if halted_at is not None else None
+    except (TypeError, ValueError):
+        raise DataError(f"状态中的交易日或熔断时间无效：{day!r}, {halted_at!r} / saved dates are invalid") from None
+    halted, out_of_sync, reason = saved.get("halted"), saved.get("book_out_of_sync"), saved.get("halt_reason", "")
+    if not isinstance(halted, bool) or not isinstance(out_of_sync, bool) or not isinstance(reason, str):
+        raise DataError(f"状态中的熔断标志无效：{halted!r}, {out_of_sync!r} / saved halt flags are invalid")
+    state.positions = book
+    state.realised = _saved_number(saved, "realised", allow_nan=False)
+    state.commission = _saved_number(saved, "commission", allow_nan=False)
+    state.slippage_cost = _saved_number(saved, "slippage_cost", allow_nan=False)
+    state.last_price = _saved_number(saved, "last_price")
+    state.trading_day = trading_day
+    state.day_start_equity = _saved_number(saved, "day_start_equity")
+    state.day_start_balance = _saved_number(saved, "day_start_balance")
+    state.halted, state.book_out_of_sync = halted, out_of_sync
+    state.halt_reason, state.halted_at = reason, halt_time
+
+
+def _plain(value: float) -> float | None:
+    """A number for JSON: nan (unknown) as None."""
+    return value if math.isfinite(value) else None
+
+
+def _saved_number(saved: Mapping[str, Any], key: str, allow_nan: bool = True) -> float:
+    """A saved number (null is nan where allowed); DataError otherwise."""
+    value = saved.get(key)
+    if value is None and allow_nan:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"状态中的 {key} 无效：{value!r} / saved {key} is not a number")
+    return float(value)
 
 
 def _closed_side(direction: Direction) -> str:
@@ -172,16 +280,17 @@ def _known(price: float) -> float:
 
 def daily_loss_reason(state: AccountState, limits: RiskSettings, size: float, price: float | None = None) -> str:
     """Why the daily loss limit is breached at `price` (default the last mark), or "" when it is not."""
-    start = state.day_start_equity
-    if not math.isfinite(start):
+    base = state.loss_base()
+    if not math.isfinite(base):
         return ""
-    pnl = state.equity(size, price) - start
-    floor = -limits.max_daily_loss_rate * start
+    pnl = state.daily_pnl(size, price)
+    floor = -limits.max_daily_loss_rate * base
     if not pnl < floor:
         return ""
+    what = "日初权益" if base == state.day_start_equity else "日初账户权益"
     return (
-        f"熔断：今日亏损超限，只允许平仓（今日盈亏 {pnl:,.2f} < -{limits.max_daily_loss_rate:.2%} × 日初权益 "
-        f"{start:,.2f} = {floor:,.2f}）/ daily loss limit breached: closing only"
+        f"熔断：今日亏损超限，只允许平仓（今日盈亏 {pnl:,.2f} < -{limits.max_daily_loss_rate:.2%} × {what} "
+        f"{base:,.2f} = {floor:,.2f}）/ daily loss limit breached: closing only"
     )
 
 
@@ -301,6 +410,8 @@ def _check_open(request: OrderRequest, state: AccountState, limits: RiskSettings
     """An opening order: refused while halted or past the daily loss limit, else sized by margin."""
     if state.halted:
         return RiskDecision.refuse(state.halt_reason or "已暂停开仓，只允许平仓 / halted: closing only")
+    if state.account_required and not math.isfinite(state.balance):
+        return RiskDecision.refuse(AWAITING_ACCOUNT)
     mark = state.last_price if math.isfinite(state.last_price) else request.price
     breach = daily_loss_reason(state, limits, spec.size, mark)
     if breach:
@@ -328,8 +439,16 @@ def check_order(
 class RiskManager:
     """The account book and its limits for one contract: the only risk object the strategy talks to."""
 
-    def __init__(self, limits: RiskSettings, spec: ContractSpec, capital: float, slippage: float = 0.0) -> None:
-        """`slippage` is charged in price units per unit traded on every fill, as vnpy's backtester does (0 live)."""
+    def __init__(
+        self,
+        limits: RiskSettings,
+        spec: ContractSpec,
+        capital: float,
+        slippage: float = 0.0,
+        account_required: bool = False,
+    ) -> None:
+        """`slippage` is charged in price units per unit traded on every fill, as vnpy's backtester does (0 live);
+        `account_required` (live): nothing opens until `set_balance` has given the broker's balance."""
         if not (math.isfinite(capital) and capital > 0):
             raise ConfigError(f"初始资金必须 > 0，收到 {capital} / capital must be positive")
         if not (math.isfinite(slippage) and slippage >= 0):
@@ -338,7 +457,9 @@ class RiskManager:
         self.spec = spec
         self.slippage = slippage
         history: deque[SentOrder] = deque(maxlen=max(ORDER_HISTORY, limits.max_orders_per_minute))
-        self._state = AccountState(capital=capital, positions=PositionBook(), orders=history)
+        self._state = AccountState(
+            capital=capital, positions=PositionBook(), orders=history, account_required=account_required
+        )
 
     @property
     def state(self) -> AccountState:
@@ -364,6 +485,33 @@ class RiskManager:
     def net_position(self) -> float:
         return self._state.positions.net
 
+    @property
+    def awaiting_account(self) -> bool:
+        """Live, before the broker's balance has arrived: opening is refused."""
+        return self._state.account_required and not math.isfinite(self._state.balance)
+
+    @property
+    def loss_limit(self) -> float:
+        """Today's daily P&L floor in money (negative; nan before the first mark)."""
+        return -self.limits.max_daily_loss_rate * self._state.loss_base()
+
+    def set_balance(self, balance: float) -> None:
+        """The broker's account balance (live): equity for the limits is the book's, capped by it."""
+        if not math.isfinite(balance):
+            raise DataError(f"账户资金无效：{balance} / account balance must be a number")
+        state = self._state
+        state.balance = balance
+        if state.trading_day is not None and not math.isfinite(state.day_start_balance):
+            state.day_start_balance = balance  # the first balance of a day that began without one
+
+    def snapshot(self) -> dict[str, Any]:
+        """The account as plain JSON values, for the strategy's state file."""
+        return account_to_dict(self._state)
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Put back a `snapshot` (the configured capital, limits and the broker's balance stay as they are now)."""
+        restore_account(self._state, saved)
+
     def mark(self, price: float, now: datetime) -> None:
         """Mark the account at `price`; the first mark of a new trading day rolls positions and resets the day."""
         if not (math.isfinite(price) and price > 0):
@@ -373,7 +521,7 @@ class RiskManager:
         if state.trading_day is None or day > state.trading_day:  # a clock going back never rolls positions
             self._start_day(day, price)
         state.last_price = price
-        self._check_daily_loss()
+        self._check_daily_loss(now)
 
     def set_price_band(self, limit_up: float, limit_down: float) -> None:
         """The day's limit prices from a tick; 0 or nan means unknown."""
@@ -411,14 +559,14 @@ class RiskManager:
             state.positions.add(trade.direction, trade.volume, trade.price)
         else:
             self._book_close(trade)
-        self._check_daily_loss()
+        self._check_daily_loss(trade.datetime)
 
     def sync_positions(self, positions: PositionBook) -> None:
         """Replace the book with the broker's positions (at start-up, or to lift an out-of-sync halt)."""
         state = self._state
         state.positions = replace(positions)
         if state.book_out_of_sync:
-            state.book_out_of_sync, state.halted, state.halt_reason = False, False, ""
+            state.book_out_of_sync, state.halted, state.halt_reason, state.halted_at = False, False, "", None
             logger.warning("持仓已与柜台同步，解除暂停 / position book synchronised, halt lifted")
         self._check_daily_loss()
 
@@ -441,20 +589,21 @@ class RiskManager:
         previous = state.last_price if math.isfinite(state.last_price) else price
         state.positions.roll()
         state.trading_day = day
-        state.day_start_equity = state.equity(self.spec.size, previous)
+        state.day_start_equity = state.book_equity(self.spec.size, previous)
+        state.day_start_balance = state.balance
         if not state.book_out_of_sync:
-            state.halted, state.halt_reason = False, ""
+            state.halted, state.halt_reason, state.halted_at = False, "", None
         state.limit_up = state.limit_down = math.nan
         logger.debug("交易日 %s 开始，日初权益 %.2f / trading day started", day, state.day_start_equity)
 
-    def _check_daily_loss(self) -> None:
+    def _check_daily_loss(self, now: datetime | None = None) -> None:
         """Halt opening once the day's loss passes the limit (logged the first time)."""
         state = self._state
         if state.halted:
             return
         reason = daily_loss_reason(state, self.limits, self.spec.size)
         if reason:
-            state.halted, state.halt_reason = True, reason
+            state.halted, state.halt_reason, state.halted_at = True, reason, now
             logger.warning(reason)
 
     def _out_of_sync(self, detail: str) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from copy import copy
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,10 @@ from config import (
     contract_spec,
     guarded,
     load_contracts,
+    read_json_object,
     resolve_home,
     settings_dirs,
+    write_json_atomic,
 )
 from trading_calendar import causal_trading_day
 
@@ -79,6 +81,7 @@ SETTING_KEYS: tuple[str, ...] = (
     "capital",
     "warmup_days",
     "hold",
+    "account_file",
 )
 MODES: tuple[str, ...] = ("bar", "tick")
 SPEED_MAX: str = "max"
@@ -112,6 +115,7 @@ class SimSettings:
     capital: float
     warmup_days: int
     hold: bool
+    account_file: Path | None = None  # where the account survives a restart of the process; None: not kept
 
 
 def _bad(name: str, value: Any, rule: str, english: str) -> ConfigError:
@@ -188,6 +192,9 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise _bad("warmup_days", warmup, "应为 ≥ 0 的整数天数", "must be a whole number of days ≥ 0")
     speed = setting.get("speed", SPEED_MAX)
+    account_file = setting.get("account_file") or ""
+    if not isinstance(account_file, str | Path):
+        raise _bad("account_file", account_file, "应为文件路径", "must be a file path")
     return SimSettings(
         vt_symbol=vt_symbol,
         home=resolve_home(setting.get("home") or None),
@@ -203,6 +210,7 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
         capital=_positive("capital", setting.get("capital", DEFAULT_CAPITAL)),
         warmup_days=warmup,
         hold=hold,
+        account_file=Path(account_file).expanduser() if account_file else None,
     )
 
 
@@ -440,6 +448,78 @@ class SimOrder:
     margin: float = 0.0  # margin an open order froze
 
 
+ACCOUNT_FORMAT: int = 1  # the layout of the saved simulated account
+
+
+def account_to_dict(
+    book: SimBook, active: Mapping[str, SimOrder], counts: tuple[int, int], trading_day: date | None
+) -> dict[str, Any]:
+    """The simulated account as plain JSON: capital, P&L, positions, working orders, id counters, trading day."""
+    return {
+        "format": ACCOUNT_FORMAT,
+        "capital": book.capital,
+        "realised": book.realised,
+        "commission": book.commission,
+        "sides": {direction.name: asdict(side) for direction, side in book.sides.items()},
+        "orders": [
+            {
+                "orderid": order.data.orderid,
+                "type": order.data.type.name,
+                "direction": order.data.direction.name if order.data.direction else "",
+                "offset": order.data.offset.name,
+                "price": order.data.price,
+                "volume": order.data.volume,
+                "datetime": order.data.datetime.isoformat() if order.data.datetime else None,
+                "held": order.held.name if order.held else None,
+                "split": list(order.split),
+                "margin": order.margin,
+            }
+            for order in active.values()
+        ],
+        "order_count": counts[0],
+        "trade_count": counts[1],
+        "trading_day": trading_day.isoformat() if trading_day else None,
+    }
+
+
+def account_from_dict(
+    saved: Mapping[str, Any], spec: ContractSpec, contract: ContractData, gateway_name: str
+) -> tuple[SimBook, dict[str, SimOrder], tuple[int, int], date | None]:
+    """Rebuild what `account_to_dict` saved; ConfigError naming the file's problem."""
+    try:
+        if saved["format"] != ACCOUNT_FORMAT:
+            raise ValueError(f"format {saved['format']}")
+        book = SimBook(spec, float(saved["capital"]))
+        book.realised, book.commission = float(saved["realised"]), float(saved["commission"])
+        for name, side in saved["sides"].items():
+            book.sides[Direction[name]] = Side(**{key: float(value) for key, value in side.items()})
+        active = {}
+        for item in saved["orders"]:
+            order = OrderData(
+                gateway_name=gateway_name,
+                symbol=contract.symbol,
+                exchange=contract.exchange,
+                orderid=str(item["orderid"]),
+                type=OrderType[item["type"]],
+                direction=Direction[item["direction"]],
+                offset=Offset[item["offset"]],
+                price=float(item["price"]),
+                volume=float(item["volume"]),
+                status=Status.NOTTRADED,
+                datetime=datetime.fromisoformat(item["datetime"]) if item["datetime"] else None,
+            )
+            held = Direction[item["held"]] if item["held"] else None
+            split = (float(item["split"][0]), float(item["split"][1]))
+            active[order.vt_orderid] = SimOrder(order, 0, held, split, float(item["margin"]))
+        day = date.fromisoformat(saved["trading_day"]) if saved["trading_day"] else None
+        return book, active, (int(saved["order_count"]), int(saved["trade_count"])), day
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"模拟账户文件无效（{exc!r}）；可用 `ai_trading_system.py state --gateway sim --clear` 清除 "
+            "/ the saved simulated account is invalid"
+        ) from None
+
+
 @dataclass
 class ReplayStats:
     """What a replay did so far."""
@@ -501,6 +581,7 @@ class SimGateway(BaseGateway):
     def __init__(self, event_engine: EventEngine, gateway_name: str) -> None:
         super().__init__(event_engine, gateway_name)
         self.finished = threading.Event()
+        self.completed = False  # the replay reached its end (not stopped or failed)
         self.settings: SimSettings | None = None
         self.contract: ContractData | None = None
         self.book: SimBook | None = None
@@ -575,6 +656,7 @@ class SimGateway(BaseGateway):
         )
         with self._lock:
             self.settings, self.book, self.contract = settings, SimBook(spec, settings.capital), contract
+            resumed = self._restore_account(spec, contract)
         if not settings.hold:
             self._released.set()
         self.event_engine.register(self._private_type, self._private_handler)
@@ -583,6 +665,13 @@ class SimGateway(BaseGateway):
         self.write_log("合约信息查询成功 / contract ready")
         with self._lock:
             self._publish_book()
+            for order in self._active.values():  # the previous process's working orders, for its successor to see
+                self.on_order(copy(order.data))
+        if resumed:
+            self.write_log(
+                f"SIM 接续已保存的模拟账户 {settings.account_file}：余额 {self._account_data().balance:,.2f}，"
+                f"挂单 {len(self._active)} 笔 / resuming the saved simulated account"
+            )
         count = len(self._bars) - self._first if settings.mode == "bar" else len(self._ticks)
         speed = "max" if settings.speed is None else f"{settings.speed:g}x"
         self.write_log(
@@ -649,6 +738,7 @@ class SimGateway(BaseGateway):
                 self._stats.cancelled += 1
                 self.on_order(copy(order.data))
                 self._publish_book()
+                self._save_account()
         except Exception:
             logger.exception("SIM 撤单失败 / cancel_order failed")
 
@@ -735,6 +825,7 @@ class SimGateway(BaseGateway):
             self._stats.rejected += 1
             self.on_order(copy(order))
             self.write_log(f"委托 {order.vt_orderid} 被拒绝：{reason}")
+            self._save_account()
             return order.vt_orderid
         held = None if req.offset == Offset.OPEN else OPPOSITE[req.direction]
         book = self._account()
@@ -748,6 +839,7 @@ class SimGateway(BaseGateway):
         order.status = Status.NOTTRADED
         self.on_order(copy(order))
         self._publish_book()
+        self._save_account()
         return order.vt_orderid
 
     def _refusal(self, req: OrderRequest) -> str:
@@ -787,6 +879,25 @@ class SimGateway(BaseGateway):
             )
         return f"开平标志 {req.offset.value!r} 无效，应为开仓或平仓 / offset must open or close"
 
+    def _save_account(self) -> None:
+        """Write the account where the setting asks (lock held): a restarted process continues it."""
+        settings = self.settings
+        if settings is None or settings.account_file is None or self.book is None:
+            return
+        counts = (self._order_count, self._trade_count)
+        write_json_atomic(settings.account_file, account_to_dict(self.book, self._active, counts, self._trading_day))
+
+    def _restore_account(self, spec: ContractSpec, contract: ContractData) -> bool:
+        """Continue a saved account (lock held); False when there is none."""
+        settings = self.settings
+        if settings is None or settings.account_file is None or not settings.account_file.is_file():
+            return False
+        saved = read_json_object(settings.account_file)
+        self.book, self._active, counts, self._trading_day = account_from_dict(saved, spec, contract, self.gateway_name)
+        self._order_count, self._trade_count = counts
+        self._orders = {vt_orderid: order.data for vt_orderid, order in self._active.items()}
+        return True
+
     def _order_margin(self) -> float:
         return sum(order.margin for order in self._active.values())
 
@@ -823,6 +934,7 @@ class SimGateway(BaseGateway):
         self.on_order(copy(data))
         self.on_trade(copy(trade))
         self._publish_book()
+        self._save_account()
 
     def _account_data(self) -> AccountData:
         book = self._account()
@@ -896,6 +1008,7 @@ class SimGateway(BaseGateway):
             bars = self.settings is not None and self.settings.mode == "bar"
             done = self._replay_bars() if bars else self._replay_ticks()
             if done and self._sync():
+                self.completed = True
                 stats = self.stats
                 self.write_log(
                     f"回放结束：{stats.bars:,} 根K线，{stats.ticks:,} 个 tick，{stats.orders} 笔委托，"
@@ -979,7 +1092,9 @@ class SimGateway(BaseGateway):
     def _roll(self, when: datetime) -> bool:
         """On the first price of a new trading day, today's lots become yesterday's (positions are published)."""
         day = causal_trading_day(when)
-        if self._trading_day is not None and day != self._trading_day:
+        if self._trading_day is not None and day <= self._trading_day:
+            return True  # the same day, or a resumed replay going over days the saved account has seen
+        if self._trading_day is not None:
             if not self._sync():  # orders reacting to the old day arrive first
                 return False
             with self._lock:
@@ -988,7 +1103,9 @@ class SimGateway(BaseGateway):
                     if order.held is not None:
                         order.split = (0.0, sum(order.split))
                 self._publish_positions()
-        self._trading_day = day
+        with self._lock:
+            self._trading_day = day
+            self._save_account()
         return True
 
     def _mark(self) -> None:

@@ -4,7 +4,10 @@ live path, parity with the backtest, the position check after a restart, and the
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -12,13 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import live_trading
-from config import PROJECT_DIR, BrokerSettings, ConfigError, Home, Secrets, TransientError, resolve_home
+from config import PROJECT_DIR, AuditLog, BrokerSettings, ConfigError, Home, Secrets, TransientError, resolve_home
+from risk_manager import PositionBook
 
 PASSWORD = "Pw-Secret-7f3a9"
 AUTH_CODE = "AUTH-0f1e2d3c4b5a6978"
@@ -112,6 +117,69 @@ def test_vnpy_strategy_json_is_rewritten_from_ours(home: Home) -> None:
     assert live_trading.reconcile_vnpy_setting(home, config) == ["移除 old", "更新 ai_rb"]
     assert json.loads(path.read_text("utf-8")) == {"ai_rb": config.vnpy_entry()}
     assert live_trading.reconcile_vnpy_setting(home, config) == []
+
+
+# --- the state a restart needs (pure or file-level) ------------------------------------------------------
+
+
+def test_vnpy_restores_nothing_over_our_state_and_never_the_model_name() -> None:
+    theirs = {"pos": 3, "entry_price": 2000.0, "model_name": "stale", "risk_state": "HALTED", "last_price": 1.0}
+    assert live_trading.restorable_variables(theirs, have_state=True) == {}
+    assert live_trading.restorable_variables(theirs, have_state=False) == {"pos": 3, "entry_price": 2000.0}
+    assert live_trading.restorable_variables(None, have_state=False) == {}
+
+
+def test_state_file_is_readable_json_beside_the_audit_and_sim_states_are_kept_apart(home: Home) -> None:
+    audit = AuditLog(home.audit_path)
+    path = home.strategy_state_path("ai_rb")
+    assert path == home.root / "state" / "ai_rb.json" != home.strategy_state_path("ai_rb", simulated=True)
+    store = live_trading.FileStateStore(path, audit)
+    assert store.load() is None
+    store.save({"pos": 1.0, "risk": {"last_price": math.nan}, "trading_day": "2016-06-01"})
+    text = path.read_text(encoding="utf-8")
+    assert '\n  "pos": 1.0,' in text and '"last_price": null' in text and '"saved_at": "' in text
+    assert store.load() == {**json.loads(text)} and [p.name for p in path.parent.iterdir()] == ["ai_rb.json"]
+    store.record("risk_halt", {"strategy": "ai_rb", "trading_day": "2016-06-01"})
+    assert audit.read()[-1] | {"time": "", "pid": 0} == {
+        "time": "",
+        "pid": 0,
+        "event": "risk_halt",
+        "strategy": "ai_rb",
+        "trading_day": "2016-06-01",
+    }
+    with pytest.raises(ConfigError, match="不能用作文件名"):
+        home.strategy_state_path("../ai_rb")
+
+
+def test_broker_positions_become_a_book_with_today_yesterday_and_the_brokers_price() -> None:
+    from vnpy.trader.constant import Direction, Exchange
+    from vnpy.trader.object import PositionData
+
+    def held(direction: Direction, volume: float, yd: float, price: float, symbol: str = "rb0000") -> PositionData:
+        return PositionData("SIM", symbol, Exchange.SHFE, direction, volume, yd_volume=yd, price=price)
+
+    positions = [
+        held(Direction.LONG, 3, 2, 2950.0),
+        held(Direction.SHORT, 0, 0, 0.0),
+        held(Direction.SHORT, 5, 5, 3000.0, symbol="rb2605"),
+    ]
+    assert live_trading.broker_book(positions, "rb0000.SHFE") == PositionBook(long_today=1, long_yd=2, long_price=2950)
+
+
+def test_state_command_shows_a_saved_state_and_only_clear_deletes_it(home: Home, capsys: pytest.CaptureFixture) -> None:
+    import ai_trading_system
+
+    store = live_trading.FileStateStore(home.strategy_state_path("ai_rb"), AuditLog(home.audit_path))
+    store.save({"trading_day": "2016-06-03", "pos": -1.0, "risk": {"halted": True, "halt_reason": "熔断：测试"}})
+    root = ["--home", str(home.root), "state"]
+    assert ai_trading_system.main(root) == 0
+    shown = capsys.readouterr().out
+    assert "ai_rb" in shown and "2016-06-03" in shown and "熔断：测试" in shown
+    assert ai_trading_system.main([*root, "--clear"]) == 2  # live states are cleared one named strategy at a time
+    assert store.path.exists()
+    assert ai_trading_system.main([*root, "--strategy", "ai_rb", "--clear"]) == 0
+    assert not store.path.exists()
+    assert [event["event"] for event in AuditLog(home.audit_path).read()] == ["state_cleared"]
 
 
 # --- running the CLI in a fresh process ------------------------------------------------------------------------
@@ -412,6 +480,7 @@ def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_ale
     refused = run_cli(home, *args)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "记录的持仓 3 与券商持仓 0" in refused.stderr and "--adopt-broker-position" in refused.stderr
+    assert "多头昨仓：策略 3，券商 0" in refused.stderr  # which side and bucket differs
     assert audit_events(home, "position_mismatch")[0]["strategy_pos"] == 3
     assert [e["severity"] for e in audit_events(home, "alert")] == ["CRITICAL"]
     assert not audit_events(home, "strategy_start") and not audit_events(home, "order")
@@ -420,6 +489,187 @@ def test_restart_with_a_position_the_broker_does_not_hold_does_not_trade_and_ale
     assert adopted.returncode == 0, adopted.stderr[-3000:]
     assert audit_events(home, "position_adopted")[0]["broker_pos"] == 0
     assert len(audit_events(home, "strategy_start")) == 1
+
+
+# --- crashes: SIGKILL at a halt and at random bars -------------------------------------------------------------
+
+KILL_SCRIPT = """
+import os, signal, sys
+import config, sim_gateway
+import ai_trading_system
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if KILL_AT_HALT:
+    write = config.AuditLog.write
+
+    def audit_then_die(self, event, **fields):
+        write(self, event, **fields)
+        if event == "risk_halt":
+            die()
+
+    config.AuditLog.write = audit_then_die
+if KILL_AT_BAR:
+    match = sim_gateway.SimGateway._match
+    bars = [0]
+
+    def match_then_die(self, *args):
+        bars[0] += 1
+        if bars[0] == KILL_AT_BAR and not AFTER_MATCH:
+            die()  # what the strategy sent on the previous bar's close is still working at the exchange
+        done = match(self, *args)
+        if bars[0] == KILL_AT_BAR:
+            self._sync()  # its fills are booked and saved
+            die()
+        return done
+
+    sim_gateway.SimGateway._match = match_then_die
+sys.exit(ai_trading_system.main(ARGV))
+"""
+CRASH_WINDOW = ("--replay-start", "2016-06-01", "--replay-end", "2016-06-03")
+
+
+def run_killed(
+    home: Home, *args: str, at_halt: bool = False, at_bar: int = 0, after_match: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`trade` in a fresh process that SIGKILLs itself right after the first `risk_halt`, or at bar `at_bar` of
+    the replay (before that bar's matching, or once its fills are booked)."""
+    from tests.conftest import run_python
+
+    argv = ["--home", str(home.root), "trade", "--gateway", "sim", "--no-ui", *CRASH_WINDOW, *args]
+    code = f"ARGV, KILL_AT_HALT, KILL_AT_BAR, AFTER_MATCH = {argv!r}, {at_halt}, {at_bar}, {after_match}\n"
+    return run_python(code + KILL_SCRIPT, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def first_seen_orders(home: Home) -> list[dict[str, Any]]:
+    """Each order once, as it was sent (the audit has one line per status)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for event in audit_events(home, "order"):
+        seen.setdefault(event["vt_orderid"], event)
+    return list(seen.values())
+
+
+@pytest.mark.slow
+def test_a_halt_survives_sigkill_nothing_opens_for_the_rest_of_that_day_and_opening_resumes_the_next(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    from vnpy.trader.constant import Offset
+
+    from trading_calendar import causal_trading_day
+
+    home = home_with_bars(imported_home, tmp_path)
+    home.settings_dir.mkdir()
+    tiny_limit = {"model_path": str(rf_bundle), "fixed_size": 1, "trailing_percent": 0.8, "max_daily_loss_rate": 2e-4}
+    strategies = {"ai_rb": {"vt_symbol": "rb0000.SHFE", "setting": tiny_limit}}  # 2e-4 of 1,000,000: a 200 loss
+    (home.settings_dir / "strategies.json").write_text(json.dumps(strategies), encoding="utf-8")
+    killed = run_killed(home, at_halt=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    [halt] = audit_events(home, "risk_halt")
+    saved = json.loads(home.strategy_state_path("ai_rb", simulated=True).read_text(encoding="utf-8"))
+    assert saved["risk"]["halted"] and saved["risk"]["halt_reason"] == halt["reason"]
+    assert halt["daily_pnl"] < halt["limit"] == pytest.approx(-200, abs=1)
+
+    resumed = run_killed(home)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "已恢复状态" in resumed.stderr and "熔断中" in resumed.stderr
+    day, halted_at = date.fromisoformat(halt["trading_day"]), datetime.fromisoformat(halt["time"])
+    assert [e for e in audit_events(home, "risk_halt") if e["trading_day"] == halt["trading_day"]] == [halt]
+    after = [(datetime.fromisoformat(o["exchange_time"]), o["offset"]) for o in first_seen_orders(home)]
+    that_day = [(when, offset) for when, offset in after if when > halted_at and causal_trading_day(when) == day]
+    assert that_day and all(offset != Offset.OPEN.value for _, offset in that_day)  # the flatten, nothing opened
+    assert halted_at.hour < 14  # ... over the rest of a day session that had bars left
+    resume = next(e for e in audit_events(home, "risk_resume") if date.fromisoformat(e["trading_day"]) > day)
+    next_day = date.fromisoformat(resume["trading_day"])
+    assert any(offset == Offset.OPEN.value and causal_trading_day(when) == next_day for when, offset in after)
+
+
+@pytest.mark.slow
+def test_five_sigkills_at_random_bars_give_the_trades_and_position_of_an_uninterrupted_replay(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    import data_collector
+
+    whole = home_with_bars(imported_home, tmp_path / "whole")
+    model = ("--model", str(rf_bundle))
+    assert run_killed(whole, *model).returncode == 0
+    times = list(data_collector.load_history_data("rb0000.SHFE", *CRASH_WINDOW[1::2], home=whole).index)
+    # an order is stamped with the start of the bar whose matching it waits for: that bar's number in the replay
+    sent = [times.index(pd.Timestamp(order["exchange_time"])) + 1 for order in first_seen_orders(whole)]
+    rng = random.Random(16)
+    in_flight = rng.choice([bar for bar in sent if bar > 30])
+    others = rng.sample([bar for bar in range(30, len(times) - 10) if bar != in_flight], 4)
+    kills = sorted([(in_flight, False), *((bar, rng.random() < 0.5) for bar in others)])
+
+    home = home_with_bars(imported_home, tmp_path / "killed")
+    for number, (bar, after_match) in enumerate(kills):
+        result = run_killed(home, *model, at_bar=bar, after_match=after_match)
+        assert result.returncode == -signal.SIGKILL, f"kill {number} at bar {bar}: {result.stderr[-3000:]}"
+        if number == 0:  # what vnpy saved for itself must not overwrite our state
+            stale = {"ai_rb": {"pos": 99, "model_name": "stale", "risk_state": "HALTED", "last_price": 1.0}}
+            (home.vntrader_dir / "cta_strategy_data.json").write_text(json.dumps(stale), encoding="utf-8")
+    final = run_killed(home, *model)
+    assert final.returncode == 0, final.stderr[-3000:]
+
+    def trades(of: Home) -> list[tuple[Any, ...]]:
+        keys = ("exchange_time", "direction", "offset", "price", "volume")
+        return [tuple(event[key] for key in keys) for event in audit_events(of, "trade")]
+
+    assert len(trades(whole)) >= 10
+    assert trades(home) == trades(whole), f"kills (bar, after matching): {kills}"
+    assert audit_events(home, "strategy_stop")[-1]["pos"] == audit_events(whole, "strategy_stop")[-1]["pos"]
+    assert len(audit_events(home, "strategy_start")) == 6
+    assert {event["model"] for event in audit_events(home, "model_load")} == {rf_bundle.name}
+    assert audit_events(home, "leftover_order_cancel")  # the order in flight at the first kill
+    assert not home.sim_account_path.exists()  # the replay reached its end: nothing left to resume
+
+
+@pytest.mark.slow
+def test_a_simulated_account_smaller_than_capital_binds_the_risk_limits(
+    imported_home: Home, rf_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import run_python
+
+    home = home_with_bars(imported_home, tmp_path)
+    code = f"MODEL = {str(rf_bundle)!r}\n" + ACCOUNT_SCRIPT
+    result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result.stdout.split("ACCOUNT", 1)[1])
+    assert (run["capital"], run["balance"], run["equity"], run["orders"]) == (1_000_000.0, 15_000.0, 15_000.0, 0)
+    rejections = [event["message"] for event in audit_events(home, "risk_rejection")]
+    assert rejections and all("× 权益 15,000.00" in message for message in rejections)
+
+
+ACCOUNT_SCRIPT = """
+import json
+from config import Secrets, bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_dirs, settings_for
+import live_trading
+
+home = resolve_home()
+settings = settings_for(home)
+bind_vnpy_home(home, settings.database)
+spec = contract_spec("rb0000.SHFE", load_contracts(settings_dirs(home)))
+setting = {**live_trading.live_costs(spec, 1_000_000.0, True), "model_path": MODEL, "fixed_size": 1}
+config = live_trading.StrategyConfig("small", "PredictiveTradingStrategy", "rb0000.SHFE", setting)
+system = live_trading.AITradingSystem(home, settings, Secrets())
+try:
+    system.connect_gateway("SIM", {"vt_symbol": "rb0000.SHFE", "home": str(home.root), "start": "2016-06-01",
+                                   "end": "2016-06-01", "speed": "max", "hold": True, "capital": 15000}, 30)
+    assert system.start_trading(config)
+    strategy = system.cta_engine.strategies["small"]
+    assert system.release_replay().wait(300)
+    system.drain()
+    risk = strategy.risk
+    run = {"capital": risk.state.capital, "balance": risk.state.balance, "equity": risk.equity,
+           "orders": len(system.main_engine.get_gateway("SIM").orders)}
+finally:
+    system.close()
+print("ACCOUNT" + json.dumps(run))
+"""
 
 
 @pytest.mark.slow

@@ -13,23 +13,24 @@ import numpy as np
 import pandas as pd
 import pytest
 from vnpy.trader.constant import Direction, Exchange, Interval, Offset, Status
-from vnpy.trader.object import BarData, OrderData, TradeData
+from vnpy.trader.object import AccountData, BarData, OrderData, TradeData
 from vnpy_ctastrategy.base import EngineType
 
 import data_collector
 from backtesting_module import PreloadedBacktestingEngine
-from config import CHINA_TZ, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
+from config import CHINA_TZ, ConfigError, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
 from data_processor import FEATURE_WARMUP
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import (
     RISK_REJECTION,
+    MemoryStateStore,
     ModelSignal,
     PredictiveTradingStrategy,
     WindowBuffer,
     batch_predictions,
     load_signal,
 )
-from risk_manager import RiskManager
+from risk_manager import PositionBook, RiskManager
 
 VT = "rb0000.SHFE"
 
@@ -310,6 +311,113 @@ def test_daily_loss_halts_flattens_and_resets_on_the_night_of_the_next_trading_d
     strategy.on_bar(bar_at(night, 2795))
     assert strategy.risk_state == "OK"
     assert [(o.direction, o.offset) for o in engine.orders[2:]] == [(Direction.LONG, Offset.OPEN)]
+
+
+# --- the state that survives a restart ---------------------------------------------------------------------
+
+
+def saved(strategy: PredictiveTradingStrategy) -> dict[str, Any]:
+    assert isinstance(strategy.store, MemoryStateStore) and strategy.store.state is not None
+    return strategy.store.state
+
+
+def test_state_is_saved_after_each_fill_and_only_on_bars_that_change_it() -> None:
+    strategy, engine = scripted_strategy([0.0005, 0.0005, 0.002, 0.002, 0.002])
+    store = strategy.store
+    assert isinstance(store, MemoryStateStore)
+    times = minutes(FRIDAY, 5)
+    strategy.on_bar(bar_at(times[0], 3000))  # the first mark opens trading day 2016-01-08
+    strategy.on_bar(bar_at(times[1], 3000))  # nothing changed
+    assert store.saves == 1 and saved(strategy)["trading_day"] == "2016-01-08"
+    strategy.on_bar(bar_at(times[2], 3000))
+    assert store.saves == 1  # an order in flight is not yet worth a save
+    engine.fill(strategy, engine.orders[0].vt_orderid, times[2])
+    state = saved(strategy)
+    assert (store.saves, state["saved_for"], state["pos"], state["last_bar"]) == (2, "fill", 1.0, times[2].isoformat())
+    assert state["risk"]["positions"]["long_today"] == 1.0 and state["entry_price"] == 3001.0
+    strategy.on_bar(bar_at(times[3], 3005, high=3010))  # a new best price moves the trailing stop
+    assert (store.saves, saved(strategy)["trailing"]["best_price"]) == (3, 3010.0)
+    strategy.on_bar(bar_at(times[4], 3005, high=3008))
+    assert store.saves == 3
+
+
+def test_a_restart_keeps_the_halt_for_the_rest_of_the_day_and_opening_resumes_the_next_trading_day() -> None:
+    first, engine = scripted_strategy([0.002] * 2, fixed_size=10, trailing_percent=0.0)
+    first.on_bar(bar_at(FRIDAY, 3000))
+    engine.fill(first, engine.orders[0].vt_orderid, FRIDAY)
+    halt_time = FRIDAY + timedelta(hours=5)  # Friday 14:30
+    first.on_bar(bar_at(halt_time, 2790))  # 21,100 lost > 2% of 1,000,000: halt and flatten
+    store = first.store
+    assert isinstance(store, MemoryStateStore)
+    [(event, fields)] = store.events
+    assert (event, fields["trading_day"], fields["daily_pnl"], fields["limit"]) == (
+        "risk_halt",
+        "2016-01-08",
+        pytest.approx(-21_100 - 30.01, abs=0.01),
+        -20_000.0,
+    )
+    assert fields["reason"].startswith("熔断") and fields["time"] == halt_time.isoformat()
+    state = saved(first)  # the process dies here: the close order was sent, never filled
+    assert state["risk"]["halted"] and state["last_bar"] == FRIDAY.isoformat()
+
+    second, engine = scripted_strategy([0.002] * 5, fixed_size=10, trailing_percent=0.0)
+    second.store = MemoryStateStore(state)
+    second.restore_state(state)
+    assert (second.pos, second.risk_state, second.resume_after) == (10, "HALTED", FRIDAY)
+    second.on_bar(bar_at(FRIDAY, 3000))  # acted on before the crash: only the features see it
+    assert engine.orders == []
+    second.on_bar(bar_at(halt_time, 2790))
+    assert [(o.direction, o.offset, o.volume) for o in engine.orders] == [(Direction.SHORT, Offset.CLOSE, 10)]
+    engine.fill(second, engine.orders[0].vt_orderid, halt_time)
+    second.on_bar(bar_at(halt_time + timedelta(minutes=1), 2800))
+    assert len(engine.orders) == 1 and second.risk_state.startswith("HALTED")  # no opening for the rest of Friday
+    night = datetime(2016, 1, 8, 21, 1, tzinfo=CHINA_TZ)  # trading day Monday 2016-01-11
+    second.on_bar(bar_at(night, 2800))
+    assert [(o.direction, o.offset) for o in engine.orders[1:]] == [(Direction.LONG, Offset.OPEN)]
+    assert isinstance(second.store, MemoryStateStore)
+    assert [(event, fields["trading_day"]) for event, fields in second.store.events] == [("risk_resume", "2016-01-11")]
+
+
+def test_adopted_broker_positions_are_booked_at_the_brokers_price() -> None:
+    strategy, _ = scripted_strategy([])
+    strategy.adopt_positions(PositionBook(long_today=1, long_yd=2, long_price=2950.0))
+    assert strategy.pos == 3 and strategy.risk is not None
+    assert strategy.risk.state.positions == PositionBook(long_today=1, long_yd=2, long_price=2950.0)
+    assert strategy.risk.state.unrealised(10, 3000.0) == 50 * 3 * 10
+    assert (saved(strategy)["saved_for"], saved(strategy)["pos"]) == ("adopt", 3.0)
+
+
+def test_live_nothing_opens_until_the_account_arrives_and_its_balance_binds() -> None:
+    strategy, engine = scripted_strategy([0.002] * 4, fixed_size=10)
+    strategy.account_required = True
+    strategy.risk = strategy.build_risk_manager()
+    for when in minutes(FRIDAY, 2):
+        strategy.on_bar(bar_at(when, 3000))
+    assert engine.orders == []
+    assert sum("尚未收到账户资金" in line for line in engine.logs) == 1
+    strategy.on_account(AccountData(gateway_name="SIM", accountid="SIM", balance=200_000.0))
+    strategy.on_bar(bar_at(FRIDAY + timedelta(minutes=2), 3000))
+    assert [o.volume for o in engine.orders] == [3]  # 3 lots × 3,001 ≤ 5% of 200,000, not of capital 1,000,000
+
+
+def test_on_init_restores_the_state_and_keeps_the_name_of_the_model_it_loaded(rf_bundle: Path) -> None:
+    earlier, engine = scripted_strategy([0.002])
+    earlier.on_bar(bar_at(FRIDAY, 3000))
+    engine.fill(earlier, engine.orders[0].vt_orderid, FRIDAY)
+    state = {**saved(earlier), "model": {"name": "old_model", "checksum": "0" * 64}}
+    engine = FakeCtaEngine()
+    strategy = PredictiveTradingStrategy(engine, "test", VT, {"model_path": str(rf_bundle)})
+    strategy.store = MemoryStateStore(state)
+    strategy.on_init()
+    assert (strategy.model_name, strategy.pos, strategy.entry_price) == (rf_bundle.name, 1.0, 3001.0)
+    assert strategy.risk is not None and strategy.risk.state.positions.long_today == 1
+    assert any("模型已更换" in line and "old_model" in line for line in engine.logs)
+    assert any("已恢复状态" in line for line in engine.logs)
+
+    other = PredictiveTradingStrategy(FakeCtaEngine(), "test", VT, {"model_path": str(rf_bundle)})
+    other.store = MemoryStateStore({**state, "vt_symbol": "rb2605.SHFE"})
+    with pytest.raises(ConfigError, match="state --strategy test --clear"):
+        other.on_init()
 
 
 def test_window_buffer_gives_the_last_rows_in_order() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import replace
@@ -15,7 +16,17 @@ from vnpy.trader.constant import Direction, Exchange, Offset, OrderType
 from vnpy.trader.object import OrderRequest, TradeData
 
 from config import CHINA_TZ, ConfigError, ContractSpec, DataError, RiskSettings
-from risk_manager import AccountState, PositionBook, RiskDecision, RiskManager, check_order
+from risk_manager import (
+    AWAITING_ACCOUNT,
+    AccountState,
+    PositionBook,
+    RiskDecision,
+    RiskManager,
+    check_order,
+    position_differences,
+    same_holdings,
+    with_broker_split,
+)
 
 RB = ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1)
 LIMITS = RiskSettings()
@@ -372,6 +383,118 @@ def test_first_mark_sets_the_day_start_at_its_own_price_and_a_late_mark_never_ro
     book.mark(3100, at(8, 14))  # a late mark from Friday's day session
     assert book.state.trading_day == date(2016, 1, 11)
     assert book.state.positions.long_yd == 1
+
+
+# --- what survives a restart, and the account's balance ---------------------------------------------------
+
+
+def halted_book() -> RiskManager:
+    """Long 10 at 3000 (yesterday's 4, today's 6) on Friday 2016-01-08, halted at 2800 after a 20,030 loss."""
+    book = manager(slippage=1.0)
+    book.mark(3000, at(8, 9))
+    book.sync_positions(PositionBook(long_yd=4, long_price=3000))
+    book.update_trade(trade(LONG, OPEN, 6, 3000))
+    book.mark(2790, at(8, 10, 30))
+    assert book.halted
+    return book
+
+
+def test_snapshot_restores_positions_pnl_costs_day_start_and_the_halt_with_its_time() -> None:
+    book = halted_book()
+    saved = book.snapshot()
+    assert saved["halted"] and saved["trading_day"] == "2016-01-08" and saved["halted_at"] == at(8, 10, 30).isoformat()
+    assert saved["positions"] == {
+        "long_today": 6.0,
+        "long_yd": 4.0,
+        "short_today": 0.0,
+        "short_yd": 0.0,
+        "long_price": 3000.0,
+        "short_price": 0.0,
+    }
+    again = manager(slippage=1.0)
+    again.restore(json.loads(json.dumps(saved)))  # through plain JSON, as the state file holds it
+    for name in ("positions", "realised", "commission", "slippage_cost", "last_price", "trading_day"):
+        assert getattr(again.state, name) == getattr(book.state, name), name
+    assert (again.state.day_start_equity, again.state.halt_reason) == (CAPITAL, book.state.halt_reason)
+    assert (again.halted, again.state.halted_at, again.daily_pnl) == (True, at(8, 10, 30), book.daily_pnl)
+    assert not again.check(order(LONG, OPEN, 1, price=2790), at(8, 10, 31)).allowed  # the same day: still halted
+    assert again.check(order(SHORT, CLOSE, 10, price=2790), at(8, 10, 31)).allowed
+
+
+def test_a_restored_earlier_trading_day_resets_the_daily_pnl_and_the_halt_but_keeps_positions() -> None:
+    again = manager(slippage=1.0)
+    again.restore(halted_book().snapshot())
+    again.mark(2795, at(8, 21, 1))  # Friday night: trading day Monday 2016-01-11
+    assert again.state.trading_day == date(2016, 1, 11)
+    assert (again.halted, again.status, again.state.halted_at) == (False, "OK", None)
+    assert again.daily_pnl == pytest.approx(5 * 10 * 10)  # only the move since the last mark, 2790
+    assert again.state.positions == PositionBook(long_yd=10, long_price=3000)
+    assert again.check(order(LONG, OPEN, 1, price=2795), at(8, 21, 2)).allowed
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("realised", "1,000"), ("trading_day", "Friday"), ("halted", "yes"), ("halted_at", "2016-01-08T10:30:00")],
+)
+def test_a_damaged_saved_account_is_refused_naming_what_is_wrong(key: str, value: object) -> None:
+    saved = {**halted_book().snapshot(), key: value}
+    with pytest.raises(DataError, match="状态中的"):
+        manager().restore(saved)
+    with pytest.raises(DataError, match="持仓"):
+        manager().restore({**halted_book().snapshot(), "positions": {"long_today": -1}})
+
+
+def test_an_account_smaller_than_capital_binds_the_margin_limits() -> None:
+    book = manager()
+    book.mark(3000, at(8, 9))
+    assert book.check(order(LONG, OPEN, 16), at(8, 9, 1)).allowed  # 16 × 3,000 ≤ 5% of 1,000,000
+    book.set_balance(200_000.0)
+    assert book.equity == 200_000.0
+    decision = book.check(order(LONG, OPEN, 16), at(8, 9, 1))
+    assert (decision.allowed, decision.max_volume) == (False, 3)  # 3 × 3,000 ≤ 5% of 200,000 = 10,000
+    assert "权益 200,000.00" in decision.reason
+    book.set_balance(5_000_000.0)
+    assert book.equity == CAPITAL  # a larger account is capped by the configured capital
+
+
+def test_nothing_opens_until_the_account_balance_arrives_but_closing_does() -> None:
+    book = RiskManager(LIMITS, RB, CAPITAL, account_required=True)
+    book.mark(3000, at(8, 9))
+    book.sync_positions(PositionBook(long_yd=2, long_price=3000))
+    assert book.awaiting_account
+    assert book.check(order(LONG, OPEN, 1), at(8, 9, 1)) == RiskDecision(False, AWAITING_ACCOUNT, 0.0)
+    assert book.check(order(SHORT, CLOSE, 2), at(8, 9, 1)).allowed
+    book.set_balance(900_000.0)
+    assert not book.awaiting_account and book.check(order(LONG, OPEN, 1), at(8, 9, 1)).allowed
+    with pytest.raises(DataError):
+        book.set_balance(math.nan)
+
+
+def test_the_daily_loss_limit_is_a_fraction_of_the_day_start_balance_when_that_is_smaller() -> None:
+    book = manager()
+    book.set_balance(100_000.0)  # the account holds a tenth of the configured capital
+    book.mark(3000, at(8, 9))
+    assert (book.state.day_start_balance, book.loss_limit) == (100_000.0, -2_000.0)
+    book.update_trade(trade(LONG, OPEN, 1, 3000))
+    book.mark(2850, at(8, 9, 5))  # 1,500 + 3 lost: inside 2% of 100,000
+    assert not book.halted
+    book.mark(2790, at(8, 9, 6))  # 2,100 + 3 lost
+    assert book.halted and "日初账户权益 100,000.00" in book.state.halt_reason
+    late = manager()
+    late.mark(3000, at(8, 9))
+    late.set_balance(50_000.0)  # the first balance of a day that began without one
+    assert late.loss_limit == -1_000.0
+
+
+def test_position_differences_name_each_side_and_bucket_and_the_split_can_come_from_the_broker() -> None:
+    ours = PositionBook(long_today=2, long_yd=1, short_yd=1, long_price=3000, short_price=3100)
+    broker = PositionBook(long_yd=3, short_yd=1, long_price=2990, short_price=3090)
+    assert position_differences(ours, ours) == []
+    assert position_differences(ours, broker) == ["多头今仓：策略 2，券商 0", "多头昨仓：策略 1，券商 3"]
+    assert same_holdings(ours, broker)
+    assert with_broker_split(ours, broker) == PositionBook(long_yd=3, short_yd=1, long_price=3000, short_price=3100)
+    assert with_broker_split(PositionBook(long_yd=3), broker).long_price == 2990  # ours had no price
+    assert not same_holdings(ours, PositionBook(long_yd=2, short_yd=1))
 
 
 def test_price_band_is_used_then_forgotten_at_the_next_trading_day() -> None:

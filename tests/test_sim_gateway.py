@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from vnpy.event import Event, EventEngine
-from vnpy.trader.constant import Direction, Exchange, Interval, Offset, OrderType, Status
+from vnpy.trader.constant import Direction, Exchange, Interval, Offset, OrderType, Product, Status
 from vnpy.trader.engine import MainEngine
 from vnpy.trader.event import EVENT_ACCOUNT, EVENT_LOG, EVENT_ORDER, EVENT_POSITION, EVENT_TICK, EVENT_TRADE
 from vnpy.trader.object import (
@@ -488,6 +488,53 @@ def test_matching_rules_are_vnpys_at_the_edges() -> None:
         is None
     )  # empty book
     assert sim_gateway.cross_tick_stop(L, 95, tick) == 100 and sim_gateway.cross_tick_stop(S, 99, tick) is None
+
+
+def test_saved_account_gives_back_cash_positions_working_orders_counters_and_the_trading_day() -> None:
+    import json
+    from datetime import date
+
+    from vnpy.trader.object import ContractData
+
+    from config import ContractSpec
+
+    spec = ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1)
+    book = sim_gateway.SimBook(spec, 500_000.0)
+    book.open(L, 3000.0, 2)
+    book.roll()
+    book.open(L, 3010.0, 1)
+    book.realised, book.commission = 120.0, 9.5
+    split = book.freeze(L, "yd", 1)
+    order = OrderData(
+        gateway_name="SIM",
+        symbol="rb0000",
+        exchange=Exchange.SHFE,
+        orderid="7",
+        type=OrderType.LIMIT,
+        direction=S,
+        offset=Offset.CLOSEYESTERDAY,
+        price=3020.0,
+        volume=1,
+        status=Status.NOTTRADED,
+        datetime=china("2016-06-01 09:31:00"),
+    )
+    active = {order.vt_orderid: sim_gateway.SimOrder(order, 5, L, split)}
+    saved = json.loads(json.dumps(sim_gateway.account_to_dict(book, active, (7, 4), date(2016, 6, 1))))
+    contract = ContractData("SIM", "rb0000", Exchange.SHFE, RB, Product.FUTURES, size=10, pricetick=1)
+    again, orders, counts, day = sim_gateway.account_from_dict(saved, spec, contract, "SIM")
+    assert (again.capital, again.realised, again.commission, again.sides) == (500_000.0, 120.0, 9.5, book.sides)
+    assert (again.sides[L].td, again.sides[L].yd, again.sides[L].frozen_yd) == (1, 2, 1)
+    assert (counts, day, list(orders)) == ((7, 4), date(2016, 6, 1), ["SIM.7"])
+    restored = orders["SIM.7"]
+    assert (restored.held, restored.split, restored.data.offset, restored.data.price) == (
+        L,
+        split,
+        Offset.CLOSEYESTERDAY,
+        3020.0,
+    )
+    assert restored.data.is_active() and restored.data.datetime == order.datetime
+    with pytest.raises(ConfigError, match="state --gateway sim --clear"):
+        sim_gateway.account_from_dict({**saved, "format": 99}, spec, contract, "SIM")
 
 
 # --- positions, the account and order checks ---------------------------------------------------------------------
