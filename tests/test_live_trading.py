@@ -713,19 +713,13 @@ def test_full_demo_then_a_simulated_trading_run_leave_no_secret_in_any_file(tmp_
     demo = run_cli(home, "demo", timeout=900)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert (home.models_dir / "demo_rf" / "fast.onnx").exists() and (home.models_dir / "demo_lstm").is_dir()
-    trade = run_cli(
-        home,
-        "trade",
-        "--gateway",
-        "sim",
-        "--no-ui",
-        "--replay-start",
-        "2016-06-01",
-        "--replay-end",
-        "2016-06-03",
-        "--speed",
-        "max",
-    )  # the strategy's model from settings/strategies.json: demo_rf
+    rehearsal = ("trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-06-01", "--replay-end", "2016-06-03")
+    plain = run_cli(home, *rehearsal, "--speed", "max")  # the model of settings/strategies.json: demo_rf
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    edge = json.loads((home.models_dir / "demo_rf" / "metadata.json").read_text(encoding="utf-8"))["decision"]["edge"]
+    if edge == "none":  # the bundle's verdict: it never opens, and the audit says why, once
+        assert len(audit_events(home, "model_no_edge")) == 1 and not audit_events(home, "trade")
+    trade = run_cli(home, *rehearsal, "--speed", "max", "--threshold", "0.0002")  # an explicit threshold trades
     assert trade.returncode == 0, trade.stderr[-3000:]
     assert audit_events(home, "trade")
     assert_no_secret_anywhere(home, demo.stdout, demo.stderr, trade.stdout, trade.stderr)
