@@ -982,7 +982,10 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
         raise ConfigError(f"策略 {name} 没有 model_path；请用 --model 指定模型包 / no model")
     chosen["model_path"] = str(resolve_bundle(home, str(chosen["model_path"])))
     spec = contract_spec(vt_symbol, load_contracts(settings_dirs(home)))
-    defaults = live_trading.live_costs(spec, DEFAULT_CAPITAL, args.gateway == "sim")
+    defaults = {
+        **live_trading.live_costs(spec, DEFAULT_CAPITAL, args.gateway == "sim"),
+        **settings.risk.strategy_parameters(),
+    }
     strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen))
     broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
     return TradeOptions(strategy, broker)

@@ -35,6 +35,7 @@ from config import (
     json_safe,
     load_contracts,
     settings_dirs,
+    settings_for,
     temporary_path,
 )
 from ml_model import PricePredictionModel, find_bundle, refuse_in_sample
@@ -209,6 +210,7 @@ class BacktestingModule:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.contracts = load_contracts(settings_dirs(home))
+        self.risk_parameters = settings_for(home).risk.strategy_parameters()  # risk.json, as the live strategy gets
 
     @property
     def cache_dir(self) -> Path:
@@ -285,7 +287,7 @@ class BacktestingModule:
             raise DataError(f"{vt_symbol} 在 {begin:%Y-%m-%d} ~ {finish:%Y-%m-%d} 没有K线 / no bars in the range")
 
         predictions, _ = cached_predictions(model, bars, vt_symbol, self.cache_dir if use_cache else None)
-        chosen = {**strategy_costs(str(model.path), costs), **chosen}
+        chosen = {**strategy_costs(str(model.path), costs), **self.risk_parameters, **chosen}
 
         engine = PreloadedBacktestingEngine(
             data_collector.frame_to_bars(bars, vt_symbol, data_collector.parse_interval(interval))
@@ -293,7 +295,7 @@ class BacktestingModule:
         set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
-        engine.strategy.flat_bars = roll_flat_times(bars)
+        engine.strategy.flat_bars = data_processor.roll_flat_times(bars)
         replay(engine)
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
@@ -367,14 +369,6 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
     return job, bars, model
 
 
-def roll_flat_times(frame: pd.DataFrame) -> set[int]:
-    """Bar start times (epoch seconds) at which the strategy must be flat because a roll gap follows (the causal
-    gap rule of batch inference; a trader knows the roll calendar ahead)."""
-    flags = data_processor.roll_exit_flags(data_processor.gap_segments(frame))
-    stamps = np.asarray(frame.index.as_unit("s").asi8)
-    return set(stamps[flags].tolist())
-
-
 def rolls_stepped_over(frame: pd.DataFrame, start: datetime) -> list[str]:
     """The first bar of every new segment (a roll gap) at or after `start`."""
     segment = data_processor.gap_segments(frame)
@@ -402,7 +396,7 @@ def run_on_bars(
     set_engine_parameters(engine, job.vt_symbol, job.interval, start, end, job.costs)
     engine.add_strategy(PredictiveTradingStrategy, {**job.base_setting, **setting})
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(job.bars.index), job.predictions)
-    engine.strategy.flat_bars = roll_flat_times(job.bars)
+    engine.strategy.flat_bars = data_processor.roll_flat_times(job.bars)
     replay(engine)
     engine.calculate_result()
     return dict(json_safe(engine.calculate_statistics(output=False)))
@@ -496,7 +490,7 @@ class Optimizer:
         warmup = int(base_setting.get("warmup_days", WARMUP_DAYS))
         bars = module.load_bars(vt_symbol, start, end, interval, warmup)
         predictions, _ = cached_predictions(model, bars, vt_symbol, module.cache_dir if use_cache else None)
-        setting = {**strategy_costs(str(model.path), costs), **base_setting}
+        setting = {**strategy_costs(str(model.path), costs), **module.risk_parameters, **base_setting}
         job = OptimizationJob(
             vt_symbol,
             interval,

@@ -157,6 +157,14 @@ class RiskSettings:
                 f"risk.duplicate_order_seconds 不能为负，收到 {self.duplicate_order_seconds} / must be ≥ 0"
             )
 
+    def strategy_parameters(self) -> dict[str, float]:
+        """The limits as PredictiveTradingStrategy's parameters (what a strategy's own setting may override)."""
+        return {
+            "max_daily_loss_rate": self.max_daily_loss_rate,
+            "max_position_ratio": self.max_position_ratio,
+            "max_single_trade_ratio": self.max_single_trade_ratio,
+        }
+
 
 @dataclass(frozen=True)
 class ContractSpec:

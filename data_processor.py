@@ -177,6 +177,15 @@ def roll_exit_flags(segment: np.ndarray) -> np.ndarray:
     return flags
 
 
+def roll_flat_times(frame: pd.DataFrame) -> set[int]:
+    """Bar start times (epoch seconds) at which the strategy must be flat because a roll gap follows, by the causal
+    gap rule of inference (a trader knows the roll calendar ahead): the strategy's `flat_bars` in a backtest and in
+    a replay of the same continuous series."""
+    flags = roll_exit_flags(gap_segments(frame))
+    stamps = np.asarray(pd.DatetimeIndex(frame.index).as_unit("s").asi8)
+    return set(stamps[flags].tolist())
+
+
 def gap_segments(df: pd.DataFrame) -> np.ndarray:
     """Segment number of every bar, a new one at each roll gap by the causal rule (the bars as traded, no
     contract column): what batch inference uses, equal to `RollDetector` bar by bar."""

@@ -457,6 +457,8 @@ class AITradingSystem:
         """Register and init one strategy (its state restored from the home), cancel the orders a previous process
         left, check its positions against the broker's, feed it the account, start it; False when the position
         check stopped it (logged, audited, alerted)."""
+        from sim_gateway import SimGateway
+
         contract = self.main_engine.get_contract(config.vt_symbol)
         if contract is None:
             raise ConfigError(
@@ -471,6 +473,9 @@ class AITradingSystem:
         strategy = self.cta_engine.strategies.get(config.name)
         if strategy is None:
             raise ConfigError(f"策略 {config.name} 未能加入 CTA 引擎（见日志）/ strategy was not added")
+        gateway = self.main_engine.get_gateway(self.gateway_name)
+        if isinstance(gateway, SimGateway):
+            strategy.flat_bars = gateway.roll_flat_times()
         store = FileStateStore(self.home.strategy_state_path(config.name, self.gateway_name == "SIM"), self.audit)
         strategy.store, strategy.account_required = store, True
         # vnpy puts its saved variables back after on_init: ours win, and the model just loaded keeps its name

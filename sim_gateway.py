@@ -684,6 +684,15 @@ class SimGateway(BaseGateway):
         self._thread = threading.Thread(target=self._run, name=f"SimReplay-{self.gateway_name}", daemon=True)
         self._thread.start()
 
+    def roll_flat_times(self) -> set[int]:
+        """Bar times before the roll gaps of the replayed series (history included), as a backtest of the same bars
+        sets them on the strategy: a replay of a continuous series is flat before each roll as the backtest is."""
+        import data_processor
+
+        if not self._bars:
+            return set()
+        return data_processor.roll_flat_times(data_collector.bars_to_frame(self._bars).set_index("datetime"))
+
     def close(self) -> None:
         """Stop the replay thread and unregister the sync handler; safe to call twice."""
         self._stop.set()

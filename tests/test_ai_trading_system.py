@@ -543,6 +543,19 @@ def test_every_trade_option_is_an_override_or_command_line_only_and_defaults_to_
     )  # an argparse default would hide the settings files
 
 
+def test_risk_settings_reach_the_live_strategy_unless_its_own_entry_sets_them(
+    home: Home, project_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_layer(project_settings, "threshold", None)
+    assert resolve_trade(home).strategy.setting["max_daily_loss_rate"] == config.RiskSettings.max_daily_loss_rate
+    monkeypatch.setenv("AI_TRADER_RISK_MAX_DAILY_LOSS_RATE", "0.0002")
+    chosen = resolve_trade(home).strategy.setting
+    assert (chosen["max_daily_loss_rate"], chosen["max_position_ratio"]) == (0.0002, 0.1)
+    entry = {"vt_symbol": "rb2609.SHFE", "setting": {"model_path": "m", "max_daily_loss_rate": 0.001}}
+    (project_settings / "strategies.json").write_text(json.dumps({"ai_rb": entry}), encoding="utf-8")
+    assert resolve_trade(home).strategy.setting["max_daily_loss_rate"] == 0.001  # the strategy's own entry wins
+
+
 @pytest.mark.parametrize("dest", list(LAYER_VALUES))
 def test_trade_option_precedence_is_command_line_then_home_then_project_then_default(
     dest: str, home: Home, project_settings: Path

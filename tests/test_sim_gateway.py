@@ -35,6 +35,7 @@ from vnpy_ctastrategy import CtaTemplate
 from vnpy_ctastrategy.backtesting import BacktestingEngine, BacktestingMode
 
 import data_collector
+import data_processor
 import sim_gateway
 from config import CHINA_TZ, SAMPLE_TICKS_CSV, ConfigError, DataError, Home
 from sim_gateway import SimGateway
@@ -830,3 +831,16 @@ def test_connect_twice_is_refused_and_close_is_idempotent_and_unregisters(
     replay.gateway.close()
     assert private not in handlers and replay.gateway.finished.is_set()
     assert replay.gateway.stats.ticks == 0
+
+
+@pytest.mark.slow
+def test_a_replay_knows_the_roll_flat_times_a_backtest_of_the_same_bars_uses(
+    make_replay: Callable[[], Replay], imported_home: Home
+) -> None:
+    replay = make_replay()
+    replay.connect(vt_symbol=RB, home=str(imported_home.root), start="2016-03-01", end="2016-03-10", warmup_days=10)
+    frame = data_collector.load_history_data(RB, "2016-02-20", "2016-03-10", home=imported_home)
+    expected = data_processor.roll_flat_times(frame)
+    times = sorted(datetime.fromtimestamp(stamp, CHINA_TZ).strftime("%m-%d %H:%M") for stamp in expected)
+    assert times == ["03-07 14:58", "03-07 14:59", "03-08 14:58", "03-08 14:59"]  # before the 21:00 gaps
+    assert replay.gateway.roll_flat_times() == expected
