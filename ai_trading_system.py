@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from config import (
     settings_for,
     write_csv_atomic,
 )
+from trade_simulator import ThresholdChoice
 
 logger = logging.getLogger("ai_trading_system")  # not __name__: run as a script, that would be "__main__"
 
@@ -62,6 +63,11 @@ def _column_map(text: str) -> dict[str, str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"未知字段 {unknown}，可用：{', '.join(fields)}")
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _horizons(text: str) -> list[int]:
+    """One horizon or a comma-separated list, each a positive number of bars."""
+    return [_positive_int(part.strip()) for part in text.split(",")]
 
 
 def _positive_int(text: str) -> int:
@@ -271,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）",
+    )
+    train.add_argument(
+        "--horizon",
+        type=_horizons,
+        help="预测周期（K线根数，默认取模型设置 model.prediction_horizon）；逗号分隔多个时各训练一个模型，"
+        "保留验证期模拟净盈亏最好的一个，例如 5,30,120",
     )
     train.add_argument(
         "--label",
@@ -576,6 +588,26 @@ def print_test_part(model: ml_model.PricePredictionModel) -> None:
     print_metrics(metrics)
 
 
+def print_horizon_search(decisions: dict[int, ThresholdChoice], chosen: int) -> None:
+    """Each horizon's validation simulation, the kept one marked."""
+    rows = [
+        (
+            f"{horizon}{' *' if horizon == chosen else ''}",
+            f"{d.threshold:.6f}",
+            f"{d.net_pnl:,.2f}",
+            d.trades,
+            f"{d.trades_per_day:.2f}",
+            d.edge,
+        )
+        for horizon, d in decisions.items()
+    ]
+    print()
+    print_table(
+        rows,
+        ("周期 / horizon", "阈值 / threshold", "验证净盈亏 / valid net P&L", "成交 / fills", "日均 / per day", "edge"),
+    )
+
+
 def print_decision(metadata: dict[str, Any]) -> None:
     """What the strategy simulation on the validation part chose, with the real costs, and the drift check."""
     decision = metadata.get("decision") or {}
@@ -625,9 +657,29 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     config = ml_model.ModelConfig.from_settings(settings.model, model_type=args.model_type, epochs=args.epochs)
     symbol = args.vt_symbol.partition(".")[0]
     name = args.name or f"{symbol}_{config.model_type}"
+    if args.horizon and len(args.horizon) > 1 and args.walk_forward != 1:
+        raise ConfigError("--horizon 给出多个周期时不能与 --walk-forward 同用 / several horizons need one fold")
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
     spec = contract_spec(args.vt_symbol, load_contracts(settings_dirs(home)))
+    horizons = args.horizon or [config.horizon]
+    if len(horizons) > 1:
+        model, decisions = ml_model.train_best_horizon(
+            bars,
+            args.vt_symbol,
+            args.interval,
+            config,
+            home.models_dir / name,
+            horizons,
+            progress=_stderr_progress,
+            label_kind=args.label,
+            spec=spec,
+        )
+        print_horizon_search(decisions, model.config.horizon)
+        print_test_part(model)
+        print(f"模型包已保存 / bundle saved: {model.path}")
+        return EXIT_OK
+    config = replace(config, horizon=horizons[0])
     if args.walk_forward == 1:
         model = ml_model.train_bundle(
             bars,

@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
@@ -1029,20 +1029,27 @@ def drift_report(model: PricePredictionModel, data: TrainingData, threshold: flo
     return report
 
 
-def train_bundle(
+@dataclass
+class FittedBundle:
+    """A trained model with its decision and the facts its bundle records, not yet saved."""
+
+    model: PricePredictionModel
+    data: TrainingData
+    decision: ThresholdChoice
+    facts: dict[str, Any]
+
+
+def fit_bundle(
     bars: pd.DataFrame,
     vt_symbol: str,
     interval: str,
     config: ModelConfig,
-    path: Path,
-    extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
     label_kind: str = DEFAULT_LABEL_KIND,
     spec: ContractSpec | None = None,
-) -> PricePredictionModel:
+) -> FittedBundle:
     """Prepare the bars, train, choose the threshold by simulating the strategy on the validation part with the
-    contract's costs (`spec`, else the project's contract table), evaluate, and save the sealed bundle with its
-    report.png."""
+    contract's costs (`spec`, else the project's contract table) and evaluate: everything but the saving."""
     say = progress or (lambda message: None)
     spec = spec or contract_spec(vt_symbol, load_contracts())
     data = prepare_training_data(
@@ -1057,40 +1064,94 @@ def train_bundle(
     decision = decide_threshold(model, data, spec)
     model.threshold = decision.threshold
     say(
-        f"验证期模拟 / validation simulation: 阈值 / threshold {decision.threshold:.6f}, 净盈亏 / net P&L "
-        f"{decision.net_pnl:,.2f}, {decision.trades} 笔 / trades, edge: {decision.edge}"
+        f"验证期模拟 / validation simulation (h={config.horizon}): 阈值 / threshold {decision.threshold:.6f}, "
+        f"净盈亏 / net P&L {decision.net_pnl:,.2f}, {decision.trades} 笔 / trades, edge: {decision.edge}"
     )
     model.evaluate(data, "valid")
-    metrics = model.evaluate(data, "test")
+    model.evaluate(data, "test")
+    facts = {
+        "vt_symbol": vt_symbol,
+        "interval": interval,
+        "ranges": ranges,
+        "rows": len(data.index),
+        "data_fingerprint": data_fingerprint(data),
+        "label_kind": data.label_kind,
+        "label_mean": data.label_mean,
+        "decision": decision.as_dict(),
+        "drift": drift_report(model, data, decision.threshold),
+        "costs": {
+            "commission_rate": spec.commission_rate,
+            "slippage_ticks": spec.slippage_ticks,
+            "pricetick": spec.pricetick,
+            "size": spec.size,
+        },
+    }
+    return FittedBundle(model, data, decision, facts)
+
+
+def save_fitted(fitted: FittedBundle, path: Path, extra: dict[str, Any] | None = None) -> PricePredictionModel:
+    """Save a fitted model as a sealed bundle with its report.png."""
+    model, data = fitted.model, fitted.data
     test = data.windows("test")
-    title = f"{vt_symbol} {config.model_type} {path.name}"
+    title = f"{fitted.facts['vt_symbol']} {model.model_type} {path.name}"
 
     def attach_report(folder: Path) -> None:
-        write_training_report(folder / "report.png", model.history, model.predict(test), test.labels, metrics, title)
+        write_training_report(
+            folder / "report.png", model.history, model.predict(test), test.labels, model.metrics["test"], title
+        )
 
-    model.save_model(
-        path,
-        extra={
-            **(extra or {}),
-            "vt_symbol": vt_symbol,
-            "interval": interval,
-            "ranges": ranges,
-            "rows": len(data.index),
-            "data_fingerprint": data_fingerprint(data),
-            "label_kind": data.label_kind,
-            "label_mean": data.label_mean,
-            "decision": decision.as_dict(),
-            "drift": drift_report(model, data, decision.threshold),
-            "costs": {
-                "commission_rate": spec.commission_rate,
-                "slippage_ticks": spec.slippage_ticks,
-                "pricetick": spec.pricetick,
-                "size": spec.size,
-            },
-        },
-        attach=attach_report,
-    )
+    model.save_model(path, extra={**(extra or {}), **fitted.facts}, attach=attach_report)
     return model
+
+
+def train_bundle(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    config: ModelConfig,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    label_kind: str = DEFAULT_LABEL_KIND,
+    spec: ContractSpec | None = None,
+) -> PricePredictionModel:
+    """Train, decide and evaluate (`fit_bundle`), then save the sealed bundle with its report.png."""
+    return save_fitted(fit_bundle(bars, vt_symbol, interval, config, progress, label_kind, spec), path, extra)
+
+
+def decision_rank(decision: ThresholdChoice) -> tuple[bool, float]:
+    """How decisions compare: an edge before none, then the larger validation net P&L."""
+    return decision.edge != EDGE_NONE, decision.net_pnl
+
+
+def train_best_horizon(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    config: ModelConfig,
+    path: Path,
+    horizons: Sequence[int],
+    extra: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    label_kind: str = DEFAULT_LABEL_KIND,
+    spec: ContractSpec | None = None,
+) -> tuple[PricePredictionModel, dict[int, ThresholdChoice]]:
+    """One model per horizon, each decided on its validation part; the one whose simulated validation net P&L is
+    best (an edge before none) is saved, with every horizon's figures in its metadata (`horizon_search`)."""
+    if not horizons or min(horizons) < 1:
+        raise ModelError(f"预测周期必须是正整数，收到 {list(horizons)} / horizons must be positive")
+    fitted = {
+        h: fit_bundle(bars, vt_symbol, interval, replace(config, horizon=h), progress, label_kind, spec)
+        for h in dict.fromkeys(horizons)
+    }
+    decisions = {h: one.decision for h, one in fitted.items()}
+    best = max(decisions, key=lambda h: decision_rank(decisions[h]))
+    search = [
+        {"horizon": h, **{k: d.as_dict()[k] for k in ("edge", "net_pnl", "trades", "threshold")}}
+        for h, d in decisions.items()
+    ]
+    model = save_fitted(fitted[best], path, {**(extra or {}), "horizon_search": search})
+    return model, decisions
 
 
 def has_no_edge(metadata: dict[str, Any]) -> bool:

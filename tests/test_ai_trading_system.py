@@ -866,3 +866,14 @@ def test_every_relative_link_in_readme_and_docs_points_to_an_existing_file() -> 
                 broken.append(f"{page.relative_to(PROJECT_DIR)}: {target}")
     assert broken == []
     assert checked >= 10
+
+
+def test_train_refuses_several_horizons_with_walk_forward_and_a_bad_horizon(
+    home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--home", str(home.root), "train", "--vt-symbol", "rb0000.SHFE", "--start", "2016-01-01"]
+    argv = [*base, "--end", "2016-03-31", "--horizon", "5,30", "--walk-forward", "2"]
+    assert ai_trading_system.main(argv) == 2
+    assert "--walk-forward" in capsys.readouterr().err
+    assert ai_trading_system.main([*base, "--end", "2016-03-31", "--horizon", "5,zero"]) == 2
+    assert "正整数" in capsys.readouterr().err

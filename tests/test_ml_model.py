@@ -613,3 +613,19 @@ def test_model_command_shows_a_bundle_and_exits_2_for_a_tampered_one(
     assert ai_trading_system.main(["--home", str(home.root), "model", "--model", str(good)]) == 2
     err = capsys.readouterr().err
     assert "另一套特征" in err and "train" in err and "Traceback" not in err
+
+
+def test_train_best_horizon_keeps_the_horizon_whose_validation_simulation_earned_most(
+    sample_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    bars = sample_span(sample_frame, "2016-02-01", "2016-03-31")
+    model, decisions = ml_model.train_best_horizon(bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", [5, 30, 5])
+    assert list(decisions) == [5, 30]  # each horizon once, in the order asked
+    best = max(decisions, key=lambda h: ml_model.decision_rank(decisions[h]))
+    assert model.config.horizon == best and model.metadata["horizon"] == best
+    assert model.threshold == decisions[best].threshold
+    search = {row["horizon"]: row for row in model.metadata["horizon_search"]}
+    assert set(search) == {5, 30} and search[30]["net_pnl"] == pytest.approx(decisions[30].net_pnl)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rf"]  # only the kept model is saved
+    with pytest.raises(ModelError, match="正整数"):
+        ml_model.train_best_horizon(bars, VT, "1m", SMALL_FOREST, tmp_path / "x", [])
