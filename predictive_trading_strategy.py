@@ -187,17 +187,6 @@ def _saved_time(value: Any, what: str) -> datetime | None:
     return when
 
 
-def target_position(prediction: float, threshold: float, position: float, size: int) -> float:
-    """Long above +threshold, short below -threshold, otherwise keep the position."""
-    if math.isnan(prediction):
-        return position
-    if prediction > threshold:
-        return size
-    if prediction < -threshold:
-        return -size
-    return position
-
-
 class PredictiveTradingStrategy(CtaTemplate):
     """Trades the model's prediction per bar: long above the threshold, short below, trailing stop, risk-checked."""
 
