@@ -143,7 +143,7 @@ class BacktestOptions:
 
     interval: str = "1m"
     capital: float = DEFAULT_CAPITAL
-    rate: float | None = None  # None: the contract's facts in settings/contracts.json
+    rate: float | None = None  # None: the contract's fees in settings/contracts.toml
     slippage: float | None = None
     size: float | None = None
     pricetick: float | None = None
@@ -168,10 +168,14 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--capital", type=_positive_float, default=defaults.capital, help=f"初始资金（默认 {defaults.capital:,.0f}）"
     )
-    parser.add_argument("--rate", type=_non_negative_float, help="手续费率（默认取 settings/contracts.json）")
+    parser.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        help="各边统一的手续费率，替代合约表的手续费（默认取 settings/contracts.toml）",
+    )
     parser.add_argument("--slippage", type=_non_negative_float, help="滑点（价格单位，默认 滑点跳数 × 最小变动价位）")
-    parser.add_argument("--size", type=_positive_float, help="合约乘数（默认取 settings/contracts.json）")
-    parser.add_argument("--pricetick", type=_positive_float, help="最小变动价位（默认取 settings/contracts.json）")
+    parser.add_argument("--size", type=_positive_float, help="合约乘数（默认取 settings/contracts.toml）")
+    parser.add_argument("--pricetick", type=_positive_float, help="最小变动价位（默认取 settings/contracts.toml）")
     parser.add_argument("--threshold", type=_positive_float, help="开仓阈值（默认取模型包中由验证集得出的阈值）")
     parser.add_argument(
         "--fixed-size",

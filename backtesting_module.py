@@ -28,6 +28,7 @@ from config import (
     FEATURE_CODE_FILES,
     ContractSpec,
     DataError,
+    Fees,
     Home,
     atomic_path,
     contract_spec,
@@ -40,6 +41,7 @@ from config import (
 )
 from ml_model import PricePredictionModel, find_bundle, refuse_in_sample
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy, batch_predictions
+from risk_manager import trade_fees
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,7 +56,36 @@ class StrategyFailed(RuntimeError):
     """The strategy raised during the run; vnpy stops the replay and would return a partial result."""
 
 
-class PreloadedBacktestingEngine(BacktestingEngine):
+class FeeBacktestingEngine(BacktestingEngine):
+    """vnpy's BacktestingEngine charging what the exchange charges (`fees`: per lot or a rate; open, close and
+    close-today), the thin subclass vnpy leaves to its users.
+
+    vnpy charges every fill `rate` of its turnover. When `fees` is more than one rate for every side, each fill's
+    commission is replaced, after vnpy's daily results, by risk_manager.trade_fees: lots opened on the same trading
+    day as the close pay close-today (vnpy books only CLOSE; a close takes yesterday's lots first), and each day's net
+    P&L follows. A one-rate schedule equal to `rate` is vnpy's own arithmetic and its results are left untouched.
+    """
+
+    fees: Fees | None = None
+
+    def calculate_result(self) -> pd.DataFrame:
+        daily = super().calculate_result()
+        fees = self.fees
+        if fees is None or not self.trades or (fees.rate_only and fees.open_rate == self.rate):
+            return daily
+        trades = sorted(self.trades.values(), key=lambda trade: (trade.datetime, int(trade.tradeid)))
+        charged = dict(zip((t.vt_tradeid for t in trades), trade_fees(trades, fees, self.size), strict=True))
+        results: dict[str, list[Any]] = {}
+        for result in self.daily_results.values():
+            result.commission = sum(charged[trade.vt_tradeid] for trade in result.trades)
+            result.net_pnl = result.total_pnl - result.commission - result.slippage
+            for key, value in result.__dict__.items():
+                results.setdefault(key, []).append(value)
+        self.daily_df = pd.DataFrame.from_dict(results).set_index("date")
+        return self.daily_df
+
+
+class PreloadedBacktestingEngine(FeeBacktestingEngine):
     """vnpy's BacktestingEngine fed from bars in memory: the run and the strategy's warm-up never read the database."""
 
     def __init__(self, bars: Sequence[BarData]) -> None:
@@ -154,14 +185,14 @@ def cached_predictions(
 
 
 def buy_and_hold(
-    bars: pd.DataFrame, capital: float, size: float, volume: float, rate: float, slippage: float
+    bars: pd.DataFrame, capital: float, size: float, volume: float, fees: Fees, slippage: float
 ) -> pd.Series:
-    """Balance at each day's last bar of holding `volume` lots bought at the first bar's close."""
+    """Balance at each day's last bar of holding `volume` lots bought at the first bar's close (the open fee paid)."""
     if bars.empty:
         return pd.Series(dtype="float64")
     close = bars["close"].to_numpy(dtype="float64")
     entry = close[0] + slippage
-    cost = entry * volume * size * rate + slippage * volume * size
+    cost = fees.open_fee(entry, volume, size) + slippage * volume * size
     balance = capital - cost + (close - entry) * volume * size
     # by calendar date, as vnpy's daily results are, so the two line up day by day
     days = pd.DatetimeIndex(bars.index).tz_localize(None).normalize()
@@ -169,27 +200,30 @@ def buy_and_hold(
     return series.groupby(level=0).last()
 
 
-def strategy_costs(model_path: str, costs: dict[str, float]) -> dict[str, Any]:
+def strategy_costs(model_path: str, costs: dict[str, Any]) -> dict[str, Any]:
     """The strategy parameters that make its risk book charge what the engine charges."""
     return {
         "model_path": model_path,
         "capital": costs["capital"],
-        "commission_rate": costs["rate"],
+        "fees": costs["fees"].text,
         "margin_rate": costs["margin_rate"],
         "slippage_cost": costs["slippage"],
     }
 
 
 def set_engine_parameters(
-    engine: BacktestingEngine, vt_symbol: str, interval: str, start: datetime, end: datetime, costs: dict[str, float]
+    engine: FeeBacktestingEngine, vt_symbol: str, interval: str, start: datetime, end: datetime, costs: dict[str, Any]
 ) -> None:
-    """vnpy's set_parameters with our costs (capital must be given: vnpy's default 0 zeroes every statistic)."""
+    """vnpy's set_parameters with our costs (capital must be given: vnpy's default 0 zeroes every statistic); vnpy's
+    `rate` is the open rate, and the engine charges the exchange's `fees` (FeeBacktestingEngine)."""
+    fees: Fees = costs["fees"]
+    engine.fees = fees
     engine.set_parameters(
         vt_symbol=vt_symbol,
         interval=data_collector.parse_interval(interval),
         start=start,
         end=end,
-        rate=costs["rate"],
+        rate=fees.open_rate,
         slippage=costs["slippage"],
         size=costs["size"],
         pricetick=costs["pricetick"],
@@ -227,12 +261,13 @@ class BacktestingModule:
         slippage: float | None = None,
         size: float | None = None,
         pricetick: float | None = None,
-    ) -> dict[str, float]:
-        """The engine's costs and the margin rate: each given value, else the contract's facts."""
+    ) -> dict[str, Any]:
+        """The engine's costs and the margin rate: each given value, else the contract's facts (`rate`: one rate of
+        turnover for every side instead of the contract's fees)."""
         spec = self.contract(vt_symbol)
         pricetick = spec.pricetick if pricetick is None else pricetick
         return {
-            "rate": spec.commission_rate if rate is None else rate,
+            "fees": spec.fees if rate is None else Fees.of_rate(rate),
             "slippage": spec.slippage_ticks * pricetick if slippage is None else slippage,
             "size": spec.size if size is None else size,
             "pricetick": pricetick,
@@ -265,7 +300,7 @@ class BacktestingModule:
         use_cache: bool = True,
         allow_in_sample: bool = False,
     ) -> BacktestResult:
-        """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.json.
+        """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.toml.
         A range overlapping the bundle's train or valid part is refused unless `allow_in_sample` (the result then
         says which parts it overlaps, and every report marks it IN-SAMPLE)."""
         begin = data_collector.to_china_time(start)
@@ -300,7 +335,7 @@ class BacktestingModule:
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
         volume = float(chosen.get("fixed_size", PredictiveTradingStrategy.fixed_size))
-        benchmark = buy_and_hold(traded, capital, costs["size"], volume, costs["rate"], costs["slippage"])
+        benchmark = buy_and_hold(traded, capital, costs["size"], volume, costs["fees"], costs["slippage"])
         statistics["buy_and_hold_end_balance"] = float(benchmark.iloc[-1])
         statistics["buy_and_hold_return"] = float((benchmark.iloc[-1] / capital - 1) * 100)
         trades = sorted(engine.trades.values(), key=lambda t: (t.datetime, int(t.tradeid)))
@@ -346,7 +381,7 @@ class OptimizationJob:
     model_path: str
     bars: pd.DataFrame
     predictions: np.ndarray
-    costs: dict[str, float]  # rate, slippage, size, pricetick, capital
+    costs: dict[str, Any]  # fees, slippage, size, pricetick, margin_rate, capital (BacktestingModule.costs)
     base_setting: dict[str, Any]
     target: str
     allow_in_sample: bool = False
@@ -477,7 +512,7 @@ class Optimizer:
         interval: str,
         base_setting: dict[str, Any],
         target: str,
-        costs: dict[str, float],
+        costs: dict[str, Any],
         folder: Path,
         use_cache: bool = True,
         allow_in_sample: bool = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ FEATURE_CODE_FILES: tuple[Path, ...] = (
     PROJECT_DIR / "data_processor.py",
     PROJECT_DIR / "ml_model.py",
     PROJECT_DIR / "predictive_trading_strategy.py",  # batch_predictions
+    SETTINGS_DIR / "contracts.toml",  # the trading hours the calendar features read
 )
 
 TIMEZONE_NAME: str = "Asia/Shanghai"
@@ -47,7 +49,13 @@ HOME_ENV: str = "AI_TRADER_HOME"
 ENV_PREFIX: str = "AI_TRADER_"
 VNTRADER_FOLDER: str = ".vntrader"
 VT_SETTING_FILENAME: str = "vt_setting.json"
-CONTRACTS_FILE: str = "contracts.json"
+CONTRACTS_FILE: str = "contracts.toml"  # every product's facts: size, tick, margin, fees, hours
+LEGACY_CONTRACTS_FILE: str = "contracts.json"  # the table before issue 18: refused with a hint
+LEGACY_CONTRACTS_MESSAGE: str = (
+    "{path}: 合约表已改为 contracts.toml（每个品种一行，手续费分开仓/平仓/平今，见 docs/settings.md）；"
+    "请把其中的品种移到同目录 contracts.toml 的 [products] 中并删除此文件 / contracts.json is now contracts.toml"
+)
+EXCHANGES: tuple[str, ...] = ("SHFE", "INE", "DCE", "CZCE", "CFFEX", "GFEX")
 STRATEGIES_FILE: str = "strategies.json"  # the live strategies: name -> class, vt_symbol and parameters
 AUDIT_FILENAME: str = "audit.jsonl"
 SECRETS_FILENAME: str = "secrets.enc"
@@ -166,33 +174,188 @@ class RiskSettings:
         }
 
 
+# --- contract facts: fees, trading hours, the product table -----------------------------------------------------
+
+Window = tuple[clock_time, clock_time]  # [open, close) of bar START times; a close before the open runs past midnight
+Era = tuple[date, tuple[Window, ...]]  # the windows in force from a session date on
+FEE_SIDES: tuple[str, ...] = ("open", "close", "close_today")
+MAX_FEE_RATE: float = 0.01  # of turnover: a larger rate is a typo (the dearest exchange rate is a few parts in 10,000)
+MAX_FEE_PER_LOT: float = 1000.0  # money per lot
+
+
+def fee_amount(price: float, volume: float, size: float, rate: float, per_lot: float) -> float:
+    """Money charged for `volume` lots at `price`: turnover × rate + volume × per_lot (turnover multiplied in vnpy's
+    order, so a rate-only fee is vnpy's commission to the last bit)."""
+    return volume * size * price * rate + volume * per_lot
+
+
+def close_fee_amount(
+    price: float,
+    volume: float,
+    size: float,
+    today: float,
+    close_rate: float,
+    close_per_lot: float,
+    today_rate: float,
+    today_per_lot: float,
+) -> float:
+    """Money charged for closing `volume` lots of which `today` were opened on the same trading day (close-today)."""
+    if today <= 0 or (close_rate == today_rate and close_per_lot == today_per_lot):
+        return fee_amount(price, volume, size, close_rate, close_per_lot)
+    if today >= volume:
+        return fee_amount(price, volume, size, today_rate, today_per_lot)
+    earlier = fee_amount(price, volume - today, size, close_rate, close_per_lot)
+    return earlier + fee_amount(price, today, size, today_rate, today_per_lot)
+
+
+@dataclass(frozen=True)
+class Fees:
+    """What the exchange charges each side of a trade: a rate of turnover or money per lot (one kind a side) to open,
+    to close a position opened on an earlier trading day (close) and to close one opened the same day (close-today).
+
+    As text (the table's `fees`, the strategy's `fees` parameter): three items, open, close and close-today; a number
+    is a rate of turnover, `N/lot` is N per lot: "0.0001 0.0001 0.0001", "1.5/lot 1.5/lot 0/lot".
+    """
+
+    open_rate: float = 0.0
+    open_per_lot: float = 0.0
+    close_rate: float = 0.0
+    close_per_lot: float = 0.0
+    close_today_rate: float = 0.0
+    close_today_per_lot: float = 0.0
+
+    def __post_init__(self) -> None:
+        for side in FEE_SIDES:
+            rate, per_lot = getattr(self, f"{side}_rate"), getattr(self, f"{side}_per_lot")
+            if not (math.isfinite(rate) and 0 <= rate < MAX_FEE_RATE):
+                raise ConfigError(f"{side} 手续费率 {rate} 应在 [0, {MAX_FEE_RATE}) / fee rate out of range")
+            if not (math.isfinite(per_lot) and 0 <= per_lot < MAX_FEE_PER_LOT):
+                raise ConfigError(
+                    f"{side} 每手手续费 {per_lot} 应在 [0, {MAX_FEE_PER_LOT:g}) / fee per lot out of range"
+                )
+            if rate and per_lot:
+                raise ConfigError(
+                    f"{side} 手续费只能按金额或按手其中一种（{rate}, {per_lot}/lot）/ one kind of fee per side"
+                )
+
+    @classmethod
+    def of_rate(cls, rate: float) -> Fees:
+        """One rate of turnover for every side (vnpy's BacktestingEngine `rate`)."""
+        return cls(open_rate=rate, close_rate=rate, close_today_rate=rate)
+
+    @classmethod
+    def parse(cls, text: str, where: str = "fees") -> Fees:
+        """Fees from their text (class docstring); ConfigError naming `where` when it is not three fees."""
+        items = text.split()
+        if len(items) != len(FEE_SIDES):
+            raise ConfigError(
+                f'{where} 应为开仓、平仓、平今三项（如 "0.0001 0.0001 0.0001" 或 "1.5/lot 1.5/lot 0/lot"），'
+                f"收到 {text!r} / fees are three items: open, close, close-today"
+            )
+        values: dict[str, float] = {}
+        for side, item in zip(FEE_SIDES, items, strict=True):
+            number, per_lot, unit = item.partition("/")
+            try:
+                amount = float(number)
+            except ValueError:
+                amount = math.nan
+            if (per_lot and unit != "lot") or not math.isfinite(amount):
+                raise ConfigError(f"{where}: {side} 手续费 {item!r} 应为费率或 N/lot / a fee is a rate or N/lot")
+            values[f"{side}_per_lot" if per_lot else f"{side}_rate"] = amount
+        return cls(**values)
+
+    @property
+    def text(self) -> str:
+        """The fees as text, the form `parse` reads."""
+        items = []
+        for side in FEE_SIDES:
+            per_lot = getattr(self, f"{side}_per_lot")
+            items.append(f"{per_lot!r}/lot" if per_lot else repr(getattr(self, f"{side}_rate")))
+        return " ".join(items)
+
+    @property
+    def rate_only(self) -> bool:
+        """One rate for every side and nothing per lot: what vnpy's engine charges by itself."""
+        no_lot = not (self.open_per_lot or self.close_per_lot or self.close_today_per_lot)
+        return no_lot and self.open_rate == self.close_rate == self.close_today_rate
+
+    def open_fee(self, price: float, volume: float, size: float) -> float:
+        """Money charged for opening `volume` lots at `price`."""
+        return fee_amount(price, volume, size, self.open_rate, self.open_per_lot)
+
+    def close_fee(self, price: float, volume: float, size: float, today: float = 0.0) -> float:
+        """Money charged for closing `volume` lots at `price`, `today` of them opened on the same trading day."""
+        return close_fee_amount(
+            price,
+            volume,
+            size,
+            today,
+            self.close_rate,
+            self.close_per_lot,
+            self.close_today_rate,
+            self.close_today_per_lot,
+        )
+
+
+def parse_hours(text: str, where: str) -> tuple[Window, ...]:
+    """Trading windows from "21:00-23:00 09:00-10:15 ..." (bar start times, [open, close)); ConfigError naming `where`
+    unless each window is two HH:MM times that differ and no two windows overlap."""
+    windows: list[Window] = []
+    covered: set[int] = set()
+    for item in text.split():
+        start_text, dash, end_text = item.partition("-")
+        if not dash:
+            raise ConfigError(f"{where}: 交易时段 {item!r} 应为 HH:MM-HH:MM / a window is HH:MM-HH:MM")
+        start, end = parse_clock(start_text, where), parse_clock(end_text, where)
+        first, last = start.hour * 60 + start.minute, end.hour * 60 + end.minute
+        minutes = {(first + offset) % 1440 for offset in range((last - first) % 1440)}
+        if not minutes or minutes & covered:
+            raise ConfigError(f"{where}: 交易时段 {item!r} 为空或与其他时段重叠 / an empty or overlapping window")
+        covered |= minutes
+        windows.append((start, end))
+    if not windows:
+        raise ConfigError(f"{where}: 没有交易时段 / no trading windows")
+    return tuple(windows)
+
+
 @dataclass(frozen=True)
 class ContractSpec:
-    """Trading facts of one product: lot size, price tick, fees, margin and the usual slippage."""
+    """Trading facts of one product: lot size, price tick, margin, the exchange's fees, the usual slippage and the
+    trading hours by era (settings/contracts.toml)."""
 
     size: float
     pricetick: float
-    commission_rate: float  # of turnover, each side
     margin_rate: float
+    fees: Fees
     slippage_ticks: int = 1
+    exchange: str = ""
+    name: str = ""
+    sessions: tuple[Era, ...] = field(default=(), repr=False)  # oldest first; empty: unknown (inferred from bars)
 
     def __post_init__(self) -> None:
-        if self.size <= 0 or self.pricetick <= 0:
+        if not (self.size > 0 and self.pricetick > 0 and math.isfinite(self.size) and math.isfinite(self.pricetick)):
             raise ConfigError(f"合约乘数和最小变动价位必须 > 0（{self.size}, {self.pricetick}）/ must be positive")
-        if not 0 <= self.commission_rate < 0.01:
-            raise ConfigError(f"手续费率 {self.commission_rate} 应在 [0, 0.01) / commission rate out of range")
         if not 0 < self.margin_rate <= 1:
             raise ConfigError(f"保证金率 {self.margin_rate} 应在 (0, 1] / margin rate out of range")
         if self.slippage_ticks < 0:
             raise ConfigError(f"滑点跳数 {self.slippage_ticks} 不能为负 / slippage ticks must be ≥ 0")
+        if self.exchange and self.exchange not in EXCHANGES:
+            raise ConfigError(f"交易所 {self.exchange!r} 未知（可用：{', '.join(EXCHANGES)}）/ unknown exchange")
+        since = [era[0] for era in self.sessions]
+        if any(later <= earlier for earlier, later in zip(since, since[1:], strict=False)):
+            raise ConfigError(f"交易时段的起始日期必须递增：{since} / session eras must be in date order")
 
     @overload
     def round_trip_return(self, price: float) -> float: ...
     @overload
     def round_trip_return(self, price: np.ndarray) -> np.ndarray: ...
     def round_trip_return(self, price: float | np.ndarray) -> float | np.ndarray:
-        """Round-trip cost as a return at `price` (number or array): commission both sides, slippage ticks each side."""
-        return 2 * self.commission_rate + 2 * self.slippage_ticks * self.pricetick / price
+        """Round-trip cost as a return at `price` (number or array): opening and closing on the same trading day
+        (close-today: a label's trade lasts minutes) and slippage ticks each side."""
+        fees = self.fees
+        cost = fees.open_rate + fees.close_today_rate + 2 * self.slippage_ticks * self.pricetick / price
+        per_lot = fees.open_per_lot + fees.close_today_per_lot
+        return cost + per_lot / (price * self.size) if per_lot else cost
 
 
 def _require_positive(section: str, owner: Any, names: Sequence[str]) -> None:
@@ -402,8 +565,10 @@ def load_settings(
     for folder in settings_dirs:
         if folder.is_dir():
             for extra in sorted(folder.glob("*.json")):
-                if extra.stem not in SECTIONS and extra.name not in (CONTRACTS_FILE, STRATEGIES_FILE):
-                    choices = ", ".join([*(f"{name}.json" for name in SECTIONS), CONTRACTS_FILE, STRATEGIES_FILE])
+                if extra.name == LEGACY_CONTRACTS_FILE:
+                    raise ConfigError(LEGACY_CONTRACTS_MESSAGE.format(path=extra))
+                if extra.stem not in SECTIONS and extra.name != STRATEGIES_FILE:
+                    choices = ", ".join([*(f"{name}.json" for name in SECTIONS), STRATEGIES_FILE])
                     raise ConfigError(f"{extra}: 未知设置文件（可用：{choices}）/ unknown settings file")
         for section in SECTIONS:
             path = folder / f"{section}.json"
@@ -434,33 +599,159 @@ def product_of(vt_symbol: str) -> str:
     return letters
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read one TOML settings file."""
+    import tomllib
+
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML 格式错误：{exc} / invalid TOML") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: 无法读取：{exc.strerror} / cannot read") from None
+
+
+PRODUCT_KEYS: dict[str, type] = {
+    "exchange": str,
+    "name": str,
+    "listed": date,
+    "size": float,
+    "pricetick": float,
+    "margin_rate": float,
+    "fees": str,
+    "slippage_ticks": int,
+    "sessions": str,
+}
+REQUIRED_PRODUCT_KEYS: tuple[str, ...] = ("exchange", "size", "pricetick", "margin_rate", "fees")
+ADD_PRODUCT_HINT: str = (
+    '请在 settings/{file}（或 <home>/settings/{file}）的 [products] 中添加一行，例如 {product} = {{ exchange = "SHFE", '
+    'size = 10, pricetick = 1, margin_rate = 0.1, fees = "0.0001 0.0001 0.0001", sessions = "shfe_day" }}'
+)
+
+
+def _product_value(where: str, key: str, value: Any) -> Any:
+    """One value of a product entry, checked against its type (an integer is a number too)."""
+    kind = PRODUCT_KEYS[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is date and isinstance(value, datetime):
+        kind = type(None)  # a date and time is not a date
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} 应为 {kind.__name__}，收到 {value!r} / wrong type")
+    return value
+
+
+def _eras(where: str, raw: Any) -> tuple[Era, ...]:
+    """A named session history: a list of { since = DATE, hours = "HH:MM-HH:MM ..." }, oldest first."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f'{where} 应为 [{{ since = 日期, hours = "..." }}, ...] / a list of eras')
+    eras: list[Era] = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) != {"since", "hours"}:
+            raise ConfigError(f'{where}: 每个时段应为 {{ since = 日期, hours = "..." }} / an era is since and hours')
+        since, hours = item["since"], item["hours"]
+        if not isinstance(since, date) or isinstance(since, datetime) or not isinstance(hours, str):
+            raise ConfigError(f"{where}: since 应为日期（如 2016-05-03），hours 为文字 / since is a date")
+        eras.append((since, parse_hours(hours, where)))
+    return tuple(eras)
+
+
+def product_eras(history: Sequence[Era], listed: date | None) -> tuple[Era, ...]:
+    """A product's eras: the named history from the listing date on (the era in force then starts at listing)."""
+    if listed is None:
+        return tuple(history)
+    kept = [era for era in history if era[0] > listed]
+    before = [era for era in history if era[0] <= listed]
+    first = before[-1][1] if before else history[0][1]
+    return ((listed, first), *kept)
+
+
+def _contract(
+    where: str, product: str, raw: Mapping[str, Any], histories: Mapping[str, tuple[Era, ...]]
+) -> ContractSpec:
+    """One product's ContractSpec from its merged entry."""
+    missing = [key for key in REQUIRED_PRODUCT_KEYS if key not in raw]
+    if missing:
+        hint = ADD_PRODUCT_HINT.format(file=CONTRACTS_FILE, product=product)
+        raise ConfigError(f"{where}: 品种 {product} 缺少 {', '.join(missing)}；{hint} / missing contract facts")
+    eras: tuple[Era, ...] = ()
+    if "sessions" in raw:
+        if raw["sessions"] not in histories:
+            known = ", ".join(sorted(histories))
+            raise ConfigError(
+                f"{where}: 品种 {product} 的交易时段 {raw['sessions']!r} 未在 [sessions] 中定义（可用：{known}）"
+                " / unknown session history"
+            )
+        eras = product_eras(histories[raw["sessions"]], raw.get("listed"))
+    try:
+        return ContractSpec(
+            size=raw["size"],
+            pricetick=raw["pricetick"],
+            margin_rate=raw["margin_rate"],
+            fees=Fees.parse(raw["fees"], f"{where}: {product}.fees"),
+            slippage_ticks=raw.get("slippage_ticks", 1),
+            exchange=raw["exchange"],
+            name=raw.get("name", ""),
+            sessions=eras,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: 品种 {product}: {exc}") from None
+
+
 def load_contracts(settings_dirs: Sequence[Path] = (SETTINGS_DIR,)) -> dict[str, ContractSpec]:
-    """Contract facts by product from `<dir>/contracts.json` (later dirs win, product by product)."""
-    specs: dict[str, ContractSpec] = {}
-    known = {f.name for f in fields(ContractSpec)}
-    for folder in settings_dirs:
+    """Contract facts by product from `<dir>/contracts.toml`: the first folder's table (the project's) holds the
+    session histories; each later folder (a home's) overrides products key by key and may add products, but not
+    trading hours (they are the exchange's, kept in one table)."""
+    histories: dict[str, tuple[Era, ...]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for position, folder in enumerate(settings_dirs):
+        if (folder / LEGACY_CONTRACTS_FILE).is_file():
+            raise ConfigError(LEGACY_CONTRACTS_MESSAGE.format(path=folder / LEGACY_CONTRACTS_FILE))
         path = folder / CONTRACTS_FILE
         if not path.is_file():
             continue
-        for product, raw in read_json_object(path).items():
-            if not isinstance(raw, dict) or not set(raw) <= known:
-                raise ConfigError(f"{path}: {product} 必须是含 {sorted(known)} 的对象 / bad contract entry")
-            try:
-                specs[product] = ContractSpec(**raw)
-            except TypeError as exc:
-                raise ConfigError(f"{path}: {product}: {exc} / missing contract fact") from None
-    return specs
+        data = read_toml(path)
+        if not set(data) <= {"sessions", "products"}:
+            raise ConfigError(f"{path}: 只能有 [sessions] 和 [products]，收到 {sorted(data)} / unknown table")
+        sessions, products = data.get("sessions", {}), data.get("products", {})
+        if position and sessions:
+            raise ConfigError(f"{path}: 交易时段只在项目的 settings/{CONTRACTS_FILE} 中维护 / hours live in one table")
+        if not isinstance(sessions, dict) or not isinstance(products, dict):
+            raise ConfigError(f"{path}: [sessions] 和 [products] 必须是表 / must be tables")
+        for name, raw in sessions.items():
+            histories[name] = _eras(f"{path}: sessions.{name}", raw)
+        for product, raw in products.items():
+            where = f"{path}: {product}"
+            if not isinstance(raw, dict) or not set(raw) <= set(PRODUCT_KEYS):
+                raise ConfigError(f"{where} 必须是含 {', '.join(PRODUCT_KEYS)} 的表 / bad contract entry")
+            if position and "sessions" in raw:
+                raise ConfigError(
+                    f"{where}: 交易时段只在项目的 settings/{CONTRACTS_FILE} 中维护 / hours live in one table"
+                )
+            checked = {key: _product_value(where, key, value) for key, value in raw.items()}
+            entries[product] = {**entries.get(product, {}), **checked}
+            sources[product] = str(path)
+    return {product: _contract(sources[product], product, raw, histories) for product, raw in entries.items()}
 
 
 def contract_spec(vt_symbol: str, specs: Mapping[str, ContractSpec]) -> ContractSpec:
-    """The facts of a vt_symbol's product, or a ConfigError that says where to add them."""
+    """The facts of a vt_symbol's product, or a ConfigError that names the product and how to add it."""
     product = product_of(vt_symbol)
     if product not in specs:
+        hint = ADD_PRODUCT_HINT.format(file=CONTRACTS_FILE, product=product)
         raise ConfigError(
-            f"settings/{CONTRACTS_FILE} 中没有品种 {product}（{vt_symbol}）；请添加 size、pricetick、commission_rate、"
-            f"margin_rate / no contract facts for this product"
+            f"合约表中没有品种 {product}（{vt_symbol}）；{hint}（字段见 docs/settings.md）/ no contract facts for "
+            f"product {product}: add it to the [products] table of settings/{CONTRACTS_FILE}"
         )
     return specs[product]
+
+
+@functools.cache
+def project_contracts() -> Mapping[str, ContractSpec]:
+    """The project's own table (settings/contracts.toml), read once per process: the trading calendar's hours."""
+    return load_contracts((SETTINGS_DIR,))
 
 
 @dataclass(frozen=True)

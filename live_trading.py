@@ -167,7 +167,7 @@ def live_costs(spec: ContractSpec, capital: float, simulated: bool) -> dict[str,
     slippage = spec.slippage_ticks * spec.pricetick if simulated else 0.0  # live fills carry their own slippage
     return {
         "capital": capital,
-        "commission_rate": spec.commission_rate,
+        "fees": spec.fees.text,
         "margin_rate": spec.margin_rate,
         "slippage_cost": slippage,
     }

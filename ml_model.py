@@ -1080,7 +1080,7 @@ def fit_bundle(
         "decision": decision.as_dict(),
         "drift": drift_report(model, data, decision.threshold),
         "costs": {
-            "commission_rate": spec.commission_rate,
+            "fees": spec.fees.text,
             "slippage_ticks": spec.slippage_ticks,
             "pricetick": spec.pricetick,
             "size": spec.size,

@@ -19,6 +19,7 @@ from config import (
     ConfigError,
     ContractSpec,
     DataError,
+    Fees,
     ModelError,
     RiskSettings,
     resolve_home,
@@ -199,8 +200,8 @@ class PredictiveTradingStrategy(CtaTemplate):
     slippage_ticks: int = 1  # price allowance of each order, in ticks
     warmup_days: int = 10
     capital: float = DEFAULT_CAPITAL
-    margin_rate: float = 0.1  # the composition root fills these from settings/contracts.json
-    commission_rate: float = 0.0001
+    margin_rate: float = 0.1  # the composition root fills these from settings/contracts.toml
+    fees: str = "0.0001 0.0001 0.0001"  # open, close, close-today: a rate, or N/lot (config.Fees)
     slippage_cost: float = 0.0  # per unit traded, charged by the risk book as a backtest charges it; 0 live
     max_daily_loss_rate: float = RiskSettings.max_daily_loss_rate
     max_position_ratio: float = RiskSettings.max_position_ratio
@@ -222,7 +223,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         "warmup_days",
         "capital",
         "margin_rate",
-        "commission_rate",
+        "fees",
         "slippage_cost",
         "max_daily_loss_rate",
         "max_position_ratio",
@@ -318,7 +319,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         spec = ContractSpec(
             size=float(size),
             pricetick=float(pricetick),
-            commission_rate=self.commission_rate,
+            fees=Fees.parse(self.fees, "fees"),
             margin_rate=self.margin_rate,
         )
         limits = RiskSettings(

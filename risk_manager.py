@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 from vnpy.trader.constant import Direction, Offset
 from vnpy.trader.object import OrderRequest, TradeData
 
-from config import ConfigError, ContractSpec, DataError, RiskSettings
+from config import ConfigError, ContractSpec, DataError, Fees, RiskSettings
 from trading_calendar import causal_trading_day
 
 logger = logging.getLogger(__name__)
@@ -106,12 +106,20 @@ class PositionBook:
         setattr(self, f"{side}_price", (average * held + price * volume) / (held + volume))
         setattr(self, f"{side}_today", getattr(self, f"{side}_today") + volume)
 
-    def remove(self, direction: Direction, offset: Offset, volume: float) -> float:
-        """Close up to `volume` of the side `direction` closes (CLOSE takes yesterday first); returns what closed."""
+    def close_split(self, direction: Direction, offset: Offset, volume: float) -> tuple[float, float]:
+        """The (today, yesterday) lots a close of up to `volume` takes from the side `direction` closes: CLOSE takes
+        yesterday's first (first opened, first closed, as DCE and CZCE match it), CLOSETODAY only today's."""
         side = _closed_side(direction)
         today, yd = getattr(self, f"{side}_today"), getattr(self, f"{side}_yd")
         from_yd = 0.0 if offset == Offset.CLOSETODAY else min(volume, yd)
         from_today = 0.0 if offset == Offset.CLOSEYESTERDAY else min(volume - from_yd, today)
+        return float(from_today), float(from_yd)
+
+    def remove(self, direction: Direction, offset: Offset, volume: float) -> float:
+        """Close up to `volume` of the side `direction` closes (`close_split`); returns what closed."""
+        side = _closed_side(direction)
+        today, yd = getattr(self, f"{side}_today"), getattr(self, f"{side}_yd")
+        from_today, from_yd = self.close_split(direction, offset, volume)
         setattr(self, f"{side}_today", today - from_today)
         setattr(self, f"{side}_yd", yd - from_yd)
         if getattr(self, f"{side}_today") + getattr(self, f"{side}_yd") == 0:
@@ -122,6 +130,39 @@ class PositionBook:
         """A new trading day: today's positions become yesterday's."""
         self.long_yd, self.long_today = self.long_yd + self.long_today, 0.0
         self.short_yd, self.short_today = self.short_yd + self.short_today, 0.0
+
+
+def fill_fee(positions: PositionBook, trade: TradeData, fees: Fees, size: float) -> float:
+    """What the exchange charges a fill against the book before it: the open fee, or the close fee with the lots
+    opened on the current trading day (`close_split`) at the close-today fee (a CLOSETODAY order: all of them)."""
+    if trade.offset == Offset.OPEN:
+        return fees.open_fee(trade.price, trade.volume, size)
+    assert trade.direction is not None
+    if trade.offset == Offset.CLOSETODAY:
+        today = trade.volume
+    else:
+        today, _ = positions.close_split(trade.direction, trade.offset, trade.volume)
+    return fees.close_fee(trade.price, trade.volume, size, today)
+
+
+def trade_fees(trades: Sequence[TradeData], fees: Fees, size: float) -> list[float]:
+    """The fee of each fill of a run, in order, booked as the risk book books them: positions roll to yesterday's at
+    each new trading day (trading_calendar.causal_trading_day of the fill), a close takes yesterday's lots first."""
+    book = PositionBook()
+    day: date | None = None
+    charged = []
+    for trade in trades:
+        assert trade.datetime is not None and trade.direction is not None
+        when = causal_trading_day(_aware(trade.datetime))
+        if day is not None and when > day:
+            book.roll()
+        day = when if day is None else max(day, when)
+        charged.append(fill_fee(book, trade, fees, size))
+        if trade.offset == Offset.OPEN:
+            book.add(trade.direction, trade.volume, trade.price)
+        else:
+            book.remove(trade.direction, trade.offset, trade.volume)
+    return charged
 
 
 def position_differences(ours: PositionBook, broker: PositionBook) -> list[str]:
@@ -553,7 +594,7 @@ class RiskManager:
                 self._start_day(day, trade.price)
         if not math.isfinite(state.last_price):
             state.last_price = trade.price
-        state.commission += trade.price * trade.volume * size * self.spec.commission_rate
+        state.commission += fill_fee(state.positions, trade, self.spec.fees, size)
         state.slippage_cost += self.slippage * trade.volume * size
         if trade.offset == Offset.OPEN:
             state.positions.add(trade.direction, trade.volume, trade.price)

@@ -320,9 +320,12 @@ def wall_seconds(gap: float, speed: float) -> float:
     return min(wall, GAP_WALL_SECONDS) if gap > GAP_SECONDS else wall
 
 
-def commission(price: float, volume: float, spec: ContractSpec) -> float:
-    """Commission of a fill: turnover (price × volume × size) × commission_rate."""
-    return price * volume * spec.size * spec.commission_rate
+def commission(price: float, volume: float, spec: ContractSpec, split: tuple[float, float] | None = None) -> float:
+    """What the exchange charges a fill (the contract's fees): an open (`split` None), or a close of `split` =
+    (today's, yesterday's) lots, today's at the close-today fee."""
+    if split is None:
+        return spec.fees.open_fee(price, volume, spec.size)
+    return spec.fees.close_fee(price, volume, spec.size, split[0])
 
 
 def margin(price: float, volume: float, spec: ContractSpec) -> float:
@@ -424,9 +427,9 @@ class SimBook:
         self.realised += pnl
         return pnl
 
-    def charge(self, price: float, volume: float) -> float:
-        """Book the commission of a fill."""
-        fee = commission(price, volume, self.spec)
+    def charge(self, price: float, volume: float, split: tuple[float, float] | None = None) -> float:
+        """Book the commission of a fill: an open, or a close of `split` (today's, yesterday's) lots."""
+        fee = commission(price, volume, self.spec, split)
         self.commission += fee
         return fee
 
@@ -550,7 +553,8 @@ class SimGateway(BaseGateway):
     replayed during it. Only `warmup_days` of bars before start are loaded.
 
     Account (as vnpy_ctp reports it): balance = capital + realised − commission + floating P&L at the last price;
-    frozen = margin of positions (at their average price) and of open orders; available = balance − frozen. SHFE/INE:
+    frozen = margin of positions (at their average price) and of open orders; available = balance − frozen; each fill
+    pays the contract's fees (`commission`: a close's today lots at close-today). SHFE/INE:
     CLOSE and CLOSEYESTERDAY take yesterday's lots, CLOSETODAY today's; elsewhere a close takes today's first. At the
     first price of a new trading day (trading_calendar.causal_trading_day) today's lots become yesterday's. Orders
     never expire.
@@ -921,9 +925,10 @@ class SimGateway(BaseGateway):
         del self._active[data.vt_orderid]
         if order.held is None:
             book.open(data.direction, price, data.volume)
+            book.charge(price, data.volume)
         else:
             book.close(order.held, price, order.split)
-        book.charge(price, data.volume)
+            book.charge(price, data.volume, order.split)
         data.traded, data.status = data.volume, Status.ALLTRADED
         self._trade_count += 1
         trade = TradeData(

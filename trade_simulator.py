@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from config import DEFAULT_CAPITAL, ConfigError, ContractSpec, DataError, RiskSettings
+from config import (
+    DEFAULT_CAPITAL,
+    ConfigError,
+    ContractSpec,
+    DataError,
+    Fees,
+    RiskSettings,
+    close_fee_amount,
+    fee_amount,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,7 +119,12 @@ class Rules(NamedTuple):
     tick_units: float  # pricetick = tick_units / tick_scale, with whole units: the decimal tick exactly
     tick_scale: float
     size: float
-    commission_rate: float
+    open_rate: float  # the exchange's fees (config.Fees)
+    open_per_lot: float
+    close_rate: float
+    close_per_lot: float
+    close_today_rate: float
+    close_today_per_lot: float
     slippage_cost: float
     margin_rate: float
     capital: float
@@ -174,7 +188,7 @@ def risk_check(
     window (`duplicate_order_seconds`, the default 5 s: the strategy does not set it) none either; the daily loss
     test of an opening order repeats, at the same price, the test `mark` has just made (a breach halts, and halted
     means target 0). A close is always for the whole held side, which Offset.CLOSE takes from both the today and
-    yesterday buckets, so the buckets are not kept.
+    yesterday buckets, so the buckets are not kept (the kernel counts today's lots for the close-today fee only).
     """
     if not (math.isfinite(volume) and volume > 0 and math.isfinite(price) and price > 0):
         return False, 0.0
@@ -213,6 +227,27 @@ def order_price(direction: int, close: float, slippage_ticks: float, tick: float
 # --- the simulator --------------------------------------------------------------------------------------------
 
 
+def fill_fee(
+    opening: bool, price: float, volume: float, held: float, today_lots: float, rules: Rules
+) -> tuple[float, float]:
+    """risk_manager.fill_fee for the strategy's fills: (fee, lots opened today afterwards). A close takes yesterday's
+    lots first; the `today_lots` of the `held` side opened on this trading day pay the close-today fee."""
+    if opening:
+        return fee_amount(price, volume, rules.size, rules.open_rate, rules.open_per_lot), today_lots + volume
+    today = max(min(volume, held) - (held - today_lots), 0.0)
+    fee = close_fee_amount(
+        price,
+        volume,
+        rules.size,
+        today,
+        rules.close_rate,
+        rules.close_per_lot,
+        rules.close_today_rate,
+        rules.close_today_per_lot,
+    )
+    return fee, today_lots - today
+
+
 def _kernel(
     open_: np.ndarray,
     high: np.ndarray,
@@ -222,9 +257,9 @@ def _kernel(
     predictions: np.ndarray,
     flat: np.ndarray,
     rules: Rules,
-) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The engine's bar loop with the strategy's on_trade / on_bar and its risk book: the trades as arrays and their
-    count. Plain Python; `simulate` runs it compiled."""
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The engine's bar loop with the strategy's on_trade / on_bar and its risk book: the trades as arrays (and each
+    one's fee) and their count. Plain Python; `simulate` runs it compiled."""
     size, capital, max_daily_loss_rate = rules.size, rules.capital, rules.max_daily_loss_rate
     count = len(close)
     bar_of = np.empty(count, dtype=np.int64)
@@ -232,10 +267,13 @@ def _kernel(
     offset_of = np.empty(count, dtype=np.int64)
     price_of = np.empty(count, dtype=np.float64)
     volume_of = np.empty(count, dtype=np.float64)
+    fee_of = np.empty(count, dtype=np.float64)
     trades = 0
     position = 0.0  # the strategy's pos and the risk book's one side (long > 0)
     average = 0.0  # the book's average open price
     realised = commission = slippage = 0.0  # the book's money, as RiskManager.update_trade books it
+    today_lots = 0.0  # of the held side, opened on `lots_day` (the book's today bucket)
+    lots_day = -1
     last_price = math.nan
     day = 0
     started = False  # whether the book has opened a trading day
@@ -254,14 +292,18 @@ def _kernel(
                 volume = pending_volume
                 bar_of[trades], direction_of[trades], offset_of[trades] = t, pending, pending_offset
                 price_of[trades], volume_of[trades] = price, volume
-                trades += 1
                 # RiskManager.update_trade: a fill on a new trading day's first bar opens that day first
                 if started and days[t] > day:
                     day, halted = days[t], False
                     day_start = equity(capital, realised, commission + slippage, position, average, size, last_price)
+                if days[t] != lots_day:  # the book's roll: today's lots become yesterday's
+                    today_lots, lots_day = 0.0, days[t]
                 held = abs(position)
+                fee, today_lots = fill_fee(pending_offset == OPEN, price, volume, held, today_lots, rules)
+                fee_of[trades] = fee
+                trades += 1
                 position += pending * volume
-                commission += price * volume * size * rules.commission_rate
+                commission += fee
                 slippage += rules.slippage_cost * volume * size
                 if pending_offset == OPEN:
                     average = (average * held + price * volume) / (held + volume)
@@ -308,10 +350,13 @@ def _kernel(
             allowed, most = risk_check(direction, offset, volume, price, last_price, position, halted, marked, rules)
         if allowed:
             pending, pending_offset, pending_price, pending_volume = direction, offset, price, volume
-    return trades, bar_of, direction_of, offset_of, price_of, volume_of
+    return trades, bar_of, direction_of, offset_of, price_of, volume_of, fee_of
 
 
 KERNEL_HELPERS: tuple[Callable[..., Any], ...] = (
+    fee_amount,
+    close_fee_amount,
+    fill_fee,
     target_position,
     allowed_target,
     trailing_stop,
@@ -357,7 +402,7 @@ class SimulationSettings:
     slippage_ticks: int = 1  # price allowance of each order, in ticks
     pricetick: float = 1.0
     size: float = 10.0  # contract multiplier
-    commission_rate: float = 0.0001
+    fees: Fees = Fees.of_rate(0.0001)  # the strategy's `fees` parameter, as text
     slippage_cost: float = 1.0  # the backtest's slippage charge per unit traded, in price units (vnpy's `slippage`)
     margin_rate: float = 0.1
     capital: float = DEFAULT_CAPITAL
@@ -374,7 +419,7 @@ class SimulationSettings:
             )
         if not (self.capital > 0 and self.slippage_cost >= 0):
             raise ConfigError(f"资金必须 > 0、滑点不能为负（{self.capital}, {self.slippage_cost}）/ out of range")
-        ContractSpec(self.size, self.pricetick, self.commission_rate, self.margin_rate)  # checks the contract facts
+        ContractSpec(size=self.size, pricetick=self.pricetick, margin_rate=self.margin_rate, fees=self.fees)  # checks
         self.risk()  # checks the limits
 
     @classmethod
@@ -383,7 +428,7 @@ class SimulationSettings:
         facts = {
             "pricetick": spec.pricetick,
             "size": spec.size,
-            "commission_rate": spec.commission_rate,
+            "fees": spec.fees,
             "slippage_cost": spec.slippage_ticks * spec.pricetick,
             "margin_rate": spec.margin_rate,
         }
@@ -397,10 +442,11 @@ class SimulationSettings:
             max_single_trade_ratio=self.max_single_trade_ratio,
         )
 
-    def strategy_setting(self) -> dict[str, float]:
+    def strategy_setting(self) -> dict[str, Any]:
         """The PredictiveTradingStrategy parameters that make vnpy's engine run this setting."""
-        names = {f.name for f in fields(self)} - {"threshold", "pricetick", "size"}
-        return {"prediction_threshold": self.threshold, **{name: getattr(self, name) for name in sorted(names)}}
+        names = {f.name for f in fields(self)} - {"threshold", "pricetick", "size", "fees"}
+        chosen = {name: getattr(self, name) for name in sorted(names)}
+        return {"prediction_threshold": self.threshold, "fees": self.fees.text, **chosen}
 
     def rules(self) -> Rules:
         """The kernel's numbers."""
@@ -415,7 +461,12 @@ class SimulationSettings:
             tick_units=float(tick * scale),
             tick_scale=float(scale),
             size=float(self.size),
-            commission_rate=float(self.commission_rate),
+            open_rate=float(self.fees.open_rate),
+            open_per_lot=float(self.fees.open_per_lot),
+            close_rate=float(self.fees.close_rate),
+            close_per_lot=float(self.fees.close_per_lot),
+            close_today_rate=float(self.fees.close_today_rate),
+            close_today_per_lot=float(self.fees.close_today_per_lot),
             slippage_cost=float(self.slippage_cost),
             margin_rate=float(self.margin_rate),
             capital=float(self.capital),
@@ -507,7 +558,7 @@ def simulate(
         raise DataError("预测或平仓标记与K线数量不一致 / predictions or flat flags differ from the bars in length")
     kernel = compiled_kernel() if jit else _kernel
     flags = np.zeros(count, dtype=np.bool_) if flat is None else np.ascontiguousarray(flat, dtype=np.bool_)
-    trades, bar, direction, offset, price, volume = kernel(
+    trades, bar, direction, offset, price, volume, fee = kernel(
         bars.open,
         bars.high,
         bars.low,
@@ -519,8 +570,7 @@ def simulate(
     )
     bar, direction, offset = bar[:trades], direction[:trades], offset[:trades]
     price, volume = price[:trades], volume[:trades]
-    turnover = volume * settings.size * price
-    commission = float((turnover * settings.commission_rate).sum())
+    commission = float(fee[:trades].sum())
     slippage = float((volume * settings.size * settings.slippage_cost).sum())
     gross = float((direction * volume * (bars.close[-1] - price) * settings.size).sum()) if trades else 0.0
     return Simulation(

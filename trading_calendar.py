@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from config import CHINA_TZ, ConfigError, DataError, product_of
+from config import CHINA_TZ, ConfigError, DataError, Window, parse_hours, product_of, project_contracts
 
 if TYPE_CHECKING:  # pandas is imported where it is used: the watchdog and the monitor import this module
     import pandas as pd
@@ -19,9 +20,6 @@ NIGHT_FROM_HOUR: int = 18  # bars at or after 18:00 open the next trading day's 
 NIGHT_UNTIL_HOUR: int = 6  # bars before 06:00 are the tail of the previous evening's night session
 SESSION_GAP_MINUTES: int = 15  # a pause this long opens a new session when the product's hours are unknown
 SESSION_SPAN_MINUTES: float = 240.0
-
-Window = tuple[time, time]  # [open, close) of bar START times; a close before the open means after midnight
-
 
 # --- the session table by product and era ---------------------------------------------------------------------
 
@@ -44,42 +42,18 @@ class SessionEra:
         return table
 
 
-def _windows(*pairs: str) -> tuple[Window, ...]:
-    return tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in (p.split("-") for p in pairs))
+SHFE_DAY: tuple[Window, ...] = parse_hours("09:00-10:15 10:30-11:30 13:30-15:00", "SHFE_DAY")
 
 
-SHFE_DAY: tuple[Window, ...] = _windows("09:00-10:15", "10:30-11:30", "13:30-15:00")
-INDEX_DAY_UNTIL_2015: tuple[Window, ...] = _windows("09:15-11:30", "13:00-15:15")  # CFFEX stock index futures
-INDEX_DAY: tuple[Window, ...] = _windows("09:30-11:30", "13:00-15:00")  # CFFEX stock index futures since 2016
-# Published exchange hours by product and era (night windows first: they open the trading day).
-SESSION_TABLE: dict[str, tuple[SessionEra, ...]] = {
-    "rb": (
-        SessionEra(date(2009, 3, 27), SHFE_DAY),
-        SessionEra(date(2014, 12, 26), _windows("21:00-01:00") + SHFE_DAY),
-        SessionEra(date(2016, 5, 3), _windows("21:00-23:00") + SHFE_DAY),
-    ),
-    "hc": (
-        SessionEra(date(2014, 3, 21), SHFE_DAY),
-        SessionEra(date(2014, 12, 26), _windows("21:00-01:00") + SHFE_DAY),
-        SessionEra(date(2016, 5, 3), _windows("21:00-23:00") + SHFE_DAY),
-    ),
-    "cu": (
-        SessionEra(date(1993, 3, 1), SHFE_DAY),
-        SessionEra(date(2013, 12, 20), _windows("21:00-01:00") + SHFE_DAY),
-    ),
-    "au": (
-        SessionEra(date(2008, 1, 9), SHFE_DAY),
-        SessionEra(date(2013, 7, 5), _windows("21:00-02:30") + SHFE_DAY),
-    ),
-    "ag": (
-        SessionEra(date(2012, 5, 10), SHFE_DAY),
-        SessionEra(date(2013, 7, 5), _windows("21:00-02:30") + SHFE_DAY),
-    ),
-    "IF": (SessionEra(date(2010, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
-    "IH": (SessionEra(date(2015, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
-    "IC": (SessionEra(date(2015, 4, 16), INDEX_DAY_UNTIL_2015), SessionEra(date(2016, 1, 1), INDEX_DAY)),
-    "IM": (SessionEra(date(2022, 7, 22), INDEX_DAY),),
-}
+@functools.cache
+def session_table() -> dict[str, tuple[SessionEra, ...]]:
+    """Published exchange hours by product and era (night windows first: they open the trading day), from the
+    project's settings/contracts.toml, read once per process on first use."""
+    return {
+        product: tuple(SessionEra(since, windows) for since, windows in spec.sessions)
+        for product, spec in project_contracts().items()
+        if spec.sessions
+    }
 
 
 def era_position(eras: Sequence[SessionEra], day: date) -> int:
@@ -89,7 +63,7 @@ def era_position(eras: Sequence[SessionEra], day: date) -> int:
 
 def sessions_on(product: str, day: date) -> tuple[Window, ...]:
     """The product's windows on a session date, night first (SHFE day hours for a product not in the table)."""
-    eras = SESSION_TABLE.get(product)
+    eras = session_table().get(product)
     return SHFE_DAY if eras is None else eras[era_position(eras, day)].windows
 
 
@@ -117,12 +91,12 @@ def infer_session_era(index: pd.DatetimeIndex, min_share: float = 0.2) -> Sessio
 def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -> tuple[SessionEra, ...]:
     """The product's eras from the session table, or inferred from the bars when the product is not in it."""
     if vt_symbol is not None:
-        eras = SESSION_TABLE.get(product_of(vt_symbol))
+        eras = session_table().get(product_of(vt_symbol))
         if eras is not None:
             return eras
     if index is None or len(index) == 0:
         raise DataError(
-            f"品种 {vt_symbol!r} 不在交易时段表中，且没有数据可推断；请在 trading_calendar.SESSION_TABLE 中添加 / "
+            f"品种 {vt_symbol!r} 不在交易时段表中，且没有数据可推断；请在 settings/contracts.toml 中添加 / "
             "unknown product and no bars to infer its sessions from"
         )
     return (infer_session_era(index),)
@@ -130,7 +104,7 @@ def session_eras(vt_symbol: str | None, index: pd.DatetimeIndex | None = None) -
 
 def known_eras(vt_symbol: str | None) -> tuple[SessionEra, ...] | None:
     """The product's eras from the session table, or None for a product not in it."""
-    return SESSION_TABLE.get(product_of(vt_symbol)) if vt_symbol is not None else None
+    return session_table().get(product_of(vt_symbol)) if vt_symbol is not None else None
 
 
 # --- one moment: trading day and sessions -----------------------------------------------------------------------

@@ -41,7 +41,7 @@ RATIO_TARGET: dict[str, float] = {"random_forest": 1.5, "lstm": 5.0}
 WARMUP_DAYS = 10  # DoubleMaStrategy loads 10 days; the predictive strategy's default warmup_days is 10 as well
 WARMUP_RUN_DAYS = 3  # the untimed first run of each backtest covers this many days
 GUIDE_DOUBLE_MA_SECONDS_PER_100K = 0.62
-# rb's facts (settings/contracts.json): the yardstick gets them by hand, ours reads them from the contracts file
+# rb's facts (settings/contracts.toml): the yardstick gets them by hand, ours reads them from the contracts file
 RB_FACTS: dict[str, float] = {"rate": 0.0001, "slippage": 1.0, "size": 10.0, "pricetick": 1.0}
 CAPITAL = 1_000_000
 

@@ -35,7 +35,7 @@ from trading_calendar import causal_trading_days  # noqa: E402
 VT_SYMBOL = "rb0000.SHFE"
 WARMUP_DAYS = 10  # the strategy's default warmup_days: bars the engine replays untraded before the start
 SPEEDUP_TARGET = 100.0
-SETTING = SimulationSettings(threshold=0.0012)  # the strategy's defaults with rb's costs (settings/contracts.json)
+SETTING = SimulationSettings(threshold=0.0012)  # the strategy's defaults with rb's costs (settings/contracts.toml)
 
 
 def progress(message: str) -> None:
@@ -61,7 +61,7 @@ def run_engine(frame: pd.DataFrame, start: pd.Timestamp, predictions: np.ndarray
 
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT_SYMBOL))
     costs = {
-        "rate": SETTING.commission_rate,
+        "fees": SETTING.fees,
         "slippage": SETTING.slippage_cost,
         "size": SETTING.size,
         "pricetick": SETTING.pricetick,

@@ -485,7 +485,7 @@ def project_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in for the project's settings/ (the real files but strategies.json and broker.json) to change."""
     folder = tmp_path / "project-settings"
     folder.mkdir()
-    for path in (PROJECT_DIR / "settings").glob("*.json"):
+    for path in (*(PROJECT_DIR / "settings").glob("*.json"), PROJECT_DIR / "settings" / config.CONTRACTS_FILE):
         if path.name not in ("strategies.json", "broker.json"):
             (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.setattr(config, "SETTINGS_DIR", folder)
@@ -598,7 +598,7 @@ def test_trade_capital_from_the_command_line_wins_for_the_strategy_and_the_simul
     connect = ai_trading_system.sim_setting(args, home, options.strategy)
     assert options.strategy.setting["capital"] == connect["capital"] == 300000.0
     assert options.strategy.setting["warmup_days"] == connect["warmup_days"] == 7
-    assert options.strategy.setting["commission_rate"] == 0.0001  # the contract's costs stay underneath
+    assert options.strategy.setting["fees"] == "0.0001 0.0001 0.0001"  # the contract's costs stay underneath
     assert options.strategy.setting["slippage_cost"] == 1.0 and options.strategy.setting["margin_rate"] == 0.1
 
 

@@ -22,9 +22,10 @@ from backtesting_module import (
     prediction_key,
     run_on_bars,
 )
-from config import CHINA_TZ, DataError, Home, ModelError, resolve_home
+from config import CHINA_TZ, CONTRACTS_FILE, DataError, Fees, Home, ModelError, resolve_home
 from ml_model import PricePredictionModel, read_metadata
 from predictive_trading_strategy import NO_EDGE
+from trading_calendar import causal_trading_day
 
 VT = "rb0000.SHFE"
 
@@ -67,7 +68,7 @@ def test_prediction_cache_hits_on_the_same_bars_and_misses_when_a_bar_changes(
 
 def test_buy_and_hold_is_the_price_change_of_the_lots_less_costs(january: pd.DataFrame) -> None:
     bars = january.loc[january.index >= pd.Timestamp("2016-01-04", tz=CHINA_TZ)]
-    series = buy_and_hold(bars, 1_000_000, 10, 2, 0.0001, 1.0)
+    series = buy_and_hold(bars, 1_000_000, 10, 2, Fees.of_rate(0.0001), 1.0)
     entry = bars["close"].iloc[0] + 1
     expected = 1_000_000 - entry * 2 * 10 * 0.0001 - 1.0 * 2 * 10 + (bars["close"].iloc[-1] - entry) * 2 * 10
     assert series.iloc[-1] == pytest.approx(expected)
@@ -102,6 +103,33 @@ def test_golden_backtest_on_real_bars_is_pinned_and_repeatable(
 
 GOLDEN_TRADES = 111
 GOLDEN_NET_PNL = -1719.895
+
+
+def test_per_lot_and_close_today_fees_replace_vnpys_commission_and_nothing_else(
+    january: pd.DataFrame, rf_bundle: Path, tmp_path: Path
+) -> None:
+    plain = BacktestingModule(resolve_home(tmp_path / "plain"))
+    home = resolve_home(tmp_path / "per_lot")
+    home.settings_dir.mkdir(parents=True)
+    (home.settings_dir / CONTRACTS_FILE).write_text('[products]\nrb = { fees = "3/lot 2/lot 7.5/lot" }\n', "utf-8")
+    per_lot = BacktestingModule(home)
+    statistics, trades = run_january(plain, january, rf_bundle)
+    charged, charged_trades = run_january(per_lot, january, rf_bundle)
+    assert charged_trades == trades  # the fees move no decision here: the same fills, only their cost differs
+    # by hand: 3 a lot to open; a close 7.5 a lot when its position opened the same trading day, else 2
+    expected, opened_on, same_day = 0.0, None, 0
+    for when, _, offset, _, volume in trades:
+        day = causal_trading_day(when)
+        if offset == Offset.OPEN:
+            expected, opened_on = expected + 3.0 * volume, day
+        else:
+            same_day += int(day == opened_on)
+            expected += (7.5 if day == opened_on else 2.0) * volume
+    assert 0 < same_day < sum(offset != Offset.OPEN for _, _, offset, _, _ in trades)
+    assert charged["total_commission"] == pytest.approx(expected, abs=1e-9)
+    assert charged["total_slippage"] == statistics["total_slippage"]
+    net = statistics["total_net_pnl"] + statistics["total_commission"] - charged["total_commission"]
+    assert charged["total_net_pnl"] == pytest.approx(net, abs=1e-6)
 
 
 def with_decision(bundle: Path, tmp_path: Path, edge: str) -> Path:
@@ -328,7 +356,7 @@ def test_walk_forward_reports_only_out_of_sample_windows(imported_home: Home, rf
 def test_costs_take_each_given_value_else_the_contract_facts(tmp_path: Path) -> None:
     module = BacktestingModule(resolve_home(tmp_path / "home"))
     assert module.costs(VT) == {
-        "rate": 0.0001,
+        "fees": Fees.of_rate(0.0001),
         "slippage": 1.0,
         "size": 10,
         "pricetick": 1,
@@ -337,7 +365,7 @@ def test_costs_take_each_given_value_else_the_contract_facts(tmp_path: Path) -> 
     }
     given = module.costs(VT, capital=500_000, rate=0.0002, slippage=0.0, pricetick=2.0)
     assert given == {
-        "rate": 0.0002,
+        "fees": Fees.of_rate(0.0002),  # --rate: one rate of turnover for every side
         "slippage": 0.0,
         "size": 10,
         "pricetick": 2.0,

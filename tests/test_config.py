@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import threading
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -363,3 +363,176 @@ def test_guarded_handler_counts_and_logs_every_failure_with_one_traceback_a_minu
     records = [r for r in caplog.records if r.name == "test_guarded"]
     assert len(records) == 3 and [r.exc_info is not None for r in records] == [True, False, False]
     assert "bad event 5" in records[-1].getMessage() and "第 3 次" in records[-1].getMessage()
+
+
+# --- the contract table (settings/contracts.toml) ----------------------------------------------------------------
+
+
+def test_the_table_covers_at_least_70_products_on_all_six_exchanges() -> None:
+    contracts = config.load_contracts()
+    assert len(contracts) >= 70
+    assert {spec.exchange for spec in contracts.values()} == set(config.EXCHANGES)
+    for exchange in config.EXCHANGES:
+        assert sum(spec.exchange == exchange for spec in contracts.values()) >= 3, exchange
+
+
+def _minutes(moment: time) -> int:
+    return moment.hour * 60 + moment.minute
+
+
+def test_every_product_follows_the_tables_rules() -> None:
+    for product, spec in config.load_contracts().items():
+        assert spec.size > 0 and spec.pricetick > 0 and 0 < spec.margin_rate <= 1, product
+        assert spec.name and spec.slippage_ticks == 1, product
+        for side in config.FEE_SIDES:  # one kind of fee a side: a rate of turnover or money per lot
+            assert not (getattr(spec.fees, f"{side}_rate") and getattr(spec.fees, f"{side}_per_lot")), (product, side)
+        assert spec.fees.open_rate or spec.fees.open_per_lot, product  # every exchange charges an opening
+        assert spec.sessions, product
+        for since, windows in spec.sessions:
+            traded = sum((_minutes(end) - _minutes(start)) % 1440 for start, end in windows)
+            assert 0 < traded < 12 * 60, (product, since)
+            for start, end in windows:  # a day window inside 06:00-18:00, a night one from 18:00 to 06:00 at most
+                night = _minutes(start) >= 18 * 60
+                if night:
+                    assert _minutes(end) <= 6 * 60 or _minutes(end) > _minutes(start), (product, since, start)
+                else:
+                    assert 6 * 60 <= _minutes(start) < _minutes(end) <= 18 * 60, (product, since, start)
+            nights = [night for night, _ in enumerate(windows) if _minutes(windows[night][0]) >= 18 * 60]
+            assert nights in ([], [0]), (product, since)  # a night opens the trading day: listed first
+
+
+def test_known_facts_of_rb_m_ta_if_sc_si() -> None:
+    contracts = config.load_contracts()
+    rb, m, ta, index, crude, silicon = (contracts[p] for p in ("rb", "m", "TA", "IF", "sc", "si"))
+    # SHFE rebar: 10 t a lot, tick 1 yuan, 1/10,000 of turnover each side, night 21:00-23:00 since 2016-05-03
+    assert (rb.exchange, rb.size, rb.pricetick) == ("SHFE", 10, 1)
+    assert rb.fees == config.Fees.of_rate(0.0001)
+    assert rb.sessions[-1] == (
+        date(2016, 5, 3),
+        config.parse_hours("21:00-23:00 09:00-10:15 10:30-11:30 13:30-15:00", ""),
+    )
+    # DCE soybean meal: 10 t, tick 1, 1.5 yuan a lot
+    assert (m.exchange, m.size, m.pricetick) == ("DCE", 10, 1)
+    assert m.fees == config.Fees(open_per_lot=1.5, close_per_lot=1.5, close_today_per_lot=1.5)
+    # CZCE PTA: 5 t, tick 2, 3 yuan a lot
+    assert (ta.exchange, ta.size, ta.pricetick) == ("CZCE", 5, 2)
+    assert ta.fees == config.Fees(open_per_lot=3, close_per_lot=3, close_today_per_lot=3)
+    # CFFEX CSI 300: 300 yuan a point, tick 0.2; 0.23/10,000, close-today 2.3/10,000 since 2023-03-20
+    assert (index.exchange, index.size, index.pricetick, index.margin_rate) == ("CFFEX", 300, 0.2, 0.12)
+    assert index.fees == config.Fees(open_rate=0.000023, close_rate=0.000023, close_today_rate=0.00023)
+    # INE crude oil: 1,000 barrels, tick 0.1 yuan, 20 yuan a lot, night to 02:30
+    assert (crude.exchange, crude.size, crude.pricetick) == ("INE", 1000, 0.1)
+    assert crude.fees == config.Fees(open_per_lot=20, close_per_lot=20, close_today_per_lot=20)
+    assert crude.sessions[-1][1][0] == (time(21, 0), time(2, 30))
+    # GFEX industrial silicon: 5 t, tick 5, 1/10,000, close-today free, no night session
+    assert (silicon.exchange, silicon.size, silicon.pricetick) == ("GFEX", 5, 5)
+    assert silicon.fees == config.Fees(open_rate=0.0001, close_rate=0.0001)
+    assert [windows for _, windows in silicon.sessions] == [
+        config.parse_hours("09:00-10:15 10:30-11:30 13:30-15:00", "")
+    ]
+
+
+def test_round_trip_cost_is_open_plus_close_today_with_per_lot_fees_as_a_return() -> None:
+    contracts = config.load_contracts()
+    assert contracts["rb"].round_trip_return(2000.0) == 2 * 0.0001 + 2 * 1 / 2000  # unchanged for a one-rate product
+    # IF at 4,000: 0.23 + 2.3 parts in 10,000, and a 0.2 tick each side
+    assert contracts["IF"].round_trip_return(4000.0) == pytest.approx(0.000023 + 0.00023 + 2 * 0.2 / 4000)
+    # m at 3,000: 1.5 + 1.5 yuan on a 30,000-yuan lot, and a 1-yuan tick each side
+    assert contracts["m"].round_trip_return(3000.0) == pytest.approx(3.0 / 30_000 + 2 / 3000)
+
+
+def test_fees_read_as_text_round_trip_and_refuse_two_kinds_on_a_side() -> None:
+    fees = config.Fees.parse("0.000023 0.000023 0.00023")
+    assert fees == config.Fees(open_rate=0.000023, close_rate=0.000023, close_today_rate=0.00023)
+    assert config.Fees.parse(fees.text) == fees and not fees.rate_only
+    lots = config.Fees.parse("1.5/lot 1.5/lot 0/lot")
+    assert config.Fees.parse(lots.text) == lots and lots.close_today_per_lot == 0
+    assert config.Fees.of_rate(0.0001).rate_only
+    # a close of 3 lots at 100 (size 10), one opened today: 2 × 1.5 + 1 × 0
+    assert lots.close_fee(100.0, 3, 10, today=1) == 3.0 and lots.open_fee(100.0, 3, 10) == 4.5
+    assert fees.close_fee(4000.0, 2, 300, today=2) == pytest.approx(2 * 4000 * 300 * 0.00023)
+    for text, fragment in (("0.0001 0.0001", "三项"), ("1/kg 1/kg 1/kg", "N/lot"), ("x 1 1", "N/lot")):
+        with pytest.raises(ConfigError, match=fragment):
+            config.Fees.parse(text)
+    with pytest.raises(ConfigError, match="one kind"):
+        config.Fees(open_rate=0.0001, open_per_lot=1.0)
+    with pytest.raises(ConfigError, match="out of range"):
+        config.Fees.parse("0.05 0.05 0.05")
+
+
+def test_a_home_overrides_a_product_key_by_key_and_adds_its_own(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "home")
+    write(
+        home.settings_dir,
+        config.CONTRACTS_FILE,
+        '[products]\nrb = { fees = "0.00012 0.00012 0.00012", margin_rate = 0.15 }\n'
+        'xx = { exchange = "DCE", size = 10, pricetick = 1, margin_rate = 0.1, fees = "2/lot 2/lot 2/lot" }\n',
+    )
+    project = config.load_contracts()
+    contracts = config.load_contracts(config.settings_dirs(home))
+    assert contracts["rb"].fees == config.Fees.of_rate(0.00012) and contracts["rb"].margin_rate == 0.15
+    assert contracts["rb"].sessions == project["rb"].sessions and contracts["rb"].size == 10  # the rest: the project's
+    assert contracts["xx"].fees.open_per_lot == 2 and contracts["xx"].sessions == ()  # hours then come from bars
+    assert contracts["m"] == project["m"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('[products]\nrb = { sessions = "day" }\n', "交易时段只在项目"),
+        ('[sessions]\nmine = [{ since = 2020-01-01, hours = "09:00-10:00" }]\n', "交易时段只在项目"),
+        ("[products]\nzz = { size = 10 }\n", "缺少 exchange"),
+        ('[products]\nrb = { size = "10" }\n', "rb.size"),
+        ("[products]\nrb = { tick = 1 }\n", "bad contract entry"),
+        ('[products]\nrb = { fees = "0.0001" }\n', "三项"),
+        ('[products]\nrb = { exchange = "LME" }\n', "LME"),
+        ("[products\n", "TOML"),
+    ],
+)
+def test_a_bad_home_contract_table_is_a_clear_error(tmp_path: Path, content: str, fragment: str) -> None:
+    home = resolve_home(tmp_path / "home")
+    write(home.settings_dir, config.CONTRACTS_FILE, content)
+    with pytest.raises(ConfigError, match=fragment) as error:
+        config.load_contracts(config.settings_dirs(home))
+    assert error.value.exit_code == 2
+
+
+def test_session_histories_are_checked_where_they_are_defined(tmp_path: Path) -> None:
+    table = (
+        '[sessions]\nwrong = [{ since = 2020-01-01, hours = "09:00-10:15 10:00-11:30" }]\n'
+        '[products]\nzz = { exchange = "DCE", size = 1, pricetick = 1, margin_rate = 0.1, fees = "1/lot 1/lot 1/lot", '
+        'sessions = "wrong" }\n'
+    )
+    write(tmp_path, config.CONTRACTS_FILE, table)
+    with pytest.raises(ConfigError, match="overlapping"):
+        config.load_contracts([tmp_path])
+    write(tmp_path, config.CONTRACTS_FILE, table.replace("10:00-11:30", "10:30-11:30").replace('= "wrong"', '= "gone"'))
+    with pytest.raises(ConfigError, match="unknown session history"):
+        config.load_contracts([tmp_path])
+
+
+def test_a_product_not_in_the_table_names_itself_and_how_to_add_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        config.contract_spec("zz2605.DCE", config.load_contracts())
+    message = str(error.value)
+    assert "zz" in message and "zz2605.DCE" in message and "[products]" in message and "contracts.toml" in message
+    assert 'zz = { exchange = "SHFE", size = 10' in message  # a line to copy
+
+
+def test_a_leftover_contracts_json_is_refused_with_the_way_to_move_it(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "home")
+    write(home.settings_dir, "contracts.json", {"rb": {"size": 10}})
+    with pytest.raises(ConfigError, match="contracts.toml"):
+        config.load_contracts(config.settings_dirs(home))
+    with pytest.raises(ConfigError, match="contracts.toml"):
+        load_settings(config.settings_dirs(home), environ={})
+
+
+def test_a_product_listed_after_an_hours_change_starts_with_the_era_then_in_force() -> None:
+    history = (
+        (date(1993, 3, 1), config.parse_hours("09:00-10:15", "")),
+        (date(2013, 12, 20), config.parse_hours("21:00-01:00 09:00-10:15", "")),
+    )
+    assert config.product_eras(history, date(2015, 3, 27)) == ((date(2015, 3, 27), history[1][1]),)
+    assert config.product_eras(history, date(2009, 1, 5)) == ((date(2009, 1, 5), history[0][1]), history[1])
+    assert config.product_eras(history, None) == history

@@ -464,7 +464,7 @@ def test_train_bundle_chooses_the_threshold_by_simulating_the_strategy_on_valida
     model = ml_model.train_bundle(bars, VT, "1m", SMALL_FOREST, tmp_path / "rf", spec=spec)
     metadata = model.metadata
     decision = metadata["decision"]
-    assert metadata["label_kind"] == "executable" and metadata["costs"]["commission_rate"] == spec.commission_rate
+    assert metadata["label_kind"] == "executable" and metadata["costs"]["fees"] == spec.fees.text
     # the chosen threshold is the best candidate by validation net P&L among those with enough fills
     eligible = [row for row in decision["grid"] if row[2] >= MIN_DECISION_TRADES]
     assert model.threshold == decision["threshold"]
@@ -478,7 +478,7 @@ def test_train_bundle_chooses_the_threshold_by_simulating_the_strategy_on_valida
     assert (again.threshold, again.trades) == (decision["threshold"], decision["trades"])
     assert again.net_pnl == pytest.approx(decision["net_pnl"])
     # rb's round trip at ~2,000: two ticks of slippage and commission both sides, about 12 bp
-    assert decision["round_trip_cost"] == pytest.approx(2 * spec.commission_rate + 2 / 2000, rel=0.15)
+    assert decision["round_trip_cost"] == pytest.approx(2 * spec.fees.open_rate + 2 / 2000, rel=0.15)
     drift = metadata["drift"]
     assert set(drift) == {"train", "valid", "test"}
     assert drift["train"]["mean_label"] == pytest.approx(metadata["label_mean"])

@@ -18,7 +18,7 @@ from vnpy_ctastrategy.base import EngineType
 
 import data_collector
 from backtesting_module import PreloadedBacktestingEngine
-from config import CHINA_TZ, ConfigError, ContractSpec, ModelError, RiskSettings, contract_spec, load_contracts
+from config import CHINA_TZ, ConfigError, ContractSpec, Fees, ModelError, RiskSettings, contract_spec, load_contracts
 from data_processor import FEATURE_WARMUP
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import (
@@ -459,7 +459,7 @@ def backtest(jan_2016: pd.DataFrame, rf_bundle: Path) -> tuple[PreloadedBacktest
         "fixed_size": 5,
         "trailing_percent": 0.5,
         "warmup_days": 14,
-        "commission_rate": 0.0001,
+        "fees": "0.0001 0.0001 0.0001",
         "margin_rate": 0.1,
         "slippage_cost": 1.0,
         "max_single_trade_ratio": 0.0025,
@@ -510,7 +510,7 @@ def test_risk_manager_pnl_equals_vnpy_net_pnl(backtest: tuple[PreloadedBacktesti
     stats = engine.calculate_statistics(output=False)
     book = RiskManager(
         RiskSettings(),
-        ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1),
+        ContractSpec(size=10, pricetick=1, margin_rate=0.1, fees=Fees.of_rate(0.0001)),
         1_000_000,
         slippage=1,
     )

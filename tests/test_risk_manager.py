@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from vnpy.trader.constant import Direction, Exchange, Offset, OrderType
 from vnpy.trader.object import OrderRequest, TradeData
 
-from config import CHINA_TZ, ConfigError, ContractSpec, DataError, RiskSettings
+from config import CHINA_TZ, ConfigError, ContractSpec, DataError, Fees, RiskSettings
 from risk_manager import (
     AWAITING_ACCOUNT,
     AccountState,
@@ -25,10 +25,11 @@ from risk_manager import (
     check_order,
     position_differences,
     same_holdings,
+    trade_fees,
     with_broker_split,
 )
 
-RB = ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1)
+RB = ContractSpec(size=10, pricetick=1, margin_rate=0.1, fees=Fees.of_rate(0.0001))
 LIMITS = RiskSettings()
 CAPITAL = 1_000_000.0
 FRIDAY = datetime(2016, 1, 8, 9, 0, tzinfo=CHINA_TZ)
@@ -659,7 +660,7 @@ def test_realised_pnl_back_to_flat_equals_sell_minus_buy_turnover(steps: list[tu
         fill(LONG, CLOSE, positions.short, 3000)
     assert book.state.positions == PositionBook()
     assert book.state.realised == pytest.approx((sold - bought) * RB.size, abs=1e-6)
-    assert book.state.commission == pytest.approx((sold + bought) * RB.size * RB.commission_rate)
+    assert book.state.commission == pytest.approx((sold + bought) * RB.size * RB.fees.open_rate)
     assert book.state.slippage_cost == traded * RB.size
     assert "持仓与成交不一致" not in book.state.halt_reason
 
@@ -675,3 +676,46 @@ def test_a_fill_on_the_night_sessions_first_bar_is_todays_and_rolls_the_day_befo
     book.update_trade(replace(trade(LONG, TODAY, 2, 3000), datetime=at(5, 22, 30)))
     assert (book.state.positions.short_yd, book.state.positions.short_today) == (1, 0)
     assert not book.halted
+
+
+# --- fees as the exchange charges them ----------------------------------------------------------------------------
+
+LOT_FEES = Fees(open_per_lot=3.0, close_per_lot=2.0, close_today_per_lot=7.5)
+
+
+def test_the_book_charges_per_lot_fees_and_close_today_for_lots_opened_the_same_trading_day() -> None:
+    book = RiskManager(LIMITS, replace(RB, fees=LOT_FEES), CAPITAL)
+    book.mark(3000, at(5, 14, 0))
+    book.update_trade(replace(trade(LONG, OPEN, 2, 3000), datetime=at(5, 14, 0)))  # Tuesday: 2 × 3
+    book.update_trade(replace(trade(LONG, OPEN, 1, 3010), datetime=at(5, 21, 0)))  # Wednesday's night: 1 × 3
+    assert book.state.commission == 9.0
+    # Wednesday: CLOSE takes yesterday's 2 lots first (2 × 2), then the lot opened today (1 × 7.5)
+    book.update_trade(replace(trade(SHORT, CLOSE, 3, 3020), datetime=at(6, 9, 0)))
+    assert book.state.commission == 9.0 + 4.0 + 7.5
+    assert book.state.positions == PositionBook()
+
+
+def test_trade_fees_of_a_run_split_each_close_between_yesterdays_and_todays_lots() -> None:
+    index = Fees(open_rate=0.000023, close_rate=0.000023, close_today_rate=0.00023)
+    fills = [
+        replace(trade(SHORT, OPEN, 2, 4000), datetime=at(4, 10, 0)),  # Monday
+        replace(trade(SHORT, OPEN, 1, 4010), datetime=at(5, 10, 0)),  # Tuesday
+        replace(trade(LONG, CLOSE, 2, 3990), datetime=at(5, 14, 0)),  # Monday's 2 lots: close
+        replace(trade(LONG, CLOSE, 1, 3980), datetime=at(5, 14, 30)),  # Tuesday's lot: close-today
+        replace(trade(SHORT, OPEN, 1, 3970), datetime=at(5, 14, 45)),
+        replace(trade(LONG, TODAY, 1, 3960), datetime=at(5, 14, 50)),  # CLOSETODAY: close-today whatever the book
+    ]
+    size = 300
+    charged = trade_fees(fills, index, size)
+    assert charged == pytest.approx(
+        [
+            2 * size * 4000 * 0.000023,
+            1 * size * 4010 * 0.000023,
+            2 * size * 3990 * 0.000023,
+            1 * size * 3980 * 0.00023,
+            1 * size * 3970 * 0.000023,
+            1 * size * 3960 * 0.00023,
+        ]
+    )
+    one_rate = trade_fees(fills, Fees.of_rate(0.0001), size)  # a one-rate product: vnpy's turnover × rate, exactly
+    assert one_rate == [fill.volume * size * fill.price * 0.0001 for fill in fills]

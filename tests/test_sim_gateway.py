@@ -497,9 +497,9 @@ def test_saved_account_gives_back_cash_positions_working_orders_counters_and_the
 
     from vnpy.trader.object import ContractData
 
-    from config import ContractSpec
+    from config import ContractSpec, Fees
 
-    spec = ContractSpec(size=10, pricetick=1, commission_rate=0.0001, margin_rate=0.1)
+    spec = ContractSpec(size=10, pricetick=1, margin_rate=0.1, fees=Fees.of_rate(0.0001))
     book = sim_gateway.SimBook(spec, 500_000.0)
     book.open(L, 3000.0, 2)
     book.roll()
@@ -613,6 +613,26 @@ def test_commission_margin_and_balance_to_the_cent(
     assert (final.frozen, final.available) == (0, pytest.approx(1_000_071.968, abs=0.005))
     book = replay.gateway.book
     assert book is not None and book.commission == pytest.approx(8.032, abs=1e-9) and book.realised == 80
+
+
+def test_the_simulated_account_charges_per_lot_fees_and_close_today_on_the_lots_a_close_took() -> None:
+    from config import ContractSpec, Fees
+
+    fees = Fees(open_per_lot=3.0, close_per_lot=2.0, close_today_per_lot=7.5)
+    book = sim_gateway.SimBook(ContractSpec(size=10, pricetick=1, margin_rate=0.1, fees=fees), 1_000_000.0)
+    book.open(L, 3000.0, 2)
+    assert book.charge(3000.0, 2) == 6.0
+    book.roll()
+    book.open(L, 3010.0, 1)
+    book.charge(3010.0, 1)
+    split = book.freeze(L, "any", 3)  # outside SHFE/INE a close takes today's lots first
+    book.close(L, 3020.0, split)
+    assert split == (1.0, 2.0) and book.charge(3020.0, 3, split) == 7.5 + 2 * 2.0
+    assert book.commission == 6.0 + 3.0 + 11.5
+    index = ContractSpec(size=300, pricetick=0.2, margin_rate=0.12, fees=Fees.parse("0.000023 0.000023 0.00023"))
+    assert sim_gateway.commission(4000.0, 1, index) == pytest.approx(4000 * 300 * 0.000023)
+    assert sim_gateway.commission(4000.0, 1, index, (0.0, 1.0)) == pytest.approx(4000 * 300 * 0.000023)  # yesterday's
+    assert sim_gateway.commission(4000.0, 1, index, (1.0, 0.0)) == pytest.approx(4000 * 300 * 0.00023)
 
 
 def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(

@@ -15,7 +15,7 @@ from vnpy.trader.object import TradeData
 
 import data_collector
 from backtesting_module import BacktestingModule, PreloadedBacktestingEngine, replay, set_engine_parameters
-from config import CHINA_TZ, ConfigError, DataError, contract_spec, load_contracts, resolve_home
+from config import CHINA_TZ, ConfigError, DataError, Fees, contract_spec, load_contracts, resolve_home
 from data_processor import gap_segments, roll_exit_flags
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy
@@ -72,7 +72,7 @@ def engine_run(
     predictions through a PrecomputedSignal as a backtest is; its trades and statistics."""
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT))
     costs = {
-        "rate": settings.commission_rate,
+        "fees": settings.fees,
         "slippage": settings.slippage_cost,
         "size": settings.size,
         "pricetick": settings.pricetick,
@@ -132,6 +132,39 @@ def test_simulator_equals_the_engine_on_two_weeks_of_real_bars(sample_frame: pd.
     frame = rb_2015(sample_frame, "2015-03-05", "2015-03-31 23:59")
     simulation = assert_same_as_engine(frame, "2015-03-16", RISK_BINDS)
     assert simulation.trading_days == 13  # 12 weekdays, and the night of the 31st opens 1 April
+
+
+PER_LOT = Fees(open_per_lot=3.0, close_per_lot=2.0, close_today_per_lot=7.5)  # made up: a DCE-style schedule
+
+
+def test_simulator_equals_the_engine_with_per_lot_fees_and_a_dearer_close_today(sample_frame: pd.DataFrame) -> None:
+    frame = rb_2015(sample_frame, "2015-03-05", "2015-03-31 23:59")
+    settings = dataclasses.replace(RISK_BINDS, fees=PER_LOT, capital=1_000_000, max_daily_loss_rate=0.02)
+    simulation = assert_same_as_engine(frame, "2015-03-16", settings)
+    # by hand: every open 3 a lot; a close pays 7.5 a lot when its position opened the same trading day, else 2
+    traded = frame.loc[pd.Timestamp("2015-03-16", tz=CHINA_TZ) :]
+    days = causal_trading_days(pd.DatetimeIndex(traded.index))[simulation.bar]
+    expected, opened_on, same_day = 0.0, None, 0
+    for offset, volume, day in zip(simulation.offset, simulation.volume, days, strict=True):
+        if offset == OPEN:
+            expected, opened_on = expected + 3.0 * volume, day
+        else:
+            same_day += int(day == opened_on)
+            expected += (7.5 if day == opened_on else 2.0) * volume
+    closes = int((simulation.offset == CLOSE).sum())
+    assert 0 < same_day < closes  # both kinds of close happen: the fee split is exercised
+    assert simulation.commission == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_close_on_the_opening_day_pays_close_today_and_a_later_one_the_close_fee() -> None:
+    settings = dataclasses.replace(PLAIN, fees=Fees(open_per_lot=1.0, close_per_lot=2.0, close_today_per_lot=5.0))
+    bars = hand_bars([100] * 6, days=[0, 0, 0, 0, 1, 1])
+    same_day = run(bars, [UP, NONE, DOWN, NONE, NONE, NONE], settings)
+    assert trades_of(same_day) == [(1, LONG, OPEN, 100, 1), (3, SHORT, CLOSE, 100, 1)]
+    assert same_day.commission == 1.0 + 5.0
+    overnight = run(bars, [UP, NONE, NONE, DOWN, NONE, NONE], settings)
+    assert trades_of(overnight) == [(1, LONG, OPEN, 100, 1), (4, SHORT, CLOSE, 100, 1)]
+    assert overnight.commission == 1.0 + 2.0
 
 
 @pytest.mark.slow
@@ -196,9 +229,7 @@ def test_jit_and_plain_python_kernels_give_identical_results(sample_frame: pd.Da
 # --- the rules on hand-made bars --------------------------------------------------------------------------------
 
 UP, DOWN, NONE = 0.01, -0.01, 0.0  # predictions around a threshold of 0.005
-PLAIN = SimulationSettings(
-    threshold=0.005, trailing_percent=0.0, commission_rate=0.0, slippage_cost=0.0, capital=100_000
-)
+PLAIN = SimulationSettings(threshold=0.005, trailing_percent=0.0, fees=Fees(), slippage_cost=0.0, capital=100_000)
 
 
 def hand_bars(
@@ -235,7 +266,7 @@ def run(bars: SimulationBars, predictions: Sequence[float], settings: Simulation
 
 def test_a_reversal_closes_on_the_next_bar_then_opens_on_the_bar_after() -> None:
     bars = hand_bars([100, 100, 100, 100, 100, 95])
-    settings = dataclasses.replace(PLAIN, commission_rate=0.0001, slippage_cost=1.0)
+    settings = dataclasses.replace(PLAIN, fees=Fees.of_rate(0.0001), slippage_cost=1.0)
     result = run(bars, [UP, UP, DOWN, DOWN, DOWN, DOWN], settings)
     # orders go out at the close ± 1 tick and fill on the next bar at the better open
     assert trades_of(result) == [(1, LONG, OPEN, 100, 1), (3, SHORT, CLOSE, 100, 1), (4, SHORT, OPEN, 100, 1)]
@@ -321,8 +352,8 @@ def test_settings_for_a_contract_match_the_backtest_costs_and_name_strategy_para
     module = BacktestingModule(resolve_home(tmp_path / "home"))
     costs = module.costs(VT)
     settings = SimulationSettings.for_contract(contract_spec(VT, load_contracts()), threshold=0.001)
-    assert (settings.commission_rate, settings.slippage_cost, settings.size, settings.pricetick) == (
-        costs["rate"],
+    assert (settings.fees, settings.slippage_cost, settings.size, settings.pricetick) == (
+        costs["fees"],
         costs["slippage"],
         costs["size"],
         costs["pricetick"],
@@ -345,7 +376,7 @@ def test_simulator_equals_the_engine_when_flat_before_real_rolls(sample_frame: p
     flags = roll_exit_flags(gap_segments(frame))
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT))
     costs = {
-        "rate": settings.commission_rate,
+        "fees": settings.fees,
         "slippage": settings.slippage_cost,
         "size": settings.size,
         "pricetick": settings.pricetick,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trading_calendar as tc
-from config import CHINA_TZ
+from config import CHINA_TZ, project_contracts
 from tests.conftest import at, bars, run_python
 
 VT = "rb0000.SHFE"
@@ -64,6 +64,45 @@ def test_the_table_gives_the_old_config_sessions_on_every_date_since_2016_05_03(
         for product in OLD_PRODUCTS:
             assert tc.sessions_on(product, day) == _old_config_sessions(product), (product, day)
         day += timedelta(days=1)
+
+
+def _hours(*pairs: str) -> tuple[tuple[time, time], ...]:
+    return tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in (pair.split("-") for pair in pairs))
+
+
+def test_the_table_keeps_the_session_eras_trading_calendar_held_before_the_contract_table() -> None:
+    day = _hours("09:00-10:15", "10:30-11:30", "13:30-15:00")
+    index_2010, index_2016 = _hours("09:15-11:30", "13:00-15:15"), _hours("09:30-11:30", "13:00-15:00")
+    black = (  # rb and hc: night to 01:00 from 2014-12-26, to 23:00 from 2016-05-03
+        tc.SessionEra(date(2014, 12, 26), _hours("21:00-01:00") + day),
+        tc.SessionEra(date(2016, 5, 3), _hours("21:00-23:00") + day),
+    )
+    old = {  # trading_calendar.SESSION_TABLE as it was written out by hand (issue 14)
+        "rb": (tc.SessionEra(date(2009, 3, 27), day), *black),
+        "hc": (tc.SessionEra(date(2014, 3, 21), day), *black),
+        "cu": (tc.SessionEra(date(1993, 3, 1), day), tc.SessionEra(date(2013, 12, 20), _hours("21:00-01:00") + day)),
+        "au": (tc.SessionEra(date(2008, 1, 9), day), tc.SessionEra(date(2013, 7, 5), _hours("21:00-02:30") + day)),
+        "ag": (tc.SessionEra(date(2012, 5, 10), day), tc.SessionEra(date(2013, 7, 5), _hours("21:00-02:30") + day)),
+        "IF": (tc.SessionEra(date(2010, 4, 16), index_2010), tc.SessionEra(date(2016, 1, 1), index_2016)),
+        "IH": (tc.SessionEra(date(2015, 4, 16), index_2010), tc.SessionEra(date(2016, 1, 1), index_2016)),
+        "IC": (tc.SessionEra(date(2015, 4, 16), index_2010), tc.SessionEra(date(2016, 1, 1), index_2016)),
+        "IM": (tc.SessionEra(date(2022, 7, 22), index_2016),),
+    }
+    table = tc.session_table()
+    for product, eras in old.items():
+        assert table[product] == eras, product
+
+
+def test_the_calendar_reads_every_products_hours_from_the_contract_table() -> None:
+    contracts = project_contracts()
+    assert len(contracts) >= 70
+    assert tc.session_table() == {
+        product: tuple(tc.SessionEra(since, windows) for since, windows in spec.sessions)
+        for product, spec in contracts.items()
+    }
+    assert tc.sessions_on("m", date(2026, 11, 24))[0] == (time(21, 0), time(23, 0))  # DCE soybean meal's night
+    assert tc.sessions_on("m", date(2015, 3, 2))[0] == (time(21, 0), time(2, 30))
+    assert tc.sessions_on("si", date(2026, 11, 24)) == _hours("09:00-10:15", "10:30-11:30", "13:30-15:00")
 
 
 def test_sessions_follow_the_era_in_force_on_the_session_date() -> None:
