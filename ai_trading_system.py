@@ -13,12 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 import data_collector
 import data_processor
 import live_trading
 import ml_model
+import trading_calendar
 from config import (
     DEFAULT_CAPITAL,
     EXIT_BAD_INPUT,
@@ -33,6 +36,7 @@ from config import (
     AuditLog,
     BrokerSettings,
     ConfigError,
+    DataError,
     Home,
     bind_vnpy_home,
     contract_spec,
@@ -47,6 +51,9 @@ from config import (
     write_csv_atomic,
 )
 from trade_simulator import ThresholdChoice
+
+if TYPE_CHECKING:  # imported in the commands, after vnpy is bound to the home
+    from backtesting_module import BacktestingModule
 
 logger = logging.getLogger("ai_trading_system")  # not __name__: run as a script, that would be "__main__"
 
@@ -214,6 +221,16 @@ def backtest_options(args: argparse.Namespace) -> BacktestOptions:
     )
 
 
+def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
+    """`--allow-gaps` of train and backtest."""
+    parser.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help=f"数据检查发现超过 {trading_calendar.DEFAULT_MAX_HOLE_MINUTES} 分钟的缺口时仍继续（默认退出码 2）/ "
+        "go on despite long holes in the bars",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of GUIDE §2."""
     parser = argparse.ArgumentParser(
@@ -238,7 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--columns", type=_column_map, help="列映射，例如 datetime=trade_time,open=open_price,...")
     imp.add_argument("--datetime-format", help="时间格式（strptime），例如 %%Y%%m%%d %%H:%%M:%%S；需与 --columns 同用")
 
-    commands.add_parser("data", help="查看数据库中的数据 / what the database holds")
+    data = commands.add_parser("data", help="查看数据库中的数据；--check 检查缺失分钟 / what the database holds")
+    data.add_argument(
+        "--check",
+        action="store_true",
+        help="按交易日历（分时段、节假日、节前无夜盘）检查一个合约的K线：缺失分钟、缺口、截断、零成交量、时段外K线",
+    )
+    data.add_argument("--vt-symbol", help="--check 的合约，例如 rb0000.SHFE")
+    data.add_argument("--start", help="--check 开始日期 YYYY-MM-DD（默认库中首条）")
+    data.add_argument("--end", help="--check 结束日期 YYYY-MM-DD（含当日，默认库中末条）")
+    data.add_argument("--interval", default="1m", help="--check 的K线周期（默认 1m；只有 1 分钟K线逐分钟检查）")
+    data.add_argument(
+        "--max-hole-minutes",
+        type=_positive_int,
+        default=trading_calendar.DEFAULT_MAX_HOLE_MINUTES,
+        help=f"超过此分钟数的缺口判为不合格，退出码 2（默认 {trading_calendar.DEFAULT_MAX_HOLE_MINUTES}）",
+    )
+    data.add_argument("--details", help="把每个交易日每个时段的缺失分钟写到此 CSV 文件 / per-session counts to CSV")
 
     down = commands.add_parser("download", help="从 vnpy 数据服务下载K线 / download bars through vnpy's datafeed")
     down.add_argument("--vt-symbol", required=True, help="合约，例如 rb2405.SHFE")
@@ -288,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="预测周期（K线根数，默认取模型设置 model.prediction_horizon）；逗号分隔多个时各训练一个模型，"
         "保留验证期模拟净盈亏最好的一个，例如 5,30,120",
     )
+    add_allow_gaps(train)
     train.add_argument(
         "--label",
         choices=tuple(data_processor.LABEL_KINDS),
@@ -301,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("backtest", help="策略回测（模式 2）/ backtest the predictive strategy (mode 2)")
     add_backtest_arguments(test)
     test.add_argument("--report-dir", help="报告目录（默认 <home>/reports/模型_开始_结束）/ where the report goes")
+    add_allow_gaps(test)
 
     opt = commands.add_parser("optimize", help="参数优化：网格/遗传算法，可滚动 / optimise strategy settings")
     add_backtest_arguments(opt)
@@ -470,7 +505,9 @@ def print_import(result: data_collector.ImportResult) -> None:
 
 
 def cmd_data(args: argparse.Namespace, home: Home) -> int:
-    """List what the database holds."""
+    """List what the database holds, or with --check count one series' bars against the trading calendar."""
+    if args.check:
+        return cmd_data_check(args, home)
     series = data_collector.list_stored(home)
     print(f"数据库 / database: {data_collector.database_path(home)}")
     if not series:
@@ -484,6 +521,95 @@ def cmd_data(args: argparse.Namespace, home: Home) -> int:
         ("合约 / vt_symbol", "周期 / interval", "数量 / count", "首条 / first", "末条 / last"),
     )
     return EXIT_OK
+
+
+WINDOW_HEADERS: tuple[str, ...] = (
+    "时段 / window",
+    "时段数 / sessions",
+    "不完整 / incomplete",
+    "应有分钟 / expected",
+    "缺失分钟 / missing",
+)
+
+
+def print_data_check(report: trading_calendar.DataCheck) -> None:
+    """The check's lines and its table of windows."""
+    for line in report.lines():
+        print(line)
+    if report.windows:
+        print()
+        print_table(
+            [
+                (
+                    f"{w.window[0]:%H:%M}-{w.window[1]:%H:%M}",
+                    f"{w.sessions:,}",
+                    f"{w.incomplete:,}",
+                    f"{w.expected:,}",
+                    f"{w.missing:,}",
+                )
+                for w in report.windows
+            ],
+            WINDOW_HEADERS,
+        )
+
+
+def cmd_data_check(args: argparse.Namespace, home: Home) -> int:
+    """`data --check`: the stored bars of one series against the calendar; exit 2 when a hole is above the limit."""
+    if not args.vt_symbol:
+        raise ConfigError("data --check 需要 --vt-symbol，例如 rb0000.SHFE / --check needs --vt-symbol")
+    stored = [s for s in data_collector.list_stored(home) if s.vt_symbol == args.vt_symbol]
+    if not stored:
+        raise DataError(
+            f"数据库中没有 {args.vt_symbol}；先导入：python ai_trading_system.py import --csv FILE --vt-symbol "
+            f"{args.vt_symbol} / nothing stored for this symbol"
+        )
+    start = args.start or min(s.first for s in stored)
+    end = args.end or max(s.last for s in stored)
+    bars = data_collector.load_history_data(args.vt_symbol, start, end, args.interval, home=home)
+    report = trading_calendar.check_bars(bars, args.vt_symbol, args.max_hole_minutes)
+    print(f"数据检查 / data check: {args.vt_symbol} {args.interval}")
+    print_data_check(report)
+    if args.details:
+        columns = ["trading_day", "window", "expected", "missing", "truncated"]
+        frame = pd.DataFrame([row.row() for row in report.sessions], columns=columns)
+        print(f"逐时段明细 / per-session counts: {write_csv_atomic(frame, Path(args.details))}")
+    if report.passed:
+        print("结论 / verdict: 通过 / passed")
+        return EXIT_OK
+    print(
+        f"结论 / verdict: 有 {len(report.long_holes)} 个超过 {report.max_hole_minutes} 分钟的缺口；"
+        "train / backtest 将拒绝这些数据，除非加 --allow-gaps / holes above the limit",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT
+
+
+def check_before_use(bars: pd.DataFrame, vt_symbol: str, allow_gaps: bool) -> trading_calendar.DataCheck:
+    """The data check that train and backtest run first: one line on stderr; a hole above the default limit
+    refuses (DataError, exit 2) unless `allow_gaps`."""
+    report = trading_calendar.check_bars(bars, vt_symbol)
+    if not report.checked:
+        _stderr_progress(f"数据检查 / data check: {report.note}")
+        return report
+    _stderr_progress(
+        f"数据检查 / data check: {report.trading_days:,} 个交易日，缺 {report.missing_minutes:,} 分钟"
+        f"（截断 {len(report.truncations)} 种，缺口 {len(report.holes):,} 个，超过 {report.max_hole_minutes} 分钟的 "
+        f"{len(report.long_holes)} 个）/ trading days, missing minutes, truncations, holes"
+    )
+    if report.passed:
+        return report
+    shown = "; ".join(hole.describe() for hole in report.long_holes[:5])
+    if allow_gaps:
+        print(
+            f"警告 / warning: --allow-gaps：数据有超过 {report.max_hole_minutes} 分钟的缺口：{shown}", file=sys.stderr
+        )
+        return report
+    first, last = f"{report.first_bar:%Y-%m-%d}", f"{report.last_bar:%Y-%m-%d}"
+    raise DataError(
+        f"{vt_symbol} 的K线有 {len(report.long_holes)} 个超过 {report.max_hole_minutes} 分钟的缺口：{shown}。"
+        f"详情：python ai_trading_system.py data --check --vt-symbol {vt_symbol} --start {first} --end {last}；"
+        "补齐数据，或确认后加 --allow-gaps / holes above the limit in the bars"
+    )
 
 
 def _load_datafeed(home: Home) -> Any:
@@ -665,6 +791,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
         raise ConfigError("--horizon 给出多个周期时不能与 --walk-forward 同用 / several horizons need one fold")
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
+    extra = {"data_check": check_before_use(bars, args.vt_symbol, args.allow_gaps).summary()}
     spec = contract_spec(args.vt_symbol, load_contracts(settings_dirs(home)))
     horizons = args.horizon or [config.horizon]
     if len(horizons) > 1:
@@ -675,6 +802,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
             config,
             home.models_dir / name,
             horizons,
+            extra=extra,
             progress=_stderr_progress,
             label_kind=args.label,
             spec=spec,
@@ -691,6 +819,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
             args.interval,
             config,
             home.models_dir / name,
+            extra=extra,
             progress=_stderr_progress,
             label_kind=args.label,
             spec=spec,
@@ -706,6 +835,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
         home.models_dir,
         name,
         args.walk_forward,
+        extra=extra,
         progress=_stderr_progress,
         label_kind=args.label,
         spec=spec,
@@ -819,15 +949,40 @@ def bind_vnpy_for_backtest(home: Home) -> None:
         bind_vnpy_home(home, settings_for(home).database)
 
 
+def backtest_bars(
+    backtests: BacktestingModule, vt_symbol: str, start: str, end: str, interval: str, allow_gaps: bool
+) -> pd.DataFrame | None:
+    """The backtest's bars (with the warm-up days), the range from `start` checked first; None when the database
+    has none, so that the module's own checks of the bundle and the range say what is wrong."""
+    begin = data_collector.to_china_time(start)
+    try:
+        bars = backtests.load_bars(vt_symbol, begin, data_collector.to_china_time(end, end_of_day=True), interval)
+    except DataError:
+        return None
+    traded = bars.loc[bars.index >= pd.Timestamp(begin)]
+    if not traded.empty:
+        check_before_use(traded, vt_symbol, allow_gaps)
+    return bars
+
+
 def run_and_report(
-    home: Home, vt_symbol: str, start: str, end: str, model: str, options: BacktestOptions, folder: Path
+    home: Home,
+    vt_symbol: str,
+    start: str,
+    end: str,
+    model: str,
+    options: BacktestOptions,
+    folder: Path,
+    allow_gaps: bool = False,
 ) -> dict[str, Any]:
-    """One backtest through the module, its report files, and the printed summary."""
+    """One backtest through the module after the data check of its range, its report files, and the summary."""
     bind_vnpy_for_backtest(home)
     import backtesting_module
 
     _stderr_progress(f"回测 / backtest: {vt_symbol} {start} ~ {end} 模型 / model {model}")
-    result = backtesting_module.BacktestingModule(home).run_backtest(
+    backtests = backtesting_module.BacktestingModule(home)
+    bars = backtest_bars(backtests, vt_symbol, start, end, options.interval, allow_gaps)
+    result = backtests.run_backtest(
         vt_symbol,
         start,
         end,
@@ -839,6 +994,7 @@ def run_and_report(
         slippage=options.slippage,
         size=options.size,
         pricetick=options.pricetick,
+        bars=bars,
         use_cache=options.use_cache,
         allow_in_sample=options.allow_in_sample,
     )
@@ -865,7 +1021,8 @@ def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
         if args.report_dir
         else (home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
     )
-    run_and_report(home, args.vt_symbol, args.start, args.end, args.model, backtest_options(args), folder)
+    options = backtest_options(args)
+    run_and_report(home, args.vt_symbol, args.start, args.end, args.model, options, folder, args.allow_gaps)
     return EXIT_OK
 
 
@@ -952,6 +1109,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     print_import(result)
     settings = settings_for(home)
     bars = data_collector.load_history_data(SAMPLE_VT_SYMBOL, *DEMO_TRAIN, home=home)
+    extra = {"data_check": check_before_use(bars, SAMPLE_VT_SYMBOL, allow_gaps=False).summary()}
     spec = contract_spec(SAMPLE_VT_SYMBOL, load_contracts(settings_dirs(home)))
     shown = [row for row in SUMMARY_ROWS if row[0] in DEMO_COLUMNS]
     summaries = []
@@ -959,7 +1117,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
         config = ml_model.ModelConfig.from_settings(settings.model, **overrides)
         print(f"\n== 训练 / training {name} ({config.model_type}) on {DEMO_TRAIN[0]} ~ {DEMO_TRAIN[1]} ==")
         model = ml_model.train_bundle(
-            bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name, progress=_stderr_progress, spec=spec
+            bars, SAMPLE_VT_SYMBOL, "1m", config, home.models_dir / name, extra, _stderr_progress, spec=spec
         )
         print_test_part(model)
         print(f"\n== 回测 / backtest {name} on {DEMO_TEST[0]} ~ {DEMO_TEST[1]} ==")

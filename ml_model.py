@@ -1181,18 +1181,20 @@ def train_walk_forward(
     progress: Progress | None = None,
     label_kind: str = DEFAULT_LABEL_KIND,
     spec: ContractSpec | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[WalkForwardFold]:
     """One bundle per rolling fold (data_processor.fold_slices), each tested on the span after the previous one's
-    test part; named `NAME-foldK`, the last (the current bundle) plain `NAME`."""
+    test part; named `NAME-foldK`, the last (the current bundle) plain `NAME`; `extra` goes into every fold's
+    metadata."""
     say = progress or (lambda message: None)
     slices = fold_slices(len(bars), folds, config.fractions[2])
     results = []
     for fold, (start, stop) in enumerate(slices, start=1):
         path = models_dir / (name if fold == len(slices) else f"{name}-fold{fold}")
         say(f"第 {fold}/{len(slices)} 折 / fold {fold}: {bars.index[start]} ~ {bars.index[stop - 1]}")
-        extra = {"walk_forward": {"fold": fold, "folds": len(slices), "current": fold == len(slices)}}
+        facts = {**(extra or {}), "walk_forward": {"fold": fold, "folds": len(slices), "current": fold == len(slices)}}
         model = train_bundle(
-            bars.iloc[start:stop], vt_symbol, interval, config, path, extra, progress, label_kind, spec
+            bars.iloc[start:stop], vt_symbol, interval, config, path, facts, progress, label_kind, spec
         )
         results.append(WalkForwardFold(fold, bars.index[start], bars.index[stop - 1], path, model))
     return results

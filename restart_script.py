@@ -44,7 +44,7 @@ from config import (
     resolve_home,
     settings_for,
 )
-from trading_calendar import sessions_on
+from trading_calendar import MAX_CLOSURE_DAYS, sessions_held
 
 logger = logging.getLogger("restart_script")  # not __name__: run as a script, that would be "__main__"
 
@@ -82,13 +82,12 @@ class RunWindow:
 
 
 def session_spans(product: str, first_day: date, days: int) -> list[RunWindow]:
-    """The product's concrete sessions opening on the weekdays of `days` calendar days from `first_day`, in order."""
+    """The product's concrete sessions opening in `days` calendar days from `first_day`, in order: like
+    is_trading_time, none on weekends and exchange holidays, no night before a holiday (`sessions_held`)."""
     spans: list[RunWindow] = []
     for offset in range(days):
         day = first_day + timedelta(days=offset)
-        if day.weekday() >= 5:  # like is_trading_time: sessions open on weekdays; a night may end on Saturday
-            continue
-        for start, end in sessions_on(product, day):
+        for start, end in sessions_held(product, day):
             opens = datetime.combine(day, start, tzinfo=CHINA_TZ)
             closes = datetime.combine(day + timedelta(days=1) if end <= start else day, end, tzinfo=CHINA_TZ)
             spans.append(RunWindow(opens, closes))
@@ -107,9 +106,10 @@ def merge_spans(spans: Sequence[RunWindow], gap: timedelta) -> list[RunWindow]:
 
 
 def run_windows(now: datetime, product: str, lead_minutes: int) -> list[RunWindow]:
-    """Run windows near `now` (from a day before to eight days after): each session block widened by the lead."""
+    """Run windows near `now` (from two days before to past the longest holiday after): each session block widened
+    by the lead."""
     local = now.astimezone(CHINA_TZ)
-    blocks = merge_spans(session_spans(product, local.date() - timedelta(days=2), 11), BLOCK_GAP)
+    blocks = merge_spans(session_spans(product, local.date() - timedelta(days=2), MAX_CLOSURE_DAYS + 11), BLOCK_GAP)
     lead = timedelta(minutes=lead_minutes)
     return merge_spans([RunWindow(block.start - lead, block.end + lead) for block in blocks], timedelta(0))
 

@@ -77,6 +77,107 @@ def test_data_command_on_an_empty_home_says_how_to_import(home: Home, capsys: py
     assert "数据库为空" in capsys.readouterr().out
 
 
+# --- data --check and the check before train / backtest ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_data_check_of_the_sample_reports_its_known_defects_and_passes(
+    imported_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(imported_home.root), "data", "--check", "--vt-symbol", "rb0000.SHFE"]
+    assert ai_trading_system.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "21:00-01:00 在 23:00 截断 315 次（2014-12-26 ~ 2016-04-28），缺 37,800 分钟" in out
+    assert "13:30 缺 80 天" in out
+    assert "交易日 1,569，完整 1,165；节假日休市 115 个工作日" in out
+    assert "超过 60 分钟的 0 个" in out and "通过 / passed" in out
+
+
+def _holed_csv(sample_lines: list[str], path: Path) -> Path:
+    """June .. August 2016 of the sample without 13 trading days (4 July's night to 21 July's close)."""
+
+    def kept(line: str) -> bool:
+        day, clock = line.split(",")[:2]
+        year, month, date_ = (int(part) for part in day.split("-"))
+        if (year, month) != (2016, 7):
+            return True
+        evening = int(clock.split(":")[0]) >= 21  # stamps mark the bar end: 21:01 .. 23:00
+        return not ((date_ == 4 and evening) or 5 <= date_ <= 20 or (date_ == 21 and not evening))
+
+    rows = [line for line in sample_lines[1:] if line.startswith(("2016-6-", "2016-7-", "2016-8-")) and kept(line)]
+    path.write_text("\n".join([sample_lines[0], *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def holed_home(tmp_path_factory: pytest.TempPathFactory, sample_lines: list[str]) -> Home:
+    """A home holding June .. August 2016 of the real sample with a 13-trading-day hole in July."""
+    root = tmp_path_factory.mktemp("holed")
+    csv = _holed_csv(sample_lines, root / "rb_holed.csv")
+    home = resolve_home(root / "home")
+    assert (
+        ai_trading_system.main(["--home", str(home.root), "import", "--csv", str(csv), "--vt-symbol", "rb0000.SHFE"])
+        == 0
+    )
+    return home
+
+
+HOLE = "2016-07-04 21:00 ~ 2016-07-21 14:59  4,485 分钟 / min（交易日 2016-07-05 ~ 2016-07-21）"
+
+
+def test_data_check_lists_a_13_day_hole_with_its_dates_and_exits_2(
+    holed_home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    details = tmp_path / "sessions.csv"
+    argv = ["--home", str(holed_home.root), "data", "--check", "--vt-symbol", "rb0000.SHFE", "--details", str(details)]
+    assert ai_trading_system.main(argv) == 2
+    captured = capsys.readouterr()
+    assert HOLE in captured.out and "超过 60 分钟的 1 个" in captured.out
+    assert "train / backtest 将拒绝" in captured.err
+    rows = pd.read_csv(details)
+    assert list(rows.columns) == ["trading_day", "window", "expected", "missing", "truncated"]
+    assert len(rows) == 13 * 4 and rows["missing"].sum() == 4485 and rows["truncated"].sum() == 0
+    assert rows.iloc[0].tolist() == ["2016-07-05", "21:00-23:00", 120, 120, 0]
+    assert ai_trading_system.main([*argv[:-2], "--max-hole-minutes", "4485"]) == 0
+    assert ai_trading_system.main([*argv[:-2], "--start", "2016-06-01", "--end", "2016-06-30"]) == 0
+
+
+def test_data_check_needs_a_symbol_that_is_stored(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ai_trading_system.main(["--home", str(home.root), "data", "--check"]) == 2
+    assert ai_trading_system.main(["--home", str(home.root), "data", "--check", "--vt-symbol", "rb0000.SHFE"]) == 2
+    err = capsys.readouterr().err
+    assert "--check 需要 --vt-symbol" in err and "数据库中没有 rb0000.SHFE" in err and "Traceback" not in err
+
+
+def test_train_and_backtest_refuse_a_13_day_hole_with_exit_2_naming_it_and_the_fix(
+    holed_home: Home, rf_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = ["--home", str(holed_home.root), "train", "--vt-symbol", "rb0000.SHFE", "--start", "2016-06-01"]
+    assert ai_trading_system.main([*train, "--end", "2016-08-31", "--model-type", "random_forest"]) == 2
+    backtest = backtest_argv(holed_home, rf_bundle, tmp_path / "report")
+    backtest[backtest.index("2016-01-04")], backtest[backtest.index("2016-01-29")] = "2016-07-01", "2016-07-29"
+    assert ai_trading_system.main(backtest) == 2
+    err = capsys.readouterr().err
+    assert err.count(HOLE) == 2 and err.count("--allow-gaps") >= 2 and "Traceback" not in err
+    assert "data --check --vt-symbol rb0000.SHFE --start 2016-06-01 --end 2016-08-31" in err
+    assert not holed_home.models_dir.exists() or not any(holed_home.models_dir.iterdir())
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_train_with_allow_gaps_records_the_check_in_the_bundle(
+    holed_home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(holed_home.root), "train", "--vt-symbol", "rb0000.SHFE", "--start", "2016-06-01"]
+    argv += ["--end", "2016-08-31", "--model-type", "random_forest", "--name", "gaps", "--allow-gaps"]
+    assert ai_trading_system.main(argv) == 0
+    assert HOLE in capsys.readouterr().err
+    check = ml_model.read_metadata(holed_home.models_dir / "gaps")["data_check"]
+    assert check["long_holes"] == [["2016-07-04 21:00", "2016-07-21 14:59", 4485]] and check["passed"] is False
+    assert (check["trading_days"], check["complete_days"], check["missing_minutes"]) == (65, 52, 4485)
+    assert check["holidays"] == 2  # Dragon Boat, 9-10 June 2016: not holes
+
+
 def test_bad_file_exits_2_with_one_message_and_no_traceback(
     home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -581,6 +581,7 @@ def test_walk_forward_trains_one_bundle_per_fold_and_marks_the_last_current(
     last = json.loads((quarter_home.models_dir / "wf" / "metadata.json").read_text(encoding="utf-8"))
     assert first["walk_forward"] == {"fold": 1, "folds": 2, "current": False}
     assert last["walk_forward"] == {"fold": 2, "folds": 2, "current": True}
+    assert first["data_check"] == last["data_check"] and first["data_check"]["passed"] is True  # the whole range's
     assert first["ranges"]["test"][1] < last["ranges"]["test"][0]  # the test parts follow each other
     assert "wf-fold1" in out and "current bundle" in out
 

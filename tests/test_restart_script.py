@@ -641,6 +641,14 @@ def test_next_window_start(product: str, now: str, start: str) -> None:
     assert next_window(china(now), product, 10).start == china(start)
 
 
+def test_the_watchdog_sleeps_through_a_holiday_and_the_night_before_it() -> None:
+    assert window_at(china("2024-10-01 10:00"), "rb", 10) is None
+    assert window_at(china("2024-09-30 21:30"), "rb", 10) is None
+    assert window_at(china("2024-09-30 14:00"), "rb", 10) == window("2024-09-30 08:50", "2024-09-30 15:10")
+    assert next_window(china("2024-09-30 15:30"), "rb", 10).start == china("2024-10-08 08:50")
+    assert next_window(china("2024-02-08 15:30"), "cu", 10).start == china("2024-02-19 08:50")
+
+
 def test_windows_cover_every_session_minute_and_lead_the_next_session_start() -> None:
     monday = china("2024-01-08 00:00")
     for product in ("rb", "cu", "au", "IF"):

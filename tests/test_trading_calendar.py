@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trading_calendar as tc
-from config import CHINA_TZ, project_contracts
+from config import CHINA_TZ, ConfigError, project_contracts
 from tests.conftest import at, bars, run_python
 
 VT = "rb0000.SHFE"
@@ -143,6 +145,91 @@ def test_unknown_products_get_sessions_inferred_from_their_bars(sample_frame: pd
     assert eras[0].windows[-1][1].isoformat() == "15:00:00"
 
 
+# --- exchange holidays ------------------------------------------------------------------------------------------
+
+
+def test_the_holiday_table_lists_every_festival_of_every_year_from_2010_to_2026() -> None:
+    table = tc.exchange_holidays()
+    assert table.years == (2010, 2026)
+    festivals = ("元旦", "春节", "清明节", "劳动节", "端午节", "中秋节", "国庆节")
+    for year in range(2010, 2027):
+        names = " ".join(
+            row.name for row in table.closures if row.kind == tc.CLOSED and year in (row.first.year, row.last.year)
+        )
+        assert [name for name in festivals if name not in names] == [], year
+
+
+def test_announced_and_unscheduled_closures_are_holidays() -> None:
+    assert tc.is_exchange_holiday(date(2020, 1, 31))  # the 2020 Spring Festival extension
+    assert tc.is_exchange_trading_day(date(2020, 2, 3)) and not tc.is_exchange_trading_day(date(2020, 1, 31))
+    assert tc.is_exchange_holiday(date(2015, 9, 3)) and tc.is_exchange_holiday(date(2015, 9, 4))  # Victory Day
+    assert tc.is_exchange_holiday(date(2024, 2, 9))  # Spring Festival eve, closed by the 2024 notice
+    assert tc.is_exchange_holiday(date(2015, 9, 26))  # a weekend inside a holiday is part of it
+    assert not tc.is_exchange_holiday(date(2016, 6, 18))  # a plain Saturday is no holiday, just no trading day
+    assert not tc.is_exchange_trading_day(date(2016, 6, 18))
+    assert tc.next_exchange_trading_day(date(2024, 2, 8)) == date(2024, 2, 19)
+
+
+def test_a_year_has_the_trading_days_the_exchanges_counted() -> None:
+    counts = {year: len(tc.exchange_trading_days(date(year, 1, 1), date(year, 12, 31))) for year in (2016, 2019, 2020)}
+    assert counts == {2016: 244, 2019: 244, 2020: 243}
+
+
+@pytest.mark.parametrize(
+    ("evening", "held"),
+    [
+        (date(2016, 6, 8), False),  # Wednesday before the Dragon Boat holiday (9-10 June)
+        (date(2016, 6, 7), True),
+        (date(2016, 6, 17), True),  # a plain Friday: its night belongs to Monday
+        (date(2015, 9, 25), False),  # Friday before a weekend-only Mid-Autumn holiday (上期发〔2015〕133号)
+        (date(2021, 6, 11), False),  # Friday before a weekend and a Monday holiday
+        (date(2020, 2, 3), False),  # night trading suspended from 3 Feb 2020 ...
+        (date(2020, 5, 6), True),  # ... until the evening of 6 May 2020
+        (date(2016, 6, 18), False),  # Saturday
+        (date(2024, 10, 8), True),  # the first day after a holiday holds its night
+    ],
+)
+def test_the_evening_before_a_holiday_has_no_night_session(evening: date, held: bool) -> None:
+    assert tc.has_night_session(evening) is held
+    assert (tc.sessions_held("rb", evening)[:1] == tc.sessions_on("rb", evening)[:1]) is held
+
+
+def test_sessions_held_are_none_on_holidays_and_the_day_windows_before_one() -> None:
+    assert tc.sessions_held("rb", date(2024, 10, 1)) == ()
+    assert tc.sessions_held("rb", date(2024, 9, 30)) == tc.SHFE_DAY
+    assert tc.sessions_held("IF", date(2024, 9, 30)) == tc.sessions_on("IF", date(2024, 9, 30))
+    assert tc.sessions_on("IF", date(2024, 9, 30))[0][0] == time(9, 30)
+
+
+def test_a_bad_holiday_row_is_a_config_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "holidays.csv"
+    path.write_text("# note\nkind,first,last,name\nclosed,2030-01-01,2030-01-01,元旦\nclosed,2030-02-30,x,春节\n")
+    with pytest.raises(ConfigError, match="holidays.csv:4"):
+        tc.read_holiday_table(path)
+    path.write_text("kind,first,last,name\nopen,2030-01-01,2030-01-01,元旦\n")
+    with pytest.raises(ConfigError, match="holidays.csv:2"):
+        tc.read_holiday_table(path)
+    path.write_text("kind,first,last,name\nclosed,2030-01-01,2030-01-02,元旦, New Year\n")
+    table = tc.read_holiday_table(path)
+    assert table.closed == {date(2030, 1, 1), date(2030, 1, 2)} and table.closures[0].name == "元旦, New Year"
+
+
+@pytest.mark.slow
+def test_the_sample_trades_on_exactly_the_days_and_nights_the_holiday_table_allows(sample_frame: pd.DataFrame) -> None:
+    index = sample_frame.index
+    day_bars = set(index[index.hour < 16].date)
+    night_bars = set(index[index.hour >= 20].date)
+    days = [date(2010, 7, 20) + timedelta(days=n) for n in range((date(2016, 12, 30) - date(2010, 7, 20)).days + 1)]
+    assert [d for d in days if tc.is_exchange_trading_day(d) != (d in day_bars)] == []
+    nights = [d for d in days if d >= date(2014, 12, 26)]  # rb's night session began on 26 Dec 2014
+    assert [d for d in nights if tc.has_night_session(d) != (d in night_bars)] == []
+
+
+def test_features_keep_the_weekday_rule_across_holidays() -> None:
+    index = pd.DatetimeIndex([at("2020-01-23 21:00"), at("2020-01-31 09:00"), at("2024-02-08 21:00")])
+    assert tc.causal_trading_days(index).tolist() == [date(2020, 1, 24), date(2020, 1, 31), date(2024, 2, 9)]
+
+
 # --- one moment: sessions and trading day -----------------------------------------------------------------------
 
 
@@ -157,6 +244,24 @@ def test_sessions_know_lunch_nights_and_weekends() -> None:
     assert not tc.is_trading_time(_cst(2026, 11, 29, 0, 30), "cu")  # no session on Saturday night
     assert not tc.is_trading_time(_cst(2026, 11, 28, 10, 0), "rb")
     assert not tc.is_trading_time(_cst(*tuesday, 9, 15), "IF") and tc.is_trading_time(_cst(*tuesday, 13, 10), "IF")
+
+
+def test_no_session_runs_on_a_holiday_or_on_the_night_before_one() -> None:
+    assert tc.is_trading_time(_cst(2024, 9, 30, 10, 0), "rb")
+    assert not tc.is_trading_time(_cst(2024, 9, 30, 21, 30), "rb")  # the evening before National Day
+    assert not tc.is_trading_time(_cst(2024, 10, 1, 0, 30), "cu")  # its after-midnight part
+    assert not tc.is_trading_time(_cst(2024, 10, 1, 10, 0), "rb") and not tc.is_trading_time(
+        _cst(2024, 10, 7, 10, 0), "IF"
+    )
+    assert tc.is_trading_time(_cst(2024, 10, 8, 9, 0), "rb") and tc.is_trading_time(_cst(2024, 10, 8, 21, 0), "rb")
+    assert not tc.is_trading_time(_cst(2020, 3, 2, 21, 30), "rb")  # night trading suspended in spring 2020
+
+
+def test_next_session_start_skips_holidays() -> None:
+    assert tc.next_session_start(_cst(2024, 9, 30, 15, 30), "rb") == _cst(2024, 10, 8, 9, 0)
+    assert tc.next_session_start(_cst(2024, 2, 8, 15, 30), "cu") == _cst(2024, 2, 19, 9, 0)
+    assert tc.next_session_start(_cst(2024, 10, 8, 15, 30), "rb") == _cst(2024, 10, 8, 21, 0)
+    assert tc.next_session_start(_cst(2020, 1, 23, 16, 0), "IF") == _cst(2020, 2, 3, 9, 30)
 
 
 def test_next_session_start_skips_breaks_and_weekends() -> None:
@@ -246,3 +351,136 @@ def test_the_bar_calendar_equals_the_vectorised_calendar_on_real_bars(spring_201
         assert [night for night, _, _ in online] == tc.is_night(index).tolist()
         np.testing.assert_array_equal(np.array([p for _, p, _ in online]), progress)
         assert [day for _, _, day in online] == tc.causal_trading_days(index).tolist()
+
+
+# --- the bar data check ---------------------------------------------------------------------------------------
+
+
+def _without(frame: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
+    """The frame without the bars from `first` to `last` (inclusive)."""
+    out = frame.loc[(frame.index < at(first)) | (frame.index > at(last))].copy()
+    out.attrs["vt_symbol"] = VT
+    return out
+
+
+def test_a_complete_day_has_no_hole(sample_frame: pd.DataFrame) -> None:
+    report = tc.check_bars(bars(sample_frame, "2016-06-13 21:00", "2016-06-14 14:59"))
+    assert (report.trading_days, report.complete_days, report.expected_minutes) == (1, 1, 120 + 225)
+    assert (report.missing_minutes, report.holes, report.truncations, report.sessions) == (0, (), (), ())
+    assert report.passed and report.outside_sessions == report.on_closed_days == 0
+
+
+def test_a_holiday_and_the_missing_night_before_it_are_not_holes(sample_frame: pd.DataFrame) -> None:
+    report = tc.check_bars(bars(sample_frame, "2016-06-06 09:00", "2016-06-17 14:59"))  # Dragon Boat: 9-10 June
+    assert report.holidays == (date(2016, 6, 9), date(2016, 6, 10)) and report.nights_skipped == 1
+    assert report.holes == () and report.missing_minutes == 0 and report.trading_days == 8
+
+
+def test_a_13_day_hole_is_listed_with_its_dates_and_fails_the_check(sample_frame: pd.DataFrame) -> None:
+    frame = _without(bars(sample_frame, "2016-06-01 09:00", "2016-08-31 14:59"), "2016-07-04 21:00", "2016-07-21 14:59")
+    report = tc.check_bars(frame)
+    assert not report.passed and len(report.long_holes) == 1
+    hole = report.long_holes[0]
+    assert (hole.first, hole.last, hole.minutes) == (at("2016-07-04 21:00"), at("2016-07-21 14:59"), 13 * 345)
+    assert (hole.first_day, hole.last_day) == (date(2016, 7, 5), date(2016, 7, 21))
+    assert len(tc.exchange_trading_days(hole.first_day, hole.last_day)) == 13
+    assert "2016-07-04 21:00 ~ 2016-07-21 14:59  4,485 分钟" in "\n".join(report.lines())
+    first_two = [(row.trading_day, row.window[0], row.missing) for row in report.sessions[:2]]
+    assert first_two == [(date(2016, 7, 5), time(21, 0), 120), (date(2016, 7, 5), time(9, 0), 75)]
+    assert len(report.sessions) == 13 * 4
+
+
+def test_short_holes_pass_and_the_threshold_decides(sample_frame: pd.DataFrame) -> None:
+    frame = _without(bars(sample_frame, "2016-06-13 21:00", "2016-06-14 14:59"), "2016-06-14 10:00", "2016-06-14 10:14")
+    report = tc.check_bars(frame)
+    assert [(h.first, h.minutes) for h in report.holes] == [(at("2016-06-14 10:00"), 15)] and report.passed
+    assert not tc.check_bars(frame, max_hole_minutes=14).passed
+
+
+def test_a_hole_across_the_lunch_break_counts_only_session_minutes(sample_frame: pd.DataFrame) -> None:
+    frame = _without(bars(sample_frame, "2016-06-13 21:00", "2016-06-14 14:59"), "2016-06-14 11:00", "2016-06-14 13:39")
+    assert [(h.first, h.last, h.minutes) for h in tc.check_bars(frame).holes] == [
+        (at("2016-06-14 11:00"), at("2016-06-14 13:39"), 40)
+    ]
+
+
+def test_nights_cut_at_the_later_eras_close_are_a_vendor_truncation_even_in_a_short_range(
+    sample_frame: pd.DataFrame,
+) -> None:
+    for first, last in (("2015-03-02", "2015-04-30"), ("2015-12-07", "2015-12-09")):
+        report = tc.check_bars(bars(sample_frame, f"{first} 09:00", f"{last} 14:59"))  # 21:00-01:00 era
+        nights = _nights(first, last)
+        assert [(t.window, t.cut_at, t.sessions, t.minutes, t.other_era) for t in report.truncations] == [
+            ((time(21, 0), time(1, 0)), time(23, 0), nights, 120 * nights, True)  # 21:00-23:00 is rb's later era
+        ]
+        assert report.passed and report.missing_minutes == 120 * nights + sum(h.minutes for h in report.holes)
+
+
+def _nights(first: str, last: str) -> int:
+    """Evenings with a night session from `first` to the day before `last`."""
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return sum(tc.has_night_session(start + timedelta(days=n)) for n in range((end - start).days))
+
+
+def _cut_nights(frame: pd.DataFrame, at_minute: str) -> pd.DataFrame:
+    """The frame without the night bars from `at_minute` (HH:MM) to 23:00."""
+    clock = frame.index.strftime("%H:%M")
+    out = frame.loc[~((clock >= at_minute) & (clock < "23:00"))].copy()
+    out.attrs["vt_symbol"] = VT
+    return out
+
+
+def test_nights_cut_at_the_same_minute_for_weeks_are_a_truncation_but_a_few_are_holes(
+    sample_frame: pd.DataFrame,
+) -> None:
+    weeks = _cut_nights(bars(sample_frame, "2016-06-01 09:00", "2016-07-29 14:59"), "22:30")  # 21:00-23:00 era
+    (cut,) = tc.check_bars(weeks).truncations
+    assert (cut.cut_at, cut.sessions, cut.other_era) == (time(22, 30), _nights("2016-06-01", "2016-07-29"), False)
+    assert cut.sessions >= tc.TRUNCATION_MIN_SESSIONS and tc.check_bars(weeks).holes == ()
+    few = _cut_nights(bars(sample_frame, "2016-06-13 09:00", "2016-06-15 14:59"), "21:30")
+    report = tc.check_bars(few)
+    assert report.truncations == () and [(h.first, h.minutes) for h in report.long_holes] == [
+        (at("2016-06-13 21:30"), 90),
+        (at("2016-06-14 21:30"), 90),
+    ]
+
+
+def test_bars_on_a_holiday_off_hours_and_zero_volume_runs_are_flagged(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-06 09:00", "2016-06-14 14:59")
+    stray = frame.iloc[:2].copy()
+    stray.index = pd.DatetimeIndex([at("2016-06-09 10:00"), at("2016-06-13 12:00")], name=frame.index.name)
+    frame = pd.concat([frame, stray]).sort_index()
+    frame.loc[at("2016-06-13 09:00") : at("2016-06-13 09:05"), "volume"] = 0
+    report = tc.check_bars(frame, VT)
+    assert (report.on_closed_days, report.outside_sessions) == (1, 1)
+    assert report.examples == ("2016-06-09 10:00", "2016-06-13 12:00")
+    assert report.zero_volume_bars == 6
+    assert [(r.first, r.bars) for r in report.zero_volume_runs] == [(at("2016-06-13 09:00"), 6)]
+
+
+def test_hour_bars_are_not_counted_minute_by_minute(sample_frame: pd.DataFrame) -> None:
+    frame = bars(sample_frame, "2016-06-13 09:00", "2016-06-14 14:59")
+    hourly = frame.resample("1h").agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
+    report = tc.check_bars(hourly.dropna(), VT)
+    assert not report.checked and report.passed and "1 分钟" in report.lines()[0]
+
+
+@pytest.mark.slow
+def test_the_sample_check_reports_its_known_defects_and_passes(sample_frame: pd.DataFrame) -> None:
+    report = tc.check_bars(sample_frame)
+    index = sample_frame.index
+    without_1330 = set(index[index.hour < 16].date) - set(index[(index.hour == 13) & (index.minute == 30)].date)
+    assert report.recurring[0] == (time(13, 30), len(without_1330)) and len(without_1330) == 80
+    (cut,) = report.truncations
+    assert (cut.window, cut.cut_at, cut.first_day, cut.last_day) == (
+        (time(21, 0), time(1, 0)),
+        time(23, 0),
+        date(2014, 12, 26),
+        date(2016, 4, 28),  # the 21:00-01:00 era ends 2016-05-02; 29 April's night was before Labour Day
+    )
+    assert (cut.sessions, cut.minutes, cut.other_era) == (315, 315 * 120, True)
+    assert report.passed and max(h.minutes for h in report.holes) == 13
+    stray = (report.outside_sessions, report.on_closed_days, report.zero_volume_bars)
+    assert (report.trading_days, len(report.holidays), *stray) == (1569, 115, 0, 0, 0)
+    summary = json.loads(json.dumps(report.summary()))
+    assert summary["truncations"] == [["21:00-01:00", "23:00", 315, "2014-12-26", "2016-04-28", "other_era"]]
