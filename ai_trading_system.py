@@ -362,6 +362,47 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
     opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
 
+    study = commands.add_parser(
+        "research",
+        help="研究表：逐年滚动训练并回测各模型、周期与标签，对比 vnpy 经典策略与买入持有 / the research table",
+    )
+    study.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    study.add_argument(
+        "--test-years", required=True, help="测试年份，逗号分隔或区间，例如 2015,2016 或 2014-2016 / test years"
+    )
+    study.add_argument(
+        "--train-years",
+        type=_positive_int,
+        default=2,
+        help="每个测试年之前用于训练（含验证）的自然年数（默认 2）/ training years before each test year",
+    )
+    study.add_argument(
+        "--models", default="random_forest,lstm", help="模型类型，逗号分隔（默认 random_forest,lstm）/ model types"
+    )
+    study.add_argument(
+        "--horizons", type=_horizons, help="预测周期（K线根数），逗号分隔，例如 5,30,120（默认取模型设置）"
+    )
+    study.add_argument(
+        "--labels",
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help=f"标签类型，逗号分隔：{' / '.join(data_processor.LABEL_KINDS)}"
+        f"（默认 {data_processor.DEFAULT_LABEL_KIND}）/ label kinds",
+    )
+    study.add_argument(
+        "--classics",
+        default="all",
+        help="vnpy 经典策略（默认参数）：all（默认）、none 或名称列表，例如 DualThrust,BollChannel "
+        "/ classic strategies",
+    )
+    study.add_argument("--trees", type=_positive_int, help="随机森林的树数（默认 60）/ trees of the forest")
+    study.add_argument("--epochs", type=_positive_int, help="LSTM 最多训练轮数（默认 3）/ LSTM epochs")
+    study.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+    study.add_argument(
+        "--capital", type=_positive_float, default=DEFAULT_CAPITAL, help=f"初始资金（默认 {DEFAULT_CAPITAL:,.0f}）"
+    )
+    study.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）/ worker processes")
+    study.add_argument("--report-dir", help="研究目录（默认 <home>/reports/research_合约；模型包缓存在其 bundles/ 下）")
+
     trade = commands.add_parser(
         "trade",
         help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator",
@@ -1079,6 +1120,36 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
+def cmd_research(args: argparse.Namespace, home: Home) -> int:
+    """The research table: models trained walk-forward year by year beside vnpy's classic strategies."""
+    import research  # imports no vnpy engine: the plan is checked before vnpy is bound to the home
+
+    plan = research.ResearchPlan(
+        vt_symbol=args.vt_symbol,
+        test_years=research.parse_years(args.test_years),
+        train_years=args.train_years,
+        models=research.parse_models(args.models),
+        horizons=tuple(args.horizons or ()),
+        labels=research.parse_labels(args.labels),
+        classics=research.parse_classics(args.classics),
+        interval=args.interval,
+        capital=args.capital,
+        trees=args.trees,
+        epochs=args.epochs,
+    )
+    folder = Path(args.report_dir) if args.report_dir else research.default_folder(home, args.vt_symbol)
+    bind_vnpy_for_backtest(home)
+    found = research.run_research(home, plan, folder, args.workers, progress=_stderr_progress)
+    headers, rows = research.summary_rows(found.table)
+    print()
+    print_table(rows, headers)
+    line = research.verdict_line(found.facts["verdict"])
+    if line:
+        print(line)
+    print(f"研究表 / research table: {folder}  ({', '.join(sorted(found.paths))})")
+    return EXIT_OK
+
+
 DEMO_TRAIN: tuple[str, str] = ("2014-01-01", "2015-12-31")
 DEMO_TEST: tuple[str, str] = ("2016-01-01", "2016-12-31")
 DEMO_MODELS: dict[str, dict[str, Any]] = {
@@ -1372,6 +1443,7 @@ COMMANDS: dict[str, Handler] = {
     "model": cmd_model,
     "backtest": cmd_backtest,
     "optimize": cmd_optimize,
+    "research": cmd_research,
     "demo": cmd_demo,
     "trade": cmd_trade,
     "state": cmd_state,

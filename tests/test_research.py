@@ -1,0 +1,292 @@
+"""The research table: its arithmetic, its command line, and a small research checked against vnpy's own engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ai_trading_system
+import research
+from config import CHINA_TZ, ConfigError, Home, ModelSettings
+from tests.conftest import run_python
+
+VT = "rb0000.SHFE"
+
+
+def year_row(strategy: str, kind: str, year: int, **figures: Any) -> dict[str, Any]:
+    """A row as a run returns it, with the figures given and zeros elsewhere."""
+    row: dict[str, Any] = {column: None for column in research.COLUMNS}
+    row.update({"strategy": strategy, "kind": kind, "year": year, "edge": "", "bundle": ""})
+    row.update({"net_pnl": 0.0, "return_pct": 0.0, "sharpe": 0.0, "max_ddpercent": 0.0, "trades": 0, "costs": 0.0})
+    row.update({"long_entries": 0, "short_entries": 0})
+    row.update(figures)
+    return row
+
+
+def test_each_strategy_is_followed_by_its_mean_over_the_years_in_a_fixed_order() -> None:
+    model = {"kind": "model", "model_type": "random_forest", "label": "executable"}
+    rows = [
+        year_row("buy_and_hold", "reference", 2016, net_pnl=10.0),
+        year_row("DualThrustStrategy", "classic", 2016, net_pnl=8421.615, sharpe=1.7756, trades=310),
+        year_row("DualThrustStrategy", "classic", 2015, net_pnl=-1000.0, sharpe=-0.5, trades=200),
+        year_row("random_forest_h30_executable", **model, year=2016, horizon=30, ic=0.02, edge="positive"),
+        year_row("random_forest_h5_executable", **model, year=2016, horizon=5, ic=math.nan, trades=4, edge="none"),
+        year_row("random_forest_h5_executable", **model, year=2015, horizon=5, ic=0.01, trades=9, edge="positive"),
+        year_row("buy_and_hold", "reference", 2015, net_pnl=-30.0),
+    ]
+    table = research.build_table(rows)
+    assert [(row["strategy"], row["year"]) for row in table] == [
+        ("random_forest_h5_executable", 2015),
+        ("random_forest_h5_executable", 2016),
+        ("random_forest_h5_executable", "mean"),
+        ("random_forest_h30_executable", 2016),
+        ("random_forest_h30_executable", "mean"),
+        ("DualThrustStrategy", 2015),
+        ("DualThrustStrategy", 2016),
+        ("DualThrustStrategy", "mean"),
+        ("buy_and_hold", 2015),
+        ("buy_and_hold", 2016),
+        ("buy_and_hold", "mean"),
+    ]
+    h5 = table[2]
+    assert h5["trades"] == 6.5 and h5["ic"] == 0.01  # a missing IC is left out of the mean, not counted as zero
+    assert h5["edge"] == "mixed: 1/2 positive" and h5["horizon"] == 5 and h5["bundle"] == ""
+    assert table[4]["edge"] == "positive" and table[4]["ic"] == 0.02
+    assert table[6]["net_pnl"] == 8421.62  # numpy's rounding of 8421.615, as the figure is quoted
+    assert table[7]["net_pnl"] == pytest.approx((8421.615 - 1000.0) / 2, abs=0.005)
+    assert table[7]["sharpe"] == pytest.approx((1.7756 - 0.5) / 2) and table[7]["trades"] == 255.0
+    assert table[10]["net_pnl"] == -10.0 and table[1]["ic"] is None
+    found = research.verdict(table)
+    assert found["best_classic"] == "DualThrustStrategy" and found["best_model"] == "random_forest_h5_executable"
+    assert found["model_ahead"] is False
+
+
+def test_the_printed_summary_says_a_model_without_edge_does_not_trade() -> None:
+    table = research.build_table([year_row("lstm_h5_executable", "model", 2016, model_type="lstm", edge="none")])
+    headers, rows = research.summary_rows(table)
+    assert headers[0] == "策略 / strategy" and rows[0][0] == "lstm_h5_executable"
+    assert rows[0][-1] == "none (no trades)" and rows[0][headers.index("IC")] == "-"
+
+
+def test_years_models_labels_and_classics_are_parsed_or_refused() -> None:
+    assert research.parse_years("2016, 2014-2015,2016") == (2014, 2015, 2016)
+    assert research.parse_models("lstm,random_forest,lstm") == ("lstm", "random_forest")
+    assert research.parse_labels("close,executable") == ("close", "executable")
+    assert research.parse_classics("dualthrust,BollChannelStrategy") == ("BollChannelStrategy", "DualThrustStrategy")
+    assert research.parse_classics("all") == tuple(research.CLASSICS) and research.parse_classics("none") == ()
+    for bad in ("20x6", "2016-2014", "", "1850"):
+        with pytest.raises(ConfigError, match="测试年份"):
+            research.parse_years(bad)
+    with pytest.raises(ConfigError, match="xgboost"):
+        research.parse_models("xgboost")
+    with pytest.raises(ConfigError, match="Foo"):
+        research.parse_classics("DualThrust,Foo")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--test-years", "20x6", "测试年份 '20x6' 无效"),
+        ("--models", "xgboost", "模型类型 'xgboost' 无效"),
+        ("--classics", "Foo", "经典策略 ['Foo'] 未知"),
+        ("--labels", "future", "标签类型 'future' 无效"),
+        ("--train-years", "0", "应为正整数"),
+    ],
+)
+def test_research_refuses_bad_arguments_with_exit_2_and_a_clear_message(
+    home: Home, capsys: pytest.CaptureFixture[str], option: str, value: str, says: str
+) -> None:
+    argv = ["--home", str(home.root), "research", "--vt-symbol", VT, "--test-years", "2016", option, value]
+    assert ai_trading_system.main(argv) == 2
+    error = capsys.readouterr().err
+    assert says in error and "Traceback" not in error
+    assert not home.reports_dir.exists()  # refused before anything ran
+
+
+# --- a small research on the real sample, checked against vnpy's engine -------------------------------------------
+
+DIRECT_RUN = """
+import json, sys
+from config import bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_dirs, settings_for
+import data_collector
+home = resolve_home(None)
+bind_vnpy_home(home, settings_for(home).database)
+from vnpy.trader.constant import Direction, Interval, Offset
+from vnpy_ctastrategy.backtesting import BacktestingEngine
+from vnpy_ctastrategy.strategies.boll_channel_strategy import BollChannelStrategy
+from vnpy_ctastrategy.strategies.dual_thrust_strategy import DualThrustStrategy
+
+spec = contract_spec("rb0000.SHFE", load_contracts(settings_dirs(home)))
+found = {}
+for strategy in (DualThrustStrategy, BollChannelStrategy):
+    engine = BacktestingEngine()
+    engine.set_parameters(
+        vt_symbol="rb0000.SHFE", interval=Interval.MINUTE,
+        start=data_collector.to_china_time("2016-01-01"),
+        end=data_collector.to_china_time("2016-12-31", end_of_day=True),
+        rate=spec.commission_rate, slippage=spec.slippage_ticks * spec.pricetick, size=spec.size,
+        pricetick=spec.pricetick, capital=1_000_000,
+    )
+    engine.add_strategy(strategy, {})
+    engine.load_data()  # from vnpy's own database, through vnpy_sqlite
+    engine.run_backtesting()
+    engine.calculate_result()
+    statistics = engine.calculate_statistics(output=False)
+    opened = [t for t in engine.trades.values() if t.offset == Offset.OPEN]
+    found[strategy.__name__] = {
+        "bars": len(engine.history_data),
+        "net_pnl": float(statistics["total_net_pnl"]),
+        "return_pct": float(statistics["total_return"]),
+        "sharpe": float(statistics["sharpe_ratio"]),
+        "max_ddpercent": float(statistics["max_ddpercent"]),
+        "trades": int(statistics["total_trade_count"]),
+        "costs": float(statistics["total_commission"] + statistics["total_slippage"]),
+        "long_entries": sum(1 for t in opened if t.direction == Direction.LONG),
+        "short_entries": sum(1 for t in opened if t.direction != Direction.LONG),
+    }
+open(sys.argv[-1] if len(sys.argv) > 1 else "direct.json", "w").write(json.dumps(found))
+"""
+
+FIGURES: tuple[str, ...] = (
+    "net_pnl",
+    "return_pct",
+    "sharpe",
+    "max_ddpercent",
+    "trades",
+    "costs",
+    "long_entries",
+    "short_entries",
+)
+
+
+def assert_figures(row: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Every figure of a row equals the independent run's, to the digits the table keeps."""
+    for column in FIGURES:
+        digits = research.DIGITS.get(column, 0)
+        assert row[column] == pytest.approx(float(np.round(expected[column], digits)), abs=10**-digits / 2), column
+
+
+@pytest.mark.slow
+def test_a_small_research_matches_vnpys_engine_and_run_backtest_and_reruns_identically(
+    imported_home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "research"
+    argv = ["--home", str(imported_home.root), "research", "--vt-symbol", VT, "--test-years", "2016"]
+    argv += ["--train-years", "1", "--models", "random_forest", "--trees", "8", "--horizons", "30"]
+    argv += ["--classics", "DualThrust,BollChannel", "--report-dir", str(folder)]
+    assert ai_trading_system.main([*argv, "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "DualThrustStrategy" in out and "about" in err and "[2016 random_forest_h30_executable] 训练" in err
+    files = {name: (folder / name).read_bytes() for name in ("research.csv", "research.json")}
+    facts = json.loads(files["research.json"])
+    rows = {(row["strategy"], row["year"]): row for row in facts["rows"]}
+    assert set(rows) == {
+        (name, year)
+        for name in ("random_forest_h30_executable", "BollChannelStrategy", "DualThrustStrategy", "buy_and_hold")
+        for year in (2016, "mean")
+    }
+    assert (folder / "research.html").read_text(encoding="utf-8").count("<tr class=") == 8
+    assert pd.read_csv(folder / "research.csv")["strategy"].tolist()[0] == "random_forest_h30_executable"
+
+    # the classics: vnpy's engine reading vnpy's database in a fresh process, nothing of ours in between
+    result = run_python(DIRECT_RUN + "", imported_home.root)
+    assert result.returncode == 0, result.stderr
+    direct = json.loads((imported_home.root.parent / "direct.json").read_text())
+    (imported_home.root.parent / "direct.json").unlink()
+    for name in ("DualThrustStrategy", "BollChannelStrategy"):
+        assert_figures(rows[(name, 2016)], direct[name])
+        assert {k: v for k, v in rows[(name, "mean")].items() if k not in ("year",)} == {
+            k: v for k, v in rows[(name, 2016)].items() if k not in ("year",)
+        }
+    assert (
+        rows[("DualThrustStrategy", 2016)]["net_pnl"] == 8421.62 and rows[("DualThrustStrategy", 2016)]["trades"] == 310
+    )
+    assert (
+        rows[("BollChannelStrategy", 2016)]["net_pnl"] == 11704.44
+        and rows[("BollChannelStrategy", 2016)]["trades"] == 143
+    )
+    assert round(rows[("DualThrustStrategy", 2016)]["sharpe"], 2) == 1.78
+
+    # the model: the saved bundle backtested by run_backtest; trained on 2015 only
+    import backtesting_module
+    import data_collector
+    import data_processor
+    from ml_model import read_metadata
+
+    model_row = rows[("random_forest_h30_executable", 2016)]
+    bundle = folder / model_row["bundle"]
+    metadata = read_metadata(bundle)
+    assert metadata["research"]["test_year"] == 2016 and metadata["config"]["trees"] == 8
+    assert metadata["ranges"]["train"][0] >= "2015-01-01" and metadata["ranges"]["test"][1] < "2016-01-01"
+    again = backtesting_module.BacktestingModule(imported_home).run_backtest(VT, "2016-01-01", "2016-12-31", bundle)
+    statistics = dict(again.statistics)
+    assert_figures(
+        model_row,
+        {
+            "net_pnl": statistics["total_net_pnl"],
+            "return_pct": statistics["total_return"],
+            "sharpe": statistics["sharpe_ratio"],
+            "max_ddpercent": statistics["max_ddpercent"],
+            "trades": statistics["total_trade_count"],
+            "costs": statistics["total_commission"] + statistics["total_slippage"],
+            "long_entries": statistics["long_entries"],
+            "short_entries": statistics["short_entries"],
+        },
+    )
+    assert model_row["edge"] == metadata["decision"]["edge"] and model_row["threshold"] == pytest.approx(
+        metadata["threshold"], abs=1e-8
+    )
+    if model_row["edge"] == "none":
+        assert model_row["trades"] == 0
+    bars = data_collector.load_history_data(VT, "2015-12-01", "2016-12-31", home=imported_home)
+    cleaned, _ = data_processor.clean_data(bars, VT)
+    labels = data_processor.make_labels(cleaned, 30, "executable").reindex(again.predictions.index)
+    both = again.predictions.notna() & labels.notna()
+    ic = np.corrcoef(again.predictions[both], labels[both])[0, 1]
+    rank_ic = np.corrcoef(again.predictions[both].rank(), labels[both].rank())[0, 1]
+    assert model_row["ic"] == pytest.approx(ic, abs=5e-7) and model_row["rank_ic"] == pytest.approx(rank_ic, abs=5e-7)
+
+    # buy and hold of one lot: the price change of the year less the entry's costs
+    traded = bars.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ) :]
+    entry = traded["close"].iloc[0] + 1
+    expected = (traded["close"].iloc[-1] - entry) * 10 - entry * 10 * 0.0001 - 10
+    assert rows[("buy_and_hold", 2016)]["net_pnl"] == pytest.approx(expected, abs=0.005)
+
+    # a rerun on two worker processes reuses the bundle and writes the same bytes
+    assert ai_trading_system.main([*argv, "--workers", "2"]) == 0
+    assert "缓存 / cached" in capsys.readouterr().err
+    assert {name: (folder / name).read_bytes() for name in files} == files
+    assert not (folder / "work").exists()
+
+    # a year the database does not hold is refused before any run
+    assert ai_trading_system.main([*argv[:6], "2030", *argv[7:], "--workers", "1"]) == 2
+    assert "2030" in capsys.readouterr().err
+
+
+def test_the_models_keep_the_small_presets_unless_trees_or_epochs_are_given() -> None:
+    plan = research.ResearchPlan(VT, (2016,), models=("lstm", "random_forest"), horizons=(30, 5))
+    configs = plan.model_configs(ModelSettings(), n_jobs=1)
+    assert [research.model_name(config, label) for config, label in configs] == [
+        "lstm_h5_executable",
+        "lstm_h30_executable",
+        "random_forest_h5_executable",
+        "random_forest_h30_executable",
+    ]
+    lstm, forest = configs[0][0], configs[2][0]
+    assert (lstm.epochs, lstm.lstm_units, lstm.train_stride, forest.trees) == (3, (32, 32), 4, 60)
+    given = research.ResearchPlan(VT, (2016,), models=("lstm", "random_forest"), trees=8, epochs=5)
+    lstm, forest = (config for config, _ in given.model_configs(ModelSettings(), n_jobs=1))
+    assert (lstm.epochs, lstm.lstm_units, forest.trees) == (5, (32, 32), 8)
+    assert forest.horizon == ModelSettings().prediction_horizon
+
+
+def test_a_failing_run_in_a_worker_process_raises_its_error_in_the_caller(home: Home) -> None:
+    bad = research.RunSpec("bogus", "x", 2016, VT, "1m", str(home.root), "missing.pkl", str(home.root), verbose=False)
+    with pytest.raises(ConfigError, match="bogus"):
+        research.run_specs([bad, bad], workers=2)
