@@ -433,7 +433,7 @@ def run_reference(spec: RunSpec, bars: pd.DataFrame) -> dict[str, Any]:
         raise DataError(f"{spec.vt_symbol} 在 {spec.year} 年没有K线 / no bars in the test year")
     volume = 1.0
     balance = backtesting_module.buy_and_hold(
-        traded, spec.capital, costs["size"], volume, costs["rate"], costs["slippage"]
+        traded, spec.capital, costs["size"], volume, costs["fees"], costs["slippage"]
     )
     entry = float(traded["close"].iloc[0]) + costs["slippage"]  # as buy_and_hold enters
     first = np.zeros(len(balance))
@@ -441,7 +441,7 @@ def run_reference(spec: RunSpec, bars: pd.DataFrame) -> dict[str, Any]:
     daily = pd.DataFrame(
         {
             "net_pnl": np.diff(balance.to_numpy(dtype="float64"), prepend=spec.capital),
-            "commission": first * entry * volume * costs["size"] * costs["rate"],
+            "commission": first * costs["fees"].open_fee(entry, volume, costs["size"]),
             "slippage": first * costs["slippage"] * volume * costs["size"],
             "turnover": first * entry * volume * costs["size"],
             "trade_count": first,
@@ -762,8 +762,9 @@ tr.classic td:first-child {{ color: #225; }}
 <p>测试年 / test years {html.escape(", ".join(str(y) for y in plan["test_years"]))}; each trained on the
 {plan["train_years"]} calendar year(s) before it (validation inside them, the threshold chosen there by simulating the
 strategy with the contract's costs) and backtested on vnpy's BacktestingEngine out of sample. Classics: vnpy_ctastrategy
-samples with default parameters on the same bars and costs; reference: buy and hold of one lot. Costs: commission
-{facts["costs"]["rate"]} of turnover, slippage {facts["costs"]["slippage"]} per side, size {facts["costs"]["size"]}.
+samples with default parameters on the same bars and costs; reference: buy and hold of one lot. Costs:
+fees {html.escape(facts["costs"]["fees"])} (open, close, close-today; a number is a rate of turnover),
+slippage {facts["costs"]["slippage"]} per side, size {facts["costs"]["size"]}.
 {html.escape(facts["ic"])}. A model whose validation simulation found no edge (edge: none) does not trade.</p>
 <p><b>{html.escape(found)}</b></p>
 <img alt="yearly net P&amp;L" src="data:image/png;base64,{base64.b64encode(chart).decode("ascii")}">
@@ -876,8 +877,9 @@ def _config_facts(config: ml_model.ModelConfig | None) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k != "n_jobs"} if config else {}
 
 
-def home_costs(home: Home, plan: ResearchPlan) -> dict[str, float]:
-    """The costs every backtest of the research used (the contract table's)."""
+def home_costs(home: Home, plan: ResearchPlan) -> dict[str, Any]:
+    """The costs every backtest of the research used (the contract table's), as plain JSON values."""
     import backtesting_module
 
-    return backtesting_module.BacktestingModule(home).costs(plan.vt_symbol, plan.capital)
+    costs = backtesting_module.BacktestingModule(home).costs(plan.vt_symbol, plan.capital)
+    return {**costs, "fees": costs["fees"].text}

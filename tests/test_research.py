@@ -130,7 +130,7 @@ for strategy in (DualThrustStrategy, BollChannelStrategy):
         vt_symbol="rb0000.SHFE", interval=Interval.MINUTE,
         start=data_collector.to_china_time("2016-01-01"),
         end=data_collector.to_china_time("2016-12-31", end_of_day=True),
-        rate=spec.commission_rate, slippage=spec.slippage_ticks * spec.pricetick, size=spec.size,
+        rate=spec.fees.open_rate, slippage=spec.slippage_ticks * spec.pricetick, size=spec.size,
         pricetick=spec.pricetick, capital=1_000_000,
     )
     engine.add_strategy(strategy, {})
