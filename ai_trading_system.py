@@ -550,7 +550,7 @@ def cmd_data(args: argparse.Namespace, home: Home) -> int:
     if args.check:
         return cmd_data_check(args, home)
     series = data_collector.list_stored(home)
-    print(f"数据库 / database: {data_collector.database_path(home)}")
+    print(f"数据库 / database: {data_collector.describe_database(home)}")
     if not series:
         print("数据库为空。导入数据：python ai_trading_system.py import --csv FILE --vt-symbol rb0000.SHFE")
         return EXIT_OK

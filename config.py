@@ -66,6 +66,7 @@ SECRET_ENV: dict[str, str] = {
     "ctp_password": "AI_TRADER_CTP_PASSWORD",
     "ctp_auth_code": "AI_TRADER_CTP_AUTH_CODE",
     "smtp_password": "AI_TRADER_SMTP_PASSWORD",
+    "db_password": "AI_TRADER_DB_PASSWORD",  # the PostgreSQL login (database.name = postgresql)
 }
 SECRET_KEY_ENV: str = "AI_TRADER_SECRET_KEY_FILE"  # where the secrets file's key lives (outside the repository)
 DEFAULT_SECRET_KEY: Path = Path("~/.config/ai_trader/secret.key")
@@ -100,20 +101,60 @@ class TransientError(AppError):
     exit_code = EXIT_TRANSIENT
 
 
+DATABASE_NAMES: tuple[str, ...] = ("sqlite", "postgresql")
+PG_DATABASE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,62}")
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """Where bars and ticks are stored (vnpy's sqlite adapter, one file in the home's .vntrader)."""
+    """Where bars and ticks are stored: vnpy's sqlite adapter (one file in the home's .vntrader) or a PostgreSQL
+    server through vnpy_postgresql; its password is a secret (`db_password`), never a setting."""
 
-    name: str = "sqlite"
-    database: str = "database.db"
+    name: str = "sqlite"  # sqlite | postgresql
+    database: str = "database.db"  # sqlite: the file name in .vntrader; postgresql: the database on the server
+    host: str = "localhost"  # postgresql only, as are port and user
+    port: int = 5432
+    user: str = ""
 
     def __post_init__(self) -> None:
-        if self.name != "sqlite":
-            raise ConfigError(f"database.name 只支持 'sqlite'，收到 {self.name!r} / only sqlite is supported")
-        if not self.database or Path(self.database).name != self.database:
+        if self.name not in DATABASE_NAMES:
             raise ConfigError(
-                f"database.database 必须是 .vntrader 下的文件名，收到 {self.database!r} / must be a plain file name"
+                f"database.name 必须是 sqlite 或 postgresql，收到 {self.name!r} / must be sqlite or postgresql"
             )
+        if self.name == "sqlite":
+            if not self.database or Path(self.database).name != self.database:
+                raise ConfigError(
+                    f"database.database 必须是 .vntrader 下的文件名，收到 {self.database!r} / must be a plain file name"
+                )
+            return
+        if not PG_DATABASE_PATTERN.fullmatch(self.database):
+            raise ConfigError(
+                f"database.database 必须是 PostgreSQL 数据库名（字母、数字、_、-，如 vnpy），收到 {self.database!r} / "
+                "must name a PostgreSQL database"
+            )
+        if not self.host.strip():
+            raise ConfigError("database.host 不能为空 / host is empty")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"database.port 必须在 1-65535，收到 {self.port} / bad port")
+        if not self.user.strip():
+            raise ConfigError("database.name 为 postgresql 时必须设置 database.user / user is required")
+
+    def vt_settings(self) -> dict[str, Any]:
+        """The `database.*` keys of vnpy's vt_setting.json; never the password."""
+        keys: dict[str, Any] = {
+            "database.name": self.name,
+            "database.database": self.database,
+            "database.timezone": TIMEZONE_NAME,
+        }
+        if self.name == "postgresql":
+            keys.update({"database.host": self.host, "database.port": self.port, "database.user": self.user})
+        return keys
+
+    def describe(self) -> str:
+        """Where the data lives, for messages: the SQLite file name or `postgresql://user@host:port/database`."""
+        if self.name == "sqlite":
+            return self.database
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
 @dataclass(frozen=True)
@@ -842,7 +883,7 @@ def settings_for(home: Home, environ: Mapping[str, str] | None = None) -> AppSet
 
 
 def prepare_home(home: Home, settings: DatabaseSettings) -> None:
-    """Create the home's `.vntrader/` and make vt_setting.json use SQLite there in China Standard Time."""
+    """Create the home's `.vntrader/` and make vt_setting.json use the configured database in China Standard Time."""
     try:
         home.vntrader_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -850,10 +891,14 @@ def prepare_home(home: Home, settings: DatabaseSettings) -> None:
     current: dict[str, Any] = {}
     if home.vt_setting_path.exists():
         current = read_json_object(home.vt_setting_path)
+    if current.get("database.password"):
+        raise ConfigError(
+            f"{home.vt_setting_path} 含有 database.password：密码不能写在 vnpy 的设置文件里。请删除该项，改用环境变量 "
+            f"{SECRET_ENV['db_password']} 或加密密钥文件（secrets set db_password）/ "
+            "a password must not live in vt_setting.json"
+        )
     wanted = {
-        "database.name": settings.name,
-        "database.database": settings.database,
-        "database.timezone": TIMEZONE_NAME,
+        **settings.vt_settings(),
         "log.console": False,  # vnpy's loguru would print to stdout; the trading system forwards its log events
     }
     if any(current.get(key) != value for key, value in wanted.items()):
@@ -868,7 +913,8 @@ def use_china_time() -> None:
 
 
 def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
-    """Make vnpy use this home's `.vntrader/`; vnpy fixes its folder at first import, so do this before any use."""
+    """Make vnpy use this home's `.vntrader/` and database; vnpy fixes its folder at first import, so do this before
+    any use. A PostgreSQL password goes into vnpy's in-memory SETTINGS only (vnpy_postgresql reads it there)."""
     prepare_home(home, settings)
     use_china_time()
     if "vnpy.trader.utility" not in sys.modules:
@@ -886,6 +932,20 @@ def bind_vnpy_home(home: Home, settings: DatabaseSettings) -> None:
             f"本进程的 vnpy 已绑定到 {bound}，无法切换到 {home.root}；请在新进程中使用 --home / "
             "vnpy is already bound to another home in this process"
         )
+    if settings.name == "postgresql":
+        from importlib.util import find_spec
+
+        missing = [module for module in ("vnpy_postgresql", "psycopg2") if find_spec(module) is None]
+        if missing:  # vnpy's get_database() would silently fall back to SQLite
+            raise ConfigError(
+                f"database.name 为 postgresql，但未安装 {', '.join(missing)}；请执行 pip install -r requirements.txt / "
+                "the PostgreSQL driver is not installed"
+            )
+    from vnpy.trader.setting import SETTINGS
+
+    SETTINGS.update(settings.vt_settings())
+    if settings.name == "postgresql":  # in this process's memory only: vt_setting.json never holds the password
+        SETTINGS["database.password"] = load_secrets(home).get("db_password")
 
 
 # --- files, JSON and event handlers: one home for the small helpers every module uses -------------------
@@ -1027,7 +1087,7 @@ MIN_SECRET_LENGTH: int = 4  # shorter values would redact ordinary numbers in lo
 
 @dataclass(frozen=True)
 class Secrets:
-    """Named secrets (ctp_user, ctp_password, ctp_auth_code, smtp_password); the repr never shows values."""
+    """Named secrets (ctp_user, ctp_password, ctp_auth_code, smtp_password, db_password); the repr hides values."""
 
     values: Mapping[str, str] = field(default_factory=dict)
 

@@ -29,11 +29,15 @@ from vnpy.trader.object import BarData, SubscribeRequest, TickData
 
 from config import (
     CHINA_TZ,
+    SECRET_ENV,
+    AppError,
+    ConfigError,
     DatabaseSettings,
     DataError,
     Home,
     TransientError,
     guarded,
+    load_secrets,
     prepare_home,
     resolve_home,
     settings_for,
@@ -440,7 +444,7 @@ def read_bar_csv(
     return frame.sort_values("datetime", kind="stable").reset_index(drop=True), duplicates
 
 
-# --- the SQLite store (vnpy_sqlite's tables, written and read directly) -----------------------------
+# --- the SQLite store (vnpy_sqlite's tables, written and read directly); each function also takes a PgConnection --
 
 SCHEMA: tuple[str, ...] = (
     'CREATE TABLE IF NOT EXISTS "dbbardata" ("id" INTEGER NOT NULL PRIMARY KEY, "symbol" VARCHAR(255) NOT NULL, '
@@ -538,12 +542,34 @@ WHERE ("count", "start", "end") IS NOT (excluded."count", excluded."start", excl
 """
 
 
-def database_path(home: Home | str | Path | None = None) -> Path:
-    """The SQLite file of a home (the argument, `AI_TRADER_HOME`, or the project folder), set up on first use."""
+def home_database(home: Home | str | Path | None = None) -> tuple[Home, DatabaseSettings]:
+    """A home (the argument, `AI_TRADER_HOME`, or the project folder) and its database settings, set up on first use."""
     resolved = home if isinstance(home, Home) else resolve_home(home)
     settings: DatabaseSettings = settings_for(resolved).database
     prepare_home(resolved, settings)
+    return resolved, settings
+
+
+def database_path(home: Home | str | Path | None = None) -> Path:
+    """The SQLite file of a home; ConfigError when the home keeps its data on PostgreSQL."""
+    resolved, settings = home_database(home)
+    if settings.name != "sqlite":
+        raise ConfigError(f"主目录 {resolved.root} 使用 {settings.describe()}，没有 SQLite 文件 / no SQLite file")
     return resolved.database_path(settings)
+
+
+def describe_database(home: Home | str | Path | None = None) -> str:
+    """Where a home's bars and ticks live: the SQLite file's path or the PostgreSQL server and database."""
+    resolved, settings = home_database(home)
+    return str(resolved.database_path(settings)) if settings.name == "sqlite" else settings.describe()
+
+
+def open_database(home: Home | str | Path | None = None) -> Connection:
+    """A connection to a home's database (SQLite file or PostgreSQL server), vnpy's tables created if missing."""
+    resolved, settings = home_database(home)
+    if settings.name == "postgresql":
+        return pg_connect(settings, load_secrets(resolved).get("db_password"))
+    return connect(resolved.database_path(settings))
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -608,7 +634,7 @@ def _bar_rows(frame: pd.DataFrame, key: tuple[str, str, str]) -> Iterator[tuple[
 
 
 def save_bar_frame(
-    conn: sqlite3.Connection,
+    conn: Connection,
     frame: pd.DataFrame,
     symbol: str,
     exchange: Exchange,
@@ -616,6 +642,8 @@ def save_bar_frame(
     progress: Progress | None = None,
 ) -> SaveResult:
     """Upsert bars and refresh vnpy's bar overview in one transaction."""
+    if isinstance(conn, PgConnection):
+        return _pg_save_bar_frame(conn, frame, symbol, exchange, interval, progress)
     key = (symbol, exchange.value, interval.value)
     with transaction(conn):
         before = _count_bars(conn, key)
@@ -678,7 +706,7 @@ def frame_to_bars(frame: pd.DataFrame, vt_symbol: str, interval: Interval = Inte
     ]
 
 
-def save_bars(conn: sqlite3.Connection, bars: list[BarData]) -> SaveResult:
+def save_bars(conn: Connection, bars: list[BarData]) -> SaveResult:
     """Upsert vnpy bars of one symbol and interval (the objects are not modified)."""
     if not bars:
         raise DataError("没有要保存的K线 / no bars to save")
@@ -696,8 +724,10 @@ def _tick_row(tick: TickData) -> tuple[Any, ...]:
     return (tick.symbol, tick.exchange.value, db_time(tick.datetime), *values)
 
 
-def save_ticks(conn: sqlite3.Connection, ticks: list[TickData]) -> int:
+def save_ticks(conn: Connection, ticks: list[TickData]) -> int:
     """Upsert ticks (any symbols) and refresh vnpy's tick overview in one transaction; returns rows written."""
+    if isinstance(conn, PgConnection):
+        return _pg_save_ticks(conn, ticks)
     with transaction(conn):
         changes = conn.total_changes
         conn.executemany(TICK_UPSERT, map(_tick_row, ticks))
@@ -716,9 +746,11 @@ def _frame_from_rows(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
 
 
 def load_bar_frame(
-    conn: sqlite3.Connection, symbol: str, exchange: Exchange, interval: Interval, start: datetime, end: datetime
+    conn: Connection, symbol: str, exchange: Exchange, interval: Interval, start: datetime, end: datetime
 ) -> pd.DataFrame:
     """Bars in [start, end] ordered by time, indexed by bar start (China time)."""
+    if isinstance(conn, PgConnection):
+        return _pg_load_bar_frame(conn, symbol, exchange, interval, start, end)
     rows = conn.execute(
         'SELECT "datetime", "open_price", "high_price", "low_price", "close_price", "volume", "turnover", '
         '"open_interest" FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ? '
@@ -739,17 +771,331 @@ class StoredSeries:
     last: datetime
 
 
-def stored_series(conn: sqlite3.Connection) -> list[StoredSeries]:
+OVERVIEW_SELECT: str = (
+    'SELECT "symbol", "exchange", "interval", "count", "start", "end" FROM "dbbaroverview" '
+    'UNION ALL SELECT "symbol", "exchange", \'tick\', "count", "start", "end" FROM "dbtickoverview" ORDER BY 1, 2, 3'
+)
+
+
+def stored_series(conn: Connection) -> list[StoredSeries]:
     """Every stored bar series and tick series, as vnpy's overview tables record them."""
-    rows = conn.execute(
-        'SELECT "symbol", "exchange", "interval", "count", "start", "end" FROM "dbbaroverview" '
-        'UNION ALL SELECT "symbol", "exchange", \'tick\', "count", "start", "end" FROM "dbtickoverview" '
-        "ORDER BY 1, 2, 3"
-    ).fetchall()
+    rows = _pg_overview_rows(conn) if isinstance(conn, PgConnection) else conn.execute(OVERVIEW_SELECT).fetchall()
     return [
         StoredSeries(f"{symbol}.{exchange}", interval, int(count), to_china_time(start), to_china_time(end))
         for symbol, exchange, interval, count, start, end in rows
     ]
+
+
+# --- the PostgreSQL store (vnpy_postgresql's tables: COPY into a stage, one merge; COPY out for loads) -------
+
+PG_EPOCH_US: int = 946_684_800_000_000  # 2000-01-01, the origin of PostgreSQL's binary timestamps, in Unix µs
+PG_COPY_SIGNATURE: bytes = b"PGCOPY\n\xff\r\n\x00"
+PG_COPY_HEADER: bytes = PG_COPY_SIGNATURE + bytes(8)  # no flags, no header extension
+PG_COPY_TRAILER: bytes = b"\xff\xff"
+PG_CONNECT_TIMEOUT: int = 10  # seconds before an unreachable server is a TransientError
+PG_SCHEMA_LOCK: int = 7_341_020  # advisory lock: one process at a time creates or widens the tables
+# connection failures where the server answered and refused us (a human must act), unless it is only busy
+PG_REFUSED: tuple[str, ...] = ("FATAL", "致命错误", "no password supplied", "authentication failed")
+PG_BUSY: tuple[str, ...] = ("starting up", "shutting down", "recovery mode", "too many clients", "connection slots")
+
+
+def _postgresql_ddl(statement: str) -> str:
+    """vnpy_postgresql's table from vnpy_sqlite's DDL (same names, keys and indexes): SERIAL ids, TIMESTAMP times,
+    and DOUBLE PRECISION numbers where peewee makes REAL (float4: 7 digits, which rounds prices such as 4567.2)."""
+    return (
+        statement.replace('"id" INTEGER NOT NULL PRIMARY KEY', '"id" SERIAL PRIMARY KEY')
+        .replace(" REAL", " DOUBLE PRECISION")
+        .replace(" DATETIME", " TIMESTAMP")
+    )
+
+
+PG_SCHEMA: tuple[str, ...] = tuple(_postgresql_ddl(statement) for statement in SCHEMA)
+PG_REAL_COLUMNS: str = (
+    "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+    "AND table_name IN ('dbbardata', 'dbtickdata') AND data_type = 'real' ORDER BY table_name, ordinal_position"
+)
+# per-connection stage tables, emptied at each commit or rollback
+PG_BAR_STAGE: str = (
+    'CREATE TEMP TABLE IF NOT EXISTS "bar_stage" ("datetime" TIMESTAMP NOT NULL, '
+    + ", ".join(f'"{column}" DOUBLE PRECISION NOT NULL' for column in BAR_COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
+PG_TICK_STAGE: str = (
+    'CREATE TEMP TABLE IF NOT EXISTS "tick_stage" ("symbol" VARCHAR(255) NOT NULL, "exchange" VARCHAR(255) NOT NULL, '
+    '"datetime" TIMESTAMP NOT NULL, "name" VARCHAR(255) NOT NULL, '
+    + ", ".join(f'"{column}" DOUBLE PRECISION' for column in TICK_COLUMNS[1:-1])
+    + ', "localtime" TIMESTAMP) ON COMMIT DELETE ROWS'
+)
+
+
+def _columns(names: Iterable[str], alias: str = "") -> str:
+    """Quoted column names, each prefixed by a table alias if given, comma-separated."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{name}"' for name in names)
+
+
+def _binary_record(names: Iterable[str]) -> np.dtype:
+    """One COPY binary tuple of a timestamp and float8 columns: field count, then (byte length, value) per field."""
+    items = [("fields", ">i2"), ("datetime_size", ">i4"), ("datetime", ">i8")]
+    for name in names:
+        items += [(f"{name}_size", ">i4"), (name, ">f8")]
+    return np.dtype(items)
+
+
+BAR_STAGE_RECORD: np.dtype = _binary_record(BAR_COLUMNS)  # what import writes into bar_stage
+BAR_LOAD_RECORD: np.dtype = _binary_record(BAR_FIELDS)  # what PG_BAR_SELECT sends back
+PG_BAR_SELECT: str = (
+    'SELECT "datetime", "open_price"::float8, "high_price"::float8, "low_price"::float8, "close_price"::float8, '
+    '"volume"::float8, "turnover"::float8, "open_interest"::float8 FROM "dbbardata" WHERE "symbol" = %s '
+    'AND "exchange" = %s AND "interval" = %s AND "datetime" >= %s AND "datetime" <= %s ORDER BY "datetime"'
+)
+PG_TICK_SELECT: str = (
+    f'SELECT "datetime", {_columns(TICK_COLUMNS)} FROM "dbtickdata" '
+    'WHERE "symbol" = %s AND "exchange" = %s AND "datetime" >= %s AND "datetime" <= %s ORDER BY "datetime"'
+)
+
+
+def _pg_merge_sql(
+    table: str, stage: str, fixed: tuple[str, ...], keys: tuple[str, ...], values: tuple[str, ...]
+) -> tuple[str, str]:
+    """The UPDATE of rows whose values differ and the INSERT of new rows (in time order) from a stage table.
+
+    `fixed` key columns come as %(name)s parameters (a bar stage holds one series). Existing rows never reach the
+    INSERT, so saving the same data again changes neither the rows nor the id sequence.
+    """
+    match = " AND ".join([f't."{key}" = %({key})s' for key in fixed] + [f't."{key}" = s."{key}"' for key in keys])
+    assign = ", ".join(f'"{name}" = s."{name}"' for name in values)
+    update = (
+        f'UPDATE "{table}" t SET {assign} FROM "{stage}" s WHERE {match} '
+        f"AND ({_columns(values, 't')}) IS DISTINCT FROM ({_columns(values, 's')})"
+    )
+    chosen = ", ".join([f"%({key})s" for key in fixed] + [_columns((*keys, *values), "s")])
+    insert = (
+        f'INSERT INTO "{table}" ({_columns((*fixed, *keys, *values))}) SELECT {chosen} FROM "{stage}" s '
+        f'WHERE NOT EXISTS (SELECT 1 FROM "{table}" t WHERE {match}) ORDER BY s."datetime"'
+    )
+    return update, insert
+
+
+PG_BAR_UPDATE, PG_BAR_INSERT = _pg_merge_sql(
+    "dbbardata", "bar_stage", ("symbol", "exchange", "interval"), ("datetime",), BAR_COLUMNS
+)
+PG_TICK_UPDATE, PG_TICK_INSERT = _pg_merge_sql(
+    "dbtickdata", "tick_stage", (), ("symbol", "exchange", "datetime"), TICK_COLUMNS
+)
+
+
+def _pg_overview_sql(statement: str, table: str) -> str:
+    """An overview refresh in PostgreSQL's dialect: %s parameters, IS DISTINCT FROM, the old row's columns named."""
+    old = '("count", "start", "end") IS NOT'
+    assert old in statement
+    named = ", ".join(f'"{table}"."{column}"' for column in ("count", "start", "end"))
+    return statement.replace("?", "%s").replace(old, f"({named}) IS DISTINCT FROM")
+
+
+PG_BAR_OVERVIEW_REFRESH: str = _pg_overview_sql(BAR_OVERVIEW_REFRESH, "dbbaroverview")
+PG_TICK_OVERVIEW_REFRESH: str = _pg_overview_sql(TICK_OVERVIEW_REFRESH, "dbtickoverview")
+
+
+class PgConnection:
+    """A psycopg2 connection (`raw`) to a server holding vnpy_postgresql's tables; `where` names it in messages."""
+
+    def __init__(self, raw: Any, where: str) -> None:
+        self.raw = raw
+        self.where = where
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+Connection = sqlite3.Connection | PgConnection
+
+
+def _connect_error(where: str, exc: Exception) -> AppError:
+    """A refused login is a ConfigError (exit 2); an unreachable or restarting server a TransientError (exit 3)."""
+    text = " ".join(str(exc).split())
+    if any(mark in text for mark in PG_REFUSED) and not any(mark in text for mark in PG_BUSY):
+        return ConfigError(
+            f"PostgreSQL {where} 拒绝登录：{text}。请检查 database.user、database.database 与密码 "
+            f"（{SECRET_ENV['db_password']} 或 secrets set db_password）/ login refused"
+        )
+    return TransientError(f"无法连接 PostgreSQL {where}：{text}。服务器未启动或网络不通，稍后重试 / server unreachable")
+
+
+@contextmanager
+def _pg_errors(where: str) -> Iterator[None]:
+    """Driver errors as ours: a lost connection is transient (exit 3), a missing privilege a ConfigError."""
+    import psycopg2
+    from psycopg2 import errors
+
+    try:
+        yield
+    except errors.InsufficientPrivilege as exc:
+        raise ConfigError(f"PostgreSQL {where} 权限不足：{exc.pgerror or exc} / permission denied") from None
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        raise TransientError(f"PostgreSQL {where} 连接中断：{' '.join(str(exc).split())} / connection lost") from None
+
+
+@contextmanager
+def _pg_transaction(conn: PgConnection) -> Iterator[Any]:
+    """A cursor inside one transaction: commit on success, roll back on any exception."""
+    with _pg_errors(conn.where), conn.raw, conn.raw.cursor() as cursor:
+        yield cursor
+
+
+def pg_connect(settings: DatabaseSettings, password: str) -> PgConnection:
+    """Log in to the configured server and create vnpy_postgresql's tables if missing (REAL columns widened)."""
+    try:
+        import psycopg2
+    except ImportError:
+        raise ConfigError(
+            "未安装 psycopg2；请执行 pip install -r requirements.txt / PostgreSQL driver missing"
+        ) from None
+    where = settings.describe()
+    try:
+        raw = psycopg2.connect(
+            host=settings.host,
+            port=settings.port,
+            dbname=settings.database,
+            user=settings.user,
+            password=password or None,
+            connect_timeout=PG_CONNECT_TIMEOUT,
+            application_name="ai_trader",
+        )
+    except psycopg2.OperationalError as exc:
+        raise _connect_error(where, exc) from None
+    conn = PgConnection(raw, where)
+    try:
+        with _pg_transaction(conn) as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+            for statement in PG_SCHEMA:
+                cursor.execute(statement)
+            cursor.execute(PG_REAL_COLUMNS)
+            narrow: dict[str, list[str]] = {}
+            for table, column in cursor.fetchall():
+                narrow.setdefault(table, []).append(column)
+            for table, names in narrow.items():  # tables vnpy_postgresql created first: float4 to float8, lossless
+                logger.info("把 %s 的 REAL 列改为 DOUBLE PRECISION / widening %s to float8", table, table)
+                changes = ", ".join(f'ALTER COLUMN "{name}" TYPE DOUBLE PRECISION' for name in names)
+                cursor.execute(f'ALTER TABLE "{table}" {changes}')
+    except BaseException:
+        raw.close()
+        raise
+    return conn
+
+
+def _naive_china(value: datetime) -> datetime:
+    """A datetime as the naive China time vnpy's tables hold (a naive input is taken as China time)."""
+    return value if value.tzinfo is None else value.astimezone(CHINA_TZ).replace(tzinfo=None)
+
+
+def _copy_in(cursor: Any, table: str, records: np.ndarray) -> None:
+    """COPY binary tuples into a table."""
+    payload = io.BytesIO(PG_COPY_HEADER + records.tobytes() + PG_COPY_TRAILER)
+    cursor.copy_expert(f'COPY "{table}" FROM STDIN (FORMAT binary)', payload)
+
+
+def _bar_records(frame: pd.DataFrame) -> np.ndarray:
+    """A bar frame (`datetime` and BAR_FIELDS) as bar_stage's COPY binary tuples."""
+    records = np.empty(len(frame), dtype=BAR_STAGE_RECORD)
+    naive = frame["datetime"].dt.tz_convert(CHINA_TZ).dt.tz_localize(None).to_numpy("datetime64[us]")
+    records["fields"] = 1 + len(BAR_COLUMNS)
+    records["datetime_size"] = 8
+    records["datetime"] = naive.astype("int64") - PG_EPOCH_US
+    for column, name in zip(BAR_COLUMNS, ("volume", "turnover", "open_interest", *PRICE_FIELDS), strict=True):
+        records[f"{column}_size"] = 8
+        records[column] = frame[name].to_numpy("float64")
+    return records
+
+
+def _pg_save_bar_frame(
+    conn: PgConnection,
+    frame: pd.DataFrame,
+    symbol: str,
+    exchange: Exchange,
+    interval: Interval,
+    progress: Progress | None,
+) -> SaveResult:
+    """Stage the bars with COPY, merge them and refresh the overview, all in one transaction."""
+    key = {"symbol": symbol, "exchange": exchange.value, "interval": interval.value}
+    with _pg_transaction(conn) as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dbbardata {symbol} {key['exchange']}",))
+        cursor.execute(PG_BAR_STAGE)
+        for start in range(0, len(frame), WRITE_CHUNK):
+            _copy_in(cursor, "bar_stage", _bar_records(frame.iloc[start : start + WRITE_CHUNK]))
+            if progress:
+                progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
+        cursor.execute(PG_BAR_UPDATE, key)
+        updated = cursor.rowcount
+        cursor.execute(PG_BAR_INSERT, key)
+        inserted = cursor.rowcount
+        cursor.execute(
+            'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = %s AND "exchange" = %s AND "interval" = %s',
+            tuple(key.values()),
+        )
+        stored = int(cursor.fetchone()[0])
+        cursor.execute(PG_BAR_OVERVIEW_REFRESH, tuple(key.values()))
+    return SaveResult(inserted, updated, len(frame) - inserted - updated, stored)
+
+
+def _pg_save_ticks(conn: PgConnection, ticks: list[TickData]) -> int:
+    """Stage ticks (the last one of each key wins) as CSV with COPY, merge them and refresh the overview."""
+    latest = {(tick.symbol, tick.exchange.value, tick.datetime): tick for tick in ticks}
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(map(_tick_row, latest.values()))
+    text.seek(0)
+    with _pg_transaction(conn) as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('dbtickdata'))")
+        cursor.execute(PG_TICK_STAGE)
+        cursor.copy_expert('COPY "tick_stage" FROM STDIN (FORMAT csv, FORCE_NOT_NULL ("name"))', text)
+        cursor.execute(PG_TICK_UPDATE)
+        written = cursor.rowcount
+        cursor.execute(PG_TICK_INSERT)
+        written += cursor.rowcount
+        for key in sorted({(symbol, exchange) for symbol, exchange, _ in latest}):
+            cursor.execute(PG_TICK_OVERVIEW_REFRESH, key)
+    return int(written)
+
+
+def _bars_from_copy(data: bytes) -> pd.DataFrame:
+    """Bars from COPY binary output of PG_BAR_SELECT, as _frame_from_rows makes them."""
+    if not data.startswith(PG_COPY_SIGNATURE) or not data.endswith(PG_COPY_TRAILER):
+        raise DataError("PostgreSQL 返回的 COPY 数据格式异常 / unexpected COPY output")
+    body_start = len(PG_COPY_HEADER) + int.from_bytes(data[15:19], "big")
+    records = np.frombuffer(data[body_start : -len(PG_COPY_TRAILER)], dtype=BAR_LOAD_RECORD)
+    if (records["fields"] != 1 + len(BAR_FIELDS)).any():
+        raise DataError("PostgreSQL 返回的K线列数异常 / unexpected COPY output")
+    times = (records["datetime"] + PG_EPOCH_US).astype("datetime64[us]")
+    frame = pd.DataFrame({name: records[name].astype("float64") for name in BAR_FIELDS})
+    frame.index = pd.DatetimeIndex(times, name="datetime").tz_localize(CHINA_TZ)
+    return frame
+
+
+def _pg_load_bar_frame(
+    conn: PgConnection, symbol: str, exchange: Exchange, interval: Interval, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """Bars in [start, end] with COPY out in binary: no per-row Python objects."""
+    output = io.BytesIO()
+    with _pg_transaction(conn) as cursor:
+        params = (symbol, exchange.value, interval.value, _naive_china(start), _naive_china(end))
+        query = cursor.mogrify(PG_BAR_SELECT, params).decode("utf-8")
+        cursor.copy_expert(f"COPY ({query}) TO STDOUT (FORMAT binary)", output)
+    return _bars_from_copy(output.getvalue())
+
+
+def _pg_tick_rows(conn: PgConnection, symbol: str, exchange: Exchange, start: datetime, end: datetime) -> list[Any]:
+    """Tick rows ("datetime", then TICK_COLUMNS) from a server-side cursor, fetched in batches."""
+    with _pg_errors(conn.where), conn.raw, conn.raw.cursor(name="ai_trader_ticks") as cursor:
+        cursor.itersize = 20_000
+        cursor.execute(PG_TICK_SELECT, (symbol, exchange.value, _naive_china(start), _naive_china(end)))
+        return list(cursor)
+
+
+def _pg_overview_rows(conn: PgConnection) -> list[Any]:
+    """vnpy's two overview tables, as stored_series reads them."""
+    with _pg_transaction(conn) as cursor:
+        cursor.execute(OVERVIEW_SELECT)
+        return list(cursor.fetchall())
 
 
 # --- the public API: import, load, download ----------------------------------------------------
@@ -779,7 +1125,7 @@ def import_csv(
     if progress:
         progress(f"读取并校验 / reading and validating {path}")
     frame, duplicates = read_bar_csv(path, bar_interval, timestamp, layout)
-    conn = connect(database_path(home))
+    conn = open_database(home)
     try:
         saved = save_bar_frame(conn, frame, symbol, exchange, bar_interval, progress)
     finally:
@@ -813,7 +1159,7 @@ def load_history_data(
     begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
     if begin > finish:
         raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
-    conn = connect(database_path(home))
+    conn = open_database(home)
     try:
         frame = load_bar_frame(conn, symbol, exchange, bar_interval, begin, finish)
         stored = [s for s in stored_series(conn) if s.vt_symbol == vt_symbol] if frame.empty else []
@@ -832,7 +1178,7 @@ def load_history_data(
 
 def list_stored(home: Home | str | Path | None = None) -> list[StoredSeries]:
     """What the database holds: one row per symbol and interval (ticks as interval `tick`)."""
-    conn = connect(database_path(home))
+    conn = open_database(home)
     try:
         return stored_series(conn)
     finally:
@@ -874,7 +1220,7 @@ def download_history(
     problems = [(i + 1, f"{frame['datetime'].iloc[i]}: {text}") for i, text in bar_value_problems(frame)]
     if problems:
         raise DataError(_problem_message(Path(f"datafeed:{vt_symbol}"), sorted(problems)))
-    conn = connect(database_path(home))
+    conn = open_database(home)
     try:
         return save_bar_frame(conn, frame, symbol, exchange, bar_interval)
     finally:
@@ -987,6 +1333,17 @@ def _stored_tick(row: tuple[Any, ...], symbol: str, exchange: Exchange) -> TickD
     )
 
 
+def load_tick_rows(conn: Connection, symbol: str, exchange: Exchange, start: datetime, end: datetime) -> list[Any]:
+    """Stored tick rows ("datetime", then TICK_COLUMNS) in [start, end], oldest first."""
+    if isinstance(conn, PgConnection):
+        return _pg_tick_rows(conn, symbol, exchange, start, end)
+    return conn.execute(
+        f'SELECT "datetime", {_columns(TICK_COLUMNS)} FROM "dbtickdata" WHERE "symbol" = ? AND "exchange" = ? '
+        'AND "datetime" >= ? AND "datetime" <= ? ORDER BY "datetime"',
+        (symbol, exchange.value, db_time(start), db_time(end)),
+    ).fetchall()
+
+
 def load_tick_data(
     vt_symbol: str,
     start: str | date | datetime,
@@ -1001,14 +1358,9 @@ def load_tick_data(
     begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
     if begin > finish:
         raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
-    columns = ", ".join(f'"{name}"' for name in TICK_COLUMNS)
-    conn = connect(database_path(home))
+    conn = open_database(home)
     try:
-        rows = conn.execute(
-            f'SELECT "datetime", {columns} FROM "dbtickdata" WHERE "symbol" = ? AND "exchange" = ? '
-            'AND "datetime" >= ? AND "datetime" <= ? ORDER BY "datetime"',
-            (symbol, exchange.value, db_time(begin), db_time(finish)),
-        ).fetchall()
+        rows = load_tick_rows(conn, symbol, exchange, begin, finish)
         stored = [s for s in stored_series(conn) if s.vt_symbol == vt_symbol] if not rows else []
     finally:
         conn.close()
@@ -1056,8 +1408,9 @@ class DataCollector:
         if batch_size < 1 or flush_interval <= 0 or max_pending < batch_size:
             raise DataError("batch_size ≥ 1、flush_interval > 0、max_pending ≥ batch_size / bad recorder settings")
         self.main_engine = main_engine
-        self.path: Path = database or database_path(home)  # `database`: another file, e.g. a simulation's own
-        connect(self.path).close()  # fail here, not in the writer thread, if the database cannot be opened
+        self.home = home if isinstance(home, Home) else resolve_home(home)
+        self.path: Path | None = database  # another SQLite file (a simulation's own); None: the home's database
+        self._open().close()  # fail here, not in the writer thread, if the database cannot be opened
         self.batch_size, self.flush_interval, self.max_pending = batch_size, flush_interval, max_pending
         self.vt_symbols: set[str] = set()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -1069,7 +1422,11 @@ class DataCollector:
         self._ticks: list[TickData] = []  # writer thread only, from here down; lists are mutated in place
         self._bars: list[BarData] = []
         self._generators: dict[str, Any] = {}
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
+
+    def _open(self) -> Connection:
+        """A connection to where this recorder writes."""
+        return connect(self.path) if self.path is not None else open_database(self.home)
 
     @property
     def stats(self) -> RecorderStats:
@@ -1170,7 +1527,7 @@ class DataCollector:
         """Store buffered ticks (one transaction), then bars per symbol; keep what failed for the next flush."""
         try:
             if self._conn is None:
-                self._conn = connect(self.path)
+                self._conn = self._open()
             if self._ticks:
                 save_ticks(self._conn, self._ticks)
                 self._stats.ticks_stored += len(self._ticks)

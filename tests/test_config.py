@@ -67,6 +67,10 @@ def test_later_settings_folder_and_environment_override_earlier(tmp_path: Path) 
         ("model.json", {"model_type": "xgboost"}, "model_type"),
         ("database.json", {"name": "mysql"}, "sqlite"),
         ("database.json", {"database": "../elsewhere.db"}, "文件名"),
+        ("database.json", {"name": "postgresql", "user": "trader"}, "PostgreSQL 数据库名"),
+        ("database.json", {"name": "postgresql", "database": "vnpy"}, "database.user"),
+        ("database.json", {"name": "postgresql", "database": "vnpy", "user": "t", "port": 0}, "database.port"),
+        ("database.json", {"name": "sqlite", "password": "x"}, "database.password"),
         ("model.json", "{not json", "JSON"),
         ("model.json", [1, 2], "JSON 对象"),
         ("strategy.json", {"x": 1}, "未知设置文件"),
@@ -175,6 +179,47 @@ def test_bind_vnpy_home_points_vnpy_at_the_home_in_china_time(tmp_path: Path) ->
     assert lines[0] == f"{home} Asia/Shanghai sqlite True Asia/Shanghai"
     assert lines[1] == "refused True"
     assert not (tmp_path / ".vntrader").exists()
+
+
+def test_postgresql_settings_reach_vt_setting_json_and_the_password_only_vnpys_memory(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {
+        "AI_TRADER_DATABASE_NAME": "postgresql",
+        "AI_TRADER_DATABASE_DATABASE": "desk",
+        "AI_TRADER_DATABASE_HOST": "db.example",
+        "AI_TRADER_DATABASE_PORT": "6543",
+        "AI_TRADER_DATABASE_USER": "trader",
+        config.SECRET_ENV["db_password"]: "pg-Secret-42",
+    }
+    result = run_python(
+        "import config\n"
+        "home = config.resolve_home(); config.bind_vnpy_home(home, config.settings_for(home).database)\n"
+        "from vnpy.trader.setting import SETTINGS\n"
+        "print(SETTINGS['database.name'], SETTINGS['database.host'], SETTINGS['database.port'], "
+        "SETTINGS['database.password'] == 'pg-Secret-42')\n",
+        home,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "postgresql db.example 6543 True"
+    written = json.loads((home / ".vntrader" / "vt_setting.json").read_text(encoding="utf-8"))
+    assert {key: value for key, value in written.items() if key.startswith("database.")} == {
+        "database.name": "postgresql",
+        "database.database": "desk",
+        "database.timezone": "Asia/Shanghai",
+        "database.host": "db.example",
+        "database.port": 6543,
+        "database.user": "trader",
+    }
+    assert "pg-Secret-42" not in (home / ".vntrader" / "vt_setting.json").read_text(encoding="utf-8")
+
+
+def test_a_password_in_vt_setting_json_is_refused(tmp_path: Path) -> None:
+    home = resolve_home(tmp_path / "h", {})
+    home.vntrader_dir.mkdir(parents=True)
+    home.vt_setting_path.write_text(json.dumps({"database.password": "in-the-clear"}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=config.SECRET_ENV["db_password"]):
+        prepare_home(home, load_settings([], environ={}).database)
 
 
 # --- secrets, redaction, audit -----------------------------------------------------------------------------
