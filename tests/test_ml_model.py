@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -454,6 +455,9 @@ def test_train_bundle_saves_the_bundle_and_report_and_only_reports_through_progr
     assert loaded.threshold == model.threshold
     assert loaded.metrics["test"]["samples"] == model.metrics["test"]["samples"]
     assert "report.png" in json.loads((model.path / "manifest.json").read_text(encoding="utf-8"))["files"]
+    importance = metadata["importance"]
+    assert importance["features"] == metadata["features"] and sum(importance["forest"]) == pytest.approx(1.0)
+    assert any("top features" in line for line in lines)
 
 
 def test_train_bundle_chooses_the_threshold_by_simulating_the_strategy_on_validation_with_the_real_costs(
@@ -614,6 +618,96 @@ def test_model_command_shows_a_bundle_and_exits_2_for_a_tampered_one(
     assert ai_trading_system.main(["--home", str(home.root), "model", "--model", str(good)]) == 2
     err = capsys.readouterr().err
     assert "另一套特征" in err and "train" in err and "Traceback" not in err
+
+
+# --- what the model uses ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def importance(forest: ml_model.PricePredictionModel, data: dp.TrainingData) -> dict[str, Any]:
+    return ml_model.feature_importance(forest, data)
+
+
+def with_rows(data: dp.TrainingData, part: str, seed: int) -> dp.TrainingData:
+    """The same data with every feature of `part`'s rows replaced by random values."""
+    start, stop = data.split.parts()[part]
+    scaled = data.scaled.copy()
+    scaled[start:stop] = np.random.default_rng(seed).normal(size=scaled[start:stop].shape)
+    features = data.features.copy()
+    features.iloc[start:stop] = scaled[start:stop]
+    return dataclasses.replace(data, scaled=scaled, features=features)
+
+
+def test_feature_importance_is_computed_on_validation_only_and_deterministic(
+    forest: ml_model.PricePredictionModel, data: dp.TrainingData, importance: dict[str, Any]
+) -> None:
+    assert importance["features"] == data.names and importance["seed"] == forest.config.seed
+    assert importance["validation_windows"] == min(len(data.windows("valid")), ml_model.IMPORTANCE_WINDOWS)
+    assert ml_model.feature_importance(forest, data) == importance  # same seed, same numbers
+    assert ml_model.feature_importance(forest, with_rows(data, "test", 1)) == importance
+    changed = ml_model.feature_importance(forest, with_rows(data, "valid", 1))
+    assert changed["permutation_ic_drop"] != importance["permutation_ic_drop"]
+    assert changed["train_rank_ic"] == importance["train_rank_ic"]  # the training part's own IC stays
+    assert ml_model.feature_importance(forest, data, seed=7)["permutation_ic_drop"] != importance["permutation_ic_drop"]
+    for key in ("permutation_ic_drop", "permutation_mse_rise", "forest", "train_rank_ic"):
+        assert len(importance[key]) == len(data.names) and all(type(x) is float for x in importance[key])
+    assert sum(importance["forest"]) == pytest.approx(1.0)
+    start, stop = data.split.train
+    first = data.features.iloc[start:stop, 0]
+    spearman = first.corr(data.labels.iloc[start:stop], method="spearman")
+    assert importance["train_rank_ic"][0] == pytest.approx(spearman, abs=1e-9)
+
+
+def test_a_feature_of_pure_noise_ranks_low_and_the_ones_the_label_is_made_of_rank_first(
+    data: dp.TrainingData,
+) -> None:
+    rng = np.random.default_rng(3)
+    noise, a, b = 0, 1, 2
+    scaled = data.scaled.copy()
+    for column in (noise, a, b):  # independent of each other and of the real features
+        scaled[:, column] = np.where(np.isnan(scaled[:, column]), np.nan, rng.normal(size=len(scaled)))
+    label = 1e-3 * (scaled[:, a] + scaled[:, b]) + 1e-3 * rng.normal(size=len(scaled))
+    features = pd.DataFrame(scaled, index=data.features.index, columns=data.features.columns)
+    synthetic = dataclasses.replace(
+        data, scaled=scaled, features=features, labels=pd.Series(label, index=data.labels.index)
+    )
+    model = ml_model.PricePredictionModel("random_forest", SMALL_FOREST)
+    model.train(synthetic)
+    importance = ml_model.feature_importance(model, synthetic)
+    names = data.names
+    assert set(ml_model.top_features(importance, 2)) == {names[a], names[b]}
+    drop = importance["permutation_ic_drop"]
+    assert abs(drop[noise]) < 0.02 * min(drop[a], drop[b])
+    assert importance["forest"][noise] < 0.05 < min(importance["forest"][a], importance["forest"][b])
+    assert abs(importance["train_rank_ic"][noise]) < 0.05 < importance["train_rank_ic"][a]
+
+
+@pytest.mark.slow
+def test_lstm_feature_importance_shuffles_whole_series_and_has_no_forest_part(
+    lstm: ml_model.PricePredictionModel, data: dp.TrainingData
+) -> None:
+    importance = ml_model.feature_importance(lstm, data, max_windows=500)
+    assert importance["forest"] is None and importance["validation_windows"] == 500
+    assert ml_model.feature_importance(lstm, data, max_windows=500) == importance
+    assert ml_model.feature_importance(lstm, with_rows(data, "test", 1), max_windows=500) == importance
+    assert any(x != 0 for x in importance["permutation_mse_rise"])
+
+
+def test_model_command_shows_the_top_features(
+    forest: ml_model.PricePredictionModel,
+    data: dp.TrainingData,
+    importance: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home = resolve_home(tmp_path / "home")
+    forest.save_model(home.models_dir / "rf", extra={**facts(data), "importance": importance})
+    assert ai_trading_system.main(["--home", str(home.root), "model", "--model", "rf"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("top features") :].splitlines()
+    assert "置换 IC 降幅 / permutation IC drop" in table[1] and "训练期秩 IC / train rank IC" in table[1]
+    shown = [line.split()[0] for line in table[3:] if line.strip()]
+    assert shown == ml_model.top_features(importance, 10)
 
 
 def test_train_best_horizon_keeps_the_horizon_whose_validation_simulation_earned_most(
