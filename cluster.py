@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
-from config import PROJECT_DIR, ConfigError
+from config import PROJECT_DIR, ConfigError, TransientError
 
 LOCAL = "local"
 RAY = "ray"
@@ -47,7 +47,7 @@ def connect(address: str | None = None) -> ModuleType:
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         except ConnectionError as error:
-            raise ConfigError(f"连接不到 Ray 集群 {address}：{error} / cannot reach the Ray cluster") from error
+            raise TransientError(f"连接不到 Ray 集群 {address}：{error} / cannot reach the Ray cluster") from error
     else:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     return ray

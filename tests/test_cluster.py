@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ def dies_once(marker: str, item: int) -> int:
     return item
 
 
+def sleeps_unless_first(seconds: float, item: int) -> int:
+    if item:
+        time.sleep(seconds)
+    return item
+
+
+def interrupt(index: int, result: int) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C arrives while the driver waits
+
+
 def fails_on_two(factor: int, item: int) -> int:
     if item == 2:
         raise ConfigError("bad item")
@@ -75,6 +86,17 @@ def test_ray_map_keeps_the_order_reports_each_run_retries_a_dead_worker_and_rais
     assert marker.read_text() == "died"
     with pytest.raises(ConfigError, match="bad item"):
         cluster.ray_map(fails_on_two, 1, [1, 2, 3])
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_remaining_tasks_and_frees_the_cpus(local_ray: Any) -> None:
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cluster.ray_map(sleeps_unless_first, 60.0, [0, 1, 2, 3], interrupt)
+    while local_ray.available_resources().get("CPU", 0) < 2 and time.monotonic() - began < 20:
+        time.sleep(0.2)
+    assert local_ray.available_resources().get("CPU", 0) == 2  # the 60 s tasks were cancelled, not left running
+    assert time.monotonic() - began < 20
 
 
 def optimize_argv(home: Home, model: Path, report: Path, *more: str) -> list[str]:
