@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）",
     )
     opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
+    add_backend_arguments(opt)
     opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
 
     study = commands.add_parser(
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--capital", type=_positive_float, default=DEFAULT_CAPITAL, help=f"初始资金（默认 {DEFAULT_CAPITAL:,.0f}）"
     )
     study.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）/ worker processes")
+    add_backend_arguments(study)
     study.add_argument("--report-dir", help="研究目录（默认 <home>/reports/research_合约；模型包缓存在其 bundles/ 下）")
 
     trade = commands.add_parser(
@@ -501,6 +503,31 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 def _width(text: str) -> int:
     """Display width: CJK characters take two columns."""
     return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --ray-address, shared by `optimize` and `research`."""
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local：本机进程池（默认）；ray：Ray 任务（需 requirements-cluster.txt）/ where the runs go",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="Ray 集群地址（auto 或 HOST:PORT；默认在本机回环地址上启动 Ray）/ the Ray cluster to join",
+    )
+
+
+def connect_backend(args: argparse.Namespace) -> None:
+    """Connect to Ray when `--backend ray` asks for it (a ConfigError, exit 2, when Ray is missing)."""
+    if args.ray_address and args.backend != "ray":
+        raise ConfigError("--ray-address 需要 --backend ray / --ray-address needs --backend ray")
+    if args.backend == "ray":
+        import cluster
+
+        cluster.connect(args.ray_address)
 
 
 def _stderr_progress(message: str) -> None:
@@ -1109,7 +1136,10 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
         else (home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
     )
     backtests = backtesting_module.BacktestingModule(home)
-    optimizer = backtesting_module.Optimizer(backtests, args.workers)
+    optimizer = backtesting_module.Optimizer(backtests, args.workers, args.backend)
+    if args.backend == "ray" and args.method == "ga":
+        raise ConfigError("--backend ray 只支持 --method grid / the genetic search runs on the local backend only")
+    connect_backend(args)
     start = data_collector.to_china_time(args.start)
     end = data_collector.to_china_time(args.end, end_of_day=True)
     costs = backtests.costs(
@@ -1168,7 +1198,9 @@ def cmd_research(args: argparse.Namespace, home: Home) -> int:
     )
     folder = Path(args.report_dir) if args.report_dir else research.default_folder(home, args.vt_symbol)
     bind_vnpy_for_backtest(home)
-    found = research.run_research(home, plan, folder, args.workers, progress=_stderr_progress)
+    connect_backend(args)
+    runner = research.run_specs_ray if args.backend == "ray" else None
+    found = research.run_research(home, plan, folder, args.workers, progress=_stderr_progress, runner=runner)
     headers, rows = research.summary_rows(found.table)
     print()
     print_table(rows, headers)

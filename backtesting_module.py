@@ -26,6 +26,7 @@ import data_processor
 from config import (
     DEFAULT_CAPITAL,
     FEATURE_CODE_FILES,
+    ConfigError,
     ContractSpec,
     DataError,
     Fees,
@@ -445,6 +446,22 @@ def evaluate_setting(job_path: str, setting: dict[str, Any]) -> tuple[str, float
     return str(setting), float(value) if value is not None else -math.inf, statistics
 
 
+def job_state(job: OptimizationJob) -> tuple[OptimizationJob, list[BarData], PricePredictionModel]:
+    """`_worker_state` of a job received from Ray's object store instead of a file."""
+    bars = data_collector.frame_to_bars(job.bars, job.vt_symbol, data_collector.parse_interval(job.interval))
+    return job, bars, load_checked(job.model_path, job.vt_symbol, job.interval)
+
+
+def evaluate_state(
+    state: tuple[OptimizationJob, list[BarData], PricePredictionModel], setting: dict[str, Any]
+) -> tuple[str, float, dict[str, Any]]:
+    """`evaluate_setting` on a prepared job (a Ray task's, cluster.ray_map)."""
+    job, bars, model = state
+    statistics = run_on_bars(job, bars, model, setting, job.start, job.end)
+    value = statistics.get(job.target)
+    return str(setting), float(value) if value is not None else -math.inf, statistics
+
+
 def _target_of(result: tuple[str, float, dict[str, Any]]) -> float:
     return result[1]
 
@@ -496,12 +513,34 @@ def results_table(
     return table, {k: v.item() if isinstance(v, np.generic) else v for k, v in best.items()}
 
 
+def ray_grid(
+    job: OptimizationJob, settings: list[dict[str, Any]], output: Callable[[str], None]
+) -> list[tuple[str, float, dict[str, Any]]]:
+    """run_bf_optimization's results on Ray: the job in the object store once, each setting a task, sorted as vnpy
+    sorts (stable, best first), so the table equals the local backend's."""
+    import cluster
+
+    step = max(1, len(settings) // 20)
+
+    def done(index: int, result: tuple[str, float, dict[str, Any]]) -> None:
+        finished[0] += 1
+        if finished[0] % step == 0 or finished[0] == len(settings):
+            output(f"[{finished[0]}/{len(settings)}] {result[0]}: {job.target} = {result[1]:.4f}")
+
+    finished = [0]
+    output(f"Ray 穷举优化 / grid on Ray: {len(settings)} 组参数 / settings")
+    results = cluster.ray_map(evaluate_state, job, settings, done, job_state)
+    results.sort(reverse=True, key=_target_of)
+    return results
+
+
 class Optimizer:
     """Grid and genetic search of strategy settings on all cores, and walk-forward optimisation."""
 
-    def __init__(self, module: BacktestingModule, workers: int | None = None) -> None:
+    def __init__(self, module: BacktestingModule, workers: int | None = None, backend: str = "local") -> None:
         self.module = module
         self.workers = workers or os.cpu_count() or 1
+        self.backend = backend  # local: a process pool; ray: Ray tasks (cluster.py, connected by the caller)
 
     def prepare(
         self,
@@ -563,7 +602,11 @@ class Optimizer:
             setting.params[name] = list(values)
         setting.set_target(target)
         evaluate: Any = functools.partial(evaluate_setting, str(job_path))  # vnpy hints a dict; it uses the tuple
-        if method == "ga":
+        if self.backend == "ray" and method == "ga":
+            raise ConfigError("--backend ray 只支持 --method grid / the genetic search runs on the local backend only")
+        if self.backend == "ray":
+            results = ray_grid(job, setting.generate_settings(), output)
+        elif method == "ga":
             size = len(setting.generate_settings())
             results = run_ga_optimization(
                 evaluate,

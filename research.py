@@ -31,6 +31,7 @@ import ml_model
 from config import (
     DEFAULT_CAPITAL,
     FEATURE_CODE_FILES,
+    HOME_ENV,
     PROJECT_DIR,
     ConfigError,
     ContractSpec,
@@ -455,12 +456,12 @@ def run_reference(spec: RunSpec, bars: pd.DataFrame) -> dict[str, Any]:
     return statistics_row(statistics)
 
 
-def run_one(spec: RunSpec) -> RunResult:
-    """Compute one row of the table (in whichever process runs it)."""
+def run_one(spec: RunSpec, bars: pd.DataFrame | None = None) -> RunResult:
+    """Compute one row of the table (in whichever process runs it), on `bars` or those at the spec's bars_path."""
     if spec.kind not in KINDS:
         raise ConfigError(f"未知的运行类型 {spec.kind!r} / unknown run kind")
     began = time.monotonic()
-    bars = read_bars(spec.bars_path)
+    bars = read_bars(spec.bars_path) if bars is None else bars
     cached = False
     if spec.kind == MODEL:
         figures, cached = run_model(spec, bars)
@@ -507,6 +508,30 @@ def run_specs(specs: Sequence[RunSpec], done: Done | None = None, workers: int =
             found[index] = result  # a run's exception is raised here
             notify(index, result)
     return [found[index] for index in range(len(specs))]
+
+
+def run_with_bars(bars: pd.DataFrame, spec: RunSpec) -> RunResult:
+    """`run_one` in cluster.ray_map's argument order."""
+    return run_one(spec, bars)
+
+
+def bound_bars(home: str, bars: pd.DataFrame) -> pd.DataFrame:
+    """A Ray worker's preparation of the research's bars: bind vnpy to the home first (start_worker)."""
+    start_worker(home)
+    return bars
+
+
+def run_specs_ray(specs: Sequence[RunSpec], done: Done | None = None) -> list[RunResult]:
+    """`run_specs` on Ray (cluster.ray_map): the bars in the object store once, each run a task, the longest first.
+    The home and the research folder (bundles) must be the same path on every machine (a shared file system); the
+    runs go to workers of their own for the home, since a process binds vnpy to one home for good."""
+    import cluster
+
+    home = specs[0].home
+    order = sorted(range(len(specs)), key=lambda i: -specs[i].weight)
+    setup = functools.partial(bound_bars, home)
+    bars = read_bars(specs[0].bars_path)
+    return cluster.ray_map(run_with_bars, bars, specs, done, setup, order, {HOME_ENV: home})
 
 
 class ProgressReport:
