@@ -331,7 +331,8 @@ class BacktestingModule:
         set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
-        engine.strategy.flat_bars = data_processor.roll_flat_times(bars)
+        segment = data_processor.gap_segments(bars)
+        engine.strategy.flat_bars = data_processor.roll_flat_times(bars, segment)
         replay(engine)
         daily = engine.calculate_result()
         statistics = json_safe(engine.calculate_statistics(output=False))
@@ -348,7 +349,7 @@ class BacktestingModule:
         decision = model.metadata.get("decision") or {}
         statistics["edge"] = decision.get("edge", "")
         statistics["expected_trades_per_day"] = decision.get("trades_per_day")
-        statistics["rolls"] = rolls_stepped_over(bars, begin)
+        statistics["rolls"] = rolls_stepped_over(bars, segment, begin)
         first = len(bars) - len(traded)
         return BacktestResult(
             vt_symbol=vt_symbol,
@@ -405,9 +406,8 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
     return job, bars, model
 
 
-def rolls_stepped_over(frame: pd.DataFrame, start: datetime) -> list[str]:
-    """The first bar of every new segment (a roll gap) at or after `start`."""
-    segment = data_processor.gap_segments(frame)
+def rolls_stepped_over(frame: pd.DataFrame, segment: np.ndarray, start: datetime) -> list[str]:
+    """The first bar of every new segment (a roll gap; `segment` is the frame's gap_segments) at or after `start`."""
     opens = np.r_[False, segment[1:] != segment[:-1]] & (frame.index >= pd.Timestamp(start))
     return [str(stamp) for stamp in frame.index[opens]]
 

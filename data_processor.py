@@ -177,11 +177,11 @@ def roll_exit_flags(segment: np.ndarray) -> np.ndarray:
     return flags
 
 
-def roll_flat_times(frame: pd.DataFrame) -> set[int]:
+def roll_flat_times(frame: pd.DataFrame, segment: np.ndarray | None = None) -> set[int]:
     """Bar start times (epoch seconds) at which the strategy must be flat because a roll gap follows, by the causal
     gap rule of inference (a trader knows the roll calendar ahead): the strategy's `flat_bars` in a backtest and in
-    a replay of the same continuous series."""
-    flags = roll_exit_flags(gap_segments(frame))
+    a replay of the same continuous series. `segment`: the frame's `gap_segments`, when the caller has them."""
+    flags = roll_exit_flags(gap_segments(frame) if segment is None else segment)
     stamps = np.asarray(pd.DatetimeIndex(frame.index).as_unit("s").asi8)
     return set(stamps[flags].tolist())
 

@@ -173,6 +173,19 @@ def live_costs(spec: ContractSpec, capital: float, simulated: bool) -> dict[str,
     }
 
 
+def order_fields(order: Any) -> dict[str, Any]:
+    """What the audit log records of an order (OrderData)."""
+    return {
+        "vt_orderid": order.vt_orderid,
+        "vt_symbol": order.vt_symbol,
+        "direction": order.direction.value if order.direction else "",
+        "offset": order.offset.value,
+        "price": order.price,
+        "volume": order.volume,
+        "traded": order.traded,
+    }
+
+
 class FileStateStore:
     """A strategy's state as one readable JSON file under the home, written atomically, and its risk events in the
     audit log: the strategy's StateStore live (the strategy itself opens no file)."""
@@ -337,18 +350,7 @@ class AITradingSystem:
         order = event.data
         if self._order_states.get(order.vt_orderid) != order.status.value:
             self._order_states[order.vt_orderid] = order.status.value
-            self.audit.write(
-                "order",
-                vt_orderid=order.vt_orderid,
-                vt_symbol=order.vt_symbol,
-                direction=order.direction.value if order.direction else "",
-                offset=order.offset.value,
-                price=order.price,
-                volume=order.volume,
-                traded=order.traded,
-                status=order.status.value,
-                exchange_time=order.datetime,
-            )
+            self.audit.write("order", **order_fields(order), status=order.status.value, exchange_time=order.datetime)
 
     def _on_trade(self, event: Any) -> None:
         trade = event.data
@@ -427,16 +429,7 @@ class AITradingSystem:
         leftovers = [order for order in self.main_engine.get_all_active_orders() if order.vt_symbol == vt_symbol]
         for order in leftovers:
             logger.warning("撤销上一进程留下的委托 %s / cancelling a leftover order", order.vt_orderid)
-            self.audit.write(
-                "leftover_order_cancel",
-                vt_orderid=order.vt_orderid,
-                vt_symbol=order.vt_symbol,
-                direction=order.direction.value if order.direction else "",
-                offset=order.offset.value,
-                price=order.price,
-                volume=order.volume,
-                traded=order.traded,
-            )
+            self.audit.write("leftover_order_cancel", **order_fields(order))
             self.main_engine.cancel_order(order.create_cancel_request(), order.gateway_name)
         deadline = time.monotonic() + timeout
         while True:

@@ -434,6 +434,17 @@ class SimulationSettings:
         }
         return cls(threshold=threshold, **{**facts, **rules})
 
+    def engine_costs(self) -> dict[str, Any]:
+        """The costs backtesting_module.set_engine_parameters gives vnpy's engine for this setting (the reverse of
+        `for_contract`)."""
+        return {
+            "fees": self.fees,
+            "slippage": self.slippage_cost,
+            "size": self.size,
+            "pricetick": self.pricetick,
+            "capital": self.capital,
+        }
+
     def risk(self) -> RiskSettings:
         """The limits the strategy's risk manager gets (the order-flow limits keep their defaults, as there)."""
         return RiskSettings(

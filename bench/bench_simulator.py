@@ -60,14 +60,8 @@ def run_engine(frame: pd.DataFrame, start: pd.Timestamp, predictions: np.ndarray
     from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy
 
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT_SYMBOL))
-    costs = {
-        "fees": SETTING.fees,
-        "slippage": SETTING.slippage_cost,
-        "size": SETTING.size,
-        "pricetick": SETTING.pricetick,
-        "capital": SETTING.capital,
-    }
-    set_engine_parameters(engine, VT_SYMBOL, "1m", start.to_pydatetime(), frame.index[-1].to_pydatetime(), costs)
+    end = frame.index[-1].to_pydatetime()
+    set_engine_parameters(engine, VT_SYMBOL, "1m", start.to_pydatetime(), end, SETTING.engine_costs())
     engine.add_strategy(PredictiveTradingStrategy, SETTING.strategy_setting())
     model = PricePredictionModel("random_forest")  # only its identity is read: the predictions are given
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(frame.index), predictions)

@@ -16,7 +16,7 @@ from vnpy.trader.object import TradeData
 import data_collector
 from backtesting_module import BacktestingModule, PreloadedBacktestingEngine, replay, set_engine_parameters
 from config import CHINA_TZ, ConfigError, DataError, Fees, contract_spec, load_contracts, resolve_home
-from data_processor import gap_segments, roll_exit_flags
+from data_processor import gap_segments, roll_exit_flags, roll_flat_times
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import PrecomputedSignal, PredictiveTradingStrategy
 from tests.conftest import run_python
@@ -66,22 +66,22 @@ def engine_rows(trades: Sequence[TradeData]) -> list[Trade]:
 
 
 def engine_run(
-    frame: pd.DataFrame, start: pd.Timestamp, predictions: np.ndarray, settings: SimulationSettings
+    frame: pd.DataFrame,
+    start: pd.Timestamp,
+    predictions: np.ndarray,
+    settings: SimulationSettings,
+    flat_bars: set[int] | None = None,
 ) -> tuple[list[Trade], dict[str, Any]]:
     """PredictiveTradingStrategy on vnpy's BacktestingEngine from `start` (earlier bars are its warm-up), fed the
-    predictions through a PrecomputedSignal as a backtest is; its trades and statistics."""
+    predictions through a PrecomputedSignal as a backtest is (and `flat_bars` as a backtest sets them before rolls);
+    its trades and statistics."""
     engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT))
-    costs = {
-        "fees": settings.fees,
-        "slippage": settings.slippage_cost,
-        "size": settings.size,
-        "pricetick": settings.pricetick,
-        "capital": settings.capital,
-    }
-    set_engine_parameters(engine, VT, "1m", start.to_pydatetime(), frame.index[-1].to_pydatetime(), costs)
+    end = frame.index[-1].to_pydatetime()
+    set_engine_parameters(engine, VT, "1m", start.to_pydatetime(), end, settings.engine_costs())
     engine.add_strategy(PredictiveTradingStrategy, settings.strategy_setting())
     model = PricePredictionModel("random_forest")  # only its identity is read: the predictions are given
     engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(frame.index), predictions)
+    engine.strategy.flat_bars = flat_bars or set()
     replay(engine)
     engine.calculate_result()
     statistics = engine.calculate_statistics(output=False)
@@ -374,20 +374,9 @@ def test_simulator_equals_the_engine_when_flat_before_real_rolls(sample_frame: p
     predictions = synthetic_predictions(frame["close"].to_numpy())
     settings = dataclasses.replace(RISK_BINDS, capital=1_000_000, max_daily_loss_rate=0.02)
     flags = roll_exit_flags(gap_segments(frame))
-    engine = PreloadedBacktestingEngine(data_collector.frame_to_bars(frame, VT))
-    costs = {
-        "fees": settings.fees,
-        "slippage": settings.slippage_cost,
-        "size": settings.size,
-        "pricetick": settings.pricetick,
-        "capital": settings.capital,
-    }
-    set_engine_parameters(engine, VT, "1m", begin.to_pydatetime(), frame.index[-1].to_pydatetime(), costs)
-    engine.add_strategy(PredictiveTradingStrategy, settings.strategy_setting())
-    engine.strategy.signal = PrecomputedSignal(PricePredictionModel("random_forest"), frame.index, predictions)
-    engine.strategy.flat_bars = set(np.asarray(frame.index.as_unit("s").asi8)[flags].tolist())
-    replay(engine)
-    engine_trades = engine_rows(sorted(engine.trades.values(), key=lambda trade: int(trade.tradeid)))
+    flat_bars = roll_flat_times(frame)  # what a backtest of these bars sets on the strategy
+    assert flat_bars == set(np.asarray(frame.index.as_unit("s").asi8)[flags].tolist())
+    engine_trades, _ = engine_run(frame, begin, predictions, settings, flat_bars)
     traded = frame.loc[begin:]
     first = len(frame) - len(traded)
     bars = SimulationBars.from_frame(traded, causal_trading_days(pd.DatetimeIndex(traded.index)))
