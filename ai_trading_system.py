@@ -1214,8 +1214,8 @@ def cmd_research(args: argparse.Namespace, home: Home) -> int:
 DEMO_TRAIN: tuple[str, str] = ("2014-01-01", "2015-12-31")
 DEMO_TEST: tuple[str, str] = ("2016-01-01", "2016-12-31")
 DEMO_MODELS: dict[str, dict[str, Any]] = {
-    "demo_rf": {"model_type": "random_forest", "trees": 60},
-    "demo_lstm": {"model_type": "lstm", "epochs": 3, "lstm_units": (32, 32), "dense_units": 16, "train_stride": 4},
+    "demo_rf": {"model_type": "random_forest", **ml_model.SMALL_MODELS["random_forest"]},
+    "demo_lstm": {"model_type": "lstm", **ml_model.SMALL_MODELS["lstm"]},
 }
 
 

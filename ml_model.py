@@ -63,6 +63,14 @@ FAST_TOLERANCE: float = 1e-5
 BATCH_CHUNK: int = 1024
 
 
+# Small configurations on top of settings/model.json, trained in minutes on two cores: the demo's models, and what
+# `research` trains by default (one model per year and setting).
+SMALL_MODELS: dict[str, dict[str, Any]] = {
+    "random_forest": {"trees": 60},
+    "lstm": {"epochs": 3, "lstm_units": (32, 32), "dense_units": 16, "train_stride": 4},
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that shapes a model; saved in its metadata."""

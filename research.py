@@ -64,11 +64,6 @@ CLASSICS: dict[str, str] = {
 # The bars preloaded before a test year: the samples ask for 10 days of history, TurtleSignal for 20, and the engine
 # hands each strategy exactly the days it asks for, so preloading more changes no result.
 PRELOAD_DAYS: int = 30
-# Small configurations (the demo's) on top of settings/model.json: a research trains one model per year and setting.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "random_forest": {"trees": 60},
-    "lstm": {"epochs": 3, "lstm_units": (32, 32), "dense_units": 16, "train_stride": 4},
-}
 MODEL = "model"
 CLASSIC = "classic"
 REFERENCE = "reference"
@@ -172,7 +167,7 @@ class ResearchPlan:
     classics: tuple[str, ...] = tuple(CLASSICS)
     interval: str = "1m"
     capital: float = DEFAULT_CAPITAL
-    trees: int | None = None  # None: MODEL_PRESETS
+    trees: int | None = None  # None: ml_model.SMALL_MODELS
     epochs: int | None = None
 
     def __post_init__(self) -> None:
@@ -194,7 +189,7 @@ class ResearchPlan:
         runs = []
         for model_type in sorted(self.models):
             given = {"trees": self.trees, "epochs": self.epochs}
-            overrides = {**MODEL_PRESETS[model_type], **{k: v for k, v in given.items() if v is not None}}
+            overrides = {**ml_model.SMALL_MODELS[model_type], **{k: v for k, v in given.items() if v is not None}}
             base = ml_model.ModelConfig.from_settings(settings, model_type=model_type, **overrides)
             for label in sorted(self.labels):
                 for horizon in sorted(set(horizons)):
