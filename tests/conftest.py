@@ -125,6 +125,30 @@ def home_rows(home: Home, sql: str, *params: object) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def edit_metadata(bundle: Path, reseal: bool = True, **changes: Any) -> None:
+    """Change a bundle's metadata.json; with `reseal` also redo its manifest, as a buggy writer would, so that the
+    loader's other checks are what must refuse the change."""
+    import json
+
+    import ml_model
+
+    path = bundle / ml_model.METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8"))
+    metadata.update(changes)
+    path.write_text(json.dumps(metadata), encoding="utf-8")
+    if reseal:
+        (bundle / ml_model.MANIFEST_FILE).write_text(json.dumps(ml_model.manifest_of(bundle)), encoding="utf-8")
+
+
+def resealed_copy(bundle: Path, copy: Path, **changes: Any) -> Path:
+    """A copy of the bundle at `copy` whose metadata was changed and sealed again (`edit_metadata`)."""
+    import shutil
+
+    shutil.copytree(bundle, copy)
+    edit_metadata(copy, **changes)
+    return copy
+
+
 def table_dump(home: Home) -> list[tuple[object, ...]]:
     """Every row of every vnpy table, ids included: equal dumps mean an unchanged database."""
     rows: list[tuple[object, ...]] = []

@@ -18,7 +18,7 @@ import data_collector
 import data_processor
 import ml_model
 from config import PROJECT_DIR, Home, resolve_home
-from tests.conftest import run_python
+from tests.conftest import resealed_copy, run_python
 
 HEADER = "Date,Time,Open,High,Low,Close,TotalVolume"
 
@@ -756,18 +756,6 @@ def test_backtest_of_an_in_sample_range_exits_2_naming_the_bundles_ranges_and_th
     assert "--allow-in-sample" in err and "Traceback" not in err and not (tmp_path / "report").exists()
 
 
-def resealed_copy(bundle: Path, folder: Path, **changes: Any) -> Path:
-    """A copy of the bundle whose metadata was changed and sealed again, as a buggy writer would leave it."""
-    import shutil
-
-    copy = folder / bundle.name
-    shutil.copytree(bundle, copy)
-    metadata = json.loads((copy / "metadata.json").read_text(encoding="utf-8"))
-    (copy / "metadata.json").write_text(json.dumps({**metadata, **changes}), encoding="utf-8")
-    (copy / "manifest.json").write_text(json.dumps(ml_model.manifest_of(copy)), encoding="utf-8")
-    return copy
-
-
 @pytest.mark.parametrize(
     ("change", "argv_change", "message"),
     [
@@ -787,7 +775,7 @@ def test_backtest_of_a_bundle_for_other_bars_or_an_edited_one_exits_2(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    bundle = resealed_copy(rf_bundle, tmp_path / "bundles", **change) if change else rf_bundle
+    bundle = resealed_copy(rf_bundle, tmp_path / "bundles" / rf_bundle.name, **change) if change else rf_bundle
     if change.get("edited"):  # edited after the seal: the manifest no longer matches
         metadata = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))
         (bundle / "metadata.json").write_text(json.dumps({**metadata, "threshold": 1e-8}), encoding="utf-8")

@@ -25,6 +25,7 @@ from backtesting_module import (
 from config import CHINA_TZ, CONTRACTS_FILE, DataError, Fees, Home, ModelError, resolve_home
 from ml_model import PricePredictionModel, read_metadata
 from predictive_trading_strategy import NO_EDGE
+from tests.conftest import resealed_copy
 from trading_calendar import causal_trading_day
 
 VT = "rb0000.SHFE"
@@ -134,18 +135,9 @@ def test_per_lot_and_close_today_fees_replace_vnpys_commission_and_nothing_else(
 
 def with_decision(bundle: Path, tmp_path: Path, edge: str) -> Path:
     """A copy of a bundle whose metadata records a validation verdict, sealed again as `train` would seal it."""
-    import json
-    import shutil
-
-    from ml_model import MANIFEST_FILE, METADATA_FILE, manifest_of
-
-    copy = tmp_path / f"{bundle.name}_{edge}"
-    shutil.copytree(bundle, copy)
-    metadata = json.loads((copy / METADATA_FILE).read_text(encoding="utf-8"))
-    metadata["decision"] = {"edge": edge, "trades_per_day": 1.5, "threshold": metadata["threshold"]}
-    (copy / METADATA_FILE).write_text(json.dumps(metadata), encoding="utf-8")
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest_of(copy)), encoding="utf-8")
-    return copy
+    threshold = read_metadata(bundle)["threshold"]
+    decision = {"edge": edge, "trades_per_day": 1.5, "threshold": threshold}
+    return resealed_copy(bundle, tmp_path / f"{bundle.name}_{edge}", decision=decision)
 
 
 def test_a_bundle_without_a_validation_edge_never_opens_unless_a_threshold_is_given(

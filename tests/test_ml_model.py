@@ -19,6 +19,7 @@ import ai_trading_system
 import data_processor as dp
 import ml_model
 from config import CHINA_TZ, Home, ModelError, contract_spec, file_sha256, load_contracts, resolve_home
+from tests.conftest import edit_metadata
 from trade_simulator import MIN_DECISION_TRADES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,18 +69,6 @@ def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / bundle.name
     shutil.copytree(bundle, target)
     return target
-
-
-def edit_metadata(bundle: Path, reseal: bool = True, **changes: Any) -> None:
-    """Change metadata.json; with `reseal` also redo the manifest, as a buggy writer would, so that the loader's
-    other checks are what must refuse the change."""
-    path = bundle / ml_model.METADATA_FILE
-    metadata = json.loads(path.read_text(encoding="utf-8"))
-    metadata.update(changes)
-    path.write_text(json.dumps(metadata), encoding="utf-8")
-    if reseal:
-        manifest = ml_model.manifest_of(bundle)
-        (bundle / ml_model.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
 
 
 # --- training, the fast path, bundles -------------------------------------------------------------------
