@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+import contracts
 import data_collector
 import data_processor
 import live_trading
@@ -278,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
     down.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
     down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+
+    stitch = commands.add_parser(
+        "continuous", help="由各月合约K线拼接主力连续（复权）/ build the product's main-contract series (rb888)"
+    )
+    stitch.add_argument("--product", required=True, help="品种代码，例如 rb（库中需有 rb2605 等各月合约K线）")
+    stitch.add_argument(
+        "--adjust",
+        required=True,
+        choices=contracts.ADJUSTMENTS,
+        help="复权：ratio 等比（训练用，保留收益率）、difference 等差、none 不复权（真实价格）",
+    )
+    stitch.add_argument("--exchange", help="交易所，例如 SHFE（默认取库中该品种合约所在的交易所）")
+    stitch.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
 
     audit = commands.add_parser(
         "audit", help="前视偏差审计：清洗、特征与标签是否用到未来数据 / look-ahead audit of cleaning, features, labels"
@@ -726,6 +740,54 @@ AUDIT_HEADERS: tuple[str, ...] = (
     "首个不一致 / first time",
     "最大差异 / max difference",
 )
+
+
+def cmd_continuous(args: argparse.Namespace, home: Home) -> int:
+    """Build and store the product's main-contract series and its roll table; print the table."""
+    result = data_collector.build_continuous_series(
+        args.product, args.adjust, args.exchange, args.interval, home=home, progress=_stderr_progress
+    )
+    table = result.table
+    print(f"主力连续已保存 / series stored: {result.vt_symbol} {args.interval}，复权 / adjust {result.adjust}")
+    print_table(
+        [
+            ("各月合约 / contracts read", f"{len(result.contracts)}：{', '.join(result.contracts)}"),
+            ("合约K线 / contract bars read", f"{result.source_bars:,}"),
+            ("连续K线 / series bars", f"{table['bars']:,}（替换旧序列 / old series replaced）"),
+            ("首根 / first bar", table["first_bar"][:16]),
+            ("末根 / last bar", table["last_bar"][:16]),
+            ("换月 / rolls", f"{len(table['rolls'])}"),
+            ("换月表 / roll table", str(result.table_path)),
+            ("用时 / seconds", f"{result.seconds:.1f}"),
+        ],
+        ("项目 / item", "值 / value"),
+    )
+    if table["rolls"]:
+        print()
+        print_table(
+            [
+                (
+                    r["decided_day"],
+                    r["effective_day"],
+                    f"{r['old_symbol']} → {r['new_symbol']}",
+                    f"{r['old_price']:g}",
+                    f"{r['new_price']:g}",
+                    f"{r['factor']:.6f}",
+                    f"{r['offset']:+g}",
+                )
+                for r in table["rolls"]
+            ],
+            (
+                "决定日 / decided",
+                "生效日 / effective",
+                "换月 / roll",
+                "旧合约价 / old",
+                "新合约价 / new",
+                "比例 / factor",
+                "价差 / offset",
+            ),
+        )
+    return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace, home: Home) -> int:
@@ -1499,6 +1561,7 @@ COMMANDS: dict[str, Handler] = {
     "import": cmd_import,
     "data": cmd_data,
     "download": cmd_download,
+    "continuous": cmd_continuous,
     "audit": cmd_audit,
     "train": cmd_train,
     "model": cmd_model,

@@ -7,6 +7,7 @@ import codecs
 import csv
 import gzip
 import io
+import json
 import logging
 import lzma
 import queue
@@ -41,6 +42,21 @@ from config import (
     prepare_home,
     resolve_home,
     settings_for,
+    write_json_atomic,
+)
+from contracts import (
+    CONTINUOUS_SUFFIX,
+    WarmupSources,
+    build_continuous,
+    check_adjustment,
+    continuous_symbol,
+    is_continuous,
+    real_prices,
+    roll_table,
+    split_symbol,
+    table_junction_factors,
+    table_segments,
+    warmup_bars,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +109,14 @@ def parse_vt_symbol(vt_symbol: str) -> tuple[str, Exchange]:
         raise DataError(
             f"合约代码 {vt_symbol!r} 的交易所 {exchange_text!r} 未知（例如 {known}）/ unknown exchange"
         ) from None
+
+
+def parse_exchange(text: str) -> Exchange:
+    """An exchange code such as `SHFE` as vnpy's Exchange, with a clear error."""
+    try:
+        return Exchange(text)
+    except ValueError:
+        raise DataError(f"交易所 {text!r} 未知（例如 SHFE, DCE, CZCE, CFFEX, INE, GFEX）/ unknown exchange") from None
 
 
 def parse_interval(interval: str | Interval) -> Interval:
@@ -608,6 +632,9 @@ class SaveResult:
     stored: int
 
 
+BAR_DELETE: str = 'DELETE FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?'
+
+
 def _count_bars(conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
     row = conn.execute(
         'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?', key
@@ -640,12 +667,16 @@ def save_bar_frame(
     exchange: Exchange,
     interval: Interval,
     progress: Progress | None = None,
+    replace_all: bool = False,
 ) -> SaveResult:
-    """Upsert bars and refresh vnpy's bar overview in one transaction."""
+    """Upsert bars and refresh vnpy's bar overview in one transaction; `replace_all` first deletes every stored bar of
+    the symbol and interval in the same transaction (a rebuilt series replaces the old one, or nothing changes)."""
     if isinstance(conn, PgConnection):
-        return _pg_save_bar_frame(conn, frame, symbol, exchange, interval, progress)
+        return _pg_save_bar_frame(conn, frame, symbol, exchange, interval, progress, replace_all)
     key = (symbol, exchange.value, interval.value)
     with transaction(conn):
+        if replace_all:
+            conn.execute(BAR_DELETE, key)
         before = _count_bars(conn, key)
         changes = conn.total_changes
         for start in range(0, len(frame), WRITE_CHUNK):
@@ -1015,11 +1046,15 @@ def _pg_save_bar_frame(
     exchange: Exchange,
     interval: Interval,
     progress: Progress | None,
+    replace_all: bool = False,
 ) -> SaveResult:
-    """Stage the bars with COPY, merge them and refresh the overview, all in one transaction."""
+    """Stage the bars with COPY, merge them and refresh the overview, all in one transaction (`replace_all`: delete
+    the symbol's stored bars of this interval first, in the same transaction)."""
     key = {"symbol": symbol, "exchange": exchange.value, "interval": interval.value}
     with _pg_transaction(conn) as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dbbardata {symbol} {key['exchange']}",))
+        if replace_all:
+            cursor.execute(BAR_DELETE.replace("?", "%s"), tuple(key.values()))
         cursor.execute(PG_BAR_STAGE)
         for start in range(0, len(frame), WRITE_CHUNK):
             _copy_in(cursor, "bar_stage", _bar_records(frame.iloc[start : start + WRITE_CHUNK]))
@@ -1183,6 +1218,161 @@ def list_stored(home: Home | str | Path | None = None) -> list[StoredSeries]:
         return stored_series(conn)
     finally:
         conn.close()
+
+
+# --- continuous series: per-contract bars in, the product's main-contract series and its roll table out ----------
+
+CONTINUOUS_DIR: str = "continuous"  # under the home: one roll table per stored continuous series
+EARLIEST: datetime = datetime(1990, 1, 1, tzinfo=CHINA_TZ)
+LATEST: datetime = datetime(2100, 1, 1, tzinfo=CHINA_TZ)
+
+
+@dataclass
+class ContinuousResult:
+    """What `build_continuous_series` stored."""
+
+    vt_symbol: str
+    adjust: str
+    contracts: list[str]
+    source_bars: int
+    saved: SaveResult
+    table_path: Path
+    table: dict[str, Any]
+    seconds: float
+
+
+def roll_table_path(home: Home, vt_symbol: str, interval: Interval = Interval.MINUTE) -> Path:
+    """Where the roll table of a stored continuous series lives: `<home>/continuous/rb888.SHFE_1m.json`."""
+    return home.root / CONTINUOUS_DIR / f"{vt_symbol}_{interval.value}.json"
+
+
+def _is_contract_of(symbol: str, product: str) -> bool:
+    """Whether a stored symbol is one delivery month of `product` (not its continuous or index series)."""
+    try:
+        own, digits = split_symbol(symbol)
+    except ConfigError:
+        return False
+    return own == product and digits != CONTINUOUS_SUFFIX and 1 <= int(digits[-2:]) <= 12
+
+
+def product_contracts(
+    conn: Connection, product: str, exchange: Exchange | None, interval: Interval
+) -> tuple[Exchange, list[str]]:
+    """The exchange and the stored contracts (delivery months) of a product at one interval; ConfigError when
+    none is stored or, without `exchange`, when they lie on several exchanges."""
+    found = [
+        s.vt_symbol.rpartition(".")
+        for s in stored_series(conn)
+        if s.interval == interval.value and _is_contract_of(s.vt_symbol.rpartition(".")[0], product)
+    ]
+    exchanges = sorted({ex for _, _, ex in found if exchange is None or ex == exchange.value})
+    if not exchanges:
+        where = f"（{exchange.value}）" if exchange else ""
+        raise DataError(
+            f"数据库中没有品种 {product}{where} 的 {interval.value} 分合约K线（如 {product}2605）；先导入各合约："
+            f"python ai_trading_system.py import --csv FILE --vt-symbol {product}2605.SHFE / no contracts stored"
+        )
+    if len(exchanges) > 1:
+        raise ConfigError(
+            f"品种 {product} 的合约分布在多个交易所 {exchanges}；请用 --exchange 指定 / contracts on several exchanges"
+        )
+    chosen = Exchange(exchanges[0])
+    return chosen, sorted(symbol for symbol, _, ex in found if ex == chosen.value)
+
+
+def build_continuous_series(
+    product: str,
+    adjust: str,
+    exchange: str | None = None,
+    interval: str | Interval = "1m",
+    home: Home | str | Path | None = None,
+    progress: Progress | None = None,
+) -> ContinuousResult:
+    """Build `<product>888` from the product's stored contracts (contracts.build_continuous), store its bars in one
+    transaction that replaces the old series, then write its roll table under the home atomically."""
+    started = time.perf_counter()
+    check_adjustment(adjust)
+    bar_interval = parse_interval(interval)
+    wanted = parse_exchange(exchange) if exchange else None
+    resolved, _ = home_database(home)
+    conn = open_database(resolved)
+    try:
+        chosen, symbols = product_contracts(conn, product, wanted, bar_interval)
+        frames = {}
+        for symbol in symbols:
+            if progress:
+                progress(f"读取 / loading {symbol}.{chosen.value}")
+            frames[symbol] = load_bar_frame(conn, symbol, chosen, bar_interval, EARLIEST, LATEST)
+        series = build_continuous(frames, adjust, product)
+        vt_symbol = f"{continuous_symbol(product)}.{chosen.value}"
+        frame = series.bars.drop(columns="contract").rename_axis("datetime").reset_index()
+        saved = save_bar_frame(conn, frame, continuous_symbol(product), chosen, bar_interval, progress, True)
+    finally:
+        conn.close()
+    table = roll_table(series, vt_symbol, bar_interval.value)
+    path = write_json_atomic(roll_table_path(resolved, vt_symbol, bar_interval), table)
+    return ContinuousResult(
+        vt_symbol,
+        adjust,
+        symbols,
+        sum(len(f) for f in frames.values()),
+        saved,
+        path,
+        table,
+        time.perf_counter() - started,
+    )
+
+
+def load_roll_table(
+    vt_symbol: str,
+    bars: pd.DataFrame | None = None,
+    interval: str | Interval = "1m",
+    home: Home | str | Path | None = None,
+) -> dict[str, Any] | None:
+    """The roll table of a stored continuous series, or None when none was built; with `bars` (loaded from the
+    database) DataError when a bar lies outside its segments, which means the series and the table disagree."""
+    resolved, _ = home_database(home)
+    path = roll_table_path(resolved, vt_symbol, parse_interval(interval))
+    if not path.exists():
+        return None
+    try:
+        table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"无法读取换月表 {path}：{exc}；请重新运行 continuous / unreadable roll table") from None
+    if table.get("vt_symbol") != vt_symbol:
+        raise DataError(
+            f"换月表 {path} 属于 {table.get('vt_symbol')!r}，不是 {vt_symbol} / roll table of another series"
+        )
+    if bars is not None and not bars.empty:
+        real_prices(bars.iloc[[0, -1]], table_segments(table))
+    return table
+
+
+def load_warmup_history(
+    vt_symbol: str,
+    start: datetime,
+    end: datetime,
+    own: pd.DataFrame,
+    home: Home | str | Path | None = None,
+) -> tuple[pd.DataFrame, WarmupSources] | None:
+    """Warm-up bars in [start, end) for a contract (e.g. rb1610.SHFE): its product's stored continuous series at
+    real prices, put on the contract's level (contracts.warmup_bars), followed by the contract's own bars `own`;
+    None when the product has no continuous series with a roll table in the database."""
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    if is_continuous(symbol):
+        return None
+    series = f"{continuous_symbol(split_symbol(symbol)[0])}.{exchange.value}"
+    table = load_roll_table(series, home=home)
+    if table is None:
+        return None
+    conn = open_database(home)
+    try:
+        stored = load_bar_frame(conn, series.partition(".")[0], exchange, Interval.MINUTE, start, end)
+    finally:
+        conn.close()
+    stored = stored.loc[stored.index < pd.Timestamp(end)]
+    real = real_prices(stored, table_segments(table))
+    return warmup_bars(real, own, symbol, table_junction_factors(table))
 
 
 def download_history(

@@ -1,0 +1,186 @@
+"""The continuous series (`continuous --adjust`), training and backtests on it, and warm-up from it, on per-contract
+bars split from the real sample at its detected roll gaps."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ai_trading_system
+import contracts
+import data_collector
+import data_processor
+from config import Home
+from tests.conftest import at, bars
+from trading_calendar import trading_days
+
+SPAN = ("2015-06-15", "2016-01-22 15:00")  # the real sample around two of its roll gaps
+JUNCTIONS = ("2015-07-17 21:00", "2016-01-04 09:00")  # first bars of a new contract: detected roll gaps
+SYMBOLS = ("rb1510", "rb1601", "rb1605")
+EFFECTIVE = (date(2015, 7, 20), date(2016, 1, 4))  # the junctions' trading days (a Friday night is Monday's)
+DECIDED = (date(2015, 7, 17), date(2015, 12, 31))
+OVERLAP_DAYS = 3
+
+
+# --- the data builder: one continuous sample split into overlapping contracts whose open interest overtakes ----------
+
+
+def split_contracts(original: pd.DataFrame, overlap: int = OVERLAP_DAYS) -> dict[str, pd.DataFrame]:
+    """Per-contract bars from a continuous series: contract k trades the original prices between junctions k-1 and k,
+    and `overlap` trading days either side at its own level (the original ÷ or × the junction's open/close ratio).
+    Open interest: 1,000 while a contract is the series', 300 after, 500 before, 2,000 on the day before its turn, so
+    the main-contract rule moves on exactly the junctions' trading days."""
+    days = trading_days(pd.DatetimeIndex(original.index))
+    unique = np.unique(days)
+    cuts = [int(original.index.get_loc(at(text))) for text in JUNCTIONS]
+    ratios = [float(original["open"].iloc[c] / original["close"].iloc[c - 1]) for c in cuts]
+    segment = np.searchsorted(np.array(cuts), np.arange(len(original)), side="right")
+    bounds = [0, *cuts, len(original)]
+    frames = {}
+    for k, symbol in enumerate(SYMBOLS):
+        first_day, last_day = days[bounds[k]], days[bounds[k + 1] - 1]
+        low = unique[max(int(np.searchsorted(unique, first_day)) - overlap, 0)]
+        high = unique[min(int(np.searchsorted(unique, last_day)) + overlap, len(unique) - 1)]
+        keep = (days >= low) & (days <= high)
+        level = np.ones(len(original))
+        for m in range(len(SYMBOLS)):  # the price of contract k where contract m is the series'
+            if m > k:
+                level[segment == m] = 1 / np.prod(ratios[k:m])
+            elif m < k:
+                level[segment == m] = np.prod(ratios[m:k])
+        frame = original.copy()
+        for name in ("open", "high", "low", "close"):
+            frame[name] = frame[name] * level
+        interest = np.where(segment == k, 1000.0, np.where(segment > k, 300.0, 500.0))
+        interest[days == days[bounds[k] - 1] if k else np.zeros(len(days), dtype=bool)] = 2000.0
+        frame["open_interest"] = interest
+        frame["volume"] = np.where(segment == k, frame["volume"], frame["volume"] / 3)
+        frames[symbol] = frame.loc[keep]
+    return frames
+
+
+@pytest.fixture(scope="module")
+def original(sample_frame: pd.DataFrame) -> pd.DataFrame:
+    frame = bars(sample_frame, *SPAN)
+    frame["turnover"] = 0.0
+    frame["open_interest"] = 0.0
+    return frame
+
+
+@pytest.fixture(scope="module")
+def split(original: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return split_contracts(original)
+
+
+def test_builder_junctions_are_the_samples_detected_roll_gaps(original: pd.DataFrame) -> None:
+    segment = data_processor.gap_segments(original)
+    firsts = original.index[np.r_[False, segment[1:] != segment[:-1]]]
+    assert [f"{t:%Y-%m-%d %H:%M}" for t in firsts] == list(JUNCTIONS)
+
+
+def test_contract_days_sum_volume_and_take_the_last_open_interest(split: dict[str, pd.DataFrame]) -> None:
+    days = contracts.contract_days({"rb1601": split["rb1601"]})
+    frame = split["rb1601"]
+    on = frame.loc[at("2015-07-17 21:00") : at("2015-07-20 15:00")]  # Friday night + Monday: trading day 07-20
+    monday = next(d for d in days if d.trading_day == date(2015, 7, 20))
+    assert monday.volume == pytest.approx(float(on["volume"].sum()))
+    assert monday.open_interest == 1000.0
+    friday = next(d for d in days if d.trading_day == date(2015, 7, 17))
+    assert friday.open_interest == 2000.0
+
+
+def test_none_series_equals_the_original_prices_and_lists_the_right_rolls(
+    original: pd.DataFrame, split: dict[str, pd.DataFrame]
+) -> None:
+    series = contracts.build_continuous(split, "none")
+    first_day = np.unique(trading_days(pd.DatetimeIndex(original.index)))[1]  # decided after day one's close
+    expected = original.loc[trading_days(pd.DatetimeIndex(original.index)) >= first_day]
+    pd.testing.assert_frame_equal(series.bars[list(expected.columns[:5])], expected[list(expected.columns[:5])])
+    assert [(j.decided_day, j.effective_day, j.old_symbol, j.new_symbol) for j in series.junctions] == [
+        (DECIDED[0], EFFECTIVE[0], "rb1510", "rb1601"),
+        (DECIDED[1], EFFECTIVE[1], "rb1601", "rb1605"),
+    ]
+    for junction, text in zip(series.junctions, JUNCTIONS, strict=True):
+        cut = original.index.get_loc(at(text))
+        assert junction.old_price == original["close"].iloc[cut - 1]
+        assert junction.factor == pytest.approx(original["open"].iloc[cut] / original["close"].iloc[cut - 1])
+        assert junction.offset == pytest.approx(junction.new_price - junction.old_price)
+    assert [s.symbol for s in series.segments] == list(SYMBOLS)
+    assert list(series.bars["contract"].unique()) == list(SYMBOLS)
+
+
+@pytest.mark.parametrize("adjust", ["ratio", "difference"])
+def test_adjusted_series_removes_junction_gaps_and_keeps_moves_inside_contracts(
+    original: pd.DataFrame, split: dict[str, pd.DataFrame], adjust: str
+) -> None:
+    series = contracts.build_continuous(split, adjust)
+    plain = contracts.build_continuous(split, "none").bars
+    adjusted = series.bars
+    move = (lambda a, b: a / b) if adjust == "ratio" else (lambda a, b: a - b)
+    neutral = 1.0 if adjust == "ratio" else 0.0
+    jumps = move(adjusted["open"].to_numpy()[1:], adjusted["close"].to_numpy()[:-1])
+    real = move(plain["open"].to_numpy()[1:], plain["close"].to_numpy()[:-1])
+    junction = np.flatnonzero(adjusted["contract"].to_numpy()[1:] != adjusted["contract"].to_numpy()[:-1])
+    assert len(junction) == 2
+    np.testing.assert_allclose(jumps[junction], neutral, atol=1e-9)
+    assert np.all(np.abs(real[junction] - neutral) > (0.01 if adjust == "ratio" else 30))  # the gaps were real
+    inside = np.ones(len(jumps), dtype=bool)
+    inside[junction] = False
+    np.testing.assert_allclose(jumps[inside], real[inside], rtol=1e-9, atol=1e-9)
+    latest = adjusted["contract"] == SYMBOLS[-1]
+    pd.testing.assert_frame_equal(adjusted.loc[latest], plain.loc[latest], check_exact=False)
+    restored = contracts.real_prices(adjusted, series.segments)
+    np.testing.assert_allclose(restored["close"].to_numpy(), plain["close"].to_numpy(), rtol=1e-12)
+
+
+def test_build_refuses_an_unknown_adjustment(split: dict[str, pd.DataFrame]) -> None:
+    with pytest.raises(contracts.ConfigError, match="ratio"):
+        contracts.build_continuous(split, "forward")
+
+
+def _store(home: Home, frames: dict[str, pd.DataFrame]) -> None:
+    conn = data_collector.open_database(home)
+    try:
+        for symbol, frame in frames.items():
+            data_collector.save_bar_frame(
+                conn,
+                frame.rename_axis("datetime").reset_index(),
+                symbol,
+                data_collector.Exchange.SHFE,
+                data_collector.Interval.MINUTE,
+            )
+    finally:
+        conn.close()
+
+
+def test_continuous_command_stores_the_series_and_its_roll_table(
+    home: Home, database: str, split: dict[str, pd.DataFrame], capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = {s: f.loc[f.index >= at("2015-11-20")] for s, f in split.items() if s != "rb1510"}
+    _store(home, small)
+    argv = ["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]
+    assert ai_trading_system.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "rb888.SHFE" in printed and "2015-12-31" in printed and "rb1601 → rb1605" in printed
+    table = json.loads(data_collector.roll_table_path(home, "rb888.SHFE").read_text(encoding="utf-8"))
+    assert table["adjust"] == "ratio"
+    assert [(r["decided_day"], r["effective_day"]) for r in table["rolls"]] == [("2015-12-31", "2016-01-04")]
+    stored = data_collector.load_history_data("rb888.SHFE", "2015-01-01", "2016-12-31", home=home)
+    expected = contracts.build_continuous(small, "ratio").bars
+    np.testing.assert_allclose(stored["close"].to_numpy(), expected["close"].to_numpy())
+    assert table["bars"] == len(stored)
+
+    assert ai_trading_system.main([*argv[:-1], "none"]) == 0  # rebuilt: the old series is replaced, not merged
+    stored = data_collector.load_history_data("rb888.SHFE", "2015-01-01", "2016-12-31", home=home)
+    plain = contracts.build_continuous(small, "none").bars
+    np.testing.assert_array_equal(stored["close"].to_numpy(), plain["close"].to_numpy())
+
+
+def test_continuous_command_without_contracts_exits_2(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]
+    assert ai_trading_system.main(argv) == 2
+    assert "rb2605" in capsys.readouterr().err
