@@ -922,6 +922,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
     extra = {"data_check": check_before_use(bars, args.vt_symbol, args.allow_gaps).summary()}
+    bars, extra["price_adjustment"] = mark_contracts(bars, args.vt_symbol, args.interval, home)
     spec = contract_spec(args.vt_symbol, load_contracts(settings_dirs(home)))
     horizons = args.horizon or [config.horizon]
     if len(horizons) > 1:
@@ -995,6 +996,29 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     )
     print(f"当前模型（最后一折）/ current bundle (last fold): {home.models_dir / name}")
     return EXIT_OK
+
+
+def mark_contracts(
+    bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Training bars of a continuous series built by `continuous` get a `contract` column from its roll table, so
+    the cleaning puts its roll junctions exactly there (an adjusted series has no gap left to find) and no label spans
+    one; also what the bundle records about the prices it was trained on."""
+    table = (
+        data_collector.load_roll_table(vt_symbol, bars, interval, home) if contracts.is_continuous(vt_symbol) else None
+    )
+    if table is None:
+        return bars, {"adjust": "none", "source": "stored series as imported"}
+    segments = contracts.table_segments(table)
+    marked = bars.copy()
+    marked["contract"] = contracts.contract_column(bars.index, segments)
+    marked.attrs = dict(bars.attrs)
+    used = [s.symbol for s in segments if s.symbol in set(marked["contract"])]
+    _stderr_progress(
+        f"主力连续 / continuous series: 复权 {table['adjust']}，{len(used)} 个合约段，换月处不跨越标签 / "
+        "labels never span a junction"
+    )
+    return marked, {"adjust": table["adjust"], "source": "continuous", "contracts": used}
 
 
 def resolve_bundle(home: Home, text: str) -> Path:
@@ -1121,7 +1145,24 @@ def backtest_bars(
     traded = bars.loc[bars.index >= pd.Timestamp(begin)]
     if not traded.empty:
         check_before_use(traded, vt_symbol, allow_gaps)
-    return bars
+    return real_contract_prices(bars, vt_symbol, interval, backtests.home)
+
+
+def real_contract_prices(bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home) -> pd.DataFrame:
+    """A backtest prices its trades on what could be traded: a continuous series stored back-adjusted gets each
+    contract's real prices back from its roll table (an adjusted price is not a price anyone paid, and fees and
+    ticks apply to real ones)."""
+    table = (
+        data_collector.load_roll_table(vt_symbol, bars, interval, home) if contracts.is_continuous(vt_symbol) else None
+    )
+    if table is None or table["adjust"] == "none":
+        return bars
+    _stderr_progress(
+        f"主力连续按 {table['adjust']} 复权存储，回测改用各合约真实价格 / the backtest uses the contracts' real prices"
+    )
+    real = contracts.real_prices(bars, contracts.table_segments(table)).drop(columns="contract")
+    real.attrs = dict(bars.attrs)
+    return real
 
 
 def run_and_report(

@@ -184,3 +184,47 @@ def test_continuous_command_without_contracts_exits_2(home: Home, capsys: pytest
     argv = ["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]
     assert ai_trading_system.main(argv) == 2
     assert "rb2605" in capsys.readouterr().err
+
+
+@pytest.fixture
+def stitched_home(home: Home, split: dict[str, pd.DataFrame]) -> Home:
+    """A home holding the three contracts and rb888.SHFE built from them, ratio-adjusted."""
+    _store(home, split)
+    assert ai_trading_system.main(["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]) == 0
+    return home
+
+
+def test_training_bars_mark_the_junctions_so_no_label_spans_a_roll(stitched_home: Home) -> None:
+    loaded = data_collector.load_history_data("rb888.SHFE", "2015-06-01", "2016-01-31", home=stitched_home)
+    marked, facts = ai_trading_system.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
+    assert facts == {"adjust": "ratio", "source": "continuous", "contracts": list(SYMBOLS)}
+    cleaned, report = data_processor.clean_data(marked)
+    assert [when for when, _ in report.roll_gaps] == list(JUNCTIONS)
+    unmarked, _ = data_processor.clean_data(loaded)
+    assert unmarked["roll_gap"].sum() == 0  # the adjusted series has no gap left for the gap rule to find
+    labels = data_processor.make_labels(cleaned, 5)
+    for text in JUNCTIONS:
+        cut = cleaned.index.get_loc(at(text))
+        assert labels.iloc[cut - 6 : cut].isna().all()  # executable label: in at t+1's open, out at t+1+h's
+        assert labels.iloc[cut - 11 : cut - 6].notna().all()
+
+
+def test_backtest_bars_of_an_adjusted_series_are_the_contracts_real_prices(
+    stitched_home: Home, original: pd.DataFrame
+) -> None:
+    loaded = data_collector.load_history_data("rb888.SHFE", "2015-06-01", "2016-01-31", home=stitched_home)
+    real = ai_trading_system.real_contract_prices(loaded, "rb888.SHFE", "1m", stitched_home)
+    expected = original.loc[real.index, ["open", "high", "low", "close"]]
+    np.testing.assert_allclose(real[expected.columns].to_numpy(), expected.to_numpy(), rtol=1e-12)
+    assert list(real.columns) == list(loaded.columns)
+    assert not np.allclose(loaded["close"].iloc[:100], real["close"].iloc[:100])  # it was adjusted in the database
+
+
+def test_a_series_and_a_table_that_disagree_refuse_with_the_fix(stitched_home: Home) -> None:
+    loaded = data_collector.load_history_data("rb888.SHFE", "2015-06-01", "2016-01-31", home=stitched_home)
+    path = data_collector.roll_table_path(stitched_home, "rb888.SHFE")
+    table = json.loads(path.read_text(encoding="utf-8"))
+    table["segments"] = table["segments"][1:]
+    path.write_text(json.dumps(table), encoding="utf-8")
+    with pytest.raises(data_collector.DataError, match="continuous"):
+        ai_trading_system.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
