@@ -1348,31 +1348,32 @@ def load_roll_table(
     return table
 
 
-def load_warmup_history(
+def warmup_history(
     vt_symbol: str,
     start: datetime,
     end: datetime,
-    own: pd.DataFrame,
+    own: list[BarData],
     home: Home | str | Path | None = None,
-) -> tuple[pd.DataFrame, WarmupSources] | None:
-    """Warm-up bars in [start, end) for a contract (e.g. rb1610.SHFE): its product's stored continuous series at
-    real prices, put on the contract's level (contracts.warmup_bars), followed by the contract's own bars `own`;
-    None when the product has no continuous series with a roll table in the database."""
+) -> tuple[list[BarData], WarmupSources] | None:
+    """1-minute warm-up bars in [start, end) for a contract (e.g. rb1610.SHFE): its product's stored continuous
+    series at real prices put on the contract's level (contracts.warmup_bars), then the contract's `own` bars (they
+    win where both have bars); None when the product has no continuous series with a roll table."""
     symbol, exchange = parse_vt_symbol(vt_symbol)
     if is_continuous(symbol):
         return None
-    series = f"{continuous_symbol(split_symbol(symbol)[0])}.{exchange.value}"
-    table = load_roll_table(series, home=home)
+    series = continuous_symbol(split_symbol(symbol)[0])
+    table = load_roll_table(f"{series}.{exchange.value}", home=home)
     if table is None:
         return None
     conn = open_database(home)
     try:
-        stored = load_bar_frame(conn, series.partition(".")[0], exchange, Interval.MINUTE, start, end)
+        stored = load_bar_frame(conn, series, exchange, Interval.MINUTE, start, end)
     finally:
         conn.close()
-    stored = stored.loc[stored.index < pd.Timestamp(end)]
-    real = real_prices(stored, table_segments(table))
-    return warmup_bars(real, own, symbol, table_junction_factors(table))
+    real = real_prices(stored.loc[stored.index < pd.Timestamp(end)], table_segments(table))
+    mine = bars_to_frame(own).set_index("datetime") if own else pd.DataFrame()
+    frame, sources = warmup_bars(real, mine, symbol, table_junction_factors(table))
+    return frame_to_bars(frame, vt_symbol), sources
 
 
 def download_history(

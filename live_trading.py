@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -474,6 +474,7 @@ class AITradingSystem:
         # vnpy puts its saved variables back after on_init: ours win, and the model just loaded keeps its name
         saved = self.cta_engine.strategy_data.get(config.name)
         self.cta_engine.strategy_data[config.name] = restorable_variables(saved, store.path.exists())
+        self.install_warmup()
         self.cta_engine.init_strategy(config.name).result()
         if strategy.signal is None:
             raise ModelError(f"策略 {config.name} 的模型未能加载：{config.setting.get('model_path')} / no model")
@@ -495,6 +496,53 @@ class AITradingSystem:
         self.audit.write("strategy_start", strategy=config.name, vt_symbol=config.vt_symbol, pos=strategy.pos)
         logger.info("策略 %s 已启动，持仓 %s / strategy started", config.name, strategy.pos)
         return True
+
+    def install_warmup(self) -> None:
+        """Extend CtaEngine.load_bar: a contract's 1-minute history is its own bars (gateway, datafeed or database, as
+        vnpy finds them) after its product's continuous series on its price level (data_collector.warmup_history),
+        so a contract nothing was recorded for predicts on its first live bar; logs how many bars came from where."""
+        from vnpy.trader.constant import Interval
+
+        engine = self.cta_engine
+        if getattr(engine.load_bar, "warmup", False):
+            return
+        vnpy_load_bar = engine.load_bar
+
+        def load_bar(
+            vt_symbol: str, days: int, interval: Interval, callback: Callable[[Any], None], use_database: bool
+        ) -> list[Any]:
+            own = vnpy_load_bar(vt_symbol, days, interval, lambda bar: None, use_database)
+            bars = self.warmup_history(vt_symbol, days, own) if interval == Interval.MINUTE else own
+            for bar in bars:
+                callback(bar)
+            return bars
+
+        load_bar.warmup = True  # type: ignore[attr-defined]
+        engine.load_bar = load_bar
+
+    def history_now(self) -> datetime:
+        """The time history ends at: the replay's clock on the simulated exchange, else now."""
+        from sim_gateway import SimGateway
+
+        gateway = self.main_engine.get_gateway(self.gateway_name)
+        return gateway.history_anchor() if isinstance(gateway, SimGateway) else datetime.now(CHINA_TZ)
+
+    def warmup_history(self, vt_symbol: str, days: int, own: list[Any]) -> list[Any]:
+        """The warm-up bars of `install_warmup`, with one log line saying where they came from."""
+        end = self.history_now()
+        found = data_collector.warmup_history(vt_symbol, end - timedelta(days=days), end, list(own), self.home)
+        if found is None:
+            message = (
+                f"{vt_symbol} 预热K线：本合约 {len(own):,} 根（库中没有该品种的主力连续；可运行 continuous 生成）/ "
+                f"warm-up bars: {len(own):,} own, no continuous series"
+            )
+            bars = list(own)
+        else:
+            bars, sources = found
+            message = sources.describe(vt_symbol)
+        logger.info(message)
+        self.cta_engine.write_log(message)
+        return bars
 
     def check_positions(self, config: StrategyConfig, strategy: Any, broker: PositionBook, adopt: bool) -> bool:
         """Compare the strategy's long and short, today and yesterday, with the broker's: equal totals take the

@@ -801,6 +801,13 @@ class SimGateway(BaseGateway):
             tick.gateway_name = self.gateway_name
         self._bars, self._times, self._first, self._ticks = bars, times, first, ticks
 
+    def history_anchor(self) -> datetime:
+        """ "Now" for history: the replay start before the replay, then the start of the minute being replayed."""
+        settings, clock = self.settings, self.clock
+        if settings is None:
+            raise ConfigError("SIM 未连接 / not connected")
+        return settings.start if clock is None or clock < settings.start else clock.replace(second=0, microsecond=0)
+
     def _history(self, req: HistoryRequest) -> list[BarData]:
         settings = self.settings
         if settings is None or req.vt_symbol != settings.vt_symbol or req.interval not in (None, Interval.MINUTE):
@@ -808,8 +815,7 @@ class SimGateway(BaseGateway):
             self.write_log(f"没有 {req.vt_symbol} {interval} 的历史K线（只有回放合约的 1m）/ no such history")
             return []
         span = (req.end or datetime.now(CHINA_TZ)) - req.start
-        clock = self.clock
-        anchor = settings.start if clock is None or clock < settings.start else clock.replace(second=0, microsecond=0)
+        anchor = self.history_anchor()
         low = bisect.bisect_left(self._times, anchor - span)
         high = bisect.bisect_left(self._times, anchor)
         if span > timedelta(days=settings.warmup_days, seconds=1):

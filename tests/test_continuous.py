@@ -228,3 +228,105 @@ def test_a_series_and_a_table_that_disagree_refuse_with_the_fix(stitched_home: H
     path.write_text(json.dumps(table), encoding="utf-8")
     with pytest.raises(data_collector.DataError, match="continuous"):
         ai_trading_system.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
+
+
+# --- warm-up from the continuous series ---------------------------------------------------------------------------
+
+
+def _window(frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
+    return frame.loc[(frame.index >= at(start)) & (frame.index < at(end))]
+
+
+def test_warmup_puts_the_series_on_the_main_contracts_level_across_a_junction(split: dict[str, pd.DataFrame]) -> None:
+    series = contracts.build_continuous(split, "ratio")
+    real = contracts.real_prices(_window(series.bars, "2015-12-28 21:00", "2016-01-06"), series.segments)
+    factors = {(j.old_symbol, j.new_symbol): j.factor for j in series.junctions}
+    warm, sources = contracts.warmup_bars(real, pd.DataFrame(), "rb1605", factors)
+    assert sources == contracts.WarmupSources(0, len(real), ("rb1601", "rb1605"), "same", 1.0)
+    expected = split["rb1605"].loc[warm.index]  # rb1605 traded on its own level before it became the main contract
+    np.testing.assert_allclose(warm["close"].to_numpy(), expected["close"].to_numpy(), rtol=1e-12)
+    assert "主力连续" in sources.describe("rb1605.SHFE")
+
+
+def test_warmup_matches_a_non_main_contract_at_its_own_bars_and_they_win(split: dict[str, pd.DataFrame]) -> None:
+    series = contracts.build_continuous(split, "none")
+    factors = {(j.old_symbol, j.new_symbol): j.factor for j in series.junctions}
+    continuous = _window(series.bars, "2015-12-25", "2016-01-08")
+    own = _window(split["rb1601"], "2016-01-06", "2016-01-08")  # rb1601 after the series left it
+    warm, sources = contracts.warmup_bars(continuous, own, "rb1601", factors)
+    assert (sources.own, sources.level, sources.contracts) == (len(own), "own", ("rb1601", "rb1605"))
+    assert sources.continuous == int((continuous.index < own.index[0]).sum())
+    expected = split["rb1601"].loc[warm.index]
+    np.testing.assert_allclose(warm["close"].to_numpy(), expected["close"].to_numpy(), rtol=1e-9)
+    pd.testing.assert_frame_equal(warm.loc[own.index, list(own.columns)], own)
+
+
+def test_warmup_without_own_bars_of_a_contract_the_series_never_traded_says_the_level_is_unknown(
+    split: dict[str, pd.DataFrame],
+) -> None:
+    series = contracts.build_continuous(split, "none")
+    continuous = _window(series.bars, "2016-01-04", "2016-01-08")
+    warm, sources = contracts.warmup_bars(continuous, pd.DataFrame(), "rb1610", {})
+    assert sources.level == "unknown" and "未知" in sources.describe("rb1610.SHFE")
+    np.testing.assert_array_equal(warm["close"].to_numpy(), continuous["close"].to_numpy())
+
+
+WARMUP_SCRIPT = """
+import json, logging, math
+from config import Secrets, bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_dirs, settings_for
+import live_trading
+
+logging.basicConfig(level=logging.INFO)
+home = resolve_home()
+settings = settings_for(home)
+bind_vnpy_home(home, settings.database)
+spec = contract_spec("rb1605.SHFE", load_contracts(settings_dirs(home)))
+setting = {**live_trading.live_costs(spec, 1_000_000.0, True), "model_path": MODEL, "warmup_days": 10}
+config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", "rb1605.SHFE", setting)
+system = live_trading.AITradingSystem(home, settings, Secrets())
+predictions = []
+try:
+    system.connect_gateway("SIM", {"vt_symbol": "rb1605.SHFE", "home": str(home.root), "csv": CSV,
+                                   "start": "2016-01-06", "end": "2016-01-07", "speed": "max", "hold": True,
+                                   "warmup_days": 10}, 30)
+    assert system.start_trading(config)
+    strategy = system.cta_engine.strategies["warm"]
+    online = strategy.signal.update
+
+    def update(bar):
+        value = online(bar)
+        predictions.append([bar.datetime.isoformat(), None if math.isnan(value) else value])
+        return value
+
+    strategy.signal.update = update
+    assert system.release_replay().wait(300)
+    system.drain()
+finally:
+    system.close()
+print("WARM" + json.dumps(predictions))
+"""
+
+
+@pytest.mark.slow
+def test_sim_run_on_a_contract_with_no_recorded_bars_predicts_on_its_first_live_bar(
+    stitched_home: Home, split: dict[str, pd.DataFrame], rf_bundle: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from tests.conftest import home_rows, run_python
+
+    home_rows(stitched_home, 'DELETE FROM "dbbardata" WHERE "symbol" = ?', "rb1605")
+    home_rows(stitched_home, 'DELETE FROM "dbbaroverview" WHERE "symbol" = ?', "rb1605")
+    live = _window(split["rb1605"], "2016-01-06", "2016-01-08")
+    csv = Path(str(tmp_path)) / "rb1605.csv"
+    table = live[["open", "high", "low", "close", "volume"]].copy()
+    table.index = table.index.tz_localize(None)
+    table.rename_axis("datetime").to_csv(csv)
+    code = f"MODEL, CSV = {str(rf_bundle)!r}, {str(csv)!r}\n" + WARMUP_SCRIPT
+    result = run_python(code, stitched_home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout.split("WARM", 1)[1])
+    assert predictions[0][0] == "2016-01-06T09:00:00+08:00" and predictions[0][1] is not None
+    assert all(value is not None for _, value in predictions[:30])
+    warmed = [line for line in result.stderr.splitlines() if "预热K线" in line]
+    assert warmed and "本合约 0 根" in warmed[0] and "rb1601、rb1605" in warmed[0]
