@@ -29,25 +29,30 @@ OVERLAP_DAYS = 3
 # --- the data builder: one continuous sample split into overlapping contracts whose open interest overtakes ----------
 
 
-def split_contracts(original: pd.DataFrame, overlap: int = OVERLAP_DAYS) -> dict[str, pd.DataFrame]:
+def split_contracts(
+    original: pd.DataFrame,
+    junctions: tuple[str, ...] = JUNCTIONS,
+    symbols: tuple[str, ...] = SYMBOLS,
+    overlap: int = OVERLAP_DAYS,
+) -> dict[str, pd.DataFrame]:
     """Per-contract bars from a continuous series: contract k trades the original prices between junctions k-1 and k,
     and `overlap` trading days either side at its own level (the original ÷ or × the junction's open/close ratio).
     Open interest: 1,000 while a contract is the series', 300 after, 500 before, 2,000 on the day before its turn, so
     the main-contract rule moves on exactly the junctions' trading days."""
     days = trading_days(pd.DatetimeIndex(original.index))
     unique = np.unique(days)
-    cuts = [int(original.index.get_loc(at(text))) for text in JUNCTIONS]
+    cuts = [int(original.index.get_loc(at(text))) for text in junctions]
     ratios = [float(original["open"].iloc[c] / original["close"].iloc[c - 1]) for c in cuts]
     segment = np.searchsorted(np.array(cuts), np.arange(len(original)), side="right")
     bounds = [0, *cuts, len(original)]
     frames = {}
-    for k, symbol in enumerate(SYMBOLS):
+    for k, symbol in enumerate(symbols):
         first_day, last_day = days[bounds[k]], days[bounds[k + 1] - 1]
         low = unique[max(int(np.searchsorted(unique, first_day)) - overlap, 0)]
         high = unique[min(int(np.searchsorted(unique, last_day)) + overlap, len(unique) - 1)]
         keep = (days >= low) & (days <= high)
         level = np.ones(len(original))
-        for m in range(len(SYMBOLS)):  # the price of contract k where contract m is the series'
+        for m in range(len(symbols)):  # the price of contract k where contract m is the series'
             if m > k:
                 level[segment == m] = 1 / np.prod(ratios[k:m])
             elif m < k:
@@ -330,3 +335,49 @@ def test_sim_run_on_a_contract_with_no_recorded_bars_predicts_on_its_first_live_
     assert all(value is not None for _, value in predictions[:30])
     warmed = [line for line in result.stderr.splitlines() if "预热K线" in line]
     assert warmed and "本合约 0 根" in warmed[0] and "rb1601、rb1605" in warmed[0]
+
+
+@pytest.mark.slow
+def test_the_whole_sample_split_at_all_its_roll_gaps_is_rebuilt_exactly(sample_frame: pd.DataFrame) -> None:
+    whole = sample_frame.copy()
+    whole["turnover"] = whole["open_interest"] = 0.0
+    segment = data_processor.gap_segments(whole)
+    firsts = whole.index[np.r_[False, segment[1:] != segment[:-1]]]
+    symbols = tuple(f"rb{(2010 + m // 12) % 100:02d}{m % 12 + 1:02d}" for m in range(9, 10 + len(firsts)))
+    split = split_contracts(whole, tuple(f"{t:%Y-%m-%d %H:%M}" for t in firsts), symbols)
+    series = contracts.build_continuous(split, "none")
+    days = trading_days(pd.DatetimeIndex(whole.index))
+    expected = whole.loc[days >= np.unique(days)[1], ["open", "high", "low", "close"]]
+    pd.testing.assert_frame_equal(series.bars[expected.columns], expected)
+    unique = np.unique(days)
+    effective = [days[whole.index.get_loc(t)] for t in firsts]
+    decided = [unique[np.searchsorted(unique, day) - 1] for day in effective]
+    assert [(j.decided_day, j.effective_day) for j in series.junctions] == [
+        (pd.Timestamp(d).date(), pd.Timestamp(e).date()) for d, e in zip(decided, effective, strict=True)
+    ]
+    assert len(series.junctions) == 22 and [s.symbol for s in series.segments] == list(symbols)
+
+
+@pytest.mark.slow
+def test_train_on_the_ratio_series_records_it_and_the_backtest_trades_real_prices(
+    stitched_home: Home, original: pd.DataFrame, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ml_model
+
+    root = ["--home", str(stitched_home.root)]
+    train = [*root, "train", "--vt-symbol", "rb888.SHFE", "--start", "2015-06-15", "--end", "2015-11-30"]
+    assert ai_trading_system.main([*train, "--model-type", "random_forest", "--name", "rb888_rf"]) == 0
+    metadata = ml_model.read_metadata(stitched_home.models_dir / "rb888_rf")
+    assert metadata["price_adjustment"] == {"adjust": "ratio", "source": "continuous", "contracts": list(SYMBOLS[:2])}
+    assert "换月处不跨越标签" in capsys.readouterr().err
+    report = f"{tmp_path}/report"
+    backtest = [*root, "backtest", "--vt-symbol", "rb888.SHFE", "--start", "2015-12-14", "--end", "2016-01-22"]
+    backtest += ["--model", "rb888_rf", "--report-dir", report, "--threshold", "1e-5"]
+    assert ai_trading_system.main(backtest) == 0
+    assert "回测改用各合约真实价格" in capsys.readouterr().err
+    trades = pd.read_csv(f"{report}/trades.csv")
+    filled = pd.DatetimeIndex(pd.to_datetime(trades["datetime"], format="ISO8601")).tz_convert(at("2016-01-04").tz)
+    real = original.loc[filled.floor("min")]  # a fill at a bar's open: the real contract's range of that bar
+    assert len(trades) >= 4 and (filled < at("2016-01-04")).any()  # some trades on rb1601, stored ratio-adjusted
+    price = trades["price"].to_numpy()
+    assert ((price >= real["low"].to_numpy() - 1) & (price <= real["high"].to_numpy() + 1)).all()
