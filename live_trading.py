@@ -540,8 +540,7 @@ class AITradingSystem:
         else:
             bars, sources = found
             message = sources.describe(vt_symbol)
-        logger.info(message)
-        self.cta_engine.write_log(message)
+        self.cta_engine.write_log(message)  # the CTA log, which _on_strategy_log also puts in the process log
         return bars
 
     def check_positions(self, config: StrategyConfig, strategy: Any, broker: PositionBook, adopt: bool) -> bool:

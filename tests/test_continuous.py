@@ -334,7 +334,7 @@ def test_sim_run_on_a_contract_with_no_recorded_bars_predicts_on_its_first_live_
     assert predictions[0][0] == "2016-01-06T09:00:00+08:00" and predictions[0][1] is not None
     assert all(value is not None for _, value in predictions[:30])
     warmed = [line for line in result.stderr.splitlines() if "预热K线" in line]
-    assert warmed and "本合约 0 根" in warmed[0] and "rb1601、rb1605" in warmed[0]
+    assert len(warmed) == 1 and "本合约 0 根" in warmed[0] and "rb1601、rb1605" in warmed[0]
 
 
 @pytest.mark.slow
