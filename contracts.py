@@ -380,7 +380,8 @@ class WarmupSources:
     own: int
     continuous: int
     contracts: tuple[str, ...]
-    level: str  # "same": the series' last contract is the traded one; "own": matched to its own bars; "unknown"
+    level: str  # "same": the series' last contract is the traded one; "own": matched to its own bars; "unknown";
+    # "none": the series has no bar in the window before the own bars
     factor: float  # what the series' last contract's prices were multiplied by to reach the traded contract
 
     def describe(self, vt_symbol: str) -> str:
@@ -389,6 +390,7 @@ class WarmupSources:
             "same": "主力即本合约，价位一致",
             "own": f"按本合约K线接缝比例 ×{self.factor:.6f} 调到本合约价位",
             "unknown": "本合约价位未知（无本合约K线），保持主力价位：首根实盘K线可能显示为换月跳空",
+            "none": "主力连续在此窗口内没有K线",
         }[self.level]
         via = "、".join(self.contracts) or "无"
         return (
@@ -409,7 +411,7 @@ def warmup_bars(
     own = own.sort_index()
     before = continuous.loc[continuous.index < own.index[0]] if not own.empty else continuous
     if before.empty:
-        return own, WarmupSources(len(own), 0, (), "same", 1.0)
+        return own, WarmupSources(len(own), 0, (), "none", 1.0)
     labels = before["contract"].to_numpy()
     runs = [0, *(k for k in range(1, len(labels)) if labels[k] != labels[k - 1])]
     contracts = tuple(str(labels[k]) for k in runs)

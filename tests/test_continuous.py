@@ -166,11 +166,12 @@ def test_continuous_command_stores_the_series_and_its_roll_table(
     home: Home, database: str, split: dict[str, pd.DataFrame], capsys: pytest.CaptureFixture[str]
 ) -> None:
     small = {s: f.loc[f.index >= at("2015-11-20")] for s, f in split.items() if s != "rb1510"}
-    _store(home, small)
+    _store(home, {**small, "rb0000": small["rb1601"].iloc[:10]})  # a series that is no delivery month is left out
     argv = ["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]
     assert ai_trading_system.main(argv) == 0
     printed = capsys.readouterr().out
     assert "rb888.SHFE" in printed and "2015-12-31" in printed and "rb1601 → rb1605" in printed
+    assert "2：rb1601, rb1605" in printed
     table = json.loads(data_collector.roll_table_path(home, "rb888.SHFE").read_text(encoding="utf-8"))
     assert table["adjust"] == "ratio"
     assert [(r["decided_day"], r["effective_day"]) for r in table["rolls"]] == [("2015-12-31", "2016-01-04")]
@@ -274,6 +275,10 @@ def test_warmup_without_own_bars_of_a_contract_the_series_never_traded_says_the_
     warm, sources = contracts.warmup_bars(continuous, pd.DataFrame(), "rb1610", {})
     assert sources.level == "unknown" and "未知" in sources.describe("rb1610.SHFE")
     np.testing.assert_array_equal(warm["close"].to_numpy(), continuous["close"].to_numpy())
+    own = _window(split["rb1605"], "2016-01-04", "2016-01-05")
+    alone, sources = contracts.warmup_bars(continuous.iloc[:0], own, "rb1605", {})
+    assert (sources.own, sources.continuous, sources.level) == (len(own), 0, "none")
+    pd.testing.assert_frame_equal(alone, own)
 
 
 WARMUP_SCRIPT = """
