@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1004,9 +1005,7 @@ def mark_contracts(
     """Training bars of a continuous series built by `continuous` get a `contract` column from its roll table, so
     the cleaning puts its roll junctions exactly there (an adjusted series has no gap left to find) and no label spans
     one; also what the bundle records about the prices it was trained on."""
-    table = (
-        data_collector.load_roll_table(vt_symbol, bars, interval, home) if contracts.is_continuous(vt_symbol) else None
-    )
+    table = data_collector.load_roll_table(vt_symbol, bars, interval, home)
     if table is None:
         return bars, {"adjust": "none", "source": "stored series as imported"}
     segments = contracts.table_segments(table)
@@ -1148,13 +1147,18 @@ def backtest_bars(
     return real_contract_prices(bars, vt_symbol, interval, backtests.home)
 
 
+def continuous_junctions(vt_symbol: str, interval: str, home: Home) -> list[datetime] | None:
+    """The first bar of every new contract of a continuous series built by `continuous` (the strategy is flat before
+    each, as before a roll gap), or None for any other series (roll gaps by the causal gap rule)."""
+    table = data_collector.load_roll_table(vt_symbol, None, interval, home)
+    return None if table is None else [segment.first_bar for segment in contracts.table_segments(table)[1:]]
+
+
 def real_contract_prices(bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home) -> pd.DataFrame:
     """A backtest prices its trades on what could be traded: a continuous series stored back-adjusted gets each
     contract's real prices back from its roll table (an adjusted price is not a price anyone paid, and fees and
     ticks apply to real ones)."""
-    table = (
-        data_collector.load_roll_table(vt_symbol, bars, interval, home) if contracts.is_continuous(vt_symbol) else None
-    )
+    table = data_collector.load_roll_table(vt_symbol, bars, interval, home)
     if table is None or table["adjust"] == "none":
         return bars
     _stderr_progress(
@@ -1197,6 +1201,7 @@ def run_and_report(
         bars=bars,
         use_cache=options.use_cache,
         allow_in_sample=options.allow_in_sample,
+        junctions=continuous_junctions(vt_symbol, options.interval, home),
     )
     files = backtesting_module.write_report(result, folder)
     print_backtest_summary(result.statistics, backtesting_module.in_sample_note(result.in_sample))

@@ -300,10 +300,12 @@ class BacktestingModule:
         bars: pd.DataFrame | None = None,
         use_cache: bool = True,
         allow_in_sample: bool = False,
+        junctions: Sequence[datetime] | None = None,
     ) -> BacktestResult:
         """Backtest the predictive strategy; costs default from the contract's facts in settings/contracts.toml.
         A range overlapping the bundle's train or valid part is refused unless `allow_in_sample` (the result then
-        says which parts it overlaps, and every report marks it IN-SAMPLE)."""
+        says which parts it overlaps, and every report marks it IN-SAMPLE). `junctions`: the first bars of a new
+        contract when they are known (a continuous series' roll table), else roll gaps by the causal gap rule."""
         begin = data_collector.to_china_time(start)
         finish = data_collector.to_china_time(end, end_of_day=True)
         if begin >= finish:
@@ -331,7 +333,7 @@ class BacktestingModule:
         set_engine_parameters(engine, vt_symbol, interval, begin, finish, costs)
         engine.add_strategy(PredictiveTradingStrategy, chosen)
         engine.strategy.signal = PrecomputedSignal(model, pd.DatetimeIndex(bars.index), predictions)
-        segment = data_processor.gap_segments(bars)
+        segment = data_processor.gap_segments(bars) if junctions is None else junction_segments(bars, junctions)
         engine.strategy.flat_bars = data_processor.roll_flat_times(bars, segment)
         replay(engine)
         daily = engine.calculate_result()
@@ -404,6 +406,13 @@ def _worker_state(job_path: str) -> tuple[OptimizationJob, list[BarData], PriceP
     bars = data_collector.frame_to_bars(job.bars, job.vt_symbol, data_collector.parse_interval(job.interval))
     model = load_checked(job.model_path, job.vt_symbol, job.interval)
     return job, bars, model
+
+
+def junction_segments(frame: pd.DataFrame, junctions: Sequence[datetime]) -> np.ndarray:
+    """Segment number of every bar, a new one at each junction (a new contract's first bar)."""
+    times = pd.DatetimeIndex(sorted(junctions)).as_unit("us").asi8
+    segment: np.ndarray = np.searchsorted(times, pd.DatetimeIndex(frame.index).as_unit("us").asi8, side="right")
+    return segment
 
 
 def rolls_stepped_over(frame: pd.DataFrame, segment: np.ndarray, start: datetime) -> list[str]:

@@ -1329,8 +1329,14 @@ def load_roll_table(
     interval: str | Interval = "1m",
     home: Home | str | Path | None = None,
 ) -> dict[str, Any] | None:
-    """The roll table of a stored continuous series, or None when none was built; with `bars` (loaded from the
-    database) DataError when a bar lies outside its segments, which means the series and the table disagree."""
+    """The roll table of a stored continuous series (`rb888.SHFE`), or None for another series or when none was
+    built; with `bars` (loaded from the database) DataError when a bar lies outside its segments, which means the
+    series and the table disagree."""
+    try:
+        if not is_continuous(vt_symbol):
+            return None
+    except ConfigError:  # a series that is no contract symbol at all (an index, a spread) has no roll table
+        return None
     resolved, _ = home_database(home)
     path = roll_table_path(resolved, vt_symbol, parse_interval(interval))
     if not path.exists():

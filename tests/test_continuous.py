@@ -386,3 +386,16 @@ def test_train_on_the_ratio_series_records_it_and_the_backtest_trades_real_price
     assert len(trades) >= 4 and (filled < at("2016-01-04")).any()  # some trades on rb1601, stored ratio-adjusted
     price = trades["price"].to_numpy()
     assert ((price >= real["low"].to_numpy() - 1) & (price <= real["high"].to_numpy() + 1)).all()
+    statistics = json.loads(open(f"{report}/statistics.json", encoding="utf-8").read())
+    assert [text[:16] for text in statistics["rolls"]] == ["2016-01-04 09:00"]  # the roll table's junction
+    signed = np.where(trades["direction"] == "Long", 1, -1) * trades["volume"].to_numpy()
+    assert set(trades["direction"]) <= {"Long", "Short"}
+    assert signed[np.asarray(filled < at("2016-01-04 09:00"))].sum() == 0  # flat across the junction
+
+
+def test_junction_segments_start_a_segment_at_each_new_contracts_first_bar(original: pd.DataFrame) -> None:
+    from backtesting_module import junction_segments
+
+    segment = junction_segments(original, [at(text).to_pydatetime() for text in JUNCTIONS])
+    firsts = original.index[np.r_[False, segment[1:] != segment[:-1]]]
+    assert [f"{t:%Y-%m-%d %H:%M}" for t in firsts] == list(JUNCTIONS) and segment[0] == 0
