@@ -1154,6 +1154,19 @@ def continuous_junctions(vt_symbol: str, interval: str, home: Home) -> list[date
     return None if table is None else [segment.first_bar for segment in contracts.table_segments(table)[1:]]
 
 
+def refuse_adjusted_prices(vt_symbol: str, interval: str, home: Home, command: str) -> None:
+    """ConfigError when a command that backtests from the database (its workers reload the bars) would price trades
+    on a continuous series stored back-adjusted: prices nobody could trade."""
+    table = data_collector.load_roll_table(vt_symbol, None, interval, home)
+    if table is not None and table["adjust"] != "none":
+        product = contracts.split_symbol(vt_symbol)[0]
+        raise ConfigError(
+            f"{vt_symbol} 按 {table['adjust']} 复权存储，{command} 会按复权价成交；请先用真实价格重建："
+            f"python ai_trading_system.py continuous --product {product} --adjust none（backtest 会自动还原真实价格）/ "
+            "the series is stored adjusted: rebuild it with --adjust none first"
+        )
+
+
 def real_contract_prices(bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home) -> pd.DataFrame:
     """A backtest prices its trades on what could be traded: a continuous series stored back-adjusted gets each
     contract's real prices back from its roll table (an adjusted price is not a price anyone paid, and fees and
@@ -1233,6 +1246,7 @@ def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
     """Grid or genetic search of strategy settings on all cores; walk-forward reports out-of-sample results only."""
+    refuse_adjusted_prices(args.vt_symbol, args.interval, home, "optimize")
     bind_vnpy_for_backtest(home)
     import backtesting_module
 
@@ -1304,6 +1318,7 @@ def cmd_research(args: argparse.Namespace, home: Home) -> int:
         trees=args.trees,
         epochs=args.epochs,
     )
+    refuse_adjusted_prices(args.vt_symbol, args.interval, home, "research")
     folder = Path(args.report_dir) if args.report_dir else research.default_folder(home, args.vt_symbol)
     bind_vnpy_for_backtest(home)
     connect_backend(args)

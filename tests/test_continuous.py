@@ -399,3 +399,16 @@ def test_junction_segments_start_a_segment_at_each_new_contracts_first_bar(origi
     segment = junction_segments(original, [at(text).to_pydatetime() for text in JUNCTIONS])
     firsts = original.index[np.r_[False, segment[1:] != segment[:-1]]]
     assert [f"{t:%Y-%m-%d %H:%M}" for t in firsts] == list(JUNCTIONS) and segment[0] == 0
+
+
+@pytest.mark.parametrize("command", ["optimize", "research"])
+def test_optimize_and_research_refuse_a_series_stored_adjusted_and_name_the_fix(
+    stitched_home: Home, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--home", str(stitched_home.root), command, "--vt-symbol", "rb888.SHFE"]
+    if command == "optimize":
+        argv += ["--start", "2015-12-01", "--end", "2016-01-22", "--model", "none", "--param", "fixed_size=1,2"]
+    else:
+        argv += ["--test-years", "2016"]
+    assert ai_trading_system.main(argv) == 2
+    assert "continuous --product rb --adjust none" in capsys.readouterr().err
