@@ -17,6 +17,7 @@ from config import (
     CHINA_TZ,
     SECRET_ENV,
     STRATEGIES_FILE,
+    AppError,
     AppSettings,
     AuditLog,
     BrokerSettings,
@@ -530,7 +531,11 @@ class AITradingSystem:
     def warmup_history(self, vt_symbol: str, days: int, own: list[Any]) -> list[Any]:
         """The warm-up bars of `install_warmup`, with one log line saying where they came from."""
         end = self.history_now()
-        found = data_collector.warmup_history(vt_symbol, end - timedelta(days=days), end, list(own), self.home)
+        try:
+            found = data_collector.warmup_history(vt_symbol, end - timedelta(days=days), end, list(own), self.home)
+        except AppError as exc:  # a warm-up problem must not keep the strategy from starting: it warms up live
+            found = None
+            logger.warning("主力连续预热失败，只用本合约K线：%s / continuous warm-up failed", exc)
         if found is None:
             message = (
                 f"{vt_symbol} 预热K线：本合约 {len(own):,} 根（库中没有该品种的主力连续；可运行 continuous 生成）/ "

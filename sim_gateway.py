@@ -802,7 +802,8 @@ class SimGateway(BaseGateway):
         self._bars, self._times, self._first, self._ticks = bars, times, first, ticks
 
     def history_anchor(self) -> datetime:
-        """ "Now" for history: the replay start before the replay, then the start of the minute being replayed."""
+        """The "now" of history requests: the replay start before the replay, then the start of the minute being
+        replayed."""
         settings, clock = self.settings, self.clock
         if settings is None:
             raise ConfigError("SIM 未连接 / not connected")
