@@ -46,10 +46,12 @@ from config import (
 )
 from contracts import (
     CONTINUOUS_SUFFIX,
+    ContractDay,
     WarmupSources,
     build_continuous,
     check_adjustment,
     continuous_symbol,
+    contract_days,
     is_continuous,
     real_prices,
     roll_table,
@@ -1280,6 +1282,33 @@ def product_contracts(
     return chosen, sorted(symbol for symbol, _, ex in found if ex == chosen.value)
 
 
+def load_contract_frames(
+    conn: Connection, product: str, exchange: Exchange | None, interval: Interval, progress: Progress | None = None
+) -> tuple[Exchange, dict[str, pd.DataFrame]]:
+    """Every stored bar of each of a product's contracts (`product_contracts`), by symbol."""
+    chosen, symbols = product_contracts(conn, product, exchange, interval)
+    frames = {}
+    for symbol in symbols:
+        if progress:
+            progress(f"读取 / loading {symbol}.{chosen.value}")
+        frames[symbol] = load_bar_frame(conn, symbol, chosen, interval, EARLIEST, LATEST)
+    return chosen, frames
+
+
+def stored_contract_days(
+    product: str, exchange: str | None = None, interval: str | Interval = "1m", home: Home | str | Path | None = None
+) -> list[ContractDay]:
+    """Each stored contract's daily figures (contracts.contract_days: volume summed per trading day, open interest
+    at the day's last bar), the input of the main-contract rule."""
+    conn = open_database(home)
+    try:
+        wanted = parse_exchange(exchange) if exchange else None
+        _, frames = load_contract_frames(conn, product, wanted, parse_interval(interval))
+    finally:
+        conn.close()
+    return contract_days(frames)
+
+
 def build_continuous_series(
     product: str,
     adjust: str,
@@ -1297,12 +1326,8 @@ def build_continuous_series(
     resolved, _ = home_database(home)
     conn = open_database(resolved)
     try:
-        chosen, symbols = product_contracts(conn, product, wanted, bar_interval)
-        frames = {}
-        for symbol in symbols:
-            if progress:
-                progress(f"读取 / loading {symbol}.{chosen.value}")
-            frames[symbol] = load_bar_frame(conn, symbol, chosen, bar_interval, EARLIEST, LATEST)
+        chosen, frames = load_contract_frames(conn, product, wanted, bar_interval, progress)
+        symbols = list(frames)
         series = build_continuous(frames, adjust, product)
         vt_symbol = f"{continuous_symbol(product)}.{chosen.value}"
         frame = series.bars.drop(columns="contract").rename_axis("datetime").reset_index()

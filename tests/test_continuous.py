@@ -186,6 +186,17 @@ def test_continuous_command_stores_the_series_and_its_roll_table(
     np.testing.assert_array_equal(stored["close"].to_numpy(), plain["close"].to_numpy())
 
 
+def test_stored_contract_days_are_the_daily_figures_of_the_databases_bars(
+    home: Home, split: dict[str, pd.DataFrame]
+) -> None:
+    small = {s: f.loc[f.index >= at("2015-12-20")] for s, f in split.items() if s != "rb1510"}
+    _store(home, small)
+    stored = data_collector.stored_contract_days("rb", home=home)
+    assert sorted(stored, key=lambda d: (d.symbol, d.trading_day)) == contracts.contract_days(small)
+    assert {d.symbol for d in stored} == {"rb1601", "rb1605"}
+    assert data_collector.stored_contract_days("rb", "SHFE", home=home) == stored
+
+
 def test_continuous_command_without_contracts_exits_2(home: Home, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--home", str(home.root), "continuous", "--product", "rb", "--adjust", "ratio"]
     assert ai_trading_system.main(argv) == 2
