@@ -212,7 +212,7 @@ def test_the_simulated_exchange_replays_two_contracts_each_order_on_its_own_bar_
     store_bars(home, hand_frames())
     store_bars(home, {"rb0000.SHFE": hand_frames()[OLD]})  # a continuous series is not a contract: left out
     seen = Seen()
-    kinds = {EVENT_TICK: seen.ticks, EVENT_TRADE: seen.trades, EVENT_POSITION: seen.positions}
+    kinds: dict[str, list[Any]] = {EVENT_TICK: seen.ticks, EVENT_TRADE: seen.trades, EVENT_POSITION: seen.positions}
     kinds[EVENT_ACCOUNT] = seen.accounts
     main_engine.event_engine.register_general(lambda e: kinds[e.type].append(e.data) if e.type in kinds else None)
     gateway = main_engine.add_gateway(SimGateway, "SIMR")
