@@ -18,7 +18,7 @@ from vnpy.trader.object import ContractData, OrderRequest, SubscribeRequest, Tic
 from vnpy.trader.utility import round_to
 
 import data_collector
-from config import CHINA_TZ, ConfigError, DataError, guarded
+from config import CHINA_TZ, AppError, ConfigError, DataError, TransientError, guarded
 from contracts import (
     ContractDay,
     delivery_month,
@@ -97,8 +97,13 @@ def gateway_snapshot(system: AITradingSystem, continuous: str, wait: float = SNA
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and any(engine.get_tick(c.vt_symbol) is None for c in contracts):
         time.sleep(0.05)
-    ticks = [engine.get_tick(contract.vt_symbol) for contract in contracts]
-    return [tick for tick in ticks if tick is not None]
+    ticks = [tick for tick in (engine.get_tick(contract.vt_symbol) for contract in contracts) if tick is not None]
+    if not ticks:
+        raise TransientError(
+            f"{wait:g} 秒内没有收到 {', '.join(c.vt_symbol for c in contracts)} 的任何行情快照，无法判断主力合约；"
+            "请确认行情前置可用 / no snapshot tick arrived"
+        )
+    return ticks
 
 
 class MainWatch:
@@ -257,15 +262,14 @@ class Roller:
         self.advance()
 
     def on_order(self, event: Any) -> None:
-        """A leg that ended unfilled fails the roll; a strategy order ending may let a stopped roll go on."""
+        """A leg that ended unfilled fails the roll; a strategy order ending may let a roll go on."""
         order = event.data
         for leg in self.legs:
             if order.vt_orderid in leg.vt_orderids and not order.is_active() and order.traded < order.volume:
                 self.fail(
                     f"{leg.vt_symbol} {order.vt_orderid} {order.status.value}，成交 {order.traded:g}/{order.volume:g}"
                 )
-        if self.stopping:
-            self.advance()
+        self.advance()
 
     def on_trade(self, event: Any) -> None:
         """Collect the legs' fills; switch the strategy once both legs are filled."""
@@ -275,6 +279,8 @@ class Roller:
                 leg.trades.append(trade)
         if self.legs and all(leg.filled >= leg.volume for leg in self.legs):
             self.switch()
+        else:
+            self.advance()  # a fill may have left the strategy flat (flat mode)
 
     def announce(self, old: str, decided: date) -> None:
         """The main contract changed after `decided`'s close: log and audit it (alert mode: alert too)."""
@@ -410,6 +416,10 @@ class Roller:
             pos=old_strategy.pos,
             legs=[leg.fields() for leg in legs],
         )
-        self.system.recreate_strategy(old_strategy, new)
+        try:
+            self.system.recreate_strategy(old_strategy, new)
+        except AppError as exc:
+            self.fail(f"策略在 {new} 上未能启动：{exc}")
+            return
         self.rolls += 1
         logger.info("策略 %s 已移仓 %s → %s，持仓 %g / rolled", self.strategy_name, old, new, old_strategy.pos)

@@ -329,11 +329,11 @@ def summary_value(stdout: str, label: str) -> float:
     return float(line.split()[-1])
 
 
-@pytest.mark.slow
-def test_a_sim_replay_across_a_roll_moves_the_position_continues_on_the_new_contract_and_the_pnl_adds_up(
-    sample_frame: pd.DataFrame, rf_bundle: Path, home: Home
-) -> None:
-    from tests.test_live_trading import audit_events, run_cli
+def run_across_the_roll(
+    sample_frame: pd.DataFrame, rf_bundle: Path, home: Home, *options: str
+) -> tuple[dict[str, pd.DataFrame], Any]:
+    """`trade --gateway sim` on rb888.SHFE over 2016-08-15 .. 19 with the pair stored, always in the market."""
+    from tests.test_live_trading import run_cli
 
     pair = real_pair(sample_frame, "2016-08-01", "2016-08-19 23:59")
     store_bars(home, pair)
@@ -342,10 +342,19 @@ def test_a_sim_replay_across_a_roll_moves_the_position_continues_on_the_new_cont
     setting["prediction_threshold"] = 1e-9  # always in the market: the roll has a position to move
     strategies = {"ai_rb": {"vt_symbol": "rb888.SHFE", "setting": setting}}
     (home.settings_dir / "strategies.json").write_text(json.dumps(strategies), encoding="utf-8")
-    result = run_cli(
-        home, "trade", "--gateway", "sim", "--no-ui", "--replay-start", "2016-08-15", "--replay-end", "2016-08-19"
-    )
+    replay = ("--replay-start", "2016-08-15", "--replay-end", "2016-08-19")
+    result = run_cli(home, "trade", "--gateway", "sim", "--no-ui", *replay, *options)
     assert result.returncode == 0, result.stderr[-3000:]
+    return pair, result
+
+
+@pytest.mark.slow
+def test_a_sim_replay_across_a_roll_moves_the_position_continues_on_the_new_contract_and_the_pnl_adds_up(
+    sample_frame: pd.DataFrame, rf_bundle: Path, home: Home
+) -> None:
+    from tests.test_live_trading import audit_events
+
+    pair, result = run_across_the_roll(sample_frame, rf_bundle, home)
 
     mapped = audit_events(home, "main_contract")
     assert [(e["continuous"], e["vt_symbol"], e["main"]) for e in mapped] == [("rb888.SHFE", OLD, OLD)]
@@ -388,3 +397,28 @@ def test_a_sim_replay_across_a_roll_moves_the_position_continues_on_the_new_cont
     book = summary_value(result.stdout, "策略账本盈亏") + summary_value(result.stdout, "其中滑点")
     assert book == pytest.approx(by_hand, abs=0.01)
     assert f"合约 / contract           {NEW}" in result.stdout or NEW in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["flat", "alert"])
+def test_roll_only_when_flat_switches_without_orders_and_alert_only_stays_on_the_old_contract(
+    mode: str, sample_frame: pd.DataFrame, rf_bundle: Path, home: Home
+) -> None:
+    from tests.test_live_trading import audit_events
+
+    _, result = run_across_the_roll(sample_frame, rf_bundle, home, "--roll", mode)
+    (change,) = audit_events(home, "main_change")
+    assert (change["new"], change["mode"]) == (NEW, mode)
+    trades = audit_events(home, "trade")
+    starts = [event["vt_symbol"] for event in audit_events(home, "strategy_start")]
+    if mode == "alert":
+        assert not audit_events(home, "roll") and starts == [OLD]
+        assert {t["vt_symbol"] for t in trades} == {OLD}  # it goes on trading the old contract
+        return
+    (roll,) = audit_events(home, "roll")
+    assert roll["legs"] == [] and roll["pos"] == 0 and starts == [OLD, NEW]
+    first_new = min(pd.Timestamp(t["exchange_time"]) for t in trades if t["vt_symbol"] == NEW)
+    assert first_new >= at(ROLL_AT)  # not before the main contract changed
+    old = [t for t in trades if t["vt_symbol"] == OLD]
+    assert all(pd.Timestamp(t["exchange_time"]) <= first_new for t in old)  # nothing on the old one after
+    assert sum(t["volume"] if t["direction"] == "Long" else -t["volume"] for t in old) == 0  # left flat
