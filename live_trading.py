@@ -33,7 +33,7 @@ from config import (
     settings_dirs,
     write_json_atomic,
 )
-from contracts import DEFAULT_ROLL_MODE, delivery_month, is_continuous, roll_mode, split_symbol
+from contracts import DEFAULT_ROLL_MODE, is_continuous, roll_mode, split_symbol
 
 if TYPE_CHECKING:
     from vnpy.trader.object import PositionData
@@ -519,7 +519,7 @@ class AITradingSystem:
         held = str((saved.load() or {}).get("vt_symbol") or "")
         ticks = rollover.gateway_snapshot(self, config.vt_symbol)
         days = rollover.snapshot_days(ticks)
-        floor = held if held and not is_continuous(held) and self._same_product(held, config.vt_symbol) else ""
+        floor = held if self._same_product(held, config.vt_symbol) else ""
         if floor and floor not in {day.symbol for day in days}:
             raise ConfigError(
                 f"策略 {config.name} 的已存状态在合约 {floor} 上，但网关没有该合约的行情；核对持仓后用 "
@@ -551,12 +551,12 @@ class AITradingSystem:
 
     @staticmethod
     def _same_product(vt_symbol: str, continuous: str) -> bool:
-        """Whether a contract belongs to a continuous symbol's product and exchange."""
+        """Whether a vt_symbol is a contract (not a continuous series) of a continuous symbol's product and exchange."""
         try:
-            same = split_symbol(vt_symbol)[0] == split_symbol(continuous)[0]
-            return same and delivery_month(vt_symbol, datetime.now(CHINA_TZ).date()) is not None
+            same = split_symbol(vt_symbol)[0] == split_symbol(continuous)[0] and not is_continuous(vt_symbol)
         except ConfigError:
             return False
+        return same and vt_symbol.partition(".")[2] == continuous.partition(".")[2]
 
     def attach_roller(self, config: StrategyConfig) -> None:
         """Follow the product's ticks and roll the strategy to each new main contract (rollover.Roller)."""

@@ -311,8 +311,8 @@ class Roller:
         if strategy is None or self.failed or self.legs or self.mode == "alert":
             return
         old, new = strategy.vt_symbol, self.watch.main
-        if old == new or self.refused_day == self.watch.day:
-            return
+        if old == new or self.refused_day == self.watch.day or not (strategy.trading or self.stopping):
+            return  # on the main contract, refused today, or stopped by a person (not to be started again here)
         old_tick, new_tick = self.watch.fresh(old), self.watch.fresh(new)
         if old_tick is None or new_tick is None:
             return  # the new main's first prices of the day have not come yet

@@ -422,3 +422,220 @@ def test_roll_only_when_flat_switches_without_orders_and_alert_only_stays_on_the
     old = [t for t in trades if t["vt_symbol"] == OLD]
     assert all(pd.Timestamp(t["exchange_time"]) <= first_new for t in old)  # nothing on the old one after
     assert sum(t["volume"] if t["direction"] == "Long" else -t["volume"] for t in old) == 0  # left flat
+
+
+# --- the roller against small fakes of vnpy's engines ----------------------------------------------------------
+
+
+@dataclass
+class FakeStrategy:
+    """What the roller reads and changes of the strategy."""
+
+    risk: RiskManager
+    strategy_name: str = "ai_rb"
+    vt_symbol: str = OLD
+    pos: float = 1.0
+    trading: bool = True
+    active_orderids: set[str] = field(default_factory=set)
+    entry_price: float = 2600.0
+    best_price: float = 2600.0
+    trailing_stop_price: float = 2580.0
+    store: Any = None
+
+    def state_snapshot(self, reason: str) -> dict[str, Any]:
+        return {"vt_symbol": self.vt_symbol, "pos": self.pos, "saved_for": reason, "entry_price": self.entry_price}
+
+
+class FakeCta:
+    def __init__(self, strategy: FakeStrategy) -> None:
+        self.strategies = {strategy.strategy_name: strategy}
+        self.calls: list[str] = []
+
+    def stop_strategy(self, name: str) -> None:
+        self.calls.append("stop")
+        self.strategies[name].trading = False
+
+    def start_strategy(self, name: str) -> None:
+        self.calls.append("start")
+        self.strategies[name].trading = True
+
+
+class FakeMain:
+    def __init__(self) -> None:
+        from vnpy.trader.constant import Product
+        from vnpy.trader.object import ContractData
+
+        self.contracts = {
+            vt: ContractData("SIM", vt.split(".")[0], Exchange.SHFE, vt, Product.FUTURES, 10, 1) for vt in (OLD, NEW)
+        }
+        self.sent: list[OrderRequest] = []
+
+    def get_all_contracts(self) -> list[Any]:
+        return list(self.contracts.values())
+
+    def get_contract(self, vt_symbol: str) -> Any:
+        return self.contracts.get(vt_symbol)
+
+    def get_gateway(self, name: str) -> None:
+        return None
+
+    def convert_order_request(self, request: OrderRequest, *_: Any) -> list[OrderRequest]:
+        return [request]
+
+    def send_order(self, request: OrderRequest, gateway_name: str) -> str:
+        self.sent.append(request)
+        return f"SIM.{len(self.sent)}"
+
+    def update_order_request(self, *_: Any) -> None:
+        return None
+
+
+@dataclass
+class FakeSystem:
+    """The parts of AITradingSystem the roller uses; `recreate_strategy` records the contract."""
+
+    main_engine: FakeMain
+    cta_engine: FakeCta
+    audit: Any
+    alerts: list[tuple[str, str]] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)
+    gateway_name: str = "SIM"
+
+    @property
+    def mailer(self) -> Any:
+        return self
+
+    def send_alert(self, message: str, severity: str = "WARNING", key: str | None = None) -> bool:
+        self.alerts.append((severity, message))
+        return True
+
+    def recreate_strategy(self, old: Any, vt_symbol: str) -> None:
+        self.recreated.append(vt_symbol)
+
+
+def fake_roller(home: Home, mode: str = "open", risk: RiskManager | None = None) -> tuple[Any, FakeSystem]:
+    from config import AuditLog
+    from predictive_trading_strategy import MemoryStateStore
+
+    strategy = FakeStrategy(risk or risk_with_long(1.0), store=MemoryStateStore())
+    system = FakeSystem(FakeMain(), FakeCta(strategy), AuditLog(home.audit_path))
+    snapshot = [tick(OLD, "2016-08-17 14:59:59", 2600, 800_000), tick(NEW, "2016-08-17 14:59:59", 2541, 900_000)]
+    watch = rollover.MainWatch(OLD, snapshot)
+    roller = rollover.Roller(system, "ai_rb", "rb888.SHFE", mode, watch)  # type: ignore[arg-type]
+    return roller, system
+
+
+def feed(roller: Any, *ticks: TickData) -> None:
+    for each in ticks:
+        roller.on_tick(Event(EVENT_TICK, each))
+
+
+def fill(roller: Any, request: OrderRequest, vt_orderid: str, price: float, when: str) -> None:
+    trade = TradeData(
+        "SIM",
+        request.symbol,
+        request.exchange,
+        vt_orderid.split(".")[1],
+        vt_orderid,
+        request.direction,
+        request.offset,
+        price,
+        request.volume,
+        china(when),
+    )
+    roller.on_trade(Event(EVENT_TRADE, trade))
+
+
+def events(home: Home, kind: str) -> list[dict[str, Any]]:
+    from config import AuditLog
+
+    return [event for event in AuditLog(home.audit_path).read() if event["event"] == kind]
+
+
+def test_the_roller_sends_both_legs_at_the_new_mains_first_price_then_books_them_and_moves_the_strategy(
+    home: Home,
+) -> None:
+    roller, system = fake_roller(home)
+    strategy = system.cta_engine.strategies["ai_rb"]
+    feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 800_000))
+    assert roller.watch.main == NEW and system.main_engine.sent == []  # no price of the new main yet today
+    feed(roller, tick(NEW, "2016-08-17 21:00:00", 2531, 900_000))
+    close, open_ = system.main_engine.sent
+    assert system.cta_engine.calls == ["stop"]
+    assert (close.vt_symbol, close.direction, close.offset, close.volume, close.price) == (
+        OLD,
+        Direction.SHORT,
+        Offset.CLOSE,
+        1.0,
+        2585.0,
+    )
+    assert (open_.vt_symbol, open_.direction, open_.offset, open_.volume, open_.price) == (
+        NEW,
+        Direction.LONG,
+        Offset.OPEN,
+        1.0,
+        2536.0,
+    )
+    fill(roller, close, "SIM.1", 2590.0, "2016-08-17 21:00:00")
+    assert system.recreated == []  # one leg is not a roll
+    fill(roller, open_, "SIM.2", 2531.0, "2016-08-17 21:00:00")
+    assert system.recreated == [NEW]
+    book = strategy.risk.state
+    assert book.realised == (2590 - 2600) * 10 and book.positions.long == 1 and book.positions.long_price == 2531
+    assert strategy.store.state["vt_symbol"] == NEW and strategy.store.state["entry_price"] == 2531
+    (roll,) = events(home, "roll")
+    assert [(leg["vt_symbol"], leg["price"], leg["vt_orderids"]) for leg in roll["legs"]] == [
+        (OLD, 2590.0, ["SIM.1"]),
+        (NEW, 2531.0, ["SIM.2"]),
+    ]
+    assert [(e["old"], e["new"], e["decided_day"]) for e in events(home, "main_change")] == [(OLD, NEW, "2016-08-17")]
+
+
+def test_a_refused_roll_sends_nothing_alerts_restarts_the_strategy_and_retries_the_next_day(home: Home) -> None:
+    risk = risk_with_long(1.0)
+    risk.mark(2590.0, china("2016-08-17 21:00:00"))
+    risk.state.halted, risk.state.halt_reason = True, "熔断 / halted"
+    roller, system = fake_roller(home, risk=risk)
+    feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 1), tick(NEW, "2016-08-17 21:00:00", 2531, 1))
+    feed(roller, tick(NEW, "2016-08-17 21:01:00", 2532, 1))
+    assert system.main_engine.sent == [] and system.cta_engine.calls == ["stop", "start"]  # once that day
+    (refused,) = events(home, "roll_refused")
+    assert "熔断" in refused["reason"] and system.alerts[0][0] == "CRITICAL"
+    feed(roller, tick(OLD, "2016-08-18 21:00:00", 2580, 1), tick(NEW, "2016-08-18 21:00:00", 2520, 1))
+    assert [request.vt_symbol for request in system.main_engine.sent] == [OLD, NEW]  # a new day lifts the halt
+
+
+def test_a_leg_that_ends_unfilled_fails_the_roll_and_leaves_the_strategy_stopped(home: Home) -> None:
+    from vnpy.trader.constant import Status
+    from vnpy.trader.event import EVENT_ORDER
+
+    roller, system = fake_roller(home)
+    feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 1), tick(NEW, "2016-08-17 21:00:00", 2531, 1))
+    close, open_ = system.main_engine.sent
+    rejected = open_.create_order_data("2", "SIM")
+    rejected.status = Status.REJECTED
+    roller.on_order(Event(EVENT_ORDER, rejected))
+    fill(roller, close, "SIM.1", 2590.0, "2016-08-17 21:00:00")
+    assert system.recreated == [] and system.cta_engine.calls == ["stop"]
+    (failed,) = events(home, "roll_failed")
+    assert "SIM.2" in failed["detail"] and system.alerts[-1][0] == "CRITICAL"
+
+
+def test_the_roller_waits_for_the_strategys_own_orders_and_leaves_a_stopped_strategy_alone(home: Home) -> None:
+    from vnpy.trader.event import EVENT_ORDER
+
+    roller, system = fake_roller(home)
+    strategy = system.cta_engine.strategies["ai_rb"]
+    strategy.active_orderids = {"SIM.9"}
+    feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 1), tick(NEW, "2016-08-17 21:00:00", 2531, 1))
+    assert system.cta_engine.calls == ["stop"] and system.main_engine.sent == []  # its cancel is not confirmed yet
+    strategy.active_orderids.clear()  # the strategy's on_order saw the cancel
+    symbol, exchange = data_collector.parse_vt_symbol(OLD)
+    cancelled = OrderRequest(symbol, exchange, Direction.LONG, OrderType.LIMIT, 1, 2600).create_order_data("9", "SIM")
+    roller.on_order(Event(EVENT_ORDER, cancelled))
+    assert len(system.main_engine.sent) == 2
+
+    roller, system = fake_roller(home)
+    system.cta_engine.strategies["ai_rb"].trading = False  # a person stopped it
+    feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 1), tick(NEW, "2016-08-17 21:00:00", 2531, 1))
+    assert system.cta_engine.calls == [] and system.main_engine.sent == []
