@@ -639,3 +639,78 @@ def test_the_roller_waits_for_the_strategys_own_orders_and_leaves_a_stopped_stra
     system.cta_engine.strategies["ai_rb"].trading = False  # a person stopped it
     feed(roller, tick(OLD, "2016-08-17 21:00:00", 2590, 1), tick(NEW, "2016-08-17 21:00:00", 2531, 1))
     assert system.cta_engine.calls == [] and system.main_engine.sent == []
+
+
+class SnapshotMain(FakeMain):
+    """A gateway whose snapshot has each contract's tick at 08-16's close."""
+
+    def __init__(self, open_interest: dict[str, float]) -> None:
+        super().__init__()
+        self.ticks = {vt: tick(vt, "2016-08-16 14:59:59", 2600, oi) for vt, oi in open_interest.items()}
+        self.subscribed: list[str] = []
+
+    def subscribe(self, request: SubscribeRequest, gateway_name: str) -> None:
+        self.subscribed.append(request.vt_symbol)
+
+    def get_tick(self, vt_symbol: str) -> TickData | None:
+        return self.ticks.get(vt_symbol)
+
+
+@pytest.mark.parametrize(
+    ("saved", "leader", "starts_on", "main"),
+    [
+        (None, NEW, NEW, NEW),  # no saved state: the largest open interest
+        (OLD, NEW, OLD, NEW),  # the main moved on while the process was down: start where the state is, then roll
+        (NEW, OLD, NEW, NEW),  # never back to an earlier delivery than the saved state's
+    ],
+)
+def test_a_continuous_symbol_starts_on_the_main_contract_or_where_its_saved_state_is(
+    home: Home, saved: str | None, leader: str, starts_on: str, main: str
+) -> None:
+    from types import SimpleNamespace
+
+    import live_trading
+    from config import AuditLog
+
+    open_interest = {OLD: 500_000.0, NEW: 500_000.0}
+    open_interest[leader] = 900_000.0
+    engine = SnapshotMain(open_interest)
+    audit = AuditLog(home.audit_path)
+    if saved:
+        live_trading.FileStateStore(home.strategy_state_path("ai_rb"), audit).save({"vt_symbol": saved})
+    system = SimpleNamespace(
+        home=home,
+        gateway_name="CTP",
+        audit=audit,
+        main_engine=engine,
+        main_contract="",
+        _same_product=live_trading.AITradingSystem._same_product,
+    )
+    config = live_trading.StrategyConfig("ai_rb", "PredictiveTradingStrategy", "rb888.SHFE", {}, "open")
+    mapped = live_trading.AITradingSystem.main_contract_config(system, config)  # type: ignore[arg-type]
+    assert (mapped.vt_symbol, mapped.continuous, system.main_contract) == (starts_on, "rb888.SHFE", main)
+    assert sorted(engine.subscribed) == [OLD, NEW]
+    (event,) = events(home, "main_contract")
+    assert (event["vt_symbol"], event["main"], event["saved_contract"]) == (starts_on, main, saved)
+    assert event["open_interest"] == open_interest and event["trading_day"] == "2016-08-16"
+
+
+def test_a_saved_state_on_a_contract_the_gateway_does_not_list_stops_the_start(home: Home) -> None:
+    from types import SimpleNamespace
+
+    import live_trading
+    from config import AuditLog
+
+    audit = AuditLog(home.audit_path)
+    live_trading.FileStateStore(home.strategy_state_path("ai_rb"), audit).save({"vt_symbol": "rb1605.SHFE"})
+    system = SimpleNamespace(
+        home=home,
+        gateway_name="CTP",
+        audit=audit,
+        main_engine=SnapshotMain({OLD: 1.0, NEW: 2.0}),
+        main_contract="",
+        _same_product=live_trading.AITradingSystem._same_product,
+    )
+    config = live_trading.StrategyConfig("ai_rb", "PredictiveTradingStrategy", "rb888.SHFE", {}, "open")
+    with pytest.raises(ConfigError, match="state --strategy ai_rb --clear"):
+        live_trading.AITradingSystem.main_contract_config(system, config)  # type: ignore[arg-type]
