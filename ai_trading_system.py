@@ -1307,6 +1307,7 @@ TRADE_OVERRIDES: dict[str, tuple[str, str]] = {
     "threshold": ("strategy", "prediction_threshold"),
     "capital": ("strategy", "capital"),
     "warmup_days": ("strategy", "warmup_days"),
+    "roll": ("strategy", "roll"),
     "td_address": ("broker", "td_address"),
     "md_address": ("broker", "md_address"),
     "connect_timeout": ("broker", "connect_timeout_seconds"),
@@ -1346,8 +1347,9 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
     if name not in configs:
         raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
     config = configs[name]
-    chosen = layered({"vt_symbol": config.vt_symbol, **config.setting}, command_line_layer(args, "strategy"))
-    vt_symbol = str(chosen.pop("vt_symbol"))
+    entry = {"vt_symbol": config.vt_symbol, "roll": config.roll, **config.setting}
+    chosen = layered(entry, command_line_layer(args, "strategy"))
+    vt_symbol, roll = str(chosen.pop("vt_symbol")), str(chosen.pop("roll"))
     if not chosen.get("model_path"):
         raise ConfigError(f"策略 {name} 没有 model_path；请用 --model 指定模型包 / no model")
     chosen["model_path"] = str(resolve_bundle(home, str(chosen["model_path"])))
@@ -1356,7 +1358,6 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
         **live_trading.live_costs(spec, DEFAULT_CAPITAL, args.gateway == "sim"),
         **settings.risk.strategy_parameters(),
     }
-    roll = str(layered({"roll": config.roll}, {"roll": args.roll})["roll"])
     strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen), roll)
     broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
     return TradeOptions(strategy, broker)
