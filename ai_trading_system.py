@@ -1487,6 +1487,7 @@ def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
     secrets = load_secrets(home)
     install_redaction()
     bind_vnpy_home(home, settings.database)
+    broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
     if args.gateway == "sim":
         if not args.replay_start:
             raise ConfigError("--gateway sim 需要 --replay-start（YYYY-MM-DD）/ the replay day is needed")
@@ -1494,11 +1495,10 @@ def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
         setting = {"vt_symbol": continuous, "home": str(home.root), "start": args.replay_start, "end": end}
         gateway, connect = "SIM", {**setting, "hold": True}
     else:
-        broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
         gateway, connect = "CTP", live_trading.ctp_setting(broker, secrets)
     system = live_trading.AITradingSystem(home, settings, secrets)
     try:
-        system.connect_gateway(gateway, connect, args.connect_timeout or settings.broker.connect_timeout_seconds)
+        system.connect_gateway(gateway, connect, broker.connect_timeout_seconds)
         import rollover
 
         days = rollover.snapshot_days(rollover.gateway_snapshot(system, continuous))
