@@ -1433,7 +1433,8 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
         system.monitor.attach(system.event_engine, product_of(config.vt_symbol))
         system.connect_gateway(gateway, connect, options.broker.connect_timeout_seconds)
         config = system.main_contract_config(config)  # rb888.SHFE: the main contract (else unchanged)
-        system.record([config.vt_symbol], home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None)
+        recording = home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None
+        system.record(system.market_symbols(config), recording)
         if not system.start_trading(config, adopt_position=args.adopt_broker_position):
             return EXIT_BAD_INPUT  # a human must reconcile the position first
         finished = system.release_replay() if simulated else None

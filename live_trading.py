@@ -558,6 +558,18 @@ class AITradingSystem:
             return False
         return same and vt_symbol.partition(".")[2] == continuous.partition(".")[2]
 
+    def market_symbols(self, config: StrategyConfig) -> list[str]:
+        """What to record for a strategy: its contract, and on a continuous symbol every contract of the product,
+        so the next main contract has recorded bars to warm up from when the strategy rolls onto it."""
+        import rollover
+
+        if not config.continuous:
+            return [config.vt_symbol]
+        listed = rollover.product_contracts(
+            self.main_engine.get_all_contracts(), config.continuous, rollover.gateway_day(self)
+        )
+        return [config.vt_symbol, *(c.vt_symbol for c in listed if c.vt_symbol != config.vt_symbol)]
+
     def attach_roller(self, config: StrategyConfig) -> None:
         """Follow the product's ticks and roll the strategy to each new main contract (rollover.Roller)."""
         import rollover
