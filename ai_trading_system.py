@@ -52,6 +52,7 @@ from config import (
     settings_for,
     write_csv_atomic,
 )
+from contracts import ROLL_MODES, continuous_symbol, split_symbol
 from trade_simulator import ThresholdChoice
 
 if TYPE_CHECKING:  # imported in the commands, after vnpy is bound to the home
@@ -468,6 +469,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="策略开始前载入的历史天数（sim：回放开始前提供的历史），覆盖策略设置的 warmup_days（默认 10）",
     )
     trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
+    trade.add_argument(
+        "--roll",
+        choices=tuple(ROLL_MODES),
+        help="主力连续代码（如 rb888.SHFE）的换月方式，覆盖策略设置的 roll：open 开盘平旧开新（默认）、"
+        "flat 空仓时才换、alert 只提醒 / how a strategy on a continuous symbol rolls",
+    )
+
+    listing = commands.add_parser(
+        "contracts",
+        help="列出品种的在市合约（成交量、持仓量）并标出主力合约 / list a product's contracts and its main one",
+    )
+    listing.add_argument("--product", required=True, help="品种代码，例如 rb、TA、IF / the product")
+    listing.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：SimNow 或实盘（settings/broker.json）；sim：数据库中该品种各合约的K线（模拟交易所）",
+    )
+    listing.add_argument("--replay-start", help="sim：看这一天开盘前的快照（前一交易日收盘）YYYY-MM-DD")
+    listing.add_argument("--replay-end", help="sim：回放结束日期（默认同 --replay-start）")
+    listing.add_argument("--td-address", help="ctp：交易前置，覆盖 settings/broker.json")
+    listing.add_argument("--md-address", help="ctp：行情前置，覆盖 settings/broker.json")
+    listing.add_argument("--connect-timeout", type=_positive_float, help="ctp：登录与合约查询的超时秒数")
 
     state = commands.add_parser(
         "state",
@@ -1406,6 +1430,7 @@ TRADE_OVERRIDES: dict[str, tuple[str, str]] = {
     "threshold": ("strategy", "prediction_threshold"),
     "capital": ("strategy", "capital"),
     "warmup_days": ("strategy", "warmup_days"),
+    "roll": ("strategy", "roll"),
     "td_address": ("broker", "td_address"),
     "md_address": ("broker", "md_address"),
     "connect_timeout": ("broker", "connect_timeout_seconds"),
@@ -1445,8 +1470,9 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
     if name not in configs:
         raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
     config = configs[name]
-    chosen = layered({"vt_symbol": config.vt_symbol, **config.setting}, command_line_layer(args, "strategy"))
-    vt_symbol = str(chosen.pop("vt_symbol"))
+    entry = {"vt_symbol": config.vt_symbol, "roll": config.roll, **config.setting}
+    chosen = layered(entry, command_line_layer(args, "strategy"))
+    vt_symbol, roll = str(chosen.pop("vt_symbol")), str(chosen.pop("roll"))
     if not chosen.get("model_path"):
         raise ConfigError(f"策略 {name} 没有 model_path；请用 --model 指定模型包 / no model")
     chosen["model_path"] = str(resolve_bundle(home, str(chosen["model_path"])))
@@ -1455,7 +1481,7 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
         **live_trading.live_costs(spec, DEFAULT_CAPITAL, args.gateway == "sim"),
         **settings.risk.strategy_parameters(),
     }
-    strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen))
+    strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen), roll)
     broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
     return TradeOptions(strategy, broker)
 
@@ -1529,7 +1555,9 @@ def cmd_trade(args: argparse.Namespace, home: Home) -> int:
     try:
         system.monitor.attach(system.event_engine, product_of(config.vt_symbol))
         system.connect_gateway(gateway, connect, options.broker.connect_timeout_seconds)
-        system.record([config.vt_symbol], home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None)
+        config = system.main_contract_config(config)  # rb888.SHFE: the main contract (else unchanged)
+        recording = home.vntrader_dir / live_trading.SIM_RECORDING_DB if simulated else None
+        system.record(system.market_symbols(config), recording)
         if not system.start_trading(config, adopt_position=args.adopt_broker_position):
             return EXIT_BAD_INPUT  # a human must reconcile the position first
         finished = system.release_replay() if simulated else None
@@ -1550,16 +1578,64 @@ def print_trade_summary(system: live_trading.AITradingSystem, config: live_tradi
     trades = system.main_engine.get_all_trades()
     rows = [
         ("策略 / strategy", config.name),
-        ("合约 / contract", config.vt_symbol),
+        ("合约 / contract", strategy.vt_symbol if strategy else config.vt_symbol),
         ("委托 / orders", len(orders)),
         ("成交 / trades", len(trades)),
         ("持仓 / position", strategy.pos if strategy else "-"),
         ("审计日志 / audit log", system.audit.path),
     ]
+    accounts = [a for a in system.main_engine.get_all_accounts() if a.gateway_name == system.gateway_name]
+    if accounts:
+        rows.append(("账户权益 / balance", f"{accounts[-1].balance:.2f}"))
+    if strategy is not None and strategy.risk is not None:
+        book = strategy.risk.state
+        pnl = book.book_equity(strategy.risk.spec.size) - book.capital
+        rows.append(("策略账本盈亏 / book P&L", f"{pnl:.2f}"))
+        rows.append(("其中滑点 / of which slippage", f"{book.slippage_cost:.2f}"))
     if system.collector is not None:
         stats = system.collector.stats
         rows += [("记录 tick / ticks recorded", stats.ticks_stored), ("记录K线 / bars recorded", stats.bars_stored)]
     print_table(rows, ("项目 / item", "值 / value"))
+
+
+def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
+    """The product's contracts in the gateway with their volume and open interest, the main one marked by the rule
+    of contracts.main_contract_changes."""
+    specs = load_contracts(settings_dirs(home))
+    split_symbol(continuous_symbol(args.product))  # a product code: one to three letters
+    spec = contract_spec(continuous_symbol(args.product), specs)  # an unknown product: ConfigError with the fix
+    if not spec.exchange:
+        raise ConfigError(f"合约表中品种 {args.product} 没有 exchange / the product's exchange is not set")
+    continuous = f"{continuous_symbol(args.product)}.{spec.exchange}"
+    settings = settings_for(home)
+    secrets = load_secrets(home)
+    install_redaction()
+    bind_vnpy_home(home, settings.database)
+    broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
+    if args.gateway == "sim":
+        if not args.replay_start:
+            raise ConfigError("--gateway sim 需要 --replay-start（YYYY-MM-DD）/ the replay day is needed")
+        end = args.replay_end or args.replay_start[:10]
+        setting = {"vt_symbol": continuous, "home": str(home.root), "start": args.replay_start, "end": end}
+        gateway, connect = "SIM", {**setting, "hold": True}
+    else:
+        gateway, connect = "CTP", live_trading.ctp_setting(broker, secrets)
+    system = live_trading.AITradingSystem(home, settings, secrets)
+    try:
+        system.connect_gateway(gateway, connect, broker.connect_timeout_seconds)
+        import rollover
+
+        days = rollover.snapshot_days(rollover.gateway_snapshot(system, continuous))
+        main = rollover.main_from_days(days)
+    finally:
+        system.close()
+    print(f"{continuous} 的合约（{days[0].trading_day} 的行情快照）/ contracts of {args.product}")
+    rows = [
+        (day.symbol, f"{day.volume:,.0f}", f"{day.open_interest:,.0f}", "★ 主力 / main" if day.symbol == main else "")
+        for day in days
+    ]
+    print_table(rows, ("合约 / contract", "成交量 / volume", "持仓量 / open interest", "主力 / main"))
+    return EXIT_OK
 
 
 def cmd_state(args: argparse.Namespace, home: Home) -> int:
@@ -1632,6 +1708,7 @@ COMMANDS: dict[str, Handler] = {
     "demo": cmd_demo,
     "trade": cmd_trade,
     "state": cmd_state,
+    "contracts": cmd_contracts,
     "secrets": cmd_secrets,
 }
 

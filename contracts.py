@@ -446,3 +446,20 @@ def _warmup_level(continuous: pd.DataFrame, before: pd.DataFrame, own: pd.DataFr
     if first in continuous.index and str(continuous.at[first, "contract"]) == last:
         return "own", float(own["close"].iloc[0]) / float(continuous.at[first, "close"])
     return "own", float(own["open"].iloc[0]) / float(before["close"].iloc[-1])
+
+
+# --- rolling a live strategy on a continuous symbol (rollover.py does it) ---
+
+ROLL_MODES: dict[str, str] = {
+    "open": "开盘移仓：主力切换后的下一个交易时段开盘时平旧开新 / roll at the next session's open",
+    "flat": "空仓换月：策略空仓时才换到新主力 / switch only when flat",
+    "alert": "只提醒：记录并告警，不移仓 / alert only",
+}
+DEFAULT_ROLL_MODE: str = "open"
+
+
+def roll_mode(value: object, where: str) -> str:
+    """A checked roll mode (ROLL_MODES)."""
+    if not isinstance(value, str) or value not in ROLL_MODES:
+        raise ConfigError(f"{where}: 换月方式 {value!r} 无效（可用：{', '.join(ROLL_MODES)}）/ unknown roll mode")
+    return value

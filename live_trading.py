@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from config import (
     settings_dirs,
     write_json_atomic,
 )
+from contracts import DEFAULT_ROLL_MODE, is_continuous, roll_mode, split_symbol
 
 if TYPE_CHECKING:
     from vnpy.trader.object import PositionData
@@ -108,12 +109,15 @@ def ctp_setting(
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """One live strategy from settings/strategies.json: its instance name, class, contract and parameters."""
+    """One live strategy from settings/strategies.json: its instance name, class, contract and parameters; on a
+    continuous symbol (rb888.SHFE) also how it rolls, and once mapped the continuous symbol it came from."""
 
     name: str
     class_name: str
     vt_symbol: str
     setting: dict[str, Any]
+    roll: str = DEFAULT_ROLL_MODE  # contracts.ROLL_MODES
+    continuous: str = ""  # set by main_contract_config: vt_symbol is then that product's main contract
 
     def vnpy_entry(self) -> dict[str, Any]:
         """The strategy's entry in vnpy's cta_strategy_setting.json."""
@@ -145,7 +149,8 @@ def load_strategy_configs(home: Home) -> dict[str, StrategyConfig]:
                 " / unknown parameters"
             )
         data_collector.parse_vt_symbol(entry["vt_symbol"])
-        configs[name] = StrategyConfig(name, class_name, entry["vt_symbol"], dict(setting))
+        roll = roll_mode(entry.get("roll", DEFAULT_ROLL_MODE), f"{where}: roll")
+        configs[name] = StrategyConfig(name, class_name, entry["vt_symbol"], dict(setting), roll)
     return configs
 
 
@@ -335,7 +340,8 @@ class AITradingSystem:
         )
         self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path, home.root)
         self.collector: data_collector.DataCollector | None = None
-        self.strategy_name = self.gateway_name = ""
+        self.roller: Any = None  # rollover.Roller of a strategy on a continuous symbol
+        self.strategy_name = self.gateway_name = self.main_contract = ""
         self.closed = self.engine_closed = False
         self._order_states: dict[str, str] = {}
         self.event_engine.register(EVENT_ORDER, guarded("audit.order", self._on_order, logger))
@@ -496,6 +502,8 @@ class AITradingSystem:
         self.cta_engine.start_strategy(config.name)
         self.audit.write("strategy_start", strategy=config.name, vt_symbol=config.vt_symbol, pos=strategy.pos)
         logger.info("策略 %s 已启动，持仓 %s / strategy started", config.name, strategy.pos)
+        if config.continuous:
+            self.attach_roller(config)
         return True
 
     def install_warmup(self) -> None:
@@ -548,6 +556,108 @@ class AITradingSystem:
         self.cta_engine.write_log(message)  # the CTA log, which _on_strategy_log also puts in the process log
         return bars
 
+    # -- the main contract and the roll --
+
+    def main_contract_config(self, config: StrategyConfig) -> StrategyConfig:
+        """A strategy on a continuous symbol trades its product's main contract (call after connecting): the
+        largest open interest in the gateway's snapshot (before the open: yesterday's close), never an earlier
+        delivery than the contract its saved state last traded; it starts on that saved contract when the main has
+        moved on since, and rolls at the first prices. Logged and audited (`main_contract`)."""
+        import rollover
+
+        if not is_continuous(config.vt_symbol):
+            return config
+        saved = FileStateStore(self.home.strategy_state_path(config.name, self.gateway_name == "SIM"), self.audit)
+        held = str((saved.load() or {}).get("vt_symbol") or "")
+        ticks = rollover.gateway_snapshot(self, config.vt_symbol)
+        days = rollover.snapshot_days(ticks)
+        floor = held if self._same_product(held, config.vt_symbol) else ""
+        if floor and floor not in {day.symbol for day in days}:
+            raise ConfigError(
+                f"策略 {config.name} 的已存状态在合约 {floor} 上，但网关没有该合约的行情；核对持仓后用 "
+                f"`ai_trading_system.py state --strategy {config.name} --clear` 清除 / the saved contract is not listed"
+            )
+        self.main_contract = rollover.main_from_days(days, floor)
+        vt_symbol = floor or self.main_contract
+        logger.info(
+            "%s 的主力合约为 %s（%s 持仓量：%s）；策略 %s 在 %s 上启动 / main contract",
+            config.vt_symbol,
+            self.main_contract,
+            days[0].trading_day,
+            "，".join(f"{day.symbol} {day.open_interest:,.0f}" for day in days),
+            config.name,
+            vt_symbol,
+        )
+        self.audit.write(
+            "main_contract",
+            strategy=config.name,
+            continuous=config.vt_symbol,
+            main=self.main_contract,
+            vt_symbol=vt_symbol,
+            saved_contract=held or None,
+            trading_day=days[0].trading_day,
+            open_interest={day.symbol: day.open_interest for day in days},
+            roll=config.roll,
+        )
+        return replace(config, vt_symbol=vt_symbol, continuous=config.vt_symbol)
+
+    @staticmethod
+    def _same_product(vt_symbol: str, continuous: str) -> bool:
+        """Whether a vt_symbol is a contract (not a continuous series) of a continuous symbol's product and exchange."""
+        try:
+            same = split_symbol(vt_symbol)[0] == split_symbol(continuous)[0] and not is_continuous(vt_symbol)
+        except ConfigError:
+            return False
+        return same and vt_symbol.partition(".")[2] == continuous.partition(".")[2]
+
+    def market_symbols(self, config: StrategyConfig) -> list[str]:
+        """What to record for a strategy: its contract, and on a continuous symbol every contract of the product,
+        so the next main contract has recorded bars to warm up from when the strategy rolls onto it."""
+        import rollover
+
+        if not config.continuous:
+            return [config.vt_symbol]
+        listed = rollover.product_contracts(
+            self.main_engine.get_all_contracts(), config.continuous, rollover.gateway_day(self)
+        )
+        return [config.vt_symbol, *(c.vt_symbol for c in listed if c.vt_symbol != config.vt_symbol)]
+
+    def attach_roller(self, config: StrategyConfig) -> None:
+        """Follow the product's ticks and roll the strategy to each new main contract (rollover.Roller)."""
+        import rollover
+
+        listed = self.main_engine.get_all_contracts()
+        contracts = rollover.product_contracts(listed, config.continuous, rollover.gateway_day(self))
+        ticks = [tick for tick in (self.main_engine.get_tick(c.vt_symbol) for c in contracts) if tick is not None]
+        watch = rollover.MainWatch(self.main_contract or config.vt_symbol, ticks)
+        self.roller = rollover.Roller(self, config.name, config.continuous, config.roll, watch)
+        self.roller.attach()
+
+    def recreate_strategy(self, old: Any, vt_symbol: str) -> Any:
+        """The stopped strategy again on another contract, as vnpy's rollover tool does it (remove, add, init,
+        start): its state comes back from the store (saved under the new contract), the loaded model is reused and
+        warms up on the new contract's history."""
+        from predictive_trading_strategy import ModelSignal
+
+        name = old.strategy_name
+        self.cta_engine.remove_strategy(name)
+        self.cta_engine.add_strategy(old.__class__.__name__, name, vt_symbol, old.get_parameters())
+        strategy = self.cta_engine.strategies[name]
+        strategy.store, strategy.account_required = old.store, old.account_required
+        if isinstance(old.signal, ModelSignal):
+            strategy.signal = ModelSignal(old.signal.model, vt_symbol)
+        self.cta_engine.init_strategy(name).result()
+        if strategy.signal is None or strategy.risk is None:
+            raise ModelError(f"策略 {name} 在 {vt_symbol} 上未能初始化（见日志）/ not initialised after the roll")
+        for account in self.main_engine.get_all_accounts():
+            if account.gateway_name == self.gateway_name:
+                strategy.on_account(account)
+        self.cta_engine.start_strategy(name)
+        if self.collector is not None:
+            self.collector.subscribe_market_data([vt_symbol])
+        self.audit.write("strategy_start", strategy=name, vt_symbol=vt_symbol, pos=strategy.pos)
+        return strategy
+
     def check_positions(self, config: StrategyConfig, strategy: Any, broker: PositionBook, adopt: bool) -> bool:
         """Compare the strategy's long and short, today and yesterday, with the broker's: equal totals take the
         broker's split; different ones stop here unless `adopt`, which books the broker's at its prices."""
@@ -588,8 +698,9 @@ class AITradingSystem:
         from vnpy.trader.event import EVENT_ACCOUNT
 
         def forward(event: Any) -> None:
-            if event.data.gateway_name == self.gateway_name:
-                strategy.on_account(event.data)
+            current = self.cta_engine.strategies.get(strategy.strategy_name)  # a roll recreates the strategy
+            if event.data.gateway_name == self.gateway_name and current is not None:
+                current.on_account(event.data)
 
         self.event_engine.register(EVENT_ACCOUNT, guarded("strategy.account", forward, logger))
         for account in self.main_engine.get_all_accounts():

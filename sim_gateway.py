@@ -66,6 +66,7 @@ from config import (
     settings_dirs,
     write_json_atomic,
 )
+from contracts import delivery_month, is_continuous, split_symbol
 from trading_calendar import causal_trading_day
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,13 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
     csv_value = setting.get("csv") or ""
     if not isinstance(csv_value, str | Path):
         raise _bad("csv", csv_value, "应为文件路径", "must be a file path")
+    if is_continuous(vt_symbol) and (mode != "bar" or csv_value):
+        raise _bad(
+            "vt_symbol",
+            vt_symbol,
+            "主力连续代码回放数据库中该品种的全部合约，只支持 bar 模式、不支持 csv",
+            "a continuous symbol replays the product's stored contracts: bar mode from the database only",
+        )
     csv = Path(csv_value).expanduser() if csv_value else None
     if csv is not None and not csv.is_file():
         raise _bad("csv", str(csv_value), "文件不存在", "file not found")
@@ -214,9 +222,36 @@ def parse_settings(setting: Mapping[str, Any]) -> SimSettings:
     )
 
 
+def product_contracts(settings: SimSettings) -> list[str]:
+    """The stored 1-minute contracts of a continuous symbol's product and exchange (rb888.SHFE: rb2610.SHFE ...),
+    in delivery order; series such as rb0000 that name no delivery month are not contracts."""
+    product, exchange = split_symbol(settings.vt_symbol)[0], settings.vt_symbol.partition(".")[2]
+    found: dict[date, str] = {}
+    for series in data_collector.list_stored(settings.home):
+        symbol, _, where = series.vt_symbol.partition(".")
+        if series.interval != Interval.MINUTE.value or where != exchange:
+            continue
+        try:
+            if split_symbol(symbol)[0] == product and not is_continuous(symbol):
+                found[delivery_month(symbol, settings.start.date())] = series.vt_symbol
+        except ConfigError:
+            continue
+    return [found[month] for month in sorted(found)]
+
+
 def load_bars(settings: SimSettings) -> list[BarData]:
-    """The 1-minute bars from `warmup_days` before start to end: the database's, or the bar CSV's."""
+    """The 1-minute bars from `warmup_days` before start to end: the database's, or the bar CSV's; for a continuous
+    symbol every stored contract of its product, merged in time order (contract by contract within a minute)."""
     begin = settings.start - timedelta(days=settings.warmup_days)
+    if is_continuous(settings.vt_symbol):
+        bars: list[BarData] = []
+        for vt_symbol in product_contracts(settings):
+            try:
+                frame = data_collector.load_history_data(vt_symbol, begin, settings.end, home=settings.home)
+            except DataError:
+                continue  # no bars of this contract in the range
+            bars += data_collector.frame_to_bars(frame, vt_symbol)
+        return sorted(bars, key=lambda bar: (bar.datetime, bar.vt_symbol))
     if settings.csv is None:
         frame = data_collector.load_history_data(settings.vt_symbol, begin, settings.end, home=settings.home)
     else:
@@ -280,6 +315,25 @@ def closing_tick(last: TickData) -> TickData:
     """A tick at the next minute boundary, same price and totals: it makes BarGenerator emit the last bar."""
     minute = last.datetime.replace(second=0, microsecond=0)
     return replace(last, datetime=minute + timedelta(minutes=1), last_volume=0.0)
+
+
+def snapshot_tick(history: list[BarData], gateway_name: str) -> TickData:
+    """What a broker's snapshot on subscribe tells of a contract before the replay: the last stored bar's close and
+    open interest, and the volume of that bar's whole trading day (a tick's volume counts the day)."""
+    last = history[-1]
+    day = causal_trading_day(last.datetime)
+    volume = sum(bar.volume for bar in history if causal_trading_day(bar.datetime) == day)
+    return TickData(
+        gateway_name=gateway_name,
+        symbol=last.symbol,
+        exchange=last.exchange,
+        datetime=last.datetime + timedelta(seconds=TICK_SECONDS[-1]),
+        volume=volume,
+        open_interest=last.open_interest,
+        last_price=last.close_price,
+        bid_price_1=last.close_price,
+        ask_price_1=last.close_price,
+    )
 
 
 def cross_bar_limit(direction: Direction, price: float, bar: BarData) -> float | None:
@@ -558,6 +612,13 @@ class SimGateway(BaseGateway):
     CLOSE and CLOSEYESTERDAY take yesterday's lots, CLOSETODAY today's; elsewhere a close takes today's first. At the
     first price of a new trading day (trading_calendar.causal_trading_day) today's lots become yesterday's. Orders
     never expire.
+
+    Several contracts: a continuous vt_symbol (rb888.SHFE, bar mode, from the database) replays every stored contract
+    of its product at once, so a strategy can roll from one to the next. Each contract is published with a snapshot
+    tick (`snapshot_tick`: the last bar before start and its day's volume) at connect; within a minute the contracts'
+    ticks alternate (every open first), an order is matched against its own contract's bar, and every contract has
+    its own positions in one account (the capital is counted once). The account is not kept across processes in this
+    mode (`account_file` is ignored).
     """
 
     default_name: str = "SIM"
@@ -587,8 +648,10 @@ class SimGateway(BaseGateway):
         self.finished = threading.Event()
         self.completed = False  # the replay reached its end (not stopped or failed)
         self.settings: SimSettings | None = None
-        self.contract: ContractData | None = None
-        self.book: SimBook | None = None
+        self.contract: ContractData | None = None  # the first contract (the only one unless several are replayed)
+        self.book: SimBook | None = None  # the first contract's positions, and the account's cash
+        self.contracts: dict[str, ContractData] = {}
+        self.books: dict[str, SimBook] = {}  # every replayed contract's positions, by vt_symbol
         self.clock: datetime | None = None
         self.error: BaseException | None = None
         self._lock = threading.RLock()
@@ -606,10 +669,10 @@ class SimGateway(BaseGateway):
         self._trades: list[TradeData] = []
         self._stats = ReplayStats()
         self._bars: list[BarData] = []  # history (and in bar mode the bars to replay), oldest first
-        self._times: list[datetime] = []
+        self._series: dict[str, tuple[list[datetime], list[BarData]]] = {}  # each contract's bar times and bars
         self._first = 0  # index of the first bar to replay
         self._ticks: list[TickData] = []
-        self._last_price = 0.0
+        self._last_prices: dict[str, float] = {}
         self._trading_day: date | None = None
         self._pace_at: datetime | None = None
         self._pace_due = 0.0
@@ -644,28 +707,26 @@ class SimGateway(BaseGateway):
         settings = parse_settings(setting)
         spec = contract_spec(settings.vt_symbol, load_contracts(settings_dirs(settings.home)))
         self._load(settings)
-        symbol, exchange = data_collector.parse_vt_symbol(settings.vt_symbol)
-        contract = ContractData(
-            gateway_name=self.gateway_name,
-            symbol=symbol,
-            exchange=exchange,
-            name=settings.vt_symbol,
-            product=Product.FUTURES,
-            size=spec.size,
-            pricetick=spec.pricetick,
-            min_volume=1,
-            stop_supported=True,
-            net_position=False,
-            history_data=True,
-        )
+        contracts = {vt_symbol: self._contract_data(vt_symbol, spec) for vt_symbol in self._series}
+        contract = next(iter(contracts.values()))
+        several = is_continuous(settings.vt_symbol)
         with self._lock:
-            self.settings, self.book, self.contract = settings, SimBook(spec, settings.capital), contract
-            resumed = self._restore_account(spec, contract)
+            self.settings, self.contracts, self.contract = settings, contracts, contract
+            self.books = {vt: SimBook(spec, settings.capital if not n else 0.0) for n, vt in enumerate(contracts)}
+            self.book = self.books[contract.vt_symbol]
+            resumed = not several and self._restore_account(spec, contract)
         if not settings.hold:
             self._released.set()
         self.event_engine.register(self._private_type, self._private_handler)
         self._registered = True
-        self.on_contract(copy(contract))
+        for each in contracts.values():
+            self.on_contract(copy(each))
+        if several:  # a broker's snapshot of every contract, as CTP sends one on subscribe
+            for times, bars in self._series.values():
+                history = bars[: bisect.bisect_left(times, settings.start)]
+                if history:
+                    self.on_tick(snapshot_tick(history, self.gateway_name))
+            self.write_log(f"SIM 回放 {len(contracts)} 个合约：{', '.join(contracts)} / several contracts")
         self.write_log("合约信息查询成功 / contract ready")
         with self._lock:
             self._publish_book()
@@ -688,12 +749,30 @@ class SimGateway(BaseGateway):
         self._thread = threading.Thread(target=self._run, name=f"SimReplay-{self.gateway_name}", daemon=True)
         self._thread.start()
 
+    def _contract_data(self, vt_symbol: str, spec: ContractSpec) -> ContractData:
+        """The contract as the gateway publishes it."""
+        symbol, exchange = data_collector.parse_vt_symbol(vt_symbol)
+        return ContractData(
+            gateway_name=self.gateway_name,
+            symbol=symbol,
+            exchange=exchange,
+            name=vt_symbol,
+            product=Product.FUTURES,
+            size=spec.size,
+            pricetick=spec.pricetick,
+            min_volume=1,
+            stop_supported=True,
+            net_position=False,
+            history_data=True,
+        )
+
     def roll_flat_times(self) -> set[int]:
         """Bar times before the roll gaps of the replayed series (history included), as a backtest of the same bars
-        sets them on the strategy: a replay of a continuous series is flat before each roll as the backtest is."""
+        sets them on the strategy: a replay of a continuous series is flat before each roll as the backtest is. None
+        when several contracts are replayed: each one's own series has no roll."""
         import data_processor
 
-        if not self._bars:
+        if not self._bars or len(self._series) > 1:
             return set()
         return data_processor.roll_flat_times(data_collector.bars_to_frame(self._bars).set_index("datetime"))
 
@@ -713,8 +792,8 @@ class SimGateway(BaseGateway):
     def subscribe(self, req: SubscribeRequest) -> None:
         """Subscribing the replayed contract starts the replay (with `hold`, after `release()` too)."""
         settings = self.settings
-        if settings is None or req.vt_symbol != settings.vt_symbol:
-            replayed = settings.vt_symbol if settings else "无 / none"
+        if settings is None or req.vt_symbol not in self.contracts:
+            replayed = ", ".join(self.contracts) or "无 / none"
             self.write_log(f"订阅失败：{req.vt_symbol} 不在回放中（回放 {replayed}）/ not replayed by this gateway")
             return
         if not self._subscribed.is_set():
@@ -746,7 +825,7 @@ class SimGateway(BaseGateway):
                     self.write_log(f"撤单失败：委托 {vt_orderid} 不存在或已结束 / nothing to cancel")
                     return
                 if order.held is not None:
-                    self._account().unfreeze(order.held, order.split)
+                    self.books[order.data.vt_symbol].unfreeze(order.held, order.split)
                 order.data.status = Status.CANCELLED
                 self._stats.cancelled += 1
                 self.on_order(copy(order.data))
@@ -799,7 +878,16 @@ class SimGateway(BaseGateway):
             )
         for tick in ticks:  # our own fresh objects, not yet published
             tick.gateway_name = self.gateway_name
-        self._bars, self._times, self._first, self._ticks = bars, times, first, ticks
+        series: dict[str, tuple[list[datetime], list[BarData]]] = {settings.vt_symbol: ([], [])}
+        if is_continuous(settings.vt_symbol):
+            series = {bar.vt_symbol: ([], []) for bar in bars[first:]}  # the contracts that trade in the range
+        for bar in bars:
+            if bar.vt_symbol in series:
+                series[bar.vt_symbol][0].append(bar.datetime)
+                series[bar.vt_symbol][1].append(bar)
+        self._bars = [bar for bar in bars if bar.vt_symbol in series]
+        self._first = bisect.bisect_left([bar.datetime for bar in self._bars], settings.start)
+        self._series, self._ticks = series, ticks
 
     def history_anchor(self) -> datetime:
         """The "now" of history requests: the replay start before the replay, then the start of the minute being
@@ -811,20 +899,21 @@ class SimGateway(BaseGateway):
 
     def _history(self, req: HistoryRequest) -> list[BarData]:
         settings = self.settings
-        if settings is None or req.vt_symbol != settings.vt_symbol or req.interval not in (None, Interval.MINUTE):
+        if settings is None or req.vt_symbol not in self._series or req.interval not in (None, Interval.MINUTE):
             interval = req.interval.value if req.interval else ""
             self.write_log(f"没有 {req.vt_symbol} {interval} 的历史K线（只有回放合约的 1m）/ no such history")
             return []
         span = (req.end or datetime.now(CHINA_TZ)) - req.start
         anchor = self.history_anchor()
-        low = bisect.bisect_left(self._times, anchor - span)
-        high = bisect.bisect_left(self._times, anchor)
+        times, bars = self._series[req.vt_symbol]
+        low = bisect.bisect_left(times, anchor - span)
+        high = bisect.bisect_left(times, anchor)
         if span > timedelta(days=settings.warmup_days, seconds=1):
             self.write_log(
                 f"请求 {span.days} 天历史，但只加载了 warmup_days={settings.warmup_days} 天；请增大 "
                 "warmup_days / history request longer than warmup_days"
             )
-        return [replace(bar, gateway_name=self.gateway_name) for bar in self._bars[low:high]]
+        return [replace(bar, gateway_name=self.gateway_name) for bar in bars[low:high]]
 
     # -- orders and the account (called with the lock held) --
 
@@ -848,7 +937,7 @@ class SimGateway(BaseGateway):
             self._save_account()
             return order.vt_orderid
         held = None if req.offset == Offset.OPEN else OPPOSITE[req.direction]
-        book = self._account()
+        book = self.books[req.vt_symbol]
         held_order = SimOrder(order, self._epoch, held)
         if held is None:
             held_order.margin = margin(req.price, req.volume, book.spec)
@@ -864,13 +953,13 @@ class SimGateway(BaseGateway):
 
     def _refusal(self, req: OrderRequest) -> str:
         """Why an order is rejected, or empty."""
-        settings, book = self.settings, self.book
-        if settings is None or book is None:
+        if self.settings is None or self.book is None:
             return "网关未连接 / not connected"
         if self.finished.is_set():
             return "回放已结束 / the replay has finished"
-        if req.vt_symbol != settings.vt_symbol:
-            return f"未知合约 {req.vt_symbol}（回放 {settings.vt_symbol}）/ unknown symbol"
+        book = self.books.get(req.vt_symbol)
+        if book is None:
+            return f"未知合约 {req.vt_symbol}（回放 {', '.join(self.books)}）/ unknown symbol"
         if req.type not in (OrderType.LIMIT, OrderType.STOP):
             return f"不支持的委托类型 {req.type.value}，只支持限价单和停止单 / only limit and stop orders"
         if req.direction not in OPPOSITE:
@@ -902,7 +991,7 @@ class SimGateway(BaseGateway):
     def _save_account(self) -> None:
         """Write the account where the setting asks (lock held): a restarted process continues it."""
         settings = self.settings
-        if settings is None or settings.account_file is None or self.book is None:
+        if settings is None or settings.account_file is None or self.book is None or len(self.books) > 1:
             return
         counts = (self._order_count, self._trade_count)
         write_json_atomic(settings.account_file, account_to_dict(self.book, self._active, counts, self._trading_day))
@@ -914,6 +1003,7 @@ class SimGateway(BaseGateway):
             return False
         saved = read_json_object(settings.account_file)
         self.book, self._active, counts, self._trading_day = account_from_dict(saved, spec, contract, self.gateway_name)
+        self.books = {contract.vt_symbol: self.book}
         self._order_count, self._trade_count = counts
         self._orders = {vt_orderid: order.data for vt_orderid, order in self._active.items()}
         return True
@@ -922,12 +1012,12 @@ class SimGateway(BaseGateway):
         return sum(order.margin for order in self._active.values())
 
     def _available(self) -> float:
-        book = self._account()
-        return book.balance(self._last_price) - book.position_margin() - self._order_margin()
+        account = self._account_data()
+        return account.balance - account.frozen
 
     def _fill(self, order: SimOrder, price: float, when: datetime) -> None:
         """Fill an order whole at price: order ALLTRADED, trade, positions and account."""
-        data, book = order.data, self._account()
+        data, book = order.data, self.books[order.data.vt_symbol]
         assert data.direction is not None
         del self._active[data.vt_orderid]
         if order.held is None:
@@ -958,17 +1048,20 @@ class SimGateway(BaseGateway):
         self._save_account()
 
     def _account_data(self) -> AccountData:
-        book = self._account()
+        self._account()
+        prices = self._last_prices
         return AccountData(
             gateway_name=self.gateway_name,
             accountid=self.gateway_name,
-            balance=book.balance(self._last_price),
-            frozen=book.position_margin() + self._order_margin(),
+            balance=sum(book.balance(prices.get(vt_symbol, 0.0)) for vt_symbol, book in self.books.items()),
+            frozen=sum(book.position_margin() for book in self.books.values()) + self._order_margin(),
         )
 
     def _publish_positions(self) -> None:
-        book, contract = self._account(), self.contract
-        assert contract is not None
+        for vt_symbol, book in self.books.items():
+            self._publish_contract_positions(self.contracts[vt_symbol], book, self._last_prices.get(vt_symbol, 0.0))
+
+    def _publish_contract_positions(self, contract: ContractData, book: SimBook, last_price: float) -> None:
         for direction, side in book.sides.items():
             self.on_position(
                 PositionData(
@@ -979,7 +1072,7 @@ class SimGateway(BaseGateway):
                     volume=side.volume,
                     frozen=side.frozen_td + side.frozen_yd,
                     price=side.price,
-                    pnl=book.pnl(direction, self._last_price),
+                    pnl=book.pnl(direction, last_price),
                     yd_volume=side.yd,
                 )
             )
@@ -996,12 +1089,13 @@ class SimGateway(BaseGateway):
             event.data.set()
         else:
             with self._lock:
-                self._epoch, self.clock, self._last_price = event.data
+                self._epoch, self.clock, vt_symbol, self._last_prices[vt_symbol] = event.data
 
-    def _put_mark(self, when: datetime, price: float) -> int:
-        """Queue a mark: when the event engine reaches it, the clock, the last price and the epoch move on."""
+    def _put_mark(self, when: datetime, vt_symbol: str, price: float) -> int:
+        """Queue a mark: when the event engine reaches it, the clock, the contract's last price and the epoch move
+        on."""
         self._epoch_sent += 1
-        self.on_event(self._private_type, (self._epoch_sent, when, price))
+        self.on_event(self._private_type, (self._epoch_sent, when, vt_symbol, price))
         return self._epoch_sent
 
     def _sync(self, timeout: float = math.inf) -> bool:
@@ -1051,25 +1145,36 @@ class SimGateway(BaseGateway):
         Orders carry the epoch the event engine had reached when they arrived: up to the mark of bar k's first tick
         they may trade on bar k; from its second tick to its close they saw bar k's prices and wait for bar k+1.
         """
-        volume = turnover = 0.0
-        last: TickData | None = None
-        for index in range(self._first, len(self._bars)):
-            bar = self._bars[index]
-            ticks, volume, turnover = bar_ticks(bar, self.gateway_name, volume, turnover, index == self._first)
-            if not self._roll(bar.datetime):
+        totals: dict[str, tuple[float, float]] = {}  # each contract's cumulative volume and turnover
+        last: list[TickData] = []
+        index = self._first
+        while index < len(self._bars):
+            minute = self._bars[index].datetime
+            group: dict[str, BarData] = {}
+            while index < len(self._bars) and self._bars[index].datetime == minute:
+                group[self._bars[index].vt_symbol] = self._bars[index]
+                index += 1
+            if not self._roll(minute):
                 return False
-            opened = self._publish(ticks[0])
-            for tick in ticks[1:]:
-                self._publish(tick)
-            after = self._put_mark(ticks[-1].datetime, ticks[-1].last_price)
-            if not self._sync() or not self._match(cross_bar_limit, cross_bar_stop, bar, opened, after):
+            replayed = []
+            for vt_symbol, bar in group.items():
+                volume, turnover = totals.get(vt_symbol, (0.0, 0.0))
+                ticks, volume, turnover = bar_ticks(bar, self.gateway_name, volume, turnover, vt_symbol not in totals)
+                totals[vt_symbol] = (volume, turnover)
+                replayed.append(ticks)
+            opened = max(self._publish(ticks[0]) for ticks in replayed)  # every contract's open first
+            for step in range(1, len(TICK_SECONDS)):
+                for ticks in replayed:
+                    self._publish(ticks[step])
+            after = min(self._put_mark(t[-1].datetime, t[-1].vt_symbol, t[-1].last_price) for t in replayed)
+            if not self._sync() or not self._match(cross_bar_limit, cross_bar_stop, group, opened, after):
                 return False
             with self._lock:
-                self._stats.bars += 1
+                self._stats.bars += len(group)
                 self._mark()
-            last = ticks[-1]
-        if last is not None:
-            self._publish(closing_tick(last))
+            last = [ticks[-1] for ticks in replayed]
+        for tick in last:
+            self._publish(closing_tick(tick))
         return True
 
     def _replay_ticks(self) -> bool:
@@ -1079,7 +1184,8 @@ class SimGateway(BaseGateway):
             if not self._roll(tick.datetime) or not self._sync():
                 return False
             self._pace(tick.datetime)
-            if not self._match(cross_tick_limit, cross_tick_stop, tick, self._epoch_sent, self._epoch_sent):
+            market = {tick.vt_symbol: tick}
+            if not self._match(cross_tick_limit, cross_tick_stop, market, self._epoch_sent, self._epoch_sent):
                 return False
             self._publish(tick, paced=True)
             minute = tick.datetime.replace(second=0, microsecond=0)
@@ -1089,22 +1195,27 @@ class SimGateway(BaseGateway):
                 marked = minute
         return True
 
-    def _match(self, limit_rule: Rule, stop_rule: Rule, market: Any, opened: int, after: int) -> bool:
+    def _match(self, limit_rule: Rule, stop_rule: Rule, market: Mapping[str, Any], opened: int, after: int) -> bool:
         """Cross the limit orders of epoch ≤ opened, then (once their trades were handled, as vnpy calls on_trade in
-        between) the stop orders of epoch ≤ opened or ≥ after; the others saw this market's prices."""
-        when: datetime = market.datetime
+        between) the stop orders of epoch ≤ opened or ≥ after; the others saw this market's prices. `market` holds
+        each replayed contract's bar (or tick) of this moment: an order is matched against its own contract's."""
+        when: datetime = next(iter(market.values())).datetime
         if self._cross(OrderType.LIMIT, limit_rule, market, when, lambda seq: seq <= opened) and not self._sync():
             return False
         self._cross(OrderType.STOP, stop_rule, market, when, lambda seq: seq <= opened or seq >= after)
         return True
 
-    def _cross(self, kind: OrderType, rule: Rule, market: Any, when: datetime, eligible: Callable[[int], bool]) -> int:
+    def _cross(
+        self, kind: OrderType, rule: Rule, market: Mapping[str, Any], when: datetime, eligible: Callable[[int], bool]
+    ) -> int:
         """Fill every eligible active order of a kind that crosses (a snapshot, in arrival order); the fills."""
         filled = 0
         with self._lock:
             for order in [o for o in self._active.values() if o.data.type == kind and eligible(o.seq)]:
                 assert order.data.direction is not None
-                price = rule(order.data.direction, order.data.price, market)
+                if order.data.vt_symbol not in market:
+                    continue  # its contract has no price this minute
+                price = rule(order.data.direction, order.data.price, market[order.data.vt_symbol])
                 if price is not None:
                     self._fill(order, price, when)
                     filled += 1
@@ -1119,7 +1230,8 @@ class SimGateway(BaseGateway):
             if not self._sync():  # orders reacting to the old day arrive first
                 return False
             with self._lock:
-                self._account().roll()
+                for book in self.books.values():
+                    book.roll()
                 for order in self._active.values():
                     if order.held is not None:
                         order.split = (0.0, sum(order.split))
@@ -1131,14 +1243,14 @@ class SimGateway(BaseGateway):
 
     def _mark(self) -> None:
         """Publish positions and account marked at the last price while something is held (lock held)."""
-        if self.book is not None and any(side.volume for side in self.book.sides.values()):
+        if any(side.volume for book in self.books.values() for side in book.sides.values()):
             self._publish_book()
 
     def _publish(self, tick: TickData, paced: bool = False) -> int:
         """Wait for the tick's moment (unless done), put its mark, then the tick; the mark's epoch."""
         if not paced:
             self._pace(tick.datetime)
-        epoch = self._put_mark(tick.datetime, tick.last_price)
+        epoch = self._put_mark(tick.datetime, tick.vt_symbol, tick.last_price)
         self.on_tick(tick)
         with self._lock:
             self._stats.ticks += 1

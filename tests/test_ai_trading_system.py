@@ -575,6 +575,7 @@ LAYER_VALUES: dict[str, tuple[str, Any, Any, Any]] = {
     "threshold": ("0.003", 0.001, 0.002, None),  # None: the key is left out, the bundle's threshold applies
     "capital": ("300000", 500000.0, 700000.0, 1_000_000.0),
     "warmup_days": ("3", 5, 7, None),  # None: left out, the strategy's and the simulator's default (10)
+    "roll": ("alert", "flat", "alert", "open"),  # beside vt_symbol in the entry; default: roll at the open
     "td_address": ("tcp://10.0.0.1:1", "tcp://10.0.0.2:2", "tcp://10.0.0.3:3", ""),
     "md_address": ("tcp://10.0.0.1:4", "tcp://10.0.0.2:5", "tcp://10.0.0.3:6", ""),
     "connect_timeout": ("5", 10.0, 20.0, 30.0),
@@ -600,8 +601,8 @@ def write_layer(folder: Path, dest: str, value: Any) -> None:
     entry: dict[str, Any] = {"vt_symbol": "rb2609.SHFE", "setting": {"model_path": "m"}}
     broker: dict[str, Any] = {}
     if value is not None:
-        if key == "vt_symbol":
-            entry["vt_symbol"] = value
+        if key in ("vt_symbol", "roll"):
+            entry[key] = value
         elif where == "strategy":
             entry["setting"][key] = value
         else:
@@ -613,8 +614,8 @@ def write_layer(folder: Path, dest: str, value: Any) -> None:
 def resolved(options: ai_trading_system.TradeOptions, dest: str, home: Home) -> Any:
     """The value `trade` runs with for one option."""
     where, key = ai_trading_system.TRADE_OVERRIDES[dest]
-    if key == "vt_symbol":
-        return options.strategy.vt_symbol
+    if key in ("vt_symbol", "roll"):
+        return getattr(options.strategy, key)
     if key == "model_path":
         return Path(options.strategy.setting[key]).name
     if where == "strategy":
