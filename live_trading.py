@@ -372,10 +372,14 @@ class AITradingSystem:
 
     def _on_strategy_log(self, event: Any) -> None:
         """Strategy log lines to the log; risk rejections and a bundle without an edge to the audit trail too."""
-        from predictive_trading_strategy import NO_EDGE, RISK_REJECTION
+        from predictive_trading_strategy import NO_EDGE, OPENING_HELD, RISK_REJECTION
 
         message = str(event.data.msg)
         logger.info("%s", message)
+        if OPENING_HELD in message:  # the strategy audited it; a person must look and resume
+            self.mailer.send_alert(
+                f"策略 {self.strategy_name}：{message}", "CRITICAL", key=f"hold_{self.strategy_name}"
+            )
         for marker, audited in ((RISK_REJECTION, "risk_rejection"), (NO_EDGE, "model_no_edge")):
             if marker in message:
                 self.audit.write(audited, strategy=self.strategy_name, message=message)
@@ -471,6 +475,7 @@ class AITradingSystem:
             strategy.flat_bars = gateway.roll_flat_times()
         store = FileStateStore(self.home.strategy_state_path(config.name, self.gateway_name == "SIM"), self.audit)
         strategy.store, strategy.account_required = store, True
+        strategy.health = self.settings.health  # live models are watched: the health switch holds opening
         # vnpy puts its saved variables back after on_init: ours win, and the model just loaded keeps its name
         saved = self.cta_engine.strategy_data.get(config.name)
         self.cta_engine.strategy_data[config.name] = restorable_variables(saved, store.path.exists())

@@ -20,18 +20,21 @@ from config import (
     ContractSpec,
     DataError,
     Fees,
+    HealthSettings,
     ModelError,
     RiskSettings,
     resolve_home,
 )
 from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle, has_no_edge
+from model_health import KINDS, HealthView, ModelWatch, health_problems, view_dict
 from risk_manager import PositionBook, RiskManager
 from trade_simulator import CLOSE, LONG, OPEN, SHORT, allowed_target, next_order, trailing_stop
 
 NO_PREDICTION: float = math.nan
 RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log line (live_trading audits these lines)
 NO_EDGE: str = "无验证优势"  # how on_init starts the log line of a bundle whose validation showed no net edge
+OPENING_HELD: str = "暂停开仓（模型健康或人工）"  # starts the log line of an opening hold (live: a CRITICAL alert)
 DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
@@ -112,6 +115,8 @@ class ModelSignal:
         self.buffer = WindowBuffer(model.config.sequence_length, len(model.names))
         self.rolls = RollDetector()
         self.since_roll = self.buffer.length  # bars since the last roll gap; no roll seen counts as long ago
+        self.features: np.ndarray | None = None  # the latest scaled feature row (None while warming up)
+        self.expected_gap = True  # the latest NaN prediction was expected: warming up, or a window over a roll gap
 
     @property
     def bars_needed(self) -> int:
@@ -124,11 +129,14 @@ class ModelSignal:
         rolled = self.rolls.update(bar.datetime, bar.open_price, bar.close_price)
         self.since_roll = 0 if rolled else min(self.since_roll + 1, self.buffer.length)
         features = self.state.update(bar)
-        if features is None:
+        self.features = None if features is None else self.scaler.transform(features)
+        if self.features is None:
+            self.expected_gap = True
             return NO_PREDICTION
-        self.buffer.push(self.scaler.transform(features))
+        self.buffer.push(self.features)
         window = self.buffer.window()
-        if window is None or self.since_roll < self.buffer.length - 1 or not np.isfinite(window).all():
+        self.expected_gap = window is None or self.since_roll < self.buffer.length - 1
+        if self.expected_gap or window is None or not np.isfinite(window).all():
             return NO_PREDICTION
         return self.model.predict_one(window)
 
@@ -211,6 +219,7 @@ class PredictiveTradingStrategy(CtaTemplate):
     last_price: float = 0.0
     model_name: str = ""
     risk_state: str = ""
+    health_state: str = ""
     entry_price: float = 0.0
     trailing_stop_price: float = 0.0
 
@@ -229,7 +238,15 @@ class PredictiveTradingStrategy(CtaTemplate):
         "max_position_ratio",
         "max_single_trade_ratio",
     ]
-    variables = ["prediction_value", "last_price", "model_name", "risk_state", "entry_price", "trailing_stop_price"]
+    variables = [
+        "prediction_value",
+        "last_price",
+        "model_name",
+        "risk_state",
+        "health_state",
+        "entry_price",
+        "trailing_stop_price",
+    ]
 
     def __init__(self, cta_engine: Any, strategy_name: str, vt_symbol: str, setting: dict) -> None:
         super().__init__(cta_engine, strategy_name, vt_symbol, setting)
@@ -241,7 +258,9 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.threshold = 0.0
         self.best_price = 0.0
         self.blocked = 0  # after a trailing stop, the side (LONG / SHORT) not re-entered until the signal resets
-        self.opens = True  # False for a bundle with no validation edge (and no explicit threshold): never opens
+        self.health: HealthSettings | None = None  # live: the composition root hands in the health switch's limits
+        self.watch: ModelWatch | None = None  # follows the model's live health and quality when `health` is given
+        self.acknowledged: set[str] = set()  # health failures a person resumed over: not held again until they clear
         self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
@@ -280,12 +299,17 @@ class PredictiveTradingStrategy(CtaTemplate):
             f"需要 {self.signal.bars_needed} 根K线预热"
         )
         no_edge = has_no_edge(model.metadata)
-        self.opens = not no_edge or self.prediction_threshold > 0
+        holds = no_edge and self.prediction_threshold <= 0
         if no_edge:
             self.write_log(
                 f"{NO_EDGE}：模型包 {self.model_name} 在验证期按真实成本模拟没有净收益（edge: none），"
-                + ("按显式阈值仍会开仓，请谨慎 / an explicit threshold overrides it" if self.opens else "策略不会开仓")
+                + ("策略不会开仓" if holds else "按显式阈值仍会开仓，请谨慎 / an explicit threshold overrides it")
             )
+        if self.health is not None:
+            self.watch = ModelWatch(model.metadata, model.names, model.config.horizon, self.health, holds)
+        elif holds:
+            self.hold_opening("edge", f"{KINDS['edge']}：模型包 {self.model_name}", None)
+        self.health_state = self.risk.state.hold_reason
         self.load_bar(self.warmup_days)
 
     def on_start(self) -> None:
@@ -360,7 +384,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         if self.risk is None:
             return ()
         state = self.risk.state
-        return self.pos, self.best_price, self.blocked, state.halted, state.trading_day
+        return self.pos, self.best_price, self.blocked, state.halted, state.held, state.trading_day
 
     def save_state(self, reason: str) -> None:
         """Hand the current state to the store."""
@@ -435,6 +459,62 @@ class PredictiveTradingStrategy(CtaTemplate):
             self.store.record("risk_resume", fields)
             self.write_log(f"交易日 {fields['trading_day']} 开始，恢复开仓 / trading resumes")
 
+    # -- the model-health switch and the opening hold --
+
+    def health_view(self) -> HealthView | None:
+        """The live model's health and quality figures (None when no health switch was handed in)."""
+        return self.watch.view() if self.watch is not None else None
+
+    def check_health(self, when: datetime | None) -> None:
+        """Hold opening on the first health failure a person has not resumed over (once: a held book stays held)."""
+        if self.watch is None or self.risk is None:
+            return
+        assert self.health is not None
+        failing = health_problems(self.watch.view(), self.health)
+        self.acknowledged &= {kind for kind, _ in failing}  # a failure that cleared may hold again later
+        fresh = [(kind, reason) for kind, reason in failing if kind not in self.acknowledged]
+        if fresh and not self.risk.held:
+            self.hold_opening(*fresh[0], when)
+
+    def hold_opening(self, kind: str, reason: str, when: datetime | None) -> None:
+        """Stop opening (reduce-only) until `resume_opening`: the risk book's hold, one log line (live: a CRITICAL
+        alert), one audit record and the state saved."""
+        assert self.risk is not None
+        if not self.risk.hold(reason, when):
+            return
+        view = self.health_view()
+        fields: dict[str, Any] = {
+            "strategy": self.strategy_name,
+            "kind": kind,
+            "reason": reason,
+            "time": when.isoformat() if when else None,
+            "model": self.model_name,
+            "checksum": self.model_checksum,
+            "health": view_dict(view) if view is not None else None,
+        }
+        self.health_state = reason
+        self.save_state("hold")
+        self.store.record("opening_hold", fields)
+        self.write_log(f"{OPENING_HELD}：{reason}；只允许平仓，需人工恢复 / opening held until resumed")
+
+    def resume_opening(self, who: str) -> bool:
+        """Lift an opening hold (an explicit action by `who`); today's failures are not held again until they
+        clear. False when nothing was held."""
+        if self.risk is None or not self.risk.held:
+            return False
+        reason = self.risk.state.hold_reason
+        self.risk.release()
+        if self.watch is not None and self.health is not None:
+            self.acknowledged |= {kind for kind, _ in health_problems(self.watch.view(), self.health)}
+            self.watch.acknowledge()
+        self.health_state = ""
+        self.risk_state = self.risk.status
+        self.save_state("resume")
+        self.store.record("opening_resume", {"strategy": self.strategy_name, "by": who, "was": reason})
+        self.write_log(f"恢复开仓（{who}），此前：{reason} / opening resumed")
+        self.put_event()
+        return True
+
     def adopt_positions(self, book: PositionBook) -> None:
         """Take the broker's positions (with its prices) as the book and `pos` (the live root, before start)."""
         assert self.risk is not None
@@ -463,10 +543,15 @@ class PredictiveTradingStrategy(CtaTemplate):
             return
         self.last_price = bar.close_price
         self.prediction_value = self.signal.update(bar)
+        if self.watch is not None:
+            features = getattr(self.signal, "features", None)
+            gap = bool(getattr(self.signal, "expected_gap", False))
+            self.watch.update(bar.datetime, bar.close_price, features, self.prediction_value, gap)
         if not self.trading or (self.resume_after is not None and bar.datetime <= self.resume_after):
             return  # warming up, or a bar the previous process already acted on
         self.risk.mark(bar.close_price, bar.datetime)
         self.note_halt(bar.datetime)
+        self.check_health(bar.datetime)
         self.risk_state = self.risk.status
         stopped = self.check_trailing_stop(bar)
         before_roll = int(bar.datetime.timestamp()) in self.flat_bars
@@ -474,8 +559,8 @@ class PredictiveTradingStrategy(CtaTemplate):
             target = 0.0
         else:
             target = self.allowed_target(self.prediction_value)
-            if not self.opens and abs(target) > abs(self.pos):
-                target = self.pos
+            if self.risk.held and abs(target) > abs(self.pos):
+                target = self.pos  # reduce-only: the opening hold lets positions close, never grow
         why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
         why = why or ("换月前平仓 / flat before a roll" if before_roll else "")
         self.move_to(target, bar, why)
@@ -561,6 +646,8 @@ class PredictiveTradingStrategy(CtaTemplate):
 
     def on_trade(self, trade: TradeData) -> None:
         """Keep the risk manager's book and the entry / best prices in step with fills; save the state."""
+        if self.watch is not None:
+            self.watch.record_fill()
         if self.risk is not None:
             self.risk.update_trade(trade)
             self.note_halt(trade.datetime)
