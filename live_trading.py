@@ -3,11 +3,14 @@ the monitor and the audit log; CTP settings, the connect timeout, strategy setti
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ from config import (
     CHINA_TZ,
     SECRET_ENV,
     STRATEGIES_FILE,
+    AppError,
     AppSettings,
     AuditLog,
     BrokerSettings,
@@ -329,6 +333,10 @@ class AITradingSystem:
         self.main_engine.add_gateway(CtpGateway)
         self.main_engine.add_gateway(SimGateway)
         self.cta_engine: Any = self.main_engine.add_app(CtaStrategyApp)
+        from ai_panel import AiEngine
+
+        self.ai_engine = self.main_engine.add_engine(AiEngine)  # the control spool: halt, resume, flatten, switch
+        self.ai_engine.attach(home, self.audit, lambda: self.cta_engine.strategies)
         self.mailer = monitor.AlertMailer(
             settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds, self.audit
         )
@@ -662,3 +670,121 @@ class AITradingSystem:
             return
         clear_states(self.home, simulated=True)
         logger.info("回放已完成，模拟账户与 SIM 策略状态已清除 / replay complete, simulated state removed")
+
+
+# --- the control spool: commands to a running strategy from the command line or the AI panel -------------------
+
+CONTROL_DIR: str = "control"  # under the home: <strategy>/inbox/*.json, <strategy>/replies/<id>.json
+ACTIONS: tuple[str, ...] = ("halt", "resume", "flatten", "switch-model")
+COMMAND_TTL_SECONDS: float = 60.0  # an older command is answered "expired", never carried out
+CLAIMED: str = ".claimed"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One request to a running strategy, as a JSON file in its inbox."""
+
+    id: str
+    strategy: str
+    action: str
+    bundle: str  # switch-model only
+    by: str  # who asked: cli:<user> or panel:<user>
+    created: float  # epoch seconds
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"未知操作 {self.action!r}（可用：{', '.join(ACTIONS)}）/ unknown action")
+        if (self.action == "switch-model") != bool(self.bundle):
+            raise ConfigError("switch-model 需要模型包，其他操作不需要 / switch-model takes a bundle, others none")
+        if not self.strategy or "/" in self.strategy or self.strategy.startswith("."):
+            raise ConfigError(f"策略名无效：{self.strategy!r} / invalid strategy name")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The running process's answer to one command."""
+
+    id: str
+    ok: bool
+    message: str
+
+
+def inbox(home: Home, strategy: str) -> Path:
+    return home.root / CONTROL_DIR / strategy / "inbox"
+
+
+def reply_path(home: Home, strategy: str, command_id: str) -> Path:
+    return home.root / CONTROL_DIR / strategy / "replies" / f"{command_id}.json"
+
+
+def new_command(strategy: str, action: str, bundle: str = "", by: str = "") -> Command:
+    """A command with a fresh id, stamped now."""
+    user = by or f"cli:{os.environ.get('USER', '?')}"
+    return Command(f"{time.time_ns()}-{uuid.uuid4().hex[:8]}", strategy, action, bundle, user, time.time())
+
+
+def send_command(home: Home, command: Command) -> Path:
+    """Drop a command into the strategy's inbox, written atomically (the process never reads half a file)."""
+    path = inbox(home, command.strategy) / f"{command.id}.json"
+    write_json_atomic(path, asdict(command))
+    return path
+
+
+def withdraw(path: Path) -> bool:
+    """Take back a command nobody claimed; False when the running process has claimed it already."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def await_reply(home: Home, command: Command, timeout: float) -> Reply | None:
+    """The process's reply, or None after `timeout` seconds."""
+    path = reply_path(home, command.strategy, command.id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            raw = read_json_object(path)
+            path.unlink(missing_ok=True)
+            return Reply(command.id, bool(raw.get("ok")), str(raw.get("message", "")))
+        time.sleep(0.1)
+    return None
+
+
+def claim_commands(home: Home, strategy: str) -> list[Command]:
+    """Claim (rename) and read every command waiting in a strategy's inbox, oldest first; a file that cannot be
+    read as a command is claimed, logged and dropped."""
+    folder = inbox(home, strategy)
+    if not folder.is_dir():
+        return []
+    commands = []
+    for path in sorted(folder.glob("*.json")):
+        claimed = path.with_name(path.name + CLAIMED)
+        try:
+            path.rename(claimed)  # the sender can no longer withdraw it
+        except FileNotFoundError:
+            continue
+        try:
+            raw = json.loads(claimed.read_text(encoding="utf-8"))
+            commands.append(Command(**raw))
+        except (AppError, TypeError, ValueError) as exc:
+            logger.warning("无法读取控制命令 %s（%s），已丢弃 / unreadable control command dropped", path.name, exc)
+        finally:
+            claimed.unlink(missing_ok=True)
+    return commands
+
+
+def answer(home: Home, command: Command, ok: bool, message: str) -> None:
+    """Write the reply the sender waits for."""
+    write_json_atomic(reply_path(home, command.strategy, command.id), asdict(Reply(command.id, ok, message)))
+
+
+def configured_strategies(home: Home) -> list[str]:
+    """The strategy names of settings/strategies.json (project's and home's), unchecked, without importing vnpy."""
+    names: dict[str, None] = {}
+    for folder in settings_dirs(home):
+        path = folder / STRATEGIES_FILE
+        if path.is_file():
+            names.update(dict.fromkeys(read_json_object(path)))
+    return list(names)

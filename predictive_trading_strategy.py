@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -39,6 +42,8 @@ DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
 STATE_FORMAT: int = 1  # the layout of the saved strategy state
+RECENT_BARS: int = 3000  # finished bars kept to warm a switched-in model's features
+SwitchReply = Callable[[bool, str], None]  # told whether a requested model switch was accepted, and why
 
 
 class StateStore(Protocol):
@@ -261,6 +266,10 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.health: HealthSettings | None = None  # live: the composition root hands in the health switch's limits
         self.watch: ModelWatch | None = None  # follows the model's live health and quality when `health` is given
         self.acknowledged: set[str] = set()  # health failures a person resumed over: not held again until they clear
+        self.flattening = False  # a person asked to flatten: the target is 0 until opening is resumed
+        self.last_bar: BarData | None = None
+        self.recent_bars: deque[BarData] = deque(maxlen=RECENT_BARS)
+        self.pending_switch: tuple[ModelSignal, str] | None = None  # checked in the background, swapped at a bar
         self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
@@ -508,12 +517,104 @@ class PredictiveTradingStrategy(CtaTemplate):
             self.acknowledged |= {kind for kind, _ in health_problems(self.watch.view(), self.health)}
             self.watch.acknowledge()
         self.health_state = ""
+        self.flattening = False
         self.risk_state = self.risk.status
         self.save_state("resume")
         self.store.record("opening_resume", {"strategy": self.strategy_name, "by": who, "was": reason})
         self.write_log(f"恢复开仓（{who}），此前：{reason} / opening resumed")
         self.put_event()
         return True
+
+    def flatten(self, who: str) -> None:
+        """Hold opening and close the whole position now at the last bar's price, then stay flat until resumed."""
+        if self.risk is None:
+            return
+        when = self.last_bar.datetime if self.last_bar else None
+        self.hold_opening("manual", f"人工平仓（{who}）/ flatten requested", when)
+        self.flattening = True
+        if self.trading and self.last_bar is not None and self.pos:
+            self.move_to(0.0, self.last_bar, "人工平仓 / flatten")
+        self.put_event()
+
+    # -- switching models while trading --
+
+    def request_switch(self, bundle: str, who: str, reply: SwitchReply) -> None:
+        """Load and check a bundle in a background thread; once accepted it replaces the model at the next bar
+        (`swap_model`). `reply` hears the verdict, from that thread."""
+
+        def load() -> None:
+            try:
+                signal = self.checked_switch(bundle)
+            except AppError as exc:
+                self.store.record(
+                    "model_switch_refused",
+                    {"strategy": self.strategy_name, "bundle": bundle, "by": who, "reason": str(exc)},
+                )
+                self.write_log(f"拒绝切换模型 {bundle}：{exc}")
+                reply(False, str(exc))
+                return
+            self.pending_switch = (signal, who)
+            reply(True, f"模型包 {signal.model.path} 已加载并检查，下一根K线切换 / switching at the next bar")
+
+        threading.Thread(target=load, name=f"switch-{self.strategy_name}", daemon=True).start()
+
+    def checked_switch(self, bundle: str) -> ModelSignal:
+        """The bundle's signal when it may replace the running model: same product and bar interval (checked by
+        the loader), the same features in the same order, and not the model already running; ModelError else."""
+        if self.signal is None:
+            raise ModelError("策略没有正在运行的模型，无法切换 / no running model to switch from")
+        signal = load_signal(bundle, self.vt_symbol)
+        running = self.signal.model
+        if signal.model.names != running.names:
+            extra = sorted(set(signal.model.names) - set(running.names))
+            missing = sorted(set(running.names) - set(signal.model.names))
+            raise ModelError(
+                f"模型包 {bundle} 的特征与正在运行的模型不同（多 {extra or '无'}，少 {missing or '无'}，或顺序不同）；"
+                "切换只接受同一套特征，请用相同特征重新训练，或修改 strategies.json 后重启 / features differ"
+            )
+        if bundle_checksum(signal.model) == self.model_checksum:
+            raise ModelError(f"模型包 {bundle} 就是正在运行的模型（校验和相同）/ that model is already running")
+        return signal
+
+    def swap_model(self, when: datetime) -> None:
+        """Put the pending model in: its features warmed from the recent bars, the position and the risk book
+        kept, the change audited with both checksums and the state saved."""
+        assert self.pending_switch is not None and self.signal is not None
+        signal, who = self.pending_switch
+        self.pending_switch = None
+        for bar in self.recent_bars:
+            signal.update(bar)
+        before = {"model": self.model_name, "checksum": self.model_checksum}
+        model = signal.model
+        self.signal = signal
+        self.model_name = model.path.name if model.path else ""
+        self.model_checksum = bundle_checksum(model)
+        self.threshold = self.prediction_threshold if self.prediction_threshold > 0 else model.threshold
+        holds = has_no_edge(model.metadata) and self.prediction_threshold <= 0
+        if self.health is not None:
+            self.watch = ModelWatch(model.metadata, model.names, model.config.horizon, self.health, holds)
+            self.acknowledged.clear()
+        elif holds:
+            self.hold_opening("edge", f"{KINDS['edge']}：模型包 {self.model_name}", when)
+        self.store.record(
+            "model_switch",
+            {
+                "strategy": self.strategy_name,
+                "time": when.isoformat(),
+                "by": who,
+                "from": before["model"],
+                "from_checksum": before["checksum"],
+                "to": self.model_name,
+                "to_checksum": self.model_checksum,
+                "pos": float(self.pos),
+                "warmed_bars": len(self.recent_bars),
+            },
+        )
+        self.write_log(
+            f"模型已切换：{before['model']} → {self.model_name}（阈值 {self.threshold:.6f}，持仓 {self.pos:g} 不变，"
+            f"用最近 {len(self.recent_bars)} 根K线预热）/ model switched"
+        )
+        self.save_state("switch")
 
     def adopt_positions(self, book: PositionBook) -> None:
         """Take the broker's positions (with its prices) as the book and `pos` (the live root, before start)."""
@@ -541,6 +642,10 @@ class PredictiveTradingStrategy(CtaTemplate):
         """Features → prediction → target → risk check → orders, once per finished bar."""
         if self.signal is None or self.risk is None:
             return
+        if self.pending_switch is not None:
+            self.swap_model(bar.datetime)  # at the bar boundary: this bar is the new model's first
+        self.recent_bars.append(bar)
+        self.last_bar = bar
         self.last_price = bar.close_price
         self.prediction_value = self.signal.update(bar)
         if self.watch is not None:
@@ -555,13 +660,14 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.risk_state = self.risk.status
         stopped = self.check_trailing_stop(bar)
         before_roll = int(bar.datetime.timestamp()) in self.flat_bars
-        if self.risk.halted or stopped or before_roll:
+        if self.risk.halted or stopped or before_roll or self.flattening:
             target = 0.0
         else:
             target = self.allowed_target(self.prediction_value)
             if self.risk.held and abs(target) > abs(self.pos):
                 target = self.pos  # reduce-only: the opening hold lets positions close, never grow
         why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
+        why = why or ("人工平仓 / flatten" if self.flattening else "")
         why = why or ("换月前平仓 / flat before a roll" if before_roll else "")
         self.move_to(target, bar, why)
         self.decided_bar = bar.datetime
