@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import data_collector
 from config import (
@@ -333,9 +333,9 @@ class AITradingSystem:
         self.main_engine.add_gateway(CtpGateway)
         self.main_engine.add_gateway(SimGateway)
         self.cta_engine: Any = self.main_engine.add_app(CtaStrategyApp)
-        from ai_panel import AiEngine
+        from ai_panel import AiDeskApp, AiEngine
 
-        self.ai_engine = self.main_engine.add_engine(AiEngine)  # the control spool: halt, resume, flatten, switch
+        self.ai_engine: AiEngine = cast(AiEngine, self.main_engine.add_app(AiDeskApp))  # control spool, figures
         self.ai_engine.attach(home, self.audit, lambda: self.cta_engine.strategies)
         self.mailer = monitor.AlertMailer(
             settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds, self.audit
@@ -612,6 +612,9 @@ class AITradingSystem:
         from vnpy.trader.ui.qt import QtCore
         from vnpy_ctastrategy.ui import CtaManager
 
+        import ai_panel
+
+        ai_panel.register_ui_module()  # MainWindow's app menu imports the panel from `ai_panel.ui`
         qapp = create_qapp()
         window = MainWindow(self.main_engine, self.event_engine)
         window.showMaximized()
@@ -621,6 +624,7 @@ class AITradingSystem:
             window.open_widget(CtaManager, "CtaStrategy")
         finally:
             del self.cta_engine.init_engine
+        window.open_widget(ai_panel.AiPanel, ai_panel.APP_NAME)  # mode 1 opens the AI desk by default
         for strategy in self.cta_engine.strategies.values():  # the widgets only show what arrives after them
             self.cta_engine.put_strategy_event(strategy)
         if self.gateway_name:
@@ -635,6 +639,10 @@ class AITradingSystem:
                 cta = window.widgets["CtaStrategy"]
                 cta.resize(1600, 900)
                 cta.grab().save(str(screenshot.with_name(f"{screenshot.stem}_cta{screenshot.suffix}")))
+                panel = cast(ai_panel.AiPanel, window.widgets[ai_panel.APP_NAME])
+                panel.resize(1800, 1000)
+                panel.refresh(force=True)
+                panel.grab().save(str(screenshot.with_name(f"{screenshot.stem}_ai{screenshot.suffix}")))
                 logger.info("截图已保存 %s / screenshot saved", screenshot)
                 self.close()
                 qapp.exit(0)  # not quit(): that asks MainWindow's 确认退出 dialog and hangs offscreen (GUIDE §6)
@@ -743,13 +751,14 @@ def await_reply(home: Home, command: Command, timeout: float) -> Reply | None:
     """The process's reply, or None after `timeout` seconds."""
     path = reply_path(home, command.strategy, command.id)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:  # looked at once at least, so a timeout of 0 asks without waiting
         if path.exists():
             raw = read_json_object(path)
             path.unlink(missing_ok=True)
             return Reply(command.id, bool(raw.get("ok")), str(raw.get("message", "")))
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(0.1)
-    return None
 
 
 def claim_commands(home: Home, strategy: str) -> list[Command]:

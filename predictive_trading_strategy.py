@@ -269,6 +269,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.flattening = False  # a person asked to flatten: the target is 0 until opening is resumed
         self.last_bar: BarData | None = None
         self.recent_bars: deque[BarData] = deque(maxlen=RECENT_BARS)
+        self.recent_predictions: deque[float] = deque(maxlen=RECENT_BARS)  # one per recent bar, for the AI panel
         self.pending_switch: tuple[ModelSignal, str] | None = None  # checked in the background, swapped at a bar
         self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
@@ -648,6 +649,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.last_bar = bar
         self.last_price = bar.close_price
         self.prediction_value = self.signal.update(bar)
+        self.recent_predictions.append(self.prediction_value)
         if self.watch is not None:
             features = getattr(self.signal, "features", None)
             gap = bool(getattr(self.signal, "expected_gap", False))
