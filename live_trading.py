@@ -341,6 +341,13 @@ class AITradingSystem:
             settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds, self.audit
         )
         self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path, home.root)
+        self.monitor.set_model_figures(  # a headless desk is watched as well as the panel watches it
+            lambda: {
+                name: strategy.health_figures()
+                for name, strategy in list(self.cta_engine.strategies.items())
+                if getattr(strategy, "risk", None) is not None
+            }
+        )
         self.collector: data_collector.DataCollector | None = None
         self.strategy_name = self.gateway_name = ""
         self.closed = self.engine_closed = False

@@ -475,6 +475,22 @@ class PredictiveTradingStrategy(CtaTemplate):
         """The live model's health and quality figures (None when no health switch was handed in)."""
         return self.watch.view() if self.watch is not None else None
 
+    def health_figures(self) -> dict[str, Any]:
+        """The model, its hold and its live health and quality as plain values (heartbeat, daily summary)."""
+        view = self.health_view()
+        metrics = self.signal.model.metadata.get("metrics") or {} if self.signal is not None else {}
+        state = self.risk.state if self.risk is not None else None
+        return {
+            "model": self.model_name,
+            "checksum": self.model_checksum,
+            "held": bool(state and state.held),
+            "hold_reason": state.hold_reason if state else "",
+            "halted": bool(state and state.halted),
+            "halt_reason": state.halt_reason if state else "",
+            "valid_ic": ((metrics.get("valid") or {}).get("model") or {}).get("ic"),
+            "health": view_dict(view) if view is not None else None,
+        }
+
     def check_health(self, when: datetime | None) -> None:
         """Hold opening on the first health failure a person has not resumed over (once: a held book stays held)."""
         if self.watch is None or self.risk is None:

@@ -185,6 +185,9 @@ class WatchedSignal:
     """A scripted model whose features and predictions a test chooses bar by bar."""
 
     def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.model = SimpleNamespace(metadata={**metadata(), "metrics": {"valid": {"model": {"ic": 0.05}}}})
         self.features: np.ndarray | None = None
         self.expected_gap = False
         self.next: tuple[np.ndarray | None, float, bool] = (None, math.nan, True)
@@ -363,3 +366,28 @@ def test_the_live_root_sends_one_critical_alert_per_hold_line() -> None:
     live_trading.AITradingSystem._on_strategy_log(root, SimpleNamespace(data=SimpleNamespace(msg=line)))
     live_trading.AITradingSystem._on_strategy_log(root, SimpleNamespace(data=SimpleNamespace(msg="[ai_rb]  下单")))
     assert [(level, key) for _, level, key in sent] == [("CRITICAL", "hold_ai_rb")] and "漂移" in sent[0][0]
+
+
+def test_the_heartbeat_and_the_daily_summary_carry_the_same_health_figures(home: Any) -> None:
+    from config import EmailSettings, MonitorSettings
+    from monitor import AlertMailer, SystemMonitor
+
+    strategy, _, _ = run_watched("drift")
+    mailer = AlertMailer(EmailSettings(), "", 600.0)
+    watcher = SystemMonitor(MonitorSettings(daily_summary_time=""), mailer, heartbeat_path=home.heartbeat_path)
+    watcher.set_model_figures(lambda: {"ai_rb": strategy.health_figures()})
+    watcher.write_heartbeat()
+    beat = json.loads(home.heartbeat_path.read_text(encoding="utf-8"))
+    figures = beat["models"]["ai_rb"]
+    view = view_dict(strategy.health_view())
+    assert figures["health"] == json.loads(json.dumps(view)) and figures["held"] is True
+    assert figures["hold_reason"] == strategy.risk.state.hold_reason and figures["checksum"] == strategy.model_checksum
+    assert {"pid", "time", "unix"} <= set(beat) and figures["valid_ic"] == 0.05
+    text = watcher._summary_text(datetime(2016, 1, 11, 15, 30, tzinfo=CHINA_TZ), mailer.take_digest(), 0)
+    assert "模型健康 / model health:" in text and strategy.risk.state.hold_reason in text
+    assert f"实盘 / live IC {view['quality']['ic']:.4f}" in text
+    assert f"漂移 / drift PSI {view['drift_psi']:.3f}" in text
+    watcher.set_model_figures(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+    watcher.write_heartbeat()  # a broken provider never stops the heartbeat
+    assert "models" not in json.loads(home.heartbeat_path.read_text(encoding="utf-8"))
+    mailer.stop(1.0)
