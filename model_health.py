@@ -261,12 +261,20 @@ class ModelWatch:
         self.worst: list[tuple[str, float]] = []
 
     def update(
-        self, when: datetime, close: float, features: np.ndarray | None, prediction: float, expected_gap: bool
+        self,
+        when: datetime,
+        close: float,
+        features: np.ndarray | None,
+        prediction: float,
+        expected_gap: bool,
+        trading: bool = True,
     ) -> None:
-        """One finished bar: its scaled feature row (None while warming up), its prediction, and whether a missing
-        prediction is expected (warm-up, or a window that spans a roll gap: the matured queue restarts there)."""
+        """One finished bar: its scaled feature row (None while warming up), its prediction, whether a missing
+        prediction is expected (warm-up, or a window that spans a roll gap: the matured queue restarts there), and
+        whether the strategy trades on it (history bars fill the windows but are no trading days)."""
         self.last_time = when
-        self.days.add(causal_trading_day(when))
+        if trading:
+            self.days.add(causal_trading_day(when))
         self.bars += 1
         bad_row = features is not None and not bool(np.isfinite(features).all())
         bad_prediction = not math.isfinite(prediction) and not expected_gap

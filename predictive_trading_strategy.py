@@ -38,6 +38,7 @@ NO_PREDICTION: float = math.nan
 RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log line (live_trading audits these lines)
 NO_EDGE: str = "无验证优势"  # how on_init starts the log line of a bundle whose validation showed no net edge
 OPENING_HELD: str = "暂停开仓（模型健康或人工）"  # starts the log line of an opening hold (live: a CRITICAL alert)
+FLATTEN_HOLD: str = "人工平仓"  # starts the hold reason of a flatten: the target stays 0 until resumed, restarts too
 DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
@@ -387,6 +388,7 @@ class PredictiveTradingStrategy(CtaTemplate):
                 "blocked": DIRECTIONS[self.blocked].name if self.blocked else None,
             },
             "risk": self.risk.snapshot(),
+            "health": {"acknowledged": sorted(self.acknowledged)},
         }
 
     def state_key(self) -> tuple[Any, ...]:
@@ -430,6 +432,9 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.settled_bar = self.decided_bar = self.resume_after = _saved_time(saved.get("last_bar"), "last_bar")
         self.halt_seen = self.risk.halted
         self.risk_state = self.risk.status
+        health = saved.get("health") or {}  # a state from before the health switch has none
+        self.acknowledged = {str(kind) for kind in health.get("acknowledged") or []}
+        self.flattening = self.risk.held and self.risk.state.hold_reason.startswith(FLATTEN_HOLD)
         account = self.risk.state
         if math.isfinite(account.last_price):
             self.last_price = account.last_price
@@ -547,7 +552,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         if self.risk is None:
             return
         when = self.last_bar.datetime if self.last_bar else None
-        self.hold_opening("manual", f"人工平仓（{who}）/ flatten requested", when)
+        self.hold_opening("manual", f"{FLATTEN_HOLD}（{who}）/ flatten requested", when)
         self.flattening = True
         if self.trading and self.last_bar is not None and self.pos:
             self.move_to(0.0, self.last_bar, "人工平仓 / flatten")
@@ -669,7 +674,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         if self.watch is not None:
             features = getattr(self.signal, "features", None)
             gap = bool(getattr(self.signal, "expected_gap", False))
-            self.watch.update(bar.datetime, bar.close_price, features, self.prediction_value, gap)
+            self.watch.update(bar.datetime, bar.close_price, features, self.prediction_value, gap, self.trading)
         if not self.trading or (self.resume_after is not None and bar.datetime <= self.resume_after):
             return  # warming up, or a bar the previous process already acted on
         self.risk.mark(bar.close_price, bar.datetime)

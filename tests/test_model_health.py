@@ -391,3 +391,17 @@ def test_the_heartbeat_and_the_daily_summary_carry_the_same_health_figures(home:
     watcher.write_heartbeat()  # a broken provider never stops the heartbeat
     assert "models" not in json.loads(home.heartbeat_path.read_text(encoding="utf-8"))
     mailer.stop(1.0)
+
+
+def test_a_resumed_failure_and_a_flatten_are_remembered_across_a_restart() -> None:
+    strategy, _, _ = run_watched("drift", bars=200)
+    assert strategy.resume_opening("test")
+    saved = strategy.store.state
+    assert "drift" in saved["health"]["acknowledged"]
+    restarted, _ = scripted_strategy([], threshold=0.001)
+    restarted.restore_state(saved)
+    assert restarted.acknowledged == set(saved["health"]["acknowledged"]) and not restarted.flattening
+    strategy.flatten("test")
+    again, _ = scripted_strategy([], threshold=0.001)
+    again.restore_state(strategy.store.state)
+    assert again.flattening and again.risk is not None and again.risk.held
