@@ -368,16 +368,16 @@ class TradeItem(ChartItem):
         painter = QtGui.QPainter(picture)
         span = max(bar.high_price - bar.low_price, bar.close_price * 5e-4)
         for price, kind in self.marks.get(ix, []):
-            painter.setPen(pg.mkPen(color=self.COLOURS[kind], width=1))
+            painter.setPen(pg.mkPen(color=(255, 255, 255), width=1))  # outlined: apart from the candles' colours
             painter.setBrush(pg.mkBrush(color=self.COLOURS[kind]))
             if kind == "exit":
-                painter.drawEllipse(QtCore.QPointF(ix, price), 0.35, span * 0.35)
+                painter.drawEllipse(QtCore.QPointF(ix, price), 0.6, span * 0.5)
             else:
                 tip = bar.low_price - span if kind == "long" else bar.high_price + span
                 base = tip - span if kind == "long" else tip + span
                 painter.drawPolygon(
                     QtGui.QPolygonF(
-                        [QtCore.QPointF(ix, tip), QtCore.QPointF(ix - 0.4, base), QtCore.QPointF(ix + 0.4, base)]
+                        [QtCore.QPointF(ix, tip), QtCore.QPointF(ix - 0.9, base), QtCore.QPointF(ix + 0.9, base)]
                     )
                 )
         painter.end()
@@ -526,6 +526,8 @@ class AiPanel(QtWidgets.QWidget):
         trades.marks = data.marks
         self.chart.clear_all()
         self.chart.update_history(data.bars)
+        # vnpy refits the y range only when the x range changes, and 240 new bars keep the same x range
+        self.chart._update_y_range()
 
     def show_drift(self, data: PanelData) -> None:
         self.drift_label.setText(

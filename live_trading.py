@@ -648,7 +648,9 @@ class AITradingSystem:
                 cta.grab().save(str(screenshot.with_name(f"{screenshot.stem}_cta{screenshot.suffix}")))
                 panel = cast(ai_panel.AiPanel, window.widgets[ai_panel.APP_NAME])
                 panel.resize(1800, 1000)
+                qapp.processEvents()  # the new size reaches the chart's view boxes before it is drawn
                 panel.refresh(force=True)
+                qapp.processEvents()
                 panel.grab().save(str(screenshot.with_name(f"{screenshot.stem}_ai{screenshot.suffix}")))
                 logger.info("截图已保存 %s / screenshot saved", screenshot)
                 self.close()

@@ -336,3 +336,17 @@ def test_a_model_switch_in_the_middle_of_a_sim_replay_keeps_the_position_and_cha
     assert len(switch) == 1 and switch[0]["to"] == "same" and switch[0]["from_checksum"] != switch[0]["to_checksum"]
     controls = audited(home, "control")
     assert [(c["action"], c["ok"]) for c in controls] == [("switch-model", True)]
+
+
+def test_the_last_report_is_the_newest_backtest_or_research_page(home: Home) -> None:
+    import os
+
+    assert ai_panel.last_report(home) is None
+    older = home.reports_dir / "rb_bt" / "report.html"
+    newer = home.reports_dir / "research_rb" / "research.html"
+    for n, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        path.write_text("<html></html>", encoding="utf-8")
+        os.utime(path, (1_700_000_000 + n, 1_700_000_000 + n))
+    (home.reports_dir / "rb_bt" / "trades.csv").write_text("", encoding="utf-8")
+    assert ai_panel.last_report(home) == newer

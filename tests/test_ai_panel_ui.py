@@ -119,6 +119,18 @@ def test_the_panel_shows_the_engines_figures(panel: Any) -> None:
     assert len(finite) > 200 and finite[-1] == pytest.approx(list(strategy.recent_predictions)[-1])
 
 
+def test_the_chart_follows_new_bars_and_keeps_them_in_view(panel: Any, sample_frame: pd.DataFrame) -> None:
+    strategy = panel.engine.strategies()["ai_rb"]
+    night = pd.Timestamp("2016-03-03 21:00", tz=CHINA_TZ)
+    frame = sample_frame.loc[night : night + pd.Timedelta(hours=18)]
+    feed(strategy, strategy.cta_engine, data_collector.frame_to_bars(frame, VT))
+    panel.refresh()
+    (left, right), (low, high) = panel.chart.get_plot("candle").getViewBox().viewRange()
+    shown = list(strategy.recent_bars)[-240:][max(0, int(left)) : int(right) + 1]
+    assert panel.chart._manager.get_bar(239).datetime == strategy.recent_bars[-1].datetime
+    assert low <= min(bar.low_price for bar in shown) and max(bar.high_price for bar in shown) <= high
+
+
 def test_actions_ask_first_then_reach_the_strategy_through_the_control_spool(
     panel: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, other_bundle: Path
 ) -> None:
