@@ -240,6 +240,8 @@ def test_trade_screenshot_also_saves_the_ai_panel_filled_from_a_real_replay(
     assert (panel.width(), panel.height()) == (1800, 1000)
     colours = {panel.pixel(x, y) for x in range(0, panel.width(), 10) for y in range(0, panel.height(), 10)}
     assert len(colours) > 50  # candles, the prediction line and its band, tables: not an empty window
+    falling = sum(panel.pixel(x, y) & 0xFFFFFF == 0x00FFFF for x in range(panel.width()) for y in range(0, 700, 2))
+    assert falling > 100  # vnpy's falling candles are drawn in view (a stale y range once left the chart empty)
     for other in ("shot.png", "shot_cta.png"):
         assert (tmp_path / other).exists()
     keep = os.environ.get("AI_PANEL_SHOT")  # where to keep a copy (docs/ai-panel.png is made this way)
