@@ -23,7 +23,7 @@ DISTRIBUTION_KEY: str = "training_distribution"  # where a bundle's metadata kee
 BINS: int = 10  # quantile bins per feature
 PSI_FLOOR: float = 1e-4  # a bin's share is at least this in the PSI (an empty bin would be infinite)
 PREDICTION_SAMPLE: int = 20_000  # training windows predicted for the prediction range
-QUALITY_EVERY: int = 10  # bars between two computations of the live IC (it moves slowly)
+QUALITY_EVERY: int = 30  # bars between two computations of the live IC and the drift (both move slowly)
 WORST_SHOWN: int = 3
 KINDS: dict[str, str] = {
     "nonfinite": "特征或预测非有限值 / non-finite features or predictions",
@@ -139,7 +139,10 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    return np.asarray(pd.Series(values).rank().to_numpy(), dtype="float64")
+    """Average ranks (ties share theirs), as pandas' rank."""
+    from scipy.stats import rankdata
+
+    return np.asarray(rankdata(values), dtype="float64")
 
 
 def health_problems(view: HealthView, settings: HealthSettings) -> list[tuple[str, str]]:
@@ -187,40 +190,45 @@ def health_problem(view: HealthView, settings: HealthSettings) -> tuple[str, str
 
 
 class DriftWindow:
-    """Bin counts of the last `length` live feature rows against the training bins, kept incrementally."""
+    """Bin counts of the last `length` live feature rows against the training bins, kept incrementally (one numpy
+    comparison per row: a row's bin is how many of its feature's edges lie at or below it)."""
 
     def __init__(self, summary: Mapping[str, Any], names: Sequence[str], length: int) -> None:
         features = summary.get("features") or {}
-        self.columns = [i for i, name in enumerate(names) if name in features]
+        self.columns = np.array([i for i, name in enumerate(names) if name in features], dtype=np.int64)
         self.names = [names[i] for i in self.columns]
-        self.edges = [np.asarray(features[name]["edges"], dtype="float64") for name in self.names]
-        self.expected = [np.asarray(features[name]["proportions"], dtype="float64") for name in self.names]
-        self.counts = [np.zeros(len(e), dtype=np.int64) for e in self.expected]
-        self.rows: deque[list[int]] = deque()
+        edges = [np.asarray(features[name]["edges"], dtype="float64") for name in self.names]
+        expected = [np.asarray(features[name]["proportions"], dtype="float64") for name in self.names]
+        width = max((len(e) for e in edges), default=0)
+        self.edges = np.full((len(edges), width), np.inf)  # padded with +inf: never at or below a value
+        self.expected = np.zeros((len(expected), width + 1))
+        self.used = np.zeros((len(expected), width + 1), dtype=bool)  # the real bins of each feature
+        for i, (e, p) in enumerate(zip(edges, expected, strict=True)):
+            self.edges[i, : len(e)] = e
+            self.expected[i, : len(p)] = p
+            self.used[i, : len(p)] = True
+        self.counts = np.zeros((len(expected), width + 1), dtype=np.int64)
+        self.rows: deque[np.ndarray] = deque()
         self.length = length
+        self._features = np.arange(len(self.names))
 
     def push(self, row: np.ndarray) -> None:
         """Add one finite feature row; the oldest leaves once the window is full."""
-        picked = [
-            int(np.searchsorted(edges, row[column], side="right"))
-            for edges, column in zip(self.edges, self.columns, strict=True)
-        ]
-        for counts, at in zip(self.counts, picked, strict=True):
-            counts[at] += 1
+        values = np.asarray(row, dtype="float64")[self.columns]
+        picked = (self.edges <= values[:, None]).sum(axis=1)  # == searchsorted(edges, value, side="right")
+        self.counts[self._features, picked] += 1
         self.rows.append(picked)
         if len(self.rows) > self.length:
-            for counts, at in zip(self.counts, self.rows.popleft(), strict=True):
-                counts[at] -= 1
+            self.counts[self._features, self.rows.popleft()] -= 1
 
     def values(self) -> list[tuple[str, float]]:
         """Each feature's PSI over the window, largest first (empty until the window is full)."""
         if len(self.rows) < self.length or not self.names:
             return []
-        pairs = [
-            (name, psi(expected, counts / len(self.rows)))
-            for name, expected, counts in zip(self.names, self.expected, self.counts, strict=True)
-        ]
-        return sorted(pairs, key=lambda pair: -pair[1])
+        expected = np.maximum(self.expected, PSI_FLOOR)
+        actual = np.maximum(self.counts / len(self.rows), PSI_FLOOR)
+        scores = np.where(self.used, (actual - expected) * np.log(actual / expected), 0.0).sum(axis=1)
+        return sorted(zip(self.names, scores.tolist(), strict=True), key=lambda pair: -pair[1])
 
 
 class ModelWatch:
@@ -248,17 +256,20 @@ class ModelWatch:
                 "/ no training distribution in the bundle: drift and range checks are off",
                 metadata.get("name", ""),
             )
-        self.end = data_end(metadata)
+        end = data_end(metadata)
+        self.end: datetime | None = end.to_pydatetime() if end is not None else None
         self.expected_trades = float((metadata.get("decision") or {}).get("trades_per_day", math.nan))
         self.nonfinite_run = self.out_of_range_run = 0
         self.pending: deque[tuple[float, float]] = deque()  # (prediction, close) waiting `horizon` bars
-        self.matured: deque[tuple[float, float]] = deque(maxlen=settings.quality_window)
+        self.made: deque[float] = deque(maxlen=settings.quality_window)  # matured predictions ...
+        self.outcomes: deque[float] = deque(maxlen=settings.quality_window)  # ... and what followed them
         self.days: set[date] = set()
         self.fills = 0
         self.last_time: datetime | None = None
         self.bars = 0
         self.quality = Quality(expected_trades_per_day=self.expected_trades)
         self.worst: list[tuple[str, float]] = []
+        self.drift_median = math.nan
 
     def update(
         self,
@@ -296,7 +307,8 @@ class ModelWatch:
         if len(self.pending) > self.horizon:
             made, then = self.pending.popleft()
             if math.isfinite(made) and then > 0:
-                self.matured.append((made, close / then - 1))
+                self.made.append(made)
+                self.outcomes.append(close / then - 1)
 
     def record_fill(self) -> None:
         """One fill of the strategy (openings and closings, as the validation simulation counts them)."""
@@ -304,11 +316,12 @@ class ModelWatch:
 
     def refresh(self) -> None:
         """Recompute the live quality and the drift figures."""
-        pairs = np.asarray(self.matured, dtype="float64").reshape(-1, 2)
-        ic, rank_ic, hit = quality_figures(pairs[:, 0], pairs[:, 1])
+        count = len(self.made)
+        made = np.fromiter(self.made, dtype="float64", count=count)
+        ic, rank_ic, hit = quality_figures(made, np.fromiter(self.outcomes, dtype="float64", count=count))
         days = len(self.days)
         self.quality = Quality(
-            count=len(pairs),
+            count=count,
             ic=ic,
             rank_ic=rank_ic,
             hit_rate=hit,
@@ -318,19 +331,19 @@ class ModelWatch:
             expected_trades_per_day=self.expected_trades,
         )
         self.worst = self.drift.values() if self.drift is not None else []
+        self.drift_median = float(np.median([value for _, value in self.worst])) if self.worst else math.nan
 
     def view(self) -> HealthView:
         """The figures at the latest bar."""
-        values = [value for _, value in self.worst]
         age = math.nan
         if self.end is not None and self.last_time is not None:
-            age = (pd.Timestamp(self.last_time) - self.end).total_seconds() / 86400
+            age = (self.last_time - self.end).total_seconds() / 86400
         return HealthView(
             nonfinite_run=self.nonfinite_run,
             out_of_range_run=self.out_of_range_run,
             low=self.low,
             high=self.high,
-            drift=float(np.median(values)) if values else math.nan,
+            drift=self.drift_median,
             drift_rows=len(self.drift.rows) if self.drift is not None else 0,
             worst=tuple((name, round(value, 4)) for name, value in self.worst[:WORST_SHOWN]),
             quality=self.quality,
