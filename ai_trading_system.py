@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from importlib import import_module
@@ -40,6 +40,7 @@ from config import (
     ConfigError,
     DataError,
     Home,
+    TransientError,
     bind_vnpy_home,
     contract_spec,
     install_redaction,
@@ -509,6 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="删除状态（先停止交易进程并核对券商持仓）：下次启动时账本为空、不再熔断、持仓以券商为准；"
         "ctp 须同时给 --strategy，sim 不给则清除整个模拟账户",
+    )
+
+    control = commands.add_parser(
+        "control",
+        help="控制运行中的策略：暂停/恢复开仓、平仓、切换模型 / control a running strategy",
+        description="命令经主目录下的 control/ 文件夹送达运行中的 trade 进程（每秒读取），每个操作写入审计日志 / "
+        "commands reach the running trade process through <home>/control/, each one audited",
+    )
+    control.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
+    control.add_argument(
+        "action",
+        choices=("halt", "resume", "flatten", "switch-model"),
+        help="halt：暂停开仓（只平不开）；resume：恢复开仓；flatten：立即平仓并暂停开仓；switch-model：下一根K线切换模型",
+    )
+    control.add_argument("bundle", nargs="?", help="switch-model：新模型包的路径或名称（同一品种、同一套特征）")
+    control.add_argument(
+        "--wait", type=_positive_float, default=15.0, help="等待运行中进程回复的秒数（默认 15）/ seconds to wait"
     )
 
     keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
@@ -1459,17 +1477,23 @@ class TradeOptions:
     broker: BrokerSettings
 
 
+def strategy_name(configs: Collection[str], requested: str | None) -> str:
+    """The strategy asked for, or strategies.json's only one; ConfigError naming the choices otherwise."""
+    if not configs:
+        raise ConfigError(f"settings/{STRATEGIES_FILE} 中没有策略 / no strategy configured")
+    name = requested or (next(iter(configs)) if len(configs) == 1 else "")
+    if name not in configs:
+        raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
+    return name
+
+
 def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -> TradeOptions:
     """The strategy (strategies.json's only entry, or --strategy) and the broker settings, by `layered`: the
     command line, then the strategy's entry (the home's strategies.json replaces the project's entry by name) over
     the contract's costs and the default capital; broker.json as settings_for merged it (environment included)."""
     configs = live_trading.load_strategy_configs(home)
-    if not configs:
-        raise ConfigError(f"settings/{STRATEGIES_FILE} 中没有策略 / no strategy configured")
-    name = args.strategy or (next(iter(configs)) if len(configs) == 1 else "")
-    if name not in configs:
-        raise ConfigError(f"请用 --strategy 选择策略（可用：{', '.join(configs)}）/ choose a strategy")
-    config = configs[name]
+    config = configs[strategy_name(configs, args.strategy)]
+    name = config.name
     entry = {"vt_symbol": config.vt_symbol, "roll": config.roll, **config.setting}
     chosen = layered(entry, command_line_layer(args, "strategy"))
     vt_symbol, roll = str(chosen.pop("vt_symbol")), str(chosen.pop("roll"))
@@ -1662,6 +1686,7 @@ def cmd_state(args: argparse.Namespace, home: Home) -> int:
     for name, state in states.items():
         risk = state.get("risk") or {}
         halt = f"是 / yes：{risk.get('halt_reason', '')}" if risk.get("halted") else "否 / no"
+        held = f"是 / yes：{risk.get('hold_reason', '')}" if risk.get("held") else "否 / no"
         model = state.get("model") or {}
         rows += [
             (name, "交易日 / trading day", state.get("trading_day")),
@@ -1670,6 +1695,7 @@ def cmd_state(args: argparse.Namespace, home: Home) -> int:
             ("", "手续费 / commission", risk.get("commission")),
             ("", "日初权益 / day-start equity", risk.get("day_start_equity")),
             ("", "熔断 / halted", halt),
+            ("", "暂停开仓 / opening held", held),
             ("", "最后K线 / last bar", state.get("last_bar")),
             ("", "模型 / model", model.get("name")),
             ("", "保存于 / saved at", state.get("saved_at")),
@@ -1677,6 +1703,31 @@ def cmd_state(args: argparse.Namespace, home: Home) -> int:
     print(f"状态目录 / folder: {folder}")
     print_table(rows, ("策略 / strategy", "项目 / item", "值 / value"))
     return EXIT_OK
+
+
+def cmd_control(args: argparse.Namespace, home: Home) -> int:
+    """Send one command to the running trade process and print its answer; a command nobody takes is withdrawn."""
+    name = strategy_name(live_trading.configured_strategies(home), args.strategy)
+    bundle = str(Path(args.bundle).resolve()) if args.bundle and Path(args.bundle).exists() else (args.bundle or "")
+    command = live_trading.new_command(name, args.action, bundle)
+    path = live_trading.send_command(home, command)
+    reply = live_trading.await_reply(home, command, args.wait)
+    if reply is None and live_trading.withdraw(path):
+        raise TransientError(
+            f"{args.wait:g} 秒内没有运行中的 trade 进程接收策略 {name} 的命令，已撤回；请确认交易进程在运行 "
+            "/ no running trade process took the command; withdrawn"
+        )
+    if reply is None:
+        reply = live_trading.await_reply(home, command, live_trading.COMMAND_TTL_SECONDS)
+    if reply is None:
+        raise TransientError("交易进程已接收命令但未回复；请查看审计日志 / taken but not answered: see the audit log")
+    print(f"{'完成' if reply.ok else '未执行'} / {'done' if reply.ok else 'refused'}：{reply.message}")
+    if reply.ok and args.action == "switch-model":
+        print(
+            f"提示：重启后仍按 settings/{STRATEGIES_FILE} 的 model_path 加载模型；要长期使用新模型请修改它 "
+            "/ a restart loads strategies.json's model_path"
+        )
+    return EXIT_OK if reply.ok else EXIT_BAD_INPUT
 
 
 def cmd_secrets(args: argparse.Namespace, home: Home) -> int:
@@ -1709,6 +1760,7 @@ COMMANDS: dict[str, Handler] = {
     "trade": cmd_trade,
     "state": cmd_state,
     "contracts": cmd_contracts,
+    "control": cmd_control,
     "secrets": cmd_secrets,
 }
 

@@ -439,6 +439,30 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """The model-health switch: when a live model stops opening (reduce-only) until a person resumes it."""
+
+    nonfinite_bars: int = 30  # this many bars in a row with non-finite features or predictions (warm-up excepted)
+    out_of_range_bars: int = 30  # this many predictions in a row outside the training range (widened by the margin)
+    range_margin: float = 0.5  # the training predictions' [min, max] widened by this fraction of its width each side
+    drift_window_bars: int = 2760  # recent live feature rows compared with the training distribution (~8 days)
+    max_drift_psi: float = 1.5  # the features' median population stability index above this is drift
+    quality_window: int = 4000  # matured predictions behind the live IC, rank IC and hit rate
+    min_live_ic: float = -0.1  # a live IC below this over a full quality window stops opening
+    model_life_days: float = 365.0  # days after the end of the bundle's data (its last range) the model may trade
+
+    def __post_init__(self) -> None:
+        for name in ("nonfinite_bars", "out_of_range_bars", "drift_window_bars", "quality_window"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"health.{name} 必须 ≥ 2，收到 {getattr(self, name)} / must be at least 2")
+        _require_positive("health", self, ("max_drift_psi", "model_life_days"))
+        if self.range_margin < 0:
+            raise ConfigError(f"health.range_margin 不能为负，收到 {self.range_margin} / must be ≥ 0")
+        if not -1 <= self.min_live_ic < 1:
+            raise ConfigError(f"health.min_live_ic 必须在 [-1, 1)，收到 {self.min_live_ic} / must be in [-1, 1)")
+
+
+@dataclass(frozen=True)
 class EmailSettings:
     """The SMTP account alerts are sent from; the password comes from the environment or the secrets file."""
 
@@ -534,6 +558,7 @@ class AppSettings:
     email: EmailSettings = field(default_factory=EmailSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 SECTIONS: dict[str, type] = {
@@ -544,6 +569,7 @@ SECTIONS: dict[str, type] = {
     "email": EmailSettings,
     "broker": BrokerSettings,
     "watchdog": WatchdogSettings,
+    "health": HealthSettings,
 }
 
 

@@ -3,14 +3,17 @@ the monitor and the audit log; CTP settings, the connect timeout, strategy setti
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import data_collector
 from config import (
@@ -335,10 +338,21 @@ class AITradingSystem:
         self.main_engine.add_gateway(CtpGateway)
         self.main_engine.add_gateway(SimGateway)
         self.cta_engine: Any = self.main_engine.add_app(CtaStrategyApp)
+        from ai_panel import AiDeskApp, AiEngine
+
+        self.ai_engine: AiEngine = cast(AiEngine, self.main_engine.add_app(AiDeskApp))  # control spool, figures
+        self.ai_engine.attach(home, self.audit, lambda: self.cta_engine.strategies)
         self.mailer = monitor.AlertMailer(
             settings.email, secrets.get("smtp_password"), settings.monitor.alert_throttle_seconds, self.audit
         )
         self.monitor = monitor.SystemMonitor(settings.monitor, self.mailer, self.audit, home.heartbeat_path, home.root)
+        self.monitor.set_model_figures(  # a headless desk is watched as well as the panel watches it
+            lambda: {
+                name: strategy.health_figures()
+                for name, strategy in list(self.cta_engine.strategies.items())
+                if getattr(strategy, "risk", None) is not None
+            }
+        )
         self.collector: data_collector.DataCollector | None = None
         self.roller: Any = None  # rollover.Roller of a strategy on a continuous symbol
         self.strategy_name = self.gateway_name = self.main_contract = ""
@@ -379,10 +393,14 @@ class AITradingSystem:
 
     def _on_strategy_log(self, event: Any) -> None:
         """Strategy log lines to the log; risk rejections and a bundle without an edge to the audit trail too."""
-        from predictive_trading_strategy import NO_EDGE, RISK_REJECTION
+        from predictive_trading_strategy import NO_EDGE, OPENING_HELD, RISK_REJECTION
 
         message = str(event.data.msg)
         logger.info("%s", message)
+        if OPENING_HELD in message:  # the strategy audited it; a person must look and resume
+            self.mailer.send_alert(
+                f"策略 {self.strategy_name}：{message}", "CRITICAL", key=f"hold_{self.strategy_name}"
+            )
         for marker, audited in ((RISK_REJECTION, "risk_rejection"), (NO_EDGE, "model_no_edge")):
             if marker in message:
                 self.audit.write(audited, strategy=self.strategy_name, message=message)
@@ -478,6 +496,7 @@ class AITradingSystem:
             strategy.flat_bars = gateway.roll_flat_times()
         store = FileStateStore(self.home.strategy_state_path(config.name, self.gateway_name == "SIM"), self.audit)
         strategy.store, strategy.account_required = store, True
+        strategy.health = self.settings.health  # live models are watched: the health switch holds opening
         # vnpy puts its saved variables back after on_init: ours win, and the model just loaded keeps its name
         saved = self.cta_engine.strategy_data.get(config.name)
         self.cta_engine.strategy_data[config.name] = restorable_variables(saved, store.path.exists())
@@ -762,6 +781,9 @@ class AITradingSystem:
         from vnpy.trader.ui.qt import QtCore
         from vnpy_ctastrategy.ui import CtaManager
 
+        import ai_panel
+
+        ai_panel.register_ui_module()  # MainWindow's app menu imports the panel from `ai_panel.ui`
         qapp = create_qapp()
         window = MainWindow(self.main_engine, self.event_engine)
         window.showMaximized()
@@ -771,6 +793,7 @@ class AITradingSystem:
             window.open_widget(CtaManager, "CtaStrategy")
         finally:
             del self.cta_engine.init_engine
+        window.open_widget(ai_panel.AiPanel, ai_panel.APP_NAME)  # mode 1 opens the AI desk by default
         for strategy in self.cta_engine.strategies.values():  # the widgets only show what arrives after them
             self.cta_engine.put_strategy_event(strategy)
         if self.gateway_name:
@@ -785,6 +808,12 @@ class AITradingSystem:
                 cta = window.widgets["CtaStrategy"]
                 cta.resize(1600, 900)
                 cta.grab().save(str(screenshot.with_name(f"{screenshot.stem}_cta{screenshot.suffix}")))
+                panel = cast(ai_panel.AiPanel, window.widgets[ai_panel.APP_NAME])
+                panel.resize(1800, 1000)
+                qapp.processEvents()  # the new size reaches the chart's view boxes before it is drawn
+                panel.refresh(force=True)
+                qapp.processEvents()
+                panel.grab().save(str(screenshot.with_name(f"{screenshot.stem}_ai{screenshot.suffix}")))
                 logger.info("截图已保存 %s / screenshot saved", screenshot)
                 self.close()
                 qapp.exit(0)  # not quit(): that asks MainWindow's 确认退出 dialog and hangs offscreen (GUIDE §6)
@@ -820,3 +849,122 @@ class AITradingSystem:
             return
         clear_states(self.home, simulated=True)
         logger.info("回放已完成，模拟账户与 SIM 策略状态已清除 / replay complete, simulated state removed")
+
+
+# --- the control spool: commands to a running strategy from the command line or the AI panel -------------------
+
+CONTROL_DIR: str = "control"  # under the home: <strategy>/inbox/*.json, <strategy>/replies/<id>.json
+ACTIONS: tuple[str, ...] = ("halt", "resume", "flatten", "switch-model")
+COMMAND_TTL_SECONDS: float = 60.0  # an older command is answered "expired", never carried out
+CLAIMED: str = ".claimed"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One request to a running strategy, as a JSON file in its inbox."""
+
+    id: str
+    strategy: str
+    action: str
+    bundle: str  # switch-model only
+    by: str  # who asked: cli:<user> or panel:<user>
+    created: float  # epoch seconds
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"未知操作 {self.action!r}（可用：{', '.join(ACTIONS)}）/ unknown action")
+        if (self.action == "switch-model") != bool(self.bundle):
+            raise ConfigError("switch-model 需要模型包，其他操作不需要 / switch-model takes a bundle, others none")
+        if not self.strategy or "/" in self.strategy or self.strategy.startswith("."):
+            raise ConfigError(f"策略名无效：{self.strategy!r} / invalid strategy name")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The running process's answer to one command."""
+
+    id: str
+    ok: bool
+    message: str
+
+
+def inbox(home: Home, strategy: str) -> Path:
+    return home.root / CONTROL_DIR / strategy / "inbox"
+
+
+def reply_path(home: Home, strategy: str, command_id: str) -> Path:
+    return home.root / CONTROL_DIR / strategy / "replies" / f"{command_id}.json"
+
+
+def new_command(strategy: str, action: str, bundle: str = "", by: str = "") -> Command:
+    """A command with a fresh id, stamped now."""
+    user = by or f"cli:{os.environ.get('USER', '?')}"
+    return Command(f"{time.time_ns()}-{uuid.uuid4().hex[:8]}", strategy, action, bundle, user, time.time())
+
+
+def send_command(home: Home, command: Command) -> Path:
+    """Drop a command into the strategy's inbox, written atomically (the process never reads half a file)."""
+    path = inbox(home, command.strategy) / f"{command.id}.json"
+    write_json_atomic(path, asdict(command))
+    return path
+
+
+def withdraw(path: Path) -> bool:
+    """Take back a command nobody claimed; False when the running process has claimed it already."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def await_reply(home: Home, command: Command, timeout: float) -> Reply | None:
+    """The process's reply, or None after `timeout` seconds."""
+    path = reply_path(home, command.strategy, command.id)
+    deadline = time.monotonic() + timeout
+    while True:  # looked at once at least, so a timeout of 0 asks without waiting
+        if path.exists():
+            raw = read_json_object(path)
+            path.unlink(missing_ok=True)
+            return Reply(command.id, bool(raw.get("ok")), str(raw.get("message", "")))
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def claim_commands(home: Home, strategy: str) -> list[Command]:
+    """Claim (rename) and read every command waiting in a strategy's inbox, oldest first; a file that cannot be
+    read as a command is claimed, logged and dropped."""
+    folder = inbox(home, strategy)
+    if not folder.is_dir():
+        return []
+    commands = []
+    for path in sorted(folder.glob("*.json")):
+        claimed = path.with_name(path.name + CLAIMED)
+        try:
+            path.rename(claimed)  # the sender can no longer withdraw it
+        except FileNotFoundError:
+            continue
+        try:
+            raw = json.loads(claimed.read_text(encoding="utf-8"))
+            commands.append(Command(**raw))
+        except (AppError, TypeError, ValueError) as exc:
+            logger.warning("无法读取控制命令 %s（%s），已丢弃 / unreadable control command dropped", path.name, exc)
+        finally:
+            claimed.unlink(missing_ok=True)
+    return commands
+
+
+def answer(home: Home, command: Command, ok: bool, message: str) -> None:
+    """Write the reply the sender waits for."""
+    write_json_atomic(reply_path(home, command.strategy, command.id), asdict(Reply(command.id, ok, message)))
+
+
+def configured_strategies(home: Home) -> list[str]:
+    """The strategy names of settings/strategies.json (project's and home's), unchecked, without importing vnpy."""
+    names: dict[str, None] = {}
+    for folder in settings_dirs(home):
+        path = folder / STRATEGIES_FILE
+        if path.is_file():
+            names.update(dict.fromkeys(read_json_object(path)))
+    return list(names)

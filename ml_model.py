@@ -44,6 +44,7 @@ from data_processor import (
     prepare_training_data,
     roll_exit_flags,
 )
+from model_health import DISTRIBUTION_KEY, PREDICTION_SAMPLE, training_summary
 from trade_simulator import EDGE_NONE, SimulationBars, ThresholdChoice, choose_threshold
 from trading_calendar import causal_trading_days
 
@@ -432,7 +433,14 @@ class PricePredictionModel:
         self.history.seconds = time.perf_counter() - started
         self.history.train_samples = len(train)
         self._build_fast_path(valid)
+        self._keep_training_summary(data, train)
         return self.history
+
+    def _keep_training_summary(self, data: TrainingData, train: Windows) -> None:
+        """The training part's feature bins and prediction range, for the live drift and range checks."""
+        start, stop = data.split.train
+        predictions = self.predict(_strided(train, max(1, len(train) // PREDICTION_SAMPLE)))
+        self.metadata[DISTRIBUTION_KEY] = training_summary(data.scaled[start:stop], self.names, predictions)
 
     def _train_lstm(self, train: Windows, valid: Windows, say: Progress) -> None:
         import keras

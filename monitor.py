@@ -659,6 +659,7 @@ class SystemMonitor:
         self._summary_day: date | None = None
         self._resources: ResourceUsage | None = None
         self._issues: list[HealthIssue] = []
+        self._models: Callable[[], dict[str, dict[str, Any]]] | None = None  # the live models' health and quality
         self._guards: dict[str, GuardedHandler] = {
             name: guarded(f"monitor.{name}", handler, logger)
             for name, handler in (
@@ -872,12 +873,33 @@ class SystemMonitor:
 
     # --- heartbeat and summary -----------------------------------------------------------------------------
 
+    def set_model_figures(self, provider: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Where the heartbeat and the daily summary read each live model's health and quality (the live root)."""
+        self._models = provider
+
+    def model_figures(self) -> dict[str, dict[str, Any]]:
+        """The live models' figures as plain JSON values ({} without a provider; a failing provider is logged)."""
+        if self._models is None:
+            return {}
+        try:
+            return dict(json_safe(self._models()))
+        except Exception:  # the heartbeat must be written even when a figure cannot be read
+            logger.exception("无法读取模型健康数据 / cannot read the model health figures")
+            return {}
+
     def write_heartbeat(self, now: datetime | None = None) -> None:
         """Write the heartbeat file atomically: {"pid", "time" (ISO, China), "unix"}; failures alert."""
         if self._heartbeat_path is None:
             return
         when = self._clock() if now is None else now
-        data = {"pid": os.getpid(), "time": when.isoformat(timespec="milliseconds"), "unix": when.timestamp()}
+        data: dict[str, Any] = {
+            "pid": os.getpid(),
+            "time": when.isoformat(timespec="milliseconds"),
+            "unix": when.timestamp(),
+        }
+        models = self.model_figures()
+        if models:
+            data["models"] = models  # the same health and quality figures as the AI panel
         try:
             try:
                 write_json_atomic(self._heartbeat_path, data)
@@ -955,6 +977,7 @@ class SystemMonitor:
                 f"预测 / prediction {info['prediction_value']}，模型 / model {info['model_name'] or '-'}，"
                 f"交易中 / trading {info['trading']}，最后更新 / last event {info['last_event'] or '-'}"
             )
+        lines += model_summary_lines(self.model_figures())
         return "\n".join(lines) + "\n"
 
     def status(self) -> dict[str, Any]:
@@ -992,6 +1015,35 @@ class SystemMonitor:
                 "handler_errors": sum(guard.errors for guard in self._guards.values()),
                 "mailer": asdict(self.mailer.stats),
             }
+
+
+def _figure(value: Any, pattern: str = "{:.4f}") -> str:
+    return pattern.format(value) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def model_summary_lines(models: dict[str, dict[str, Any]]) -> list[str]:
+    """The daily summary's part on the live models: the hold and why, live quality, drift, age."""
+    if not models:
+        return []
+    lines = ["", "模型健康 / model health:"]
+    for name, info in models.items():
+        health = info.get("health") or {}
+        quality = health.get("quality") or {}
+        worst = "、".join(f"{feature} {value:.2f}" for feature, value in health.get("worst_features") or [])
+        held = f"暂停开仓 / held：{info['hold_reason']}" if info.get("held") else "正常开仓 / opening allowed"
+        lines += [
+            f"  {name} {info.get('model', '-')}（{str(info.get('checksum', ''))[:12]}）：{held}",
+            f"    实盘 / live IC {_figure(quality.get('ic'))}，rank IC {_figure(quality.get('rank_ic'))}，"
+            f"命中率 / hit {_figure(quality.get('hit_rate'), '{:.2%}')}"
+            f"（{quality.get('count', 0)} 个成熟预测 / matured）；"
+            f"验证期 / validation IC {_figure(info.get('valid_ic'))}",
+            f"    日均成交 / trades per day {_figure(quality.get('trades_per_day'), '{:.2f}')}，"
+            f"验证期 / expected {_figure(quality.get('expected_trades_per_day'), '{:.2f}')}",
+            f"    漂移 / drift PSI {_figure(health.get('drift_psi'), '{:.3f}')}"
+            f"（{health.get('drift_rows', 0)} 根K线 / bars；最大 / worst：{worst or '-'}），"
+            f"模型数据结束后 / days since its data {_figure(health.get('age_days'), '{:.0f}')} 天",
+        ]
+    return lines
 
 
 # --- command line ---------------------------------------------------------------------------------------------

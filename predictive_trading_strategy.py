@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -20,22 +23,28 @@ from config import (
     ContractSpec,
     DataError,
     Fees,
+    HealthSettings,
     ModelError,
     RiskSettings,
     resolve_home,
 )
 from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle, has_no_edge
+from model_health import KINDS, HealthView, ModelWatch, health_problems, view_dict
 from risk_manager import PositionBook, RiskManager
 from trade_simulator import CLOSE, LONG, OPEN, SHORT, allowed_target, next_order, trailing_stop
 
 NO_PREDICTION: float = math.nan
 RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log line (live_trading audits these lines)
 NO_EDGE: str = "无验证优势"  # how on_init starts the log line of a bundle whose validation showed no net edge
+OPENING_HELD: str = "暂停开仓（模型健康或人工）"  # starts the log line of an opening hold (live: a CRITICAL alert)
+FLATTEN_HOLD: str = "人工平仓"  # starts the hold reason of a flatten: the target stays 0 until resumed, restarts too
 DIRECTIONS: dict[int, Direction] = {LONG: Direction.LONG, SHORT: Direction.SHORT}  # trade_simulator's sides
 OFFSETS: dict[int, Offset] = {OPEN: Offset.OPEN, CLOSE: Offset.CLOSE}
 
 STATE_FORMAT: int = 1  # the layout of the saved strategy state
+RECENT_BARS: int = 3000  # finished bars kept to warm a switched-in model's features
+SwitchReply = Callable[[bool, str], None]  # told whether a requested model switch was accepted, and why
 
 
 class StateStore(Protocol):
@@ -112,6 +121,8 @@ class ModelSignal:
         self.buffer = WindowBuffer(model.config.sequence_length, len(model.names))
         self.rolls = RollDetector()
         self.since_roll = self.buffer.length  # bars since the last roll gap; no roll seen counts as long ago
+        self.features: np.ndarray | None = None  # the latest scaled feature row (None while warming up)
+        self.expected_gap = True  # the latest NaN prediction was expected: warming up, or a window over a roll gap
 
     @property
     def bars_needed(self) -> int:
@@ -124,11 +135,14 @@ class ModelSignal:
         rolled = self.rolls.update(bar.datetime, bar.open_price, bar.close_price)
         self.since_roll = 0 if rolled else min(self.since_roll + 1, self.buffer.length)
         features = self.state.update(bar)
-        if features is None:
+        self.features = None if features is None else self.scaler.transform(features)
+        if self.features is None:
+            self.expected_gap = True
             return NO_PREDICTION
-        self.buffer.push(self.scaler.transform(features))
+        self.buffer.push(self.features)
         window = self.buffer.window()
-        if window is None or self.since_roll < self.buffer.length - 1 or not np.isfinite(window).all():
+        self.expected_gap = window is None or self.since_roll < self.buffer.length - 1
+        if self.expected_gap or window is None or not np.isfinite(window).all():
             return NO_PREDICTION
         return self.model.predict_one(window)
 
@@ -211,6 +225,7 @@ class PredictiveTradingStrategy(CtaTemplate):
     last_price: float = 0.0
     model_name: str = ""
     risk_state: str = ""
+    health_state: str = ""
     entry_price: float = 0.0
     trailing_stop_price: float = 0.0
 
@@ -229,7 +244,15 @@ class PredictiveTradingStrategy(CtaTemplate):
         "max_position_ratio",
         "max_single_trade_ratio",
     ]
-    variables = ["prediction_value", "last_price", "model_name", "risk_state", "entry_price", "trailing_stop_price"]
+    variables = [
+        "prediction_value",
+        "last_price",
+        "model_name",
+        "risk_state",
+        "health_state",
+        "entry_price",
+        "trailing_stop_price",
+    ]
 
     def __init__(self, cta_engine: Any, strategy_name: str, vt_symbol: str, setting: dict) -> None:
         super().__init__(cta_engine, strategy_name, vt_symbol, setting)
@@ -241,7 +264,14 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.threshold = 0.0
         self.best_price = 0.0
         self.blocked = 0  # after a trailing stop, the side (LONG / SHORT) not re-entered until the signal resets
-        self.opens = True  # False for a bundle with no validation edge (and no explicit threshold): never opens
+        self.health: HealthSettings | None = None  # live: the composition root hands in the health switch's limits
+        self.watch: ModelWatch | None = None  # follows the model's live health and quality when `health` is given
+        self.acknowledged: set[str] = set()  # health failures a person resumed over: not held again until they clear
+        self.flattening = False  # a person asked to flatten: the target is 0 until opening is resumed
+        self.last_bar: BarData | None = None
+        self.recent_bars: deque[BarData] = deque(maxlen=RECENT_BARS)
+        self.recent_predictions: deque[float] = deque(maxlen=RECENT_BARS)  # one per recent bar, for the AI panel
+        self.pending_switch: tuple[ModelSignal, str] | None = None  # checked in the background, swapped at a bar
         self.flat_bars: set[int] = set()  # bar start times (epoch seconds) to be flat at: before a known roll
         self.active_orderids: set[str] = set()
         self.symbol, self.exchange = extract_vt_symbol(vt_symbol)
@@ -280,12 +310,17 @@ class PredictiveTradingStrategy(CtaTemplate):
             f"需要 {self.signal.bars_needed} 根K线预热"
         )
         no_edge = has_no_edge(model.metadata)
-        self.opens = not no_edge or self.prediction_threshold > 0
+        holds = no_edge and self.prediction_threshold <= 0
         if no_edge:
             self.write_log(
                 f"{NO_EDGE}：模型包 {self.model_name} 在验证期按真实成本模拟没有净收益（edge: none），"
-                + ("按显式阈值仍会开仓，请谨慎 / an explicit threshold overrides it" if self.opens else "策略不会开仓")
+                + ("策略不会开仓" if holds else "按显式阈值仍会开仓，请谨慎 / an explicit threshold overrides it")
             )
+        if self.health is not None:
+            self.watch = ModelWatch(model.metadata, model.names, model.config.horizon, self.health, holds)
+        elif holds:
+            self.hold_opening("edge", f"{KINDS['edge']}：模型包 {self.model_name}", None)
+        self.health_state = self.risk.state.hold_reason
         self.load_bar(self.warmup_days)
 
     def on_start(self) -> None:
@@ -353,6 +388,7 @@ class PredictiveTradingStrategy(CtaTemplate):
                 "blocked": DIRECTIONS[self.blocked].name if self.blocked else None,
             },
             "risk": self.risk.snapshot(),
+            "health": {"acknowledged": sorted(self.acknowledged)},
         }
 
     def state_key(self) -> tuple[Any, ...]:
@@ -360,7 +396,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         if self.risk is None:
             return ()
         state = self.risk.state
-        return self.pos, self.best_price, self.blocked, state.halted, state.trading_day
+        return self.pos, self.best_price, self.blocked, state.halted, state.held, state.trading_day
 
     def save_state(self, reason: str) -> None:
         """Hand the current state to the store."""
@@ -396,6 +432,9 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.settled_bar = self.decided_bar = self.resume_after = _saved_time(saved.get("last_bar"), "last_bar")
         self.halt_seen = self.risk.halted
         self.risk_state = self.risk.status
+        health = saved.get("health") or {}  # a state from before the health switch has none
+        self.acknowledged = {str(kind) for kind in health.get("acknowledged") or []}
+        self.flattening = self.risk.held and self.risk.state.hold_reason.startswith(FLATTEN_HOLD)
         account = self.risk.state
         if math.isfinite(account.last_price):
             self.last_price = account.last_price
@@ -435,6 +474,170 @@ class PredictiveTradingStrategy(CtaTemplate):
             self.store.record("risk_resume", fields)
             self.write_log(f"交易日 {fields['trading_day']} 开始，恢复开仓 / trading resumes")
 
+    # -- the model-health switch and the opening hold --
+
+    def health_view(self) -> HealthView | None:
+        """The live model's health and quality figures (None when no health switch was handed in)."""
+        return self.watch.view() if self.watch is not None else None
+
+    def health_figures(self) -> dict[str, Any]:
+        """The model, its hold and its live health and quality as plain values (heartbeat, daily summary)."""
+        view = self.health_view()
+        metrics = self.signal.model.metadata.get("metrics") or {} if self.signal is not None else {}
+        state = self.risk.state if self.risk is not None else None
+        return {
+            "model": self.model_name,
+            "checksum": self.model_checksum,
+            "held": bool(state and state.held),
+            "hold_reason": state.hold_reason if state else "",
+            "halted": bool(state and state.halted),
+            "halt_reason": state.halt_reason if state else "",
+            "valid_ic": ((metrics.get("valid") or {}).get("model") or {}).get("ic"),
+            "health": view_dict(view) if view is not None else None,
+        }
+
+    def check_health(self, when: datetime | None) -> None:
+        """Hold opening on the first health failure a person has not resumed over (once: a held book stays held)."""
+        if self.watch is None or self.risk is None:
+            return
+        assert self.health is not None
+        failing = health_problems(self.watch.view(), self.health)
+        self.acknowledged &= {kind for kind, _ in failing}  # a failure that cleared may hold again later
+        fresh = [(kind, reason) for kind, reason in failing if kind not in self.acknowledged]
+        if fresh and not self.risk.held:
+            self.hold_opening(*fresh[0], when)
+
+    def hold_opening(self, kind: str, reason: str, when: datetime | None) -> None:
+        """Stop opening (reduce-only) until `resume_opening`: the risk book's hold, one log line (live: a CRITICAL
+        alert), one audit record and the state saved."""
+        assert self.risk is not None
+        if not self.risk.hold(reason, when):
+            return
+        view = self.health_view()
+        fields: dict[str, Any] = {
+            "strategy": self.strategy_name,
+            "kind": kind,
+            "reason": reason,
+            "time": when.isoformat() if when else None,
+            "model": self.model_name,
+            "checksum": self.model_checksum,
+            "health": view_dict(view) if view is not None else None,
+        }
+        self.health_state = reason
+        self.save_state("hold")
+        self.store.record("opening_hold", fields)
+        self.write_log(f"{OPENING_HELD}：{reason}；只允许平仓，需人工恢复 / opening held until resumed")
+
+    def resume_opening(self, who: str) -> bool:
+        """Lift an opening hold (an explicit action by `who`); today's failures are not held again until they
+        clear. False when nothing was held."""
+        if self.risk is None or not self.risk.held:
+            return False
+        reason = self.risk.state.hold_reason
+        self.risk.release()
+        if self.watch is not None and self.health is not None:
+            self.acknowledged |= {kind for kind, _ in health_problems(self.watch.view(), self.health)}
+            self.watch.acknowledge()
+        self.health_state = ""
+        self.flattening = False
+        self.risk_state = self.risk.status
+        self.save_state("resume")
+        self.store.record("opening_resume", {"strategy": self.strategy_name, "by": who, "was": reason})
+        self.write_log(f"恢复开仓（{who}），此前：{reason} / opening resumed")
+        self.put_event()
+        return True
+
+    def flatten(self, who: str) -> None:
+        """Hold opening and close the whole position now at the last bar's price, then stay flat until resumed."""
+        if self.risk is None:
+            return
+        when = self.last_bar.datetime if self.last_bar else None
+        self.hold_opening("manual", f"{FLATTEN_HOLD}（{who}）/ flatten requested", when)
+        self.flattening = True
+        if self.trading and self.last_bar is not None and self.pos:
+            self.move_to(0.0, self.last_bar, "人工平仓 / flatten")
+        self.put_event()
+
+    # -- switching models while trading --
+
+    def request_switch(self, bundle: str, who: str, reply: SwitchReply) -> None:
+        """Load and check a bundle in a background thread; once accepted it replaces the model at the next bar
+        (`swap_model`). `reply` hears the verdict, from that thread."""
+
+        def load() -> None:
+            try:
+                signal = self.checked_switch(bundle)
+            except AppError as exc:
+                self.store.record(
+                    "model_switch_refused",
+                    {"strategy": self.strategy_name, "bundle": bundle, "by": who, "reason": str(exc)},
+                )
+                self.write_log(f"拒绝切换模型 {bundle}：{exc}")
+                reply(False, str(exc))
+                return
+            self.pending_switch = (signal, who)
+            reply(True, f"模型包 {signal.model.path} 已加载并检查，下一根K线切换 / switching at the next bar")
+
+        threading.Thread(target=load, name=f"switch-{self.strategy_name}", daemon=True).start()
+
+    def checked_switch(self, bundle: str) -> ModelSignal:
+        """The bundle's signal when it may replace the running model: same product and bar interval (checked by
+        the loader), the same features in the same order, and not the model already running; ModelError else."""
+        if self.signal is None:
+            raise ModelError("策略没有正在运行的模型，无法切换 / no running model to switch from")
+        signal = load_signal(bundle, self.vt_symbol)
+        running = self.signal.model
+        if signal.model.names != running.names:
+            extra = sorted(set(signal.model.names) - set(running.names))
+            missing = sorted(set(running.names) - set(signal.model.names))
+            raise ModelError(
+                f"模型包 {bundle} 的特征与正在运行的模型不同（多 {extra or '无'}，少 {missing or '无'}，或顺序不同）；"
+                "切换只接受同一套特征，请用相同特征重新训练，或修改 strategies.json 后重启 / features differ"
+            )
+        if bundle_checksum(signal.model) == self.model_checksum:
+            raise ModelError(f"模型包 {bundle} 就是正在运行的模型（校验和相同）/ that model is already running")
+        return signal
+
+    def swap_model(self, when: datetime) -> None:
+        """Put the pending model in: its features warmed from the recent bars, the position and the risk book
+        kept, the change audited with both checksums and the state saved."""
+        assert self.pending_switch is not None and self.signal is not None
+        signal, who = self.pending_switch
+        self.pending_switch = None
+        for bar in self.recent_bars:
+            signal.update(bar)
+        before = {"model": self.model_name, "checksum": self.model_checksum}
+        model = signal.model
+        self.signal = signal
+        self.model_name = model.path.name if model.path else ""
+        self.model_checksum = bundle_checksum(model)
+        self.threshold = self.prediction_threshold if self.prediction_threshold > 0 else model.threshold
+        holds = has_no_edge(model.metadata) and self.prediction_threshold <= 0
+        if self.health is not None:
+            self.watch = ModelWatch(model.metadata, model.names, model.config.horizon, self.health, holds)
+            self.acknowledged.clear()
+        elif holds:
+            self.hold_opening("edge", f"{KINDS['edge']}：模型包 {self.model_name}", when)
+        self.store.record(
+            "model_switch",
+            {
+                "strategy": self.strategy_name,
+                "time": when.isoformat(),
+                "by": who,
+                "from": before["model"],
+                "from_checksum": before["checksum"],
+                "to": self.model_name,
+                "to_checksum": self.model_checksum,
+                "pos": float(self.pos),
+                "warmed_bars": len(self.recent_bars),
+            },
+        )
+        self.write_log(
+            f"模型已切换：{before['model']} → {self.model_name}（阈值 {self.threshold:.6f}，持仓 {self.pos:g} 不变，"
+            f"用最近 {len(self.recent_bars)} 根K线预热）/ model switched"
+        )
+        self.save_state("switch")
+
     def adopt_positions(self, book: PositionBook) -> None:
         """Take the broker's positions (with its prices) as the book and `pos` (the live root, before start)."""
         assert self.risk is not None
@@ -461,22 +664,33 @@ class PredictiveTradingStrategy(CtaTemplate):
         """Features → prediction → target → risk check → orders, once per finished bar."""
         if self.signal is None or self.risk is None:
             return
+        if self.pending_switch is not None:
+            self.swap_model(bar.datetime)  # at the bar boundary: this bar is the new model's first
+        self.recent_bars.append(bar)
+        self.last_bar = bar
         self.last_price = bar.close_price
         self.prediction_value = self.signal.update(bar)
+        self.recent_predictions.append(self.prediction_value)
+        if self.watch is not None:
+            features = getattr(self.signal, "features", None)
+            gap = bool(getattr(self.signal, "expected_gap", False))
+            self.watch.update(bar.datetime, bar.close_price, features, self.prediction_value, gap, self.trading)
         if not self.trading or (self.resume_after is not None and bar.datetime <= self.resume_after):
             return  # warming up, or a bar the previous process already acted on
         self.risk.mark(bar.close_price, bar.datetime)
         self.note_halt(bar.datetime)
+        self.check_health(bar.datetime)
         self.risk_state = self.risk.status
         stopped = self.check_trailing_stop(bar)
         before_roll = int(bar.datetime.timestamp()) in self.flat_bars
-        if self.risk.halted or stopped or before_roll:
+        if self.risk.halted or stopped or before_roll or self.flattening:
             target = 0.0
         else:
             target = self.allowed_target(self.prediction_value)
-            if not self.opens and abs(target) > abs(self.pos):
-                target = self.pos
+            if self.risk.held and abs(target) > abs(self.pos):
+                target = self.pos  # reduce-only: the opening hold lets positions close, never grow
         why = "熔断 / daily loss halt" if self.risk.halted else ("止损 / trailing stop" if stopped else "")
+        why = why or ("人工平仓 / flatten" if self.flattening else "")
         why = why or ("换月前平仓 / flat before a roll" if before_roll else "")
         self.move_to(target, bar, why)
         self.decided_bar = bar.datetime
@@ -561,6 +775,8 @@ class PredictiveTradingStrategy(CtaTemplate):
 
     def on_trade(self, trade: TradeData) -> None:
         """Keep the risk manager's book and the entry / best prices in step with fills; save the state."""
+        if self.watch is not None:
+            self.watch.record_fill()
         if self.risk is not None:
             self.risk.update_trade(trade)
             self.note_halt(trade.datetime)

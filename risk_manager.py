@@ -207,6 +207,9 @@ class AccountState:
     halt_reason: str = ""
     halted_at: datetime | None = None  # when the current halt began
     book_out_of_sync: bool = False  # a fill closed more than the book held; only sync_positions lifts this halt
+    held: bool = False  # opening held by the model-health switch or a person: lifted only by `release`
+    hold_reason: str = ""
+    held_at: datetime | None = None
     limit_up: float = math.nan  # the day's price band when known, else nan
     limit_down: float = math.nan
     orders: deque[SentOrder] = field(default_factory=lambda: deque(maxlen=ORDER_HISTORY))
@@ -254,6 +257,9 @@ def account_to_dict(state: AccountState) -> dict[str, Any]:
         "halt_reason": state.halt_reason,
         "halted_at": state.halted_at.isoformat() if state.halted_at else None,
         "book_out_of_sync": state.book_out_of_sync,
+        "held": state.held,
+        "hold_reason": state.hold_reason,
+        "held_at": state.held_at.isoformat() if state.held_at else None,
     }
 
 
@@ -285,6 +291,19 @@ def restore_account(state: AccountState, saved: Mapping[str, Any]) -> None:
     state.day_start_balance = _saved_number(saved, "day_start_balance")
     state.halted, state.book_out_of_sync = halted, out_of_sync
     state.halt_reason, state.halted_at = reason, halt_time
+    restore_hold(state, saved)
+
+
+def restore_hold(state: AccountState, saved: Mapping[str, Any]) -> None:
+    """Put back a saved opening hold; a state from before holds existed has none."""
+    held, reason, held_at = saved.get("held", False), saved.get("hold_reason", ""), saved.get("held_at")
+    if not isinstance(held, bool) or not isinstance(reason, str):
+        raise DataError(f"状态中的暂停开仓标志无效：{held!r}, {reason!r} / saved opening hold is invalid")
+    try:
+        state.held_at = _aware(datetime.fromisoformat(held_at)) if held_at is not None else None
+    except (TypeError, ValueError):
+        raise DataError(f"状态中的暂停开仓时间无效：{held_at!r} / saved hold time is invalid") from None
+    state.held, state.hold_reason = held, reason
 
 
 def _plain(value: float) -> float | None:
@@ -451,6 +470,8 @@ def _check_open(request: OrderRequest, state: AccountState, limits: RiskSettings
     """An opening order: refused while halted or past the daily loss limit, else sized by margin."""
     if state.halted:
         return RiskDecision.refuse(state.halt_reason or "已暂停开仓，只允许平仓 / halted: closing only")
+    if state.held:
+        return RiskDecision.refuse(state.hold_reason or "已暂停开仓，只允许平仓 / opening held: closing only")
     if state.account_required and not math.isfinite(state.balance):
         return RiskDecision.refuse(AWAITING_ACCOUNT)
     mark = state.last_price if math.isfinite(state.last_price) else request.price
@@ -519,8 +540,30 @@ class RiskManager:
         return self._state.halted
 
     @property
+    def held(self) -> bool:
+        """Opening held by the model-health switch or a person (until `release`)."""
+        return self._state.held
+
+    @property
     def status(self) -> str:
-        return "HALTED" if self._state.halted else "OK"
+        return "HALTED" if self._state.halted else ("HELD" if self._state.held else "OK")
+
+    def hold(self, reason: str, now: datetime | None) -> bool:
+        """Stop opening until `release` (a new trading day does not lift it); False when already held."""
+        state = self._state
+        if state.held:
+            return False
+        state.held, state.hold_reason, state.held_at = True, reason, now
+        logger.warning("暂停开仓：%s / opening held", reason)
+        return True
+
+    def release(self) -> bool:
+        """Lift an opening hold (an explicit action); False when none was held."""
+        state = self._state
+        if not state.held:
+            return False
+        state.held, state.hold_reason, state.held_at = False, "", None
+        return True
 
     @property
     def net_position(self) -> float:
