@@ -76,3 +76,13 @@ def test_a_user_builds_rb888_trains_backtests_lists_contracts_and_trades_across_
     orders = [e for e in audit_events(home, "order") if e["status"] == "提交中" or e["status"] == "Submitting"]
     first = min(e["exchange_time"] for e in orders if e["vt_symbol"] == "rb1605.SHFE" and e["vt_orderid"] not in legs)
     assert first <= "2016-01-04 09:02:00+08:00"  # on the first whole bar after the roll minute
+
+
+def test_an_independent_count_of_the_sample_csv_finds_the_1330_bar_missing_on_80_days(sample_bars_csv: Path) -> None:
+    raw = pd.read_csv(sample_bars_csv)  # Date,Time,...: bar END stamps, read without the project's loader
+    start = pd.to_datetime(raw["Date"] + " " + raw["Time"], format="%Y-%m-%d %H:%M:%S") - pd.Timedelta(minutes=1)
+    day_session = start[(start.dt.hour >= 9) & (start.dt.hour < 15)]
+    days = set(day_session.dt.date)
+    missing = sorted(days - set(start[(start.dt.hour == 13) & (start.dt.minute == 30)].dt.date))
+    assert len(missing) == 80 and str(missing[0]) == "2010-07-20" and str(missing[-1]) == "2011-02-11"
+    assert not start.duplicated().any() and days == set(start[start.dt.hour == 13].dt.date)  # no 81st day hides
