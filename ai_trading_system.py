@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ctp：SimNow 或实盘（settings/broker.json）；sim：数据库中该品种各合约的K线（模拟交易所）",
     )
     listing.add_argument("--replay-start", help="sim：看这一天开盘前的快照（前一交易日收盘）YYYY-MM-DD")
-    listing.add_argument("--replay-end", help="sim：回放结束日期（默认同 --replay-start）")
+    listing.add_argument("--replay-end", help="sim：回放结束日期（默认 --replay-start 后 14 天，跨过节假日）")
     listing.add_argument("--td-address", help="ctp：交易前置，覆盖 settings/broker.json")
     listing.add_argument("--md-address", help="ctp：行情前置，覆盖 settings/broker.json")
     listing.add_argument("--connect-timeout", type=_positive_float, help="ctp：登录与合约查询的超时秒数")
@@ -839,6 +839,7 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
     vt_symbol = args.vt_symbol
     _stderr_progress(f"读取K线 / loading bars: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     frame = data_collector.load_history_data(vt_symbol, args.start, args.end, args.interval, home=home)
+    frame, _ = mark_contracts(frame, vt_symbol, args.interval, home)  # rb888: the roll table's junctions, as train
     _, report = data_processor.clean_data(frame, vt_symbol)
     print(f"清洗报告 / cleaning report: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     for line in report.lines():
@@ -1622,6 +1623,12 @@ def print_trade_summary(system: live_trading.AITradingSystem, config: live_tradi
     print_table(rows, ("项目 / item", "值 / value"))
 
 
+def _snapshot_replay_end(start: str) -> str:
+    """contracts --gateway sim: the replay must hold a bar after the snapshot, which a holiday's eve (no night
+    session) or a long holiday would not give on the start's own day; 14 days cover the longest closure."""
+    return f"{date.fromisoformat(start) + timedelta(days=14):%Y-%m-%d}"
+
+
 def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
     """The product's contracts in the gateway with their volume and open interest, the main one marked by the rule
     of contracts.main_contract_changes."""
@@ -1639,7 +1646,7 @@ def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
     if args.gateway == "sim":
         if not args.replay_start:
             raise ConfigError("--gateway sim 需要 --replay-start（YYYY-MM-DD）/ the replay day is needed")
-        end = args.replay_end or args.replay_start[:10]
+        end = args.replay_end or _snapshot_replay_end(args.replay_start[:10])
         setting = {"vt_symbol": continuous, "home": str(home.root), "start": args.replay_start, "end": end}
         gateway, connect = "SIM", {**setting, "hold": True}
     else:

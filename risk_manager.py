@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from vnpy.trader.constant import Direction, Offset
+from vnpy.trader.constant import Direction, Exchange, Offset
 from vnpy.trader.object import OrderRequest, TradeData
 
 from config import ConfigError, ContractSpec, DataError, Fees, RiskSettings
@@ -106,20 +106,26 @@ class PositionBook:
         setattr(self, f"{side}_price", (average * held + price * volume) / (held + volume))
         setattr(self, f"{side}_today", getattr(self, f"{side}_today") + volume)
 
-    def close_split(self, direction: Direction, offset: Offset, volume: float) -> tuple[float, float]:
+    def close_split(
+        self, direction: Direction, offset: Offset, volume: float, today_first: bool = False
+    ) -> tuple[float, float]:
         """The (today, yesterday) lots a close of up to `volume` takes from the side `direction` closes: CLOSE takes
-        yesterday's first (first opened, first closed, as DCE and CZCE match it), CLOSETODAY only today's."""
+        yesterday's first (first opened, first closed, as DCE, CZCE and GFEX match it) or with `today_first`
+        today's first (CFFEX), CLOSETODAY only today's."""
         side = _closed_side(direction)
         today, yd = getattr(self, f"{side}_today"), getattr(self, f"{side}_yd")
+        if today_first and offset == Offset.CLOSE:
+            from_today = min(volume, today)
+            return float(from_today), float(min(volume - from_today, yd))
         from_yd = 0.0 if offset == Offset.CLOSETODAY else min(volume, yd)
         from_today = 0.0 if offset == Offset.CLOSEYESTERDAY else min(volume - from_yd, today)
         return float(from_today), float(from_yd)
 
-    def remove(self, direction: Direction, offset: Offset, volume: float) -> float:
+    def remove(self, direction: Direction, offset: Offset, volume: float, today_first: bool = False) -> float:
         """Close up to `volume` of the side `direction` closes (`close_split`); returns what closed."""
         side = _closed_side(direction)
         today, yd = getattr(self, f"{side}_today"), getattr(self, f"{side}_yd")
-        from_today, from_yd = self.close_split(direction, offset, volume)
+        from_today, from_yd = self.close_split(direction, offset, volume, today_first)
         setattr(self, f"{side}_today", today - from_today)
         setattr(self, f"{side}_yd", yd - from_yd)
         if getattr(self, f"{side}_today") + getattr(self, f"{side}_yd") == 0:
@@ -132,6 +138,11 @@ class PositionBook:
         self.short_yd, self.short_today = self.short_yd + self.short_today, 0.0
 
 
+def closes_today_first(exchange: Exchange | None) -> bool:
+    """Whether a plain CLOSE on `exchange` takes today's lots first (CFFEX; sim_gateway.close_source cites why)."""
+    return exchange == Exchange.CFFEX
+
+
 def fill_fee(positions: PositionBook, trade: TradeData, fees: Fees, size: float) -> float:
     """What the exchange charges a fill against the book before it: the open fee, or the close fee with the lots
     opened on the current trading day (`close_split`) at the close-today fee (a CLOSETODAY order: all of them)."""
@@ -141,13 +152,15 @@ def fill_fee(positions: PositionBook, trade: TradeData, fees: Fees, size: float)
     if trade.offset == Offset.CLOSETODAY:
         today = trade.volume
     else:
-        today, _ = positions.close_split(trade.direction, trade.offset, trade.volume)
+        first = closes_today_first(trade.exchange)
+        today, _ = positions.close_split(trade.direction, trade.offset, trade.volume, first)
     return fees.close_fee(trade.price, trade.volume, size, today)
 
 
 def trade_fees(trades: Sequence[TradeData], fees: Fees, size: float) -> list[float]:
     """The fee of each fill of a run, in order, booked as the risk book books them: positions roll to yesterday's at
-    each new trading day (trading_calendar.causal_trading_day of the fill), a close takes yesterday's lots first."""
+    each new trading day (trading_calendar.causal_trading_day of the fill), a close takes yesterday's lots first
+    (CFFEX: today's first)."""
     book = PositionBook()
     day: date | None = None
     charged = []
@@ -161,7 +174,7 @@ def trade_fees(trades: Sequence[TradeData], fees: Fees, size: float) -> list[flo
         if trade.offset == Offset.OPEN:
             book.add(trade.direction, trade.volume, trade.price)
         else:
-            book.remove(trade.direction, trade.offset, trade.volume)
+            book.remove(trade.direction, trade.offset, trade.volume, closes_today_first(trade.exchange))
     return charged
 
 
@@ -659,7 +672,7 @@ class RiskManager:
         state = self._state
         assert trade.direction is not None  # checked by update_trade
         average = state.positions.average_price(trade.direction)
-        closed = state.positions.remove(trade.direction, trade.offset, trade.volume)
+        closed = state.positions.remove(trade.direction, trade.offset, trade.volume, closes_today_first(trade.exchange))
         sign = 1.0 if trade.direction == Direction.SHORT else -1.0  # selling closes longs: a gain above the average
         state.realised += sign * (trade.price - average) * closed * self.spec.size
         if closed < trade.volume:

@@ -92,9 +92,15 @@ GAP_SECONDS: float = 300.0  # a replay gap longer than this (break, night, weeke
 GAP_WALL_SECONDS: float = 3.0  # ... takes at most this much wall time at any speed
 POLL_SECONDS: float = 0.1  # how often a waiting replay thread checks for close()
 JOIN_SECONDS: float = 10.0
+# Which lots a plain CLOSE takes (docs/contracts.md, "平仓顺序"): SHFE/INE have their own close-today and
+# close-yesterday orders (CLOSE = yesterday's); DCE, CZCE and GFEX close first opened, first closed, so yesterday's
+# lots first (CTP's position detail has a DCE-only "先开先平剩余数量" TimeFirstVolume; brokers' APIs such as
+# JoinQuant's order(close_today=False) say "优先平昨仓"); CFFEX closes today's first (平今优先: CTP's CloseStyle
+# "先平今再平昨"; https://blog.csdn.net/HJ_xing/article/details/103579998), which is why its close-today fee bites.
 CLOSE_YESTERDAY_EXCHANGES: frozenset[Exchange] = frozenset({Exchange.SHFE, Exchange.INE})  # plain CLOSE = yesterday
+CLOSE_TODAY_FIRST_EXCHANGES: frozenset[Exchange] = frozenset({Exchange.CFFEX})  # others: yesterday's first
 OPPOSITE: dict[Direction, Direction] = {Direction.LONG: Direction.SHORT, Direction.SHORT: Direction.LONG}
-SOURCE_NAMES: dict[str, str] = {"td": "今仓", "yd": "昨仓", "any": "持仓"}
+SOURCE_NAMES: dict[str, str] = {"td": "今仓", "yd": "昨仓", "any": "持仓", "fifo": "持仓"}
 
 Rule = Callable[[Direction, float, Any], float | None]
 
@@ -396,10 +402,11 @@ def on_grid(price: float, pricetick: float) -> bool:
 
 
 def close_source(exchange: Exchange, offset: Offset) -> str:
-    """Which lots a close takes: `td`, `yd` (SHFE/INE: CLOSE is yesterday's) or `any` (today's first, as vnpy)."""
+    """Which lots a close takes: `td`, `yd` (SHFE/INE: CLOSE is yesterday's), `any` (today's first: CFFEX) or `fifo`
+    (yesterday's first: DCE, CZCE, GFEX)."""
     if exchange in CLOSE_YESTERDAY_EXCHANGES:
         return "td" if offset == Offset.CLOSETODAY else "yd"
-    return "any"
+    return "any" if exchange in CLOSE_TODAY_FIRST_EXCHANGES else "fifo"
 
 
 @dataclass
@@ -454,6 +461,8 @@ class SimBook:
         """Freeze lots for a close order; the (today, yesterday) split."""
         side = self.sides[held]
         today = volume if source == "td" else 0.0 if source == "yd" else min(volume, side.td - side.frozen_td)
+        if source == "fifo":
+            today = max(volume - (side.yd - side.frozen_yd), 0.0)
         side.frozen_td += today
         side.frozen_yd += volume - today
         return today, volume - today
@@ -609,7 +618,8 @@ class SimGateway(BaseGateway):
     Account (as vnpy_ctp reports it): balance = capital + realised − commission + floating P&L at the last price;
     frozen = margin of positions (at their average price) and of open orders; available = balance − frozen; each fill
     pays the contract's fees (`commission`: a close's today lots at close-today). SHFE/INE:
-    CLOSE and CLOSEYESTERDAY take yesterday's lots, CLOSETODAY today's; elsewhere a close takes today's first. At the
+    CLOSE and CLOSEYESTERDAY take yesterday's lots, CLOSETODAY today's; CFFEX closes today's first, DCE/CZCE/GFEX
+    yesterday's first. At the
     first price of a new trading day (trading_calendar.causal_trading_day) today's lots become yesterday's. Orders
     never expire.
 

@@ -719,3 +719,20 @@ def test_trade_fees_of_a_run_split_each_close_between_yesterdays_and_todays_lots
     )
     one_rate = trade_fees(fills, Fees.of_rate(0.0001), size)  # a one-rate product: vnpy's turnover × rate, exactly
     assert one_rate == [fill.volume * size * fill.price * 0.0001 for fill in fills]
+
+
+def test_a_cffex_close_takes_todays_lots_first_in_the_fees_and_the_book() -> None:
+    index = Fees(open_rate=0.000023, close_rate=0.000023, close_today_rate=0.00023)
+    fills = [
+        replace(trade(SHORT, OPEN, 2, 4000), datetime=at(4, 10, 0), exchange=Exchange.CFFEX),  # Monday
+        replace(trade(SHORT, OPEN, 1, 4010), datetime=at(5, 10, 0), exchange=Exchange.CFFEX),  # Tuesday
+        replace(trade(LONG, CLOSE, 2, 3990), datetime=at(5, 14, 0), exchange=Exchange.CFFEX),  # today's 1, then 1
+    ]
+    charged = trade_fees(fills, index, 300)
+    assert charged[2] == pytest.approx(300 * 3990 * (0.00023 + 0.000023))
+    book = RiskManager(LIMITS, replace(RB, fees=index, size=300), CAPITAL)
+    book.mark(4000, at(4, 10, 0))
+    for fill in fills:
+        book.update_trade(fill)
+    assert (book.state.positions.short_today, book.state.positions.short_yd) == (0, 1)
+    assert book.state.commission == pytest.approx(sum(charged))

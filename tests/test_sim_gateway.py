@@ -625,7 +625,7 @@ def test_the_simulated_account_charges_per_lot_fees_and_close_today_on_the_lots_
     book.roll()
     book.open(L, 3010.0, 1)
     book.charge(3010.0, 1)
-    split = book.freeze(L, "any", 3)  # outside SHFE/INE a close takes today's lots first
+    split = book.freeze(L, "any", 3)  # CFFEX: a close takes today's lots first
     book.close(L, 3020.0, split)
     assert split == (1.0, 2.0) and book.charge(3020.0, 3, split) == 7.5 + 2 * 2.0
     assert book.commission == 6.0 + 3.0 + 11.5
@@ -633,6 +633,59 @@ def test_the_simulated_account_charges_per_lot_fees_and_close_today_on_the_lots_
     assert sim_gateway.commission(4000.0, 1, index) == pytest.approx(4000 * 300 * 0.000023)
     assert sim_gateway.commission(4000.0, 1, index, (0.0, 1.0)) == pytest.approx(4000 * 300 * 0.000023)  # yesterday's
     assert sim_gateway.commission(4000.0, 1, index, (1.0, 0.0)) == pytest.approx(4000 * 300 * 0.00023)
+
+
+DCE_BARS = [  # coke j1609.DCE: trading day 2016-03-01, then its night session (trading day 03-02)
+    ("2016-03-01 09:00:00", 1000.0, 1002.0, 999.0, 1001.0, 50, 0.0, 900),
+    ("2016-03-01 09:01:00", 1001.0, 1003.0, 1000.0, 1002.0, 50, 0.0, 902),
+    ("2016-03-01 09:02:00", 1002.0, 1004.0, 1001.0, 1003.0, 50, 0.0, 902),
+    ("2016-03-01 21:00:00", 1010.0, 1012.0, 1009.0, 1011.0, 50, 0.0, 903),
+    ("2016-03-01 21:01:00", 1011.0, 1013.0, 1010.0, 1012.0, 50, 0.0, 904),
+    ("2016-03-01 21:02:00", 1020.0, 1021.0, 1019.0, 1020.0, 50, 0.0, 902),
+    ("2016-03-01 21:03:00", 1020.0, 1021.0, 1019.0, 1020.0, 50, 0.0, 902),
+]
+
+
+def test_a_dce_close_takes_yesterdays_lots_first_and_pays_the_close_fee_not_close_today(
+    make_replay: Callable[[], Replay], home: Home, tmp_path: Path
+) -> None:
+    from config import contract_spec, load_contracts
+    from risk_manager import trade_fees
+
+    spec = contract_spec("j1609.DCE", load_contracts())
+    assert spec.fees.close_rate != spec.fees.close_today_rate  # coke: close today dearer, so the order matters
+    replay = make_replay()
+    plan = {
+        china("2016-03-01 09:00:00"): (L, OPEN, 1005.0, 2.0, False),  # fills at 09:01's open: yesterday's by night
+        china("2016-03-01 21:00:00"): (L, OPEN, 1015.0, 1.0, False),  # fills at 21:01's open: today's
+        china("2016-03-01 21:01:00"): (S, CLOSE, 1005.0, 2.0, False),  # a partial close, at 21:02's open 1020
+    }
+    replay.on_bar = lambda bar: replay.send(plan[bar.datetime], convert=False) if bar.datetime in plan else None
+    csv = str(write_bars(tmp_path / "j.csv", DCE_BARS))
+    replay.run(vt_symbol="j1609.DCE", home=str(home.root), csv=csv, start="2016-03-01", end="2016-03-02")
+
+    filled = [(t.offset, t.price, t.volume) for t in replay.trades]
+    assert filled == [(OPEN, 1001, 2), (OPEN, 1011, 1), (CLOSE, 1020, 2)]
+    left = [p for p in replay.positions if p.direction == L][-1]
+    assert (left.volume, left.yd_volume) == (1, 0)  # first opened, first closed: the 2 lots of 03-01 went
+    book = replay.gateway.book
+    assert book is not None and book.realised == pytest.approx((1020 - (1001 * 2 + 1011) / 3) * 2 * 100)
+    close_fee = 1020 * 2 * 100 * spec.fees.close_rate  # both lots at the close fee, none at close-today
+    opened = (1001 * 2 + 1011) * 100 * spec.fees.open_rate
+    assert book.commission == pytest.approx(opened + close_fee)
+    assert trade_fees(replay.trades, spec.fees, spec.size)[-1] == pytest.approx(close_fee)  # the risk book agrees
+    trades = [replace_exchange(t, Exchange.CFFEX) for t in replay.trades]  # CFFEX would close today's lot first
+    cffex = 1020 * 100 * (spec.fees.close_today_rate + spec.fees.close_rate)
+    assert trade_fees(trades, spec.fees, spec.size)[-1] == pytest.approx(cffex)
+    assert sim_gateway.close_source(Exchange.CFFEX, CLOSE) == "any"
+    assert {sim_gateway.close_source(e, CLOSE) for e in (Exchange.DCE, Exchange.CZCE, Exchange.GFEX)} == {"fifo"}
+
+
+def replace_exchange(trade: TradeData, exchange: Exchange) -> TradeData:
+    """The same fill on another exchange."""
+    from dataclasses import replace
+
+    return replace(trade, exchange=exchange)
 
 
 def test_order_checks_reject_with_a_reason_and_cancel_is_an_event(
