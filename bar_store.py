@@ -196,13 +196,11 @@ class SaveResult:
 
 
 BAR_DELETE: str = 'DELETE FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?'
+BAR_COUNT: str = 'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?'
 
 
 def _count_bars(conn: sqlite3.Connection, key: tuple[str, str, str]) -> int:
-    row = conn.execute(
-        'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = ? AND "exchange" = ? AND "interval" = ?', key
-    ).fetchone()
-    return int(row[0])
+    return int(conn.execute(BAR_COUNT, key).fetchone()[0])
 
 
 def format_db_times(times: pd.Series) -> list[str]:
@@ -221,6 +219,14 @@ def _bar_rows(frame: pd.DataFrame, key: tuple[str, str, str]) -> Iterator[tuple[
     """Rows for BAR_UPSERT from a bar frame (columns `datetime` and BAR_FIELDS)."""
     columns = [frame[name].tolist() for name in ("volume", "turnover", "open_interest", *PRICE_FIELDS)]
     return zip(*(repeat(part) for part in key), format_db_times(frame["datetime"]), *columns, strict=False)
+
+
+def _chunks(frame: pd.DataFrame, progress: Progress | None) -> Iterator[pd.DataFrame]:
+    """The frame WRITE_CHUNK rows at a time; after each chunk is written, `progress` hears how many are."""
+    for start in range(0, len(frame), WRITE_CHUNK):
+        yield frame.iloc[start : start + WRITE_CHUNK]
+        if progress:
+            progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
 
 
 def save_bar_frame(
@@ -242,10 +248,8 @@ def save_bar_frame(
             conn.execute(BAR_DELETE, key)
         before = _count_bars(conn, key)
         changes = conn.total_changes
-        for start in range(0, len(frame), WRITE_CHUNK):
-            conn.executemany(BAR_UPSERT, _bar_rows(frame.iloc[start : start + WRITE_CHUNK], key))
-            if progress:
-                progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
+        for chunk in _chunks(frame, progress):
+            conn.executemany(BAR_UPSERT, _bar_rows(chunk, key))
         written = conn.total_changes - changes
         stored = _count_bars(conn, key)
         conn.execute(BAR_OVERVIEW_REFRESH, key)
@@ -585,18 +589,13 @@ def _pg_save_bar_frame(
         if replace_all:
             cursor.execute(BAR_DELETE.replace("?", "%s"), tuple(key.values()))
         cursor.execute(PG_BAR_STAGE)
-        for start in range(0, len(frame), WRITE_CHUNK):
-            _copy_in(cursor, "bar_stage", _bar_records(frame.iloc[start : start + WRITE_CHUNK]))
-            if progress:
-                progress(f"写入 / writing {min(start + WRITE_CHUNK, len(frame)):,}/{len(frame):,}")
+        for chunk in _chunks(frame, progress):
+            _copy_in(cursor, "bar_stage", _bar_records(chunk))
         cursor.execute(PG_BAR_UPDATE, key)
         updated = cursor.rowcount
         cursor.execute(PG_BAR_INSERT, key)
         inserted = cursor.rowcount
-        cursor.execute(
-            'SELECT COUNT(*) FROM "dbbardata" WHERE "symbol" = %s AND "exchange" = %s AND "interval" = %s',
-            tuple(key.values()),
-        )
+        cursor.execute(BAR_COUNT.replace("?", "%s"), tuple(key.values()))
         stored = int(cursor.fetchone()[0])
         cursor.execute(PG_BAR_OVERVIEW_REFRESH, tuple(key.values()))
     return SaveResult(inserted, updated, len(frame) - inserted - updated, stored)

@@ -609,6 +609,19 @@ def import_csv(
     )
 
 
+def _china_range(start: str | date | datetime, end: str | date | datetime) -> tuple[datetime, datetime]:
+    """A requested range in China time (a date `end` includes that whole day); DataError when start is after end."""
+    begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
+    if begin > finish:
+        raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
+    return begin, finish
+
+
+def _held(stored: list[StoredSeries]) -> str:
+    """What is stored of a symbol, for a message about a range without data: each series' span and count."""
+    return "; ".join(f"{s.interval} {s.first:%Y-%m-%d} ~ {s.last:%Y-%m-%d} ({s.count:,})" for s in stored) or "无"
+
+
 def load_history_data(
     vt_symbol: str,
     start: str | date | datetime,
@@ -619,9 +632,7 @@ def load_history_data(
     """Stored bars from start to end (a date `end` includes that whole day), indexed by bar start in China time."""
     symbol, exchange = parse_vt_symbol(vt_symbol)
     bar_interval = parse_interval(interval)
-    begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
-    if begin > finish:
-        raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
+    begin, finish = _china_range(start, end)
     conn = open_database(home)
     try:
         frame = load_bar_frame(conn, symbol, exchange, bar_interval, begin, finish)
@@ -629,10 +640,9 @@ def load_history_data(
     finally:
         conn.close()
     if frame.empty:
-        held = "; ".join(f"{s.interval} {s.first:%Y-%m-%d} ~ {s.last:%Y-%m-%d} ({s.count:,})" for s in stored)
         raise DataError(
             f"数据库中没有 {vt_symbol} {bar_interval.value} 在 {begin:%Y-%m-%d %H:%M} ~ {finish:%Y-%m-%d %H:%M} 的K线"
-            f"（已有：{held or '无'}）。请先导入：python ai_trading_system.py import --csv FILE --vt-symbol "
+            f"（已有：{_held(stored)}）。请先导入：python ai_trading_system.py import --csv FILE --vt-symbol "
             f"{vt_symbol} / no bars stored for this request"
         )
     frame.attrs["vt_symbol"] = vt_symbol
@@ -971,9 +981,7 @@ def load_tick_data(
     A date `end` includes that whole day; no stored tick in the range is a DataError naming what is stored.
     """
     symbol, exchange = parse_vt_symbol(vt_symbol)
-    begin, finish = to_china_time(start), to_china_time(end, end_of_day=True)
-    if begin > finish:
-        raise DataError(f"开始时间 {begin} 晚于结束时间 {finish} / start after end")
+    begin, finish = _china_range(start, end)
     conn = open_database(home)
     try:
         rows = load_tick_rows(conn, symbol, exchange, begin, finish)
@@ -981,10 +989,9 @@ def load_tick_data(
     finally:
         conn.close()
     if not rows:
-        held = "; ".join(f"{s.interval} {s.first:%Y-%m-%d} ~ {s.last:%Y-%m-%d} ({s.count:,})" for s in stored)
         raise DataError(
             f"数据库中没有 {vt_symbol} 在 {begin:%Y-%m-%d %H:%M} ~ {finish:%Y-%m-%d %H:%M} 的 tick"
-            f"（已有：{held or '无'}）/ no ticks stored for this request"
+            f"（已有：{_held(stored)}）/ no ticks stored for this request"
         )
     return [stored_tick(row, symbol, exchange) for row in rows]
 
