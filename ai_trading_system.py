@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+import bar_store
 import contracts
+import data_check
 import data_collector
 import data_processor
 import live_trading
 import ml_model
-import trading_calendar
 from config import (
     DEFAULT_CAPITAL,
     EXIT_BAD_INPUT,
@@ -69,7 +70,7 @@ def _column_map(text: str) -> dict[str, str]:
     pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
     if not pairs or any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
         raise argparse.ArgumentTypeError("格式应为 字段=列名,... 例如 datetime=trade_time,open=open_price")
-    fields = ("datetime", "date", "time", *data_collector.BAR_FIELDS)
+    fields = ("datetime", "date", "time", *bar_store.BAR_FIELDS)
     unknown = [key.strip() for key, _ in pairs if key.strip() not in fields]
     if unknown:
         raise argparse.ArgumentTypeError(f"未知字段 {unknown}，可用：{', '.join(fields)}")
@@ -230,7 +231,7 @@ def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-gaps",
         action="store_true",
-        help=f"数据检查发现超过 {trading_calendar.DEFAULT_MAX_HOLE_MINUTES} 分钟的缺口时仍继续（默认退出码 2）/ "
+        help=f"数据检查发现超过 {data_check.DEFAULT_MAX_HOLE_MINUTES} 分钟的缺口时仍继续（默认退出码 2）/ "
         "go on despite long holes in the bars",
     )
 
@@ -272,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--max-hole-minutes",
         type=_positive_int,
-        default=trading_calendar.DEFAULT_MAX_HOLE_MINUTES,
-        help=f"超过此分钟数的缺口判为不合格，退出码 2（默认 {trading_calendar.DEFAULT_MAX_HOLE_MINUTES}）",
+        default=data_check.DEFAULT_MAX_HOLE_MINUTES,
+        help=f"超过此分钟数的缺口判为不合格，退出码 2（默认 {data_check.DEFAULT_MAX_HOLE_MINUTES}）",
     )
     data.add_argument("--details", help="把每个交易日每个时段的缺失分钟写到此 CSV 文件 / per-session counts to CSV")
 
@@ -657,7 +658,7 @@ WINDOW_HEADERS: tuple[str, ...] = (
 )
 
 
-def print_data_check(report: trading_calendar.DataCheck) -> None:
+def print_data_check(report: data_check.DataCheck) -> None:
     """The check's lines and its table of windows."""
     for line in report.lines():
         print(line)
@@ -691,7 +692,7 @@ def cmd_data_check(args: argparse.Namespace, home: Home) -> int:
     start = args.start or min(s.first for s in stored)
     end = args.end or max(s.last for s in stored)
     bars = data_collector.load_history_data(args.vt_symbol, start, end, args.interval, home=home)
-    report = trading_calendar.check_bars(bars, args.vt_symbol, args.max_hole_minutes)
+    report = data_check.check_bars(bars, args.vt_symbol, args.max_hole_minutes)
     print(f"数据检查 / data check: {args.vt_symbol} {args.interval}")
     print_data_check(report)
     if args.details:
@@ -709,10 +710,10 @@ def cmd_data_check(args: argparse.Namespace, home: Home) -> int:
     return EXIT_BAD_INPUT
 
 
-def check_before_use(bars: pd.DataFrame, vt_symbol: str, allow_gaps: bool) -> trading_calendar.DataCheck:
+def check_before_use(bars: pd.DataFrame, vt_symbol: str, allow_gaps: bool) -> data_check.DataCheck:
     """The data check that train and backtest run first: one line on stderr; a hole above the default limit
     refuses (DataError, exit 2) unless `allow_gaps`."""
-    report = trading_calendar.check_bars(bars, vt_symbol)
+    report = data_check.check_bars(bars, vt_symbol)
     if not report.checked:
         _stderr_progress(f"数据检查 / data check: {report.note}")
         return report

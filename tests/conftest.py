@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import bar_store
 import data_collector
 from config import CHINA_TZ, PROJECT_DIR, SAMPLE_BARS_CSV, SAMPLE_TICKS_CSV, SECRET_ENV, Home, resolve_home
 
@@ -115,7 +116,7 @@ def home_rows(home: Home, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Rows of a query (`?` parameters) on the home's database, SQLite or PostgreSQL; times as vnpy_sqlite's text."""
     conn = data_collector.open_database(home)
     try:
-        if isinstance(conn, data_collector.PgConnection):
+        if isinstance(conn, bar_store.PgConnection):
             with conn.raw, conn.raw.cursor() as cursor:
                 cursor.execute(sql.replace("?", "%s"), params)
                 rows = cursor.fetchall()

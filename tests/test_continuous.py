@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import bar_store
 import contracts
 import data_collector
 import data_processor
@@ -151,7 +152,7 @@ def _store(home: Home, frames: dict[str, pd.DataFrame]) -> None:
     conn = data_collector.open_database(home)
     try:
         for symbol, frame in frames.items():
-            data_collector.save_bar_frame(
+            bar_store.save_bar_frame(
                 conn,
                 frame.rename_axis("datetime").reset_index(),
                 symbol,

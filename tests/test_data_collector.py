@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +25,7 @@ import pytest
 from vnpy.trader.constant import Exchange, Interval
 from vnpy.trader.object import BarData, HistoryRequest, SubscribeRequest, TickData
 
+import bar_store
 import config
 import data_collector
 from config import CHINA_TZ, SECRET_ENV, DataError, Home
@@ -186,7 +187,7 @@ def test_a_failure_while_writing_rolls_back_everything(
     populated: Home, tmp_path: Path, sample_lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = table_dump(populated)
-    monkeypatch.setattr(data_collector, "WRITE_CHUNK", 1000)
+    monkeypatch.setattr(bar_store, "WRITE_CHUNK", 1000)
     calls = []
 
     def fail_on_third(chunk: str) -> None:
@@ -422,6 +423,13 @@ def test_save_bars_keeps_the_objects_intact(home: Home, database: str) -> None:
     assert bars[0].datetime.tzinfo is CHINA_TZ
     frame = data_collector.load_history_data("rb2405.SHFE", "2024-01-02", "2024-01-02", home=home)
     assert frame["close"].tolist() == [2000, 2001]
+
+
+def test_saving_no_bars_is_a_clear_error(home: Home) -> None:
+    conn = data_collector.open_database(home)
+    with pytest.raises(DataError, match="没有要保存的K线"):
+        data_collector.save_bars(conn, [])
+    conn.close()
 
 
 class FakeDatafeed:
@@ -715,9 +723,9 @@ def test_burst_from_two_producers_is_queued_without_waiting_for_the_writer(
     make_collector: Factory, home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate, entered = threading.Event(), threading.Event()
-    real_save = data_collector.save_ticks
+    real_save = bar_store.save_ticks
 
-    def blocked_save(conn: data_collector.Connection, ticks: list[TickData]) -> int:
+    def blocked_save(conn: bar_store.Connection, ticks: list[TickData]) -> int:
         entered.set()
         assert gate.wait(30), "test never opened the gate"
         return real_save(conn, ticks)
@@ -857,10 +865,10 @@ def test_failed_write_is_logged_and_retried_without_losing_ticks(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    real_save = data_collector.save_ticks
+    real_save = bar_store.save_ticks
     failures = [sqlite3.OperationalError("database is locked")]
 
-    def flaky_save(conn: data_collector.Connection, ticks: list[TickData]) -> int:
+    def flaky_save(conn: bar_store.Connection, ticks: list[TickData]) -> int:
         if failures:
             raise failures.pop()
         return real_save(conn, ticks)
@@ -882,37 +890,6 @@ def test_failed_write_is_logged_and_retried_without_losing_ticks(
     ]
     if database == "sqlite":
         assert home_rows(home, "PRAGMA integrity_check") == [("ok",)]
-
-
-# --- store details -----------------------------------------------------------------------------
-
-
-def test_db_time_reads_naive_times_as_china_time_whatever_the_process_zone() -> None:
-    naive = datetime(2024, 1, 2, 9, 0)  # noqa: DTZ001 - the naive input is what this test is about
-    assert data_collector.db_time(naive) == "2024-01-02 09:00:00"
-    assert data_collector.db_time(datetime(2024, 1, 2, 1, 0, tzinfo=UTC)) == "2024-01-02 09:00:00"
-    assert data_collector.db_time(china(2024, 1, 2, 9, 0).replace(microsecond=500000)) == "2024-01-02 09:00:00.500000"
-
-
-def test_a_failed_commit_is_rolled_back_and_the_connection_stays_usable(home: Home) -> None:
-    conn = data_collector.connect(data_collector.database_path(home))
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-    conn.execute("CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
-    with pytest.raises(sqlite3.IntegrityError):
-        with data_collector.transaction(conn):
-            conn.execute("INSERT INTO child VALUES (7)")
-    assert not conn.in_transaction
-    saved = data_collector.save_bars(conn, [bar(0)])
-    conn.close()
-    assert saved.stored == 1
-
-
-def test_saving_no_bars_is_a_clear_error(home: Home) -> None:
-    conn = data_collector.connect(data_collector.database_path(home))
-    with pytest.raises(DataError, match="没有要保存的K线"):
-        data_collector.save_bars(conn, [])
-    conn.close()
 
 
 # --- tick loading ------------------------------------------------------------------------------
@@ -961,8 +938,8 @@ def test_read_tick_csv_rejects_bad_rows_naming_their_lines(tmp_path: Path, sampl
 def test_load_tick_data_returns_the_stored_ticks_in_range(home: Home, database: str, sample_ticks_csv: Path) -> None:
     ticks = data_collector.read_tick_csv(sample_ticks_csv, "cu1909.SHFE")
     conn = data_collector.open_database(home)
-    assert data_collector.save_ticks(conn, ticks) == 200
-    assert data_collector.save_ticks(conn, ticks) == 0  # the same ticks again change nothing
+    assert bar_store.save_ticks(conn, ticks) == 200
+    assert bar_store.save_ticks(conn, ticks) == 0  # the same ticks again change nothing
     conn.close()
 
     loaded = data_collector.load_tick_data("cu1909.SHFE", "2019-09-16", "2019-09-16", home=home)
@@ -1036,53 +1013,6 @@ def test_the_same_import_gives_the_same_backtest_on_both_databases(
     )
     assert stored.statistics == given.statistics
     assert stored.statistics["total_trade_count"] > 0
-
-
-def pg_rows(server: PgServer, database: str, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of one statement, run in its own transaction on one of the test server's databases."""
-    import psycopg2
-
-    conn = psycopg2.connect(
-        host=server.host, port=server.port, user=server.user, password=server.password, dbname=database
-    )
-    try:
-        with conn, conn.cursor() as cursor:
-            cursor.execute(sql)
-            return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        conn.close()
-
-
-def test_tables_vnpy_postgresql_created_are_widened_so_prices_keep_every_digit(
-    home: Home, tmp_path: Path, postgresql_server: PgServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    name = postgresql_server.create_database()
-    use_postgresql(home, postgresql_server, name, monkeypatch)
-    created = run_python(
-        "import config\n"
-        "home = config.resolve_home(); config.bind_vnpy_home(home, config.settings_for(home).database)\n"
-        "from vnpy.trader.database import get_database\n"
-        "print(type(get_database()).__name__)\n",
-        home.root,
-        env={SECRET_ENV["db_password"]: postgresql_server.password},
-    )
-    assert created.stdout.strip() == "PostgresqlDatabase", created.stderr
-    types = (
-        "SELECT data_type FROM information_schema.columns WHERE table_name = 'dbbardata' AND column_name = 'turnover'"
-    )
-    assert pg_rows(postgresql_server, name, types) == [("real",)]  # peewee's FloatField: float4
-
-    path = write_lines(
-        tmp_path / "if.csv",
-        [
-            "datetime,open,high,low,close,volume,turnover",
-            "2016-01-04 09:30:00,3456.2,3460.8,3455.4,3458.6,12,123456789.5",
-        ],
-    )
-    data_collector.import_csv(path, "IF1601.CFFEX", home=home)
-    assert pg_rows(postgresql_server, name, types) == [("double precision",)]
-    frame = data_collector.load_history_data("IF1601.CFFEX", "2016-01-04", "2016-01-04", home=home)
-    assert frame.iloc[0].tolist() == [3456.2, 3460.8, 3455.4, 3458.6, 12.0, 123456789.5, 0.0]
 
 
 def test_postgresql_login_refused_exits_2_and_an_unreachable_server_exits_3(

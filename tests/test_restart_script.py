@@ -517,7 +517,7 @@ def test_import_is_inert_and_loads_no_trading_modules(tmp_path: Path) -> None:
     code = (
         "import sys, restart_script, signal; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('vnpy', 'tensorflow', 'monitor', 'ml_model', "
-        "'data_collector', 'predictive_trading_strategy'))); "
+        "'data_collector', 'bar_store', 'predictive_trading_strategy'))); "
         "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
     )
     result = run_python(code, tmp_path / "home")

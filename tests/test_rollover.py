@@ -30,6 +30,7 @@ from vnpy.trader.object import (
 )
 
 import ai_trading_system
+import bar_store
 import data_collector
 import rollover
 import trading_calendar
@@ -163,7 +164,7 @@ def store_bars(home: Home, frames: dict[str, pd.DataFrame]) -> None:
     try:
         for vt_symbol, frame in frames.items():
             symbol, exchange = data_collector.parse_vt_symbol(vt_symbol)
-            data_collector.save_bar_frame(conn, frame.reset_index(), symbol, exchange, Interval.MINUTE)
+            bar_store.save_bar_frame(conn, frame.reset_index(), symbol, exchange, Interval.MINUTE)
     finally:
         conn.close()
 

@@ -34,6 +34,7 @@ from vnpy.trader.utility import BarGenerator
 from vnpy_ctastrategy import CtaTemplate
 from vnpy_ctastrategy.backtesting import BacktestingEngine, BacktestingMode
 
+import bar_store
 import data_collector
 import data_processor
 import sim_gateway
@@ -440,8 +441,8 @@ def test_tick_matching_equals_vnpy_backtester_on_the_copper_ticks(
 
 def test_tick_mode_replays_the_stored_ticks_as_they_are(make_replay: Callable[[], Replay], home: Home) -> None:
     ticks = data_collector.read_tick_csv(SAMPLE_TICKS_CSV, CU)
-    conn = data_collector.connect(data_collector.database_path(home))
-    data_collector.save_ticks(conn, ticks)
+    conn = bar_store.connect(data_collector.database_path(home))
+    bar_store.save_ticks(conn, ticks)
     conn.close()
     replay = make_replay()
     replay.connect(vt_symbol=CU, home=str(home.root), mode="tick", start="2019-09-16", end="2019-09-16")
