@@ -20,6 +20,7 @@ import pandas as pd
 
 from config import (
     CHINA_TZ,
+    ConfigError,
     ContractSpec,
     ModelError,
     ModelSettings,
@@ -32,9 +33,11 @@ from config import (
     product_of,
 )
 from data_processor import (
+    CLASSIFY,
+    DEFAULT_FEATURE_SET,
     DEFAULT_LABEL_KIND,
-    FEATURE_NAMES,
-    FEATURE_VERSION,
+    FEATURE_SET_VERSIONS,
+    FEATURE_SETS,
     LABEL_KINDS,
     Scaler,
     TrainingData,
@@ -93,8 +96,13 @@ class ModelConfig:
     n_jobs: int = -1
     seed: int = 42
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    feature_set: str = DEFAULT_FEATURE_SET  # data_processor.FEATURE_SETS: base, or mtf (base + multi-timeframe)
 
     def __post_init__(self) -> None:
+        if self.feature_set not in FEATURE_SETS:
+            raise ModelError(
+                f"特征集必须是 {' / '.join(FEATURE_SETS)}，收到 {self.feature_set!r} / unknown feature set"
+            )
         if self.model_type not in MODEL_FILES:
             raise ModelError(f"模型类型必须是 lstm 或 random_forest，收到 {self.model_type!r} / unknown model type")
         if self.sequence_length < 1 or self.horizon < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -226,14 +234,39 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
 
 
 def forest_to_onnx(forest: Any, features: int) -> bytes:
-    """The forest as an ONNX TreeEnsembleRegressor (float32 input, as scikit-learn's trees compare)."""
+    """The forest as an ONNX TreeEnsembleRegressor (float32 input, as scikit-learn's trees compare); a classifier
+    as a TreeEnsembleClassifier whose probabilities become the signed score `class_weights` gives."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    classifier = hasattr(forest, "classes_")
     onnx_model = convert_sklearn(
-        forest, initial_types=[("row", FloatTensorType([None, features]))], target_opset={"": 17, "ai.onnx.ml": 3}
+        forest,
+        initial_types=[("row", FloatTensorType([None, features]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+        options={id(forest): {"zipmap": False}} if classifier else None,
     )
+    if classifier:
+        _score_output(onnx_model, class_weights(forest.classes_))
     return bytes(onnx_model.SerializeToString())
+
+
+def class_weights(classes: Sequence[Any]) -> np.ndarray:
+    """The weight of each class's probability in the classifier's score: +1 up, -1 down, 0 neither, so the score is
+    P(up) - P(down), signed like a forward return."""
+    return np.array([float(np.sign(float(c))) for c in classes], dtype=np.float32)
+
+
+def _score_output(onnx_model: Any, weights: np.ndarray) -> None:
+    """Replace a converted classifier's outputs (label, probabilities) by one: probabilities · weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx_model.graph
+    probabilities = next(output.name for output in graph.output if output.name != "label")
+    graph.initializer.append(numpy_helper.from_array(weights.reshape(-1, 1), "class_weights"))
+    graph.node.append(helper.make_node("MatMul", [probabilities, "class_weights"], ["score"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1]))
 
 
 class FastPredictor:
@@ -426,9 +459,10 @@ class PricePredictionModel:
         if len(train) < 100 or len(valid) < 30:
             raise ModelError(f"样本太少：训练 {len(train)}，验证 {len(valid)}；请加长日期范围 / too few samples")
         if self.model_type == "lstm":
+            refuse_lstm_classify(self.model_type, data.label_kind)
             self._train_lstm(train, valid, say)
         else:
-            self._train_forest(train, say)
+            self._train_forest(train, say, data.label_kind == CLASSIFY)
         self.history.seconds = time.perf_counter() - started
         self.history.train_samples = len(train)
         self._build_fast_path(valid)
@@ -470,13 +504,15 @@ class PricePredictionModel:
         self.history.val_loss = [float(x) for x in fitted.history.get("val_loss", [])]
         self.history.best_epoch = int(np.argmin(self.history.val_loss)) + 1 if self.history.val_loss else 0
 
-    def _train_forest(self, train: Windows, say: Progress) -> None:
-        from sklearn.ensemble import RandomForestRegressor
+    def _train_forest(self, train: Windows, say: Progress, classify: bool = False) -> None:
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-        say(f"训练随机森林 / fitting the forest on {len(train):,} samples")
+        kind = "分类 / classifier" if classify else "回归 / regressor"
+        say(f"训练随机森林{kind} / fitting the forest on {len(train):,} samples")
         self.label_scale = 1.0
         rows = train.view[train.starts][:, -1, :]
-        self.network = RandomForestRegressor(
+        forest = RandomForestClassifier if classify else RandomForestRegressor
+        self.network = forest(
             n_estimators=self.config.trees,
             max_depth=self.config.max_depth,
             min_samples_leaf=self.config.min_samples_leaf,
@@ -484,7 +520,8 @@ class PricePredictionModel:
             n_jobs=self.config.n_jobs,
             random_state=self.config.seed,
         )
-        self.network.fit(np.asarray(rows, dtype=np.float32), train.labels)
+        labels = train.labels.astype(np.int64) if classify else train.labels
+        self.network.fit(np.asarray(rows, dtype=np.float32), labels)
         self.network.n_jobs = 1  # predicting one row with n_jobs > 1 is 3.7× slower (GUIDE §6)
 
     def _build_fast_path(self, check: Windows) -> None:
@@ -521,7 +558,11 @@ class PricePredictionModel:
         if self.model_type == "lstm":
             out = network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0)
             return np.asarray(out, dtype=np.float64).reshape(-1) * self.label_scale
-        return np.asarray(network.predict(np.asarray(windows[:, -1, :], dtype=np.float32)), dtype=np.float64)
+        rows = np.asarray(windows[:, -1, :], dtype=np.float32)
+        if hasattr(network, "classes_"):  # a classifier: the signed score P(up) - P(down)
+            probabilities = np.asarray(network.predict_proba(rows), dtype=np.float64)
+            return np.asarray(probabilities @ class_weights(network.classes_), dtype=np.float64)
+        return np.asarray(network.predict(rows), dtype=np.float64)
 
     def predict(self, windows: np.ndarray | Windows) -> np.ndarray:
         """Forward-return predictions for many scaled windows (chunked; Windows stay views until a chunk)."""
@@ -600,7 +641,8 @@ class PricePredictionModel:
                 "name": target.name,
                 "model_type": self.model_type,
                 "features": self.names,
-                "feature_version": FEATURE_VERSION,
+                "feature_set": self.config.feature_set,
+                "feature_version": FEATURE_SET_VERSIONS[self.config.feature_set],
                 "sequence_length": self.config.sequence_length,
                 "horizon": self.config.horizon,
                 "label": LABEL_KINDS[label_kind],
@@ -805,19 +847,23 @@ def check_bundle(
         raise ModelError(f"模型包 {folder} 的模型类型 {metadata['model_type']!r} 未知；{RETRAIN}")
     if MODEL_FILES[metadata["model_type"]] not in files:
         raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 未记录 {MODEL_FILES[metadata['model_type']]}；{RETRAIN}")
-    unknown = [name for name in metadata["features"] if name not in FEATURE_NAMES]
-    if unknown or metadata["feature_version"] != FEATURE_VERSION:
+    config = metadata["config"] if isinstance(metadata["config"], dict) else {}
+    feature_set = str(config.get("feature_set", DEFAULT_FEATURE_SET))  # bundles from before feature sets: base
+    if feature_set not in FEATURE_SETS:
         raise ModelError(
-            f"模型包 {folder} 用另一套特征训练（特征版本 {metadata['feature_version']}，当前 {FEATURE_VERSION}"
-            + (f"，未知特征 {unknown}" if unknown else "")
-            + f"）；{RETRAIN}"
+            f"模型包 {folder} 的特征集 {feature_set!r} 当前代码不认识（可用：{', '.join(FEATURE_SETS)}）；{RETRAIN}"
+        )
+    unknown = [name for name in metadata["features"] if name not in FEATURE_SETS[feature_set]]
+    if unknown or metadata["feature_version"] != FEATURE_SET_VERSIONS[feature_set]:
+        raise ModelError(
+            f"模型包 {folder} 用另一套特征训练（{feature_set} 特征版本 {metadata['feature_version']}，当前 "
+            f"{FEATURE_SET_VERSIONS[feature_set]}" + (f"，未知特征 {unknown}" if unknown else "") + f"）；{RETRAIN}"
         )
     if metadata["label_kind"] not in LABEL_KINDS:
         raise ModelError(
             f"模型包 {folder} 的标签类型 {metadata['label_kind']!r} 当前代码不认识（可用：{', '.join(LABEL_KINDS)}）；"
             f"{RETRAIN}"
         )
-    config = metadata["config"] if isinstance(metadata["config"], dict) else {}
     for key in ("sequence_length", "horizon"):
         if metadata[key] != config.get(key):
             raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]} 与其配置 {config.get(key)} 矛盾；{RETRAIN}")
@@ -825,6 +871,8 @@ def check_bundle(
         for key, wanted in (("sequence_length", expect.sequence_length), ("horizon", expect.horizon)):
             if metadata[key] != wanted:
                 raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]}，调用方需要 {wanted}；{RETRAIN}")
+        if feature_set != expect.feature_set:
+            raise ModelError(f"模型包 {folder} 的特征集为 {feature_set}，调用方需要 {expect.feature_set}；{RETRAIN}")
     bundle_ranges(metadata, folder)
     trained_on = str(metadata["vt_symbol"])
     if vt_symbol is not None and product_of(trained_on) != product_of(vt_symbol):
@@ -1105,6 +1153,15 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def refuse_lstm_classify(model_type: str, label_kind: str) -> None:
+    """ConfigError for the LSTM with the classify label: only the RandomForest has a classifier here."""
+    if model_type == "lstm" and label_kind == CLASSIFY:
+        raise ConfigError(
+            "classify 标签目前只支持 random_forest（LSTM 没有分类输出层）；请改用 --model-type random_forest 或 "
+            "--label executable / the classify label needs model type random_forest"
+        )
+
+
 @dataclass
 class FittedBundle:
     """A trained model with its decision and the facts its bundle records, not yet saved."""
@@ -1127,9 +1184,18 @@ def fit_bundle(
     """Prepare the bars, train, choose the threshold by simulating the strategy on the validation part with the
     contract's costs (`spec`, else the project's contract table) and evaluate: everything but the saving."""
     say = progress or (lambda message: None)
+    refuse_lstm_classify(config.model_type, label_kind)
     spec = spec or contract_spec(vt_symbol, load_contracts())
     data = prepare_training_data(
-        bars, vt_symbol, config.horizon, config.sequence_length, config.features_count, config.fractions, label_kind
+        bars,
+        vt_symbol,
+        config.horizon,
+        config.sequence_length,
+        config.features_count,
+        config.fractions,
+        label_kind,
+        config.feature_set,
+        spec,
     )
     for line in data.report.lines()[:1]:
         say(line)
@@ -1155,6 +1221,7 @@ def fit_bundle(
         "data_fingerprint": data_fingerprint(data),
         "label_kind": data.label_kind,
         "label_mean": data.label_mean,
+        "feature_set": config.feature_set,
         "decision": decision.as_dict(),
         "drift": drift_report(model, data, decision.threshold),
         "importance": importance,
