@@ -451,6 +451,11 @@ class PricePredictionModel:
         say = progress or (lambda message: None)
         if data.sequence_length != self.config.sequence_length or data.horizon != self.config.horizon:
             raise ModelError("训练数据的窗口长度或预测周期与模型配置不一致 / data and config disagree on shape")
+        unknown = [name for name in data.names if name not in FEATURE_SETS[self.config.feature_set]]
+        if unknown:
+            raise ModelError(
+                f"训练数据含特征集 {self.config.feature_set} 之外的特征 {unknown} / features outside the set"
+            )
         self.names = list(data.names)
         self.scaler = data.scaler
         started = time.perf_counter()
