@@ -317,12 +317,14 @@ def test_feature_sets_and_labels_are_parsed_named_and_refused() -> None:
 
 
 def test_a_model_row_carries_its_feature_set_and_top_features_into_every_file(tmp_path: Path) -> None:
-    model = {"kind": "model", "model_type": "random_forest", "label": "classify", "features": "mtf", "horizon": 30}
+    model: dict[str, Any] = {"model_type": "random_forest", "label": "classify", "features": "mtf", "horizon": 30}
     rows = [
         year_row(
             "random_forest_h30_classify_mtf", **model, year=2015, top_features=["d_ret_5", "mtf_pos_60m", "rsi_6"]
         ),
-        year_row("random_forest_h30_classify_mtf", **model, year=2016, top_features=["mtf_pos_60m", "tsi", "d_ret_5"]),
+        year_row(
+            "random_forest_h30_classify_mtf", "model", 2016, **model, top_features=["mtf_pos_60m", "tsi", "d_ret_5"]
+        ),
         year_row("DualThrustStrategy", "classic", 2016, net_pnl=8421.615),
     ]
     table = research.build_table(rows)
