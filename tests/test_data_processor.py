@@ -460,7 +460,7 @@ def test_feature_selection_sees_only_the_training_rows(
     unused = next(name for name in dp.FEATURE_NAMES if name not in chosen)
     poisoned.iloc[stop:] = features[unused].iloc[stop:]  # labels after the training part that `unused` predicts
     assert unused in dp.select_features(features, poisoned, 30)  # a selection that saw them would take it
-    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: poisoned)
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind, spec=None: poisoned)
     data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
     assert data.labels.equals(poisoned - data.label_mean) and data.split == honest.split
     assert data.names == chosen
@@ -486,7 +486,7 @@ def test_labels_are_demeaned_by_the_training_parts_mean_only(
     )
     later = raw.copy()
     later.iloc[stop:] += 0.01  # a different future moves nothing fitted on the training part
-    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: later)
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind, spec=None: later)
     again = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
     assert again.label_mean == data.label_mean and again.names == data.names
     assert again.label_means["test"] == pytest.approx(data.label_means["test"] + 0.01, rel=1e-9)

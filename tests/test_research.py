@@ -320,7 +320,7 @@ def test_a_model_row_carries_its_feature_set_and_top_features_into_every_file(tm
     model: dict[str, Any] = {"model_type": "random_forest", "label": "classify", "features": "mtf", "horizon": 30}
     rows = [
         year_row(
-            "random_forest_h30_classify_mtf", **model, year=2015, top_features=["d_ret_5", "mtf_pos_60m", "rsi_6"]
+            "random_forest_h30_classify_mtf", "model", 2015, **model, top_features=["d_ret_5", "mtf_pos_60m", "rsi_6"]
         ),
         year_row(
             "random_forest_h30_classify_mtf", "model", 2016, **model, top_features=["mtf_pos_60m", "tsi", "d_ret_5"]
