@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(data_processor.LABEL_KINDS),
         default=data_processor.DEFAULT_LABEL_KIND,
         help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）、close（收盘到收盘，仅作对比）"
-        "或 classify（扣除往返成本后涨 / 跌 / 都不是，仅 random_forest）",
+        "或 classify（扣除往返成本后涨 / 跌 / 都不是，模型输出 P(涨) − P(跌)）",
     )
     add_feature_set(train)
 
@@ -875,7 +875,6 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     config = ml_model.ModelConfig.from_settings(
         settings.model, model_type=args.model_type, epochs=args.epochs, feature_set=args.feature_set
     )
-    ml_model.refuse_lstm_classify(config.model_type, args.label)
     symbol = args.vt_symbol.partition(".")[0]
     name = args.name or f"{symbol}_{config.model_type}"
     if args.horizon and len(args.horizon) > 1 and args.walk_forward != 1:

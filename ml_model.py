@@ -20,7 +20,6 @@ import pandas as pd
 
 from config import (
     CHINA_TZ,
-    ConfigError,
     ContractSpec,
     ModelError,
     ModelSettings,
@@ -33,6 +32,7 @@ from config import (
     product_of,
 )
 from data_processor import (
+    CLASSES,
     CLASSIFY,
     DEFAULT_FEATURE_SET,
     DEFAULT_LABEL_KIND,
@@ -217,6 +217,11 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
         if activation == "relu":
             nodes.append(helper.make_node("Relu", [current], [f"A{n}"]))
             current = f"A{n}"
+        elif activation == "softmax":  # the classifier's head: the class probabilities become P(up) - P(down)
+            weights.append(numpy_helper.from_array(class_weights(CLASSES).reshape(-1, 1), "class_weights"))
+            nodes.append(helper.make_node("Softmax", [current], [f"P{n}"], axis=-1))
+            nodes.append(helper.make_node("MatMul", [f"P{n}", "class_weights"], [f"A{n}"]))
+            current = f"A{n}"
         elif activation != "linear":
             raise ModelError(f"ONNX 导出不支持激活函数 {activation!r} / unsupported activation")
     weights.append(numpy_helper.from_array(np.array([label_scale], dtype=np.float32), "label_scale"))
@@ -326,8 +331,11 @@ class FastPredictor:
 # --- Keras training helpers --------------------------------------------------------------------------
 
 
-def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed: int | None) -> Any:
-    """A keras PyDataset that copies one batch of windows at a time (the windows themselves stay views)."""
+def _window_dataset(
+    windows: Windows, batch_size: int, label_scale: float, seed: int | None, classify: bool = False
+) -> Any:
+    """A keras PyDataset that copies one batch of windows at a time (the windows themselves stay views); with
+    `classify` the targets are class indices (`CLASSES` order: down 0, neither 1, up 2)."""
     import keras
 
     class WindowBatches(keras.utils.PyDataset):
@@ -347,8 +355,9 @@ def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed:
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             chosen = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
             x = windows.take(chosen)
-            y = (windows.labels[chosen] / label_scale).astype(np.float32)
-            return x, y
+            if classify:
+                return x, (windows.labels[chosen] - CLASSES[0]).astype(np.int32)
+            return x, (windows.labels[chosen] / label_scale).astype(np.float32)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -429,8 +438,9 @@ class PricePredictionModel:
 
     # -- building and training --
 
-    def build_lstm_model(self, input_shape: tuple[int, int]) -> Any:
-        """The seed's stack: LSTM 50 → Dropout → LSTM 50 → Dropout → Dense 25 → Dense 1 (sizes from config)."""
+    def build_lstm_model(self, input_shape: tuple[int, int], classify: bool = False) -> Any:
+        """The seed's stack: LSTM 50 → Dropout → LSTM 50 → Dropout → Dense 25 → Dense 1 (sizes from config); with
+        `classify` the head is Dense 3 with softmax over `CLASSES`, trained on cross-entropy."""
         import keras
 
         layers: list[Any] = [keras.Input(shape=input_shape)]
@@ -439,9 +449,10 @@ class PricePredictionModel:
             layers.append(keras.layers.LSTM(size, return_sequences=n < len(units) - 1))
             layers.append(keras.layers.Dropout(self.config.dropout))
         layers.append(keras.layers.Dense(self.config.dense_units))
-        layers.append(keras.layers.Dense(1))
+        layers.append(keras.layers.Dense(len(CLASSES), activation="softmax") if classify else keras.layers.Dense(1))
         network = keras.Sequential(layers)
-        network.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss="mse")
+        loss = "sparse_categorical_crossentropy" if classify else "mse"
+        network.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss=loss)
         return network
 
     def train(self, data: TrainingData, progress: Progress | None = None) -> TrainingHistory:
@@ -464,8 +475,7 @@ class PricePredictionModel:
         if len(train) < 100 or len(valid) < 30:
             raise ModelError(f"样本太少：训练 {len(train)}，验证 {len(valid)}；请加长日期范围 / too few samples")
         if self.model_type == "lstm":
-            refuse_lstm_classify(self.model_type, data.label_kind)
-            self._train_lstm(train, valid, say)
+            self._train_lstm(train, valid, say, data.label_kind == CLASSIFY)
         else:
             self._train_forest(train, say, data.label_kind == CLASSIFY)
         self.history.seconds = time.perf_counter() - started
@@ -473,14 +483,14 @@ class PricePredictionModel:
         self._build_fast_path(valid)
         return self.history
 
-    def _train_lstm(self, train: Windows, valid: Windows, say: Progress) -> None:
+    def _train_lstm(self, train: Windows, valid: Windows, say: Progress, classify: bool = False) -> None:
         import keras
         import tensorflow as tf
 
         keras.utils.set_random_seed(self.config.seed)
         tf.config.experimental.enable_op_determinism()
-        self.label_scale = float(np.std(train.labels)) or 1.0
-        self.network = self.build_lstm_model((self.config.sequence_length, len(self.names)))
+        self.label_scale = 1.0 if classify else float(np.std(train.labels)) or 1.0
+        self.network = self.build_lstm_model((self.config.sequence_length, len(self.names)), classify)
 
         class Report(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -498,8 +508,8 @@ class PricePredictionModel:
             Report(),
         ]
         fitted = self.network.fit(
-            _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed),
-            validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None),
+            _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed, classify),
+            validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None, classify),
             epochs=self.config.epochs,
             callbacks=callbacks,
             verbose=0,
@@ -561,7 +571,9 @@ class PricePredictionModel:
         """Keras / scikit-learn output for scaled windows (slow; the reference for the fast path)."""
         network = self._native()
         if self.model_type == "lstm":
-            out = network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0)
+            out = np.asarray(network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0))
+            if out.ndim == 2 and out.shape[1] == len(CLASSES):  # the softmax head: P(up) - P(down)
+                return np.asarray(out.astype(np.float64) @ class_weights(CLASSES), dtype=np.float64)
             return np.asarray(out, dtype=np.float64).reshape(-1) * self.label_scale
         rows = np.asarray(windows[:, -1, :], dtype=np.float32)
         if hasattr(network, "classes_"):  # a classifier: the signed score P(up) - P(down)
@@ -1158,15 +1170,6 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def refuse_lstm_classify(model_type: str, label_kind: str) -> None:
-    """ConfigError for the LSTM with the classify label: only the RandomForest has a classifier here."""
-    if model_type == "lstm" and label_kind == CLASSIFY:
-        raise ConfigError(
-            "classify 标签目前只支持 random_forest（LSTM 没有分类输出层）；请改用 --model-type random_forest 或 "
-            "--label executable / the classify label needs model type random_forest"
-        )
-
-
 @dataclass
 class FittedBundle:
     """A trained model with its decision and the facts its bundle records, not yet saved."""
@@ -1189,7 +1192,6 @@ def fit_bundle(
     """Prepare the bars, train, choose the threshold by simulating the strategy on the validation part with the
     contract's costs (`spec`, else the project's contract table) and evaluate: everything but the saving."""
     say = progress or (lambda message: None)
-    refuse_lstm_classify(config.model_type, label_kind)
     spec = spec or contract_spec(vt_symbol, load_contracts())
     data = prepare_training_data(
         bars,

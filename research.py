@@ -191,9 +191,6 @@ class ResearchPlan:
         parse_models(",".join(self.models))
         parse_labels(",".join(self.labels))
         parse_feature_sets(",".join(self.feature_sets))
-        for model_type in self.models:
-            for label in self.labels:
-                ml_model.refuse_lstm_classify(model_type, label)
         for name in self.classics:
             if name not in CLASSICS:
                 raise ConfigError(f"经典策略 {name!r} 未知 / unknown classic strategy")

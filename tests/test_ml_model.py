@@ -18,7 +18,7 @@ import pytest
 import ai_trading_system
 import data_processor as dp
 import ml_model
-from config import CHINA_TZ, ConfigError, Home, ModelError, contract_spec, file_sha256, load_contracts, resolve_home
+from config import CHINA_TZ, Home, ModelError, contract_spec, file_sha256, load_contracts, resolve_home
 from tests.conftest import edit_metadata
 from trade_simulator import MIN_DECISION_TRADES
 
@@ -762,16 +762,28 @@ def test_a_classifier_bundle_serves_p_up_minus_p_down_through_onnx(class_data: d
         ml_model.PricePredictionModel().load_model(bundle)
 
 
-def test_the_lstm_with_the_classify_label_is_refused_before_any_work(class_data: dp.TrainingData) -> None:
-    with pytest.raises(ConfigError, match="classify 标签目前只支持 random_forest"):
-        ml_model.fit_bundle(pd.DataFrame(), VT, "1m", SMALL_LSTM, label_kind="classify")
-    with pytest.raises(ConfigError, match="random_forest"):
-        ml_model.PricePredictionModel("lstm", dataclasses.replace(SMALL_LSTM, horizon=30, feature_set="mtf")).train(
-            class_data
-        )
+def test_a_model_of_another_feature_set_than_its_data_is_refused(class_data: dp.TrainingData) -> None:
     with pytest.raises(ModelError, match="特征集 base 之外"):
         ml_model.PricePredictionModel("random_forest", dataclasses.replace(MTF_CLASSIFIER, feature_set="base")).train(
             class_data
         )
     with pytest.raises(ModelError, match="unknown feature set"):
         ml_model.ModelConfig(feature_set="hourly")
+
+
+@pytest.mark.slow
+def test_an_lstm_with_a_softmax_head_serves_p_up_minus_p_down_through_onnx(
+    class_data: dp.TrainingData, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(SMALL_LSTM, horizon=30, feature_set="mtf")
+    model = ml_model.PricePredictionModel("lstm", config)
+    model.train(class_data)
+    assert model.network.layers[-1].get_config()["activation"] == "softmax" and model.label_scale == 1.0
+    bundle = model.save_model(tmp_path / "lstm_clf", extra={**facts(class_data), "label_kind": "classify"})
+    loaded = ml_model.PricePredictionModel().load_model(bundle, expect=config)
+    sample = class_data.windows("test").take(np.arange(300))
+    probabilities = model.network.predict(sample, verbose=0)
+    expected = probabilities[:, 2] - probabilities[:, 0]
+    np.testing.assert_allclose(loaded.predict(sample), expected, rtol=0, atol=1e-5)
+    assert loaded.predict_one(sample[0]) == pytest.approx(expected[0], abs=1e-5)
+    assert np.abs(expected).max() <= 1

@@ -312,8 +312,10 @@ def test_feature_sets_and_labels_are_parsed_named_and_refused() -> None:
         "random_forest_h5_executable",
         "random_forest_h5_executable_mtf",
     ]
-    with pytest.raises(ConfigError, match="classify 标签目前只支持 random_forest"):
-        research.ResearchPlan(VT, (2016,), models=("lstm", "random_forest"), labels=("classify",))
+    both = research.ResearchPlan(VT, (2016,), models=("lstm",), horizons=(5,), labels=("classify",))
+    assert [research.model_name(c, label) for c, label in both.model_configs(ModelSettings(), 1)] == [
+        "lstm_h5_classify"
+    ]
 
 
 def test_a_model_row_carries_its_feature_set_and_top_features_into_every_file(tmp_path: Path) -> None:
