@@ -677,7 +677,6 @@ def _daily_features(
     starts = np.flatnonzero(new_day)
     ends = np.r_[starts[1:] - 1, rows - 1]
     day_of = np.cumsum(new_day) - 1  # the bar's day number
-    days = len(starts)
     groups = pd.Series(day_of)
     high_so_far = pd.Series(h).groupby(groups).cummax().to_numpy()
     low_so_far = pd.Series(lo).groupby(groups).cummin().to_numpy()
@@ -686,27 +685,17 @@ def _daily_features(
     day_range = np.log(day_high / day_low)
     start_volume = cum_v[starts]  # volume before each day
 
-    def back(values: np.ndarray, k: int) -> np.ndarray:
-        """values of the day k days before each day (NaN where there is none), per day."""
-        return _lagged(values, k)
-
-    close_back = {k: back(day_log_close, k) for k in range(1, n + 2)}
+    # per day: values of the days before it (_lagged by days), NaN where there are too few
+    close_back = {k: _lagged(day_log_close, k) for k in range(1, n + 2)}
     prev_ret = close_back[1] - close_back[2]
     steps = [close_back[n - k] - close_back[n + 1 - k] for k in range(n)]  # the last n daily returns, oldest first
-    total = np.zeros(days)
-    for step in steps:
-        total = total + step
-    mean = total / n
-    squares = np.zeros(days)
-    for step in steps:
-        squares = squares + (step - mean) * (step - mean)
-    day_vol = np.sqrt(squares / (n - 1))
-    range_total = np.zeros(days)
+    day_vol, _ = _steps_stats(steps, 1.0)
+    range_total = np.zeros(len(starts))
     for k in range(n, 0, -1):
-        range_total = range_total + back(day_range, k)
+        range_total = range_total + _lagged(day_range, k)
     past_high = pd.Series(day_high).rolling(n, min_periods=n).max().shift(1).to_numpy()
     past_low = pd.Series(day_low).rolling(n, min_periods=n).min().shift(1).to_numpy()
-    past_volume = (start_volume - back(start_volume, n)) / n
+    past_volume = (start_volume - _lagged(start_volume, n)) / n
 
     high = np.fmax(past_high[day_of], high_so_far)
     low = np.fmin(past_low[day_of], low_so_far)
