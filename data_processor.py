@@ -489,14 +489,15 @@ def build_features(
 ) -> pd.DataFrame:
     """The columns of `FEATURE_SETS[feature_set]` for every bar, causal: the base set, NaN only in the first
     FEATURE_WARMUP rows; the multi-timeframe set adds `build_mtf_features`, NaN until their look-backs fill."""
-    features = build_base_features(df, vt_symbol)
     if checked_feature_set(feature_set) == BASE_SET:
-        return features
-    return pd.concat([features, build_mtf_features(df)], axis=1)
+        return build_base_features(df, vt_symbol)
+    days = causal_trading_days(as_china_index(df.index))
+    return pd.concat([build_base_features(df, vt_symbol, days), build_mtf_features(df, days)], axis=1)
 
 
-def build_base_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-    """The curated causal base feature set for every bar; NaN only in the first FEATURE_WARMUP rows."""
+def build_base_features(df: pd.DataFrame, vt_symbol: str | None = None, days: np.ndarray | None = None) -> pd.DataFrame:
+    """The curated causal base feature set for every bar; NaN only in the first FEATURE_WARMUP rows (`days`: the
+    bars' `causal_trading_days`, when the caller has them)."""
     import ta
 
     vt_symbol = resolve_vt_symbol(df, vt_symbol)
@@ -584,7 +585,7 @@ def build_base_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.Da
         out["session_progress"] = progress_since_open(index)
     else:  # off-session bars (uncleaned data) sit at the window's end
         out["session_progress"] = np.nan_to_num(session_progress(eras, index), nan=1.0)
-    day = causal_trading_days(index)
+    day = causal_trading_days(index) if days is None else days
     new_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, dtype=bool)
     day_id = np.cumsum(new_day)
     groups = pd.Series(day_id)
@@ -612,19 +613,26 @@ def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
     return out
 
 
-def _steps_stats(steps: list[np.ndarray], root: float) -> tuple[np.ndarray, np.ndarray]:
+def _steps_stats(steps: Sequence[np.ndarray], root: float) -> tuple[np.ndarray, np.ndarray]:
     """Std (ddof 1) of the steps / root, and |sum| / sum of |step|; summed oldest first, as the online state does."""
-    total = np.zeros_like(steps[0])
-    sizes = np.zeros_like(steps[0])
+    total, sizes, squares, work = (np.zeros(len(steps[0])) for _ in range(4))
     for step in steps:
-        total = total + step
-        sizes = sizes + np.abs(step)
+        np.add(total, step, out=total)
+        np.add(sizes, np.abs(step, out=work), out=sizes)
     mean = total / len(steps)
-    squares = np.zeros_like(steps[0])
     for step in steps:
-        squares = squares + (step - mean) * (step - mean)
+        np.subtract(step, mean, out=work)
+        np.add(squares, np.multiply(work, work, out=work), out=squares)
     std = np.sqrt(squares / (len(steps) - 1)) / root
     return std, _safe_ratio(np.abs(total), sizes, 0.0)
+
+
+def _every_mth(returns: np.ndarray, m: int) -> list[np.ndarray]:
+    """The MTF_PERIODS m-bar returns ending at each bar, every m-th one back, oldest first: views of one padded
+    array (returns[t - (MTF_PERIODS - 1 - k) m] for k = 0 ..)."""
+    rows = len(returns)
+    padded = np.r_[np.full((MTF_PERIODS - 1) * m, np.nan), returns]
+    return [padded[k * m : k * m + rows] for k in range(MTF_PERIODS)]
 
 
 def _range_place(c: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -632,8 +640,9 @@ def _range_place(c: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.n
     return _safe_ratio(c - low, high - low, 0.5), np.log(high / low)
 
 
-def build_mtf_features(df: pd.DataFrame) -> pd.DataFrame:
-    """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full."""
+def build_mtf_features(df: pd.DataFrame, days: np.ndarray | None = None) -> pd.DataFrame:
+    """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full
+    (`days`: the bars' `causal_trading_days`, when the caller has them)."""
     index = as_china_index(df.index)
     o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
     rows = len(c)
@@ -643,8 +652,7 @@ def build_mtf_features(df: pd.DataFrame) -> pd.DataFrame:
     out: dict[str, np.ndarray] = {}
     for m in MTF_TIMEFRAMES:
         span = m * MTF_PERIODS
-        steps = [_lagged(log_c, span - (k + 1) * m) - _lagged(log_c, span - k * m) for k in range(MTF_PERIODS)]
-        vol, efficiency = _steps_stats(steps, math.sqrt(m))
+        vol, efficiency = _steps_stats(_every_mth(log_c - _lagged(log_c, m), m), math.sqrt(m))
         high = _rolling(h, span).max().to_numpy()
         low = _rolling(lo, span).min().to_numpy()
         place, width = _range_place(c, high, low)
@@ -661,18 +669,17 @@ def build_mtf_features(df: pd.DataFrame) -> pd.DataFrame:
         short = np.arange(rows) < span
         for stem, values in columns.items():
             out[f"{stem}_{m}m"] = np.where(short, np.nan, values)
-    out.update(_daily_features(index, h, lo, c, log_c, cum_v))
+    out.update(_daily_features(causal_trading_days(index) if days is None else days, h, lo, c, log_c, cum_v))
     return pd.DataFrame(out, index=df.index)[list(MTF_NAMES)]
 
 
 def _daily_features(
-    index: pd.DatetimeIndex, h: np.ndarray, lo: np.ndarray, c: np.ndarray, log_c: np.ndarray, cum_v: np.ndarray
+    day: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, log_c: np.ndarray, cum_v: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The daily columns: per trading day (the calendar's rule), from completed days and the day so far."""
+    """The daily columns: per trading day (`day`, the calendar's rule), from completed days and the day so far."""
     rows, n = len(c), MTF_DAYS
     if rows == 0:
         return {name: np.zeros(0) for name in DAILY_NAMES}
-    day = causal_trading_days(index)
     new_day = np.r_[True, day[1:] != day[:-1]]
     starts = np.flatnonzero(new_day)
     ends = np.r_[starts[1:] - 1, rows - 1]
