@@ -666,11 +666,14 @@ def build_mtf_features(df: pd.DataFrame, days: np.ndarray | None = None) -> pd.D
             "mtf_range": width,
             "mtf_vratio": np.log((recent + 1) / (mean + 1)),
         }
-        short = np.arange(rows) < span
-        for stem, values in columns.items():
-            out[f"{stem}_{m}m"] = np.where(short, np.nan, values)
+        for stem, values in columns.items():  # each a fresh array: the rows before a full look-back become NaN
+            values[:span] = np.nan
+            out[f"{stem}_{m}m"] = values
     out.update(_daily_features(causal_trading_days(index) if days is None else days, h, lo, c, log_c, cum_v))
-    return pd.DataFrame(out, index=df.index)[list(MTF_NAMES)]
+    block = np.empty((len(MTF_NAMES), rows))  # one row per column: its transpose is pandas' own block layout
+    for row, name in enumerate(MTF_NAMES):
+        block[row] = out[name]
+    return pd.DataFrame(block.T, index=df.index, columns=list(MTF_NAMES), copy=False)
 
 
 def _daily_features(
