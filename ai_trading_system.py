@@ -226,6 +226,16 @@ def backtest_options(args: argparse.Namespace) -> BacktestOptions:
     )
 
 
+def add_feature_set(parser: argparse.ArgumentParser) -> None:
+    """--feature-set: the named feature set (data_processor.FEATURE_SETS)."""
+    parser.add_argument(
+        "--feature-set",
+        choices=tuple(data_processor.FEATURE_SETS),
+        default=data_processor.DEFAULT_FEATURE_SET,
+        help="特征集：base（默认，1 分钟特征）或 mtf（base 加 5/15/60 分钟与日线聚合，因果计算）/ feature set",
+    )
+
+
 def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
     """`--allow-gaps` of train and backtest."""
     parser.add_argument(
@@ -314,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=data_processor.DEFAULT_LABEL_KIND,
         help="标签类型（默认 executable：下一根开盘价进出）/ label kind",
     )
+    add_feature_set(audit)
 
     train = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
     train.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
@@ -344,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--label",
         choices=tuple(data_processor.LABEL_KINDS),
         default=data_processor.DEFAULT_LABEL_KIND,
-        help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）或 close（收盘到收盘，仅作对比）",
+        help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）、close（收盘到收盘，仅作对比）"
+        "或 classify（扣除往返成本后涨 / 跌 / 都不是，模型输出 P(涨) − P(跌)）",
     )
+    add_feature_set(train)
 
     show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
     show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
@@ -406,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=data_processor.DEFAULT_LABEL_KIND,
         help=f"标签类型，逗号分隔：{' / '.join(data_processor.LABEL_KINDS)}"
         f"（默认 {data_processor.DEFAULT_LABEL_KIND}）/ label kinds",
+    )
+    study.add_argument(
+        "--feature-sets",
+        default=data_processor.DEFAULT_FEATURE_SET,
+        help=f"特征集，逗号分隔：{' / '.join(data_processor.FEATURE_SETS)}"
+        f"（默认 {data_processor.DEFAULT_FEATURE_SET}；mtf = base + 5/15/60 分钟与日线聚合）/ feature sets",
     )
     study.add_argument(
         "--classics",
@@ -852,7 +871,8 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
         f"审计中 / auditing cleaning, features and the {args.label} label (horizon {horizon}): "
         f"{len(frame):,} 根K线，{len(cuts)} 个切点 ..."
     )
-    result = data_processor.audit_pipeline(frame, vt_symbol, horizon, cuts, args.label)
+    spec = contract_spec(vt_symbol, load_contracts(settings_dirs(home)))
+    result = data_processor.audit_pipeline(frame, vt_symbol, horizon, cuts, args.label, args.feature_set, spec)
 
     print_table(result.rows(), AUDIT_HEADERS)
     checked = len(result.columns)
@@ -959,7 +979,9 @@ def print_decision(metadata: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace, home: Home) -> int:
     """Mode 3: load, clean, build features, split with a purge, train, evaluate, save the bundle(s)."""
     settings = settings_for(home)
-    config = ml_model.ModelConfig.from_settings(settings.model, model_type=args.model_type, epochs=args.epochs)
+    config = ml_model.ModelConfig.from_settings(
+        settings.model, model_type=args.model_type, epochs=args.epochs, feature_set=args.feature_set
+    )
     symbol = args.vt_symbol.partition(".")[0]
     name = args.name or f"{symbol}_{config.model_type}"
     if args.horizon and len(args.horizon) > 1 and args.walk_forward != 1:
@@ -1084,6 +1106,7 @@ def cmd_model(args: argparse.Namespace, home: Home) -> int:
         ("窗口 × 特征 / window × features", f"{meta['sequence_length']} × {len(model.names)}"),
         ("预测周期 / horizon", meta["horizon"]),
         ("标签 / label kind", meta["label_kind"]),
+        ("特征集 / feature set", model.config.feature_set),
         ("阈值 / threshold", f"{model.threshold:.6f}"),
         ("验证期结论 / edge", (meta.get("decision") or {}).get("edge", "-")),
         *((f"{part} / range", f"{a[:16]} ~ {b[:16]}") for part, (a, b) in ranges.items()),
@@ -1356,6 +1379,7 @@ def cmd_research(args: argparse.Namespace, home: Home) -> int:
         models=research.parse_models(args.models),
         horizons=tuple(args.horizons or ()),
         labels=research.parse_labels(args.labels),
+        feature_sets=research.parse_feature_sets(args.feature_sets),
         classics=research.parse_classics(args.classics),
         interval=args.interval,
         capital=args.capital,

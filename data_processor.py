@@ -300,8 +300,12 @@ LABEL_KINDS: dict[str, str] = {
     "executable": "open[t+1+h] / open[t+1] - 1: decided at bar t's close, entered at the next bar's open, left h bars "
     "later at the open; NaN past the data, across a roll gap, or when the entry or exit bar is a flagged spike",
     "close": "close[t+h] / close[t] - 1 over h bars; NaN past the data or across a roll gap",
+    "classify": "1 / -1 / 0: the executable move beyond the contract's round-trip cost at the entry price up, down, "
+    "or neither; NaN where the executable label is",
 }
 DEFAULT_LABEL_KIND: str = "executable"
+CLASSIFY: str = "classify"
+CLASSES: tuple[int, ...] = (-1, 0, 1)  # down, neither, up
 
 
 def label_name(horizon: int) -> str:
@@ -320,11 +324,18 @@ def label_reach(horizon: int, kind: str = DEFAULT_LABEL_KIND) -> int:
     return horizon if _checked_kind(kind) == "close" else horizon + 2
 
 
-def make_labels(df: pd.DataFrame, horizon: int, kind: str = DEFAULT_LABEL_KIND) -> pd.Series:
+def make_labels(
+    df: pd.DataFrame, horizon: int, kind: str = DEFAULT_LABEL_KIND, spec: ContractSpec | None = None
+) -> pd.Series:
     """The forward return of `LABEL_KINDS[kind]` at every bar; NaN where it would read past the data, cross a roll
-    gap (bars t .. t+1+h not in one `segment`) or, for the executable label, trade at a `spike` bar."""
+    gap (bars t .. t+1+h not in one `segment`) or, for the executable label, trade at a `spike` bar. The classify
+    label needs the contract (`spec`) whose costs it compares the move with (`make_class_labels`)."""
     if horizon < 1:
         raise DataError(f"预测周期必须 ≥ 1，收到 {horizon} / horizon must be at least 1")
+    if _checked_kind(kind) == CLASSIFY:
+        if spec is None:
+            raise DataError("classify 标签需要合约成本（spec）/ the classify label needs the contract's costs")
+        return make_class_labels(df, horizon, spec)
     reach = label_reach(horizon, kind)
     rows = len(df)
     segment = df["segment"].to_numpy() if "segment" in df.columns else np.zeros(rows, dtype=np.int64)
@@ -352,6 +363,16 @@ def entry_prices(df: pd.DataFrame, kind: str = DEFAULT_LABEL_KIND) -> np.ndarray
         return np.asarray(df["close"], dtype="float64")
     opens = np.asarray(df["open"], dtype="float64")
     return np.append(opens[1:], np.nan)
+
+
+def make_class_labels(df: pd.DataFrame, horizon: int, spec: ContractSpec) -> pd.Series:
+    """1 where the executable move over `horizon` beats the contract's round-trip cost at its entry price long, -1
+    where it does short, 0 where neither; NaN where the executable label is (past the data, a roll, a spike)."""
+    gross = make_labels(df, horizon, "executable").to_numpy()
+    cost = spec.round_trip_return(entry_prices(df, "executable"))
+    with np.errstate(invalid="ignore"):
+        classes = np.where(gross > cost, 1.0, np.where(-gross > cost, -1.0, 0.0))
+    return pd.Series(np.where(np.isnan(gross), np.nan, classes), index=df.index, name=label_name(horizon))
 
 
 def make_net_labels(
@@ -411,6 +432,47 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+MTF_TIMEFRAMES: tuple[int, ...] = (5, 15, 60)  # minutes per aggregate bar
+MTF_PERIODS: int = 20  # aggregate bars per look-back: 100, 300 and 1,200 one-minute bars
+MTF_DAYS: int = 5  # completed trading days in the daily look-back (the daily return std needs one day more)
+MTF_VERSION: int = 1  # bump when a multi-timeframe column's definition changes
+MTF_STEMS: tuple[str, ...] = ("mtf_ret", "mtf_vol", "mtf_eff", "mtf_pos", "mtf_range", "mtf_vratio")
+DAILY_NAMES: tuple[str, ...] = (
+    "d_prev_ret",
+    "d_ret_1",
+    f"d_ret_{MTF_DAYS}",
+    f"d_vol_{MTF_DAYS}",
+    f"d_pos_{MTF_DAYS}",
+    f"d_range_{MTF_DAYS}",
+    "d_range_rel",
+    "d_volume_ratio",
+)
+MTF_NAMES: tuple[str, ...] = (*(f"{stem}_{m}m" for m in MTF_TIMEFRAMES for stem in MTF_STEMS), *DAILY_NAMES)
+MTF_DEFINITIONS: str = (
+    f"per timeframe m of {MTF_TIMEFRAMES} minutes, over the last {MTF_PERIODS} m-minute steps (L = {MTF_PERIODS}·m "
+    "one-minute bars): mtf_ret log return over L; mtf_vol std of the m-bar log returns / √m; mtf_eff |their sum| / "
+    "the sum of their sizes; mtf_pos the close's place in the L bars' high-low range; mtf_range log(high / low) "
+    "over L; mtf_vratio log((volume of the last m bars + 1) / (mean volume per m bars over L + 1)). Daily, from "
+    f"completed trading days (the calendar's rule) and the current day so far: the last completed day's return, "
+    f"the return since the last completed close and since the close {MTF_DAYS} days back, the std of the last "
+    f"{MTF_DAYS} daily returns, the close's place in and log size of the range of the last {MTF_DAYS} days plus "
+    f"today, today's range over the mean daily range of the last {MTF_DAYS} days, and log((today's volume + 1) / "
+    f"(mean daily volume of the last {MTF_DAYS} days + 1))"
+)
+BASE_SET, MTF_SET = "base", "mtf"
+FEATURE_SETS: dict[str, tuple[str, ...]] = {BASE_SET: FEATURE_NAMES, MTF_SET: (*FEATURE_NAMES, *MTF_NAMES)}
+FEATURE_SET_VERSIONS: dict[str, int] = {BASE_SET: FEATURE_VERSION, MTF_SET: MTF_VERSION}
+DEFAULT_FEATURE_SET: str = BASE_SET
+ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_SETS[MTF_SET]
+
+
+def checked_feature_set(name: str) -> str:
+    """`name` when it is a known feature set, else DataError."""
+    if name not in FEATURE_SETS:
+        raise DataError(f"特征集必须是 {' / '.join(FEATURE_SETS)}，收到 {name!r} / unknown feature set")
+    return name
+
+
 def _safe_ratio(num: np.ndarray, den: np.ndarray, default: float) -> np.ndarray:
     """num / den, with `default` where den is 0 (and NaN kept where either is NaN)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -422,8 +484,20 @@ def _rolling(values: np.ndarray, window: int) -> Any:
     return pd.Series(values).rolling(window, min_periods=window)
 
 
-def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-    """The curated causal feature set for every bar; NaN only in the first FEATURE_WARMUP rows."""
+def build_features(
+    df: pd.DataFrame, vt_symbol: str | None = None, feature_set: str = DEFAULT_FEATURE_SET
+) -> pd.DataFrame:
+    """The columns of `FEATURE_SETS[feature_set]` for every bar, causal: the base set, NaN only in the first
+    FEATURE_WARMUP rows; the multi-timeframe set adds `build_mtf_features`, NaN until their look-backs fill."""
+    if checked_feature_set(feature_set) == BASE_SET:
+        return build_base_features(df, vt_symbol)
+    days = causal_trading_days(as_china_index(df.index))
+    return pd.concat([build_base_features(df, vt_symbol, days), build_mtf_features(df, days)], axis=1)
+
+
+def build_base_features(df: pd.DataFrame, vt_symbol: str | None = None, days: np.ndarray | None = None) -> pd.DataFrame:
+    """The curated causal base feature set for every bar; NaN only in the first FEATURE_WARMUP rows (`days`: the
+    bars' `causal_trading_days`, when the caller has them)."""
     import ta
 
     vt_symbol = resolve_vt_symbol(df, vt_symbol)
@@ -511,7 +585,7 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
         out["session_progress"] = progress_since_open(index)
     else:  # off-session bars (uncleaned data) sit at the window's end
         out["session_progress"] = np.nan_to_num(session_progress(eras, index), nan=1.0)
-    day = causal_trading_days(index)
+    day = causal_trading_days(index) if days is None else days
     new_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, dtype=bool)
     day_id = np.cumsum(new_day)
     groups = pd.Series(day_id)
@@ -524,6 +598,130 @@ def build_features(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFra
     features = pd.DataFrame(out, index=df.index)[list(FEATURE_NAMES)]
     features.iloc[:FEATURE_WARMUP] = np.nan
     return features
+
+
+# --- the multi-timeframe feature set (batch) ---------------------------------------------------------
+
+
+def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
+    """values[t - lag] at every t (NaN before the data)."""
+    out = np.full(len(values), np.nan)
+    if lag == 0:
+        return values.astype("float64", copy=True)
+    if lag < len(values):
+        out[lag:] = values[:-lag]
+    return out
+
+
+def _steps_stats(steps: Sequence[np.ndarray], root: float) -> tuple[np.ndarray, np.ndarray]:
+    """Std (ddof 1) of the steps / root, and |sum| / sum of |step|; summed oldest first, as the online state does."""
+    total, sizes, squares, work = (np.zeros(len(steps[0])) for _ in range(4))
+    for step in steps:
+        np.add(total, step, out=total)
+        np.add(sizes, np.abs(step, out=work), out=sizes)
+    mean = total / len(steps)
+    for step in steps:
+        np.subtract(step, mean, out=work)
+        np.add(squares, np.multiply(work, work, out=work), out=squares)
+    std = np.sqrt(squares / (len(steps) - 1)) / root
+    return std, _safe_ratio(np.abs(total), sizes, 0.0)
+
+
+def _every_mth(returns: np.ndarray, m: int) -> list[np.ndarray]:
+    """The MTF_PERIODS m-bar returns ending at each bar, every m-th one back, oldest first: views of one padded
+    array (returns[t - (MTF_PERIODS - 1 - k) m] for k = 0 ..)."""
+    rows = len(returns)
+    padded = np.r_[np.full((MTF_PERIODS - 1) * m, np.nan), returns]
+    return [padded[k * m : k * m + rows] for k in range(MTF_PERIODS)]
+
+
+def _range_place(c: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The close's place in [low, high] (0.5 on a flat range) and log(high / low)."""
+    return _safe_ratio(c - low, high - low, 0.5), np.log(high / low)
+
+
+def build_mtf_features(df: pd.DataFrame, days: np.ndarray | None = None) -> pd.DataFrame:
+    """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full
+    (`days`: the bars' `causal_trading_days`, when the caller has them)."""
+    index = as_china_index(df.index)
+    o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
+    rows = len(c)
+    log_c = np.log(c)
+    cum_v = np.r_[0.0, np.cumsum(v)]  # volume before bar t: cum_v[t]; through bar t: cum_v[t + 1]
+    through = cum_v[1:]
+    out: dict[str, np.ndarray] = {}
+    for m in MTF_TIMEFRAMES:
+        span = m * MTF_PERIODS
+        vol, efficiency = _steps_stats(_every_mth(log_c - _lagged(log_c, m), m), math.sqrt(m))
+        high = _rolling(h, span).max().to_numpy()
+        low = _rolling(lo, span).min().to_numpy()
+        place, width = _range_place(c, high, low)
+        recent = through - _lagged(cum_v, m)[1:]
+        mean = (through - _lagged(cum_v, span)[1:]) / MTF_PERIODS
+        columns = {
+            "mtf_ret": log_c - _lagged(log_c, span),
+            "mtf_vol": vol,
+            "mtf_eff": efficiency,
+            "mtf_pos": place,
+            "mtf_range": width,
+            "mtf_vratio": np.log((recent + 1) / (mean + 1)),
+        }
+        for stem, values in columns.items():  # each a fresh array: the rows before a full look-back become NaN
+            values[:span] = np.nan
+            out[f"{stem}_{m}m"] = values
+    out.update(_daily_features(causal_trading_days(index) if days is None else days, h, lo, c, log_c, cum_v))
+    block = np.empty((len(MTF_NAMES), rows))  # one row per column: its transpose is pandas' own block layout
+    for row, name in enumerate(MTF_NAMES):
+        block[row] = out[name]
+    return pd.DataFrame(block.T, index=df.index, columns=list(MTF_NAMES), copy=False)
+
+
+def _daily_features(
+    day: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, log_c: np.ndarray, cum_v: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The daily columns: per trading day (`day`, the calendar's rule), from completed days and the day so far."""
+    rows, n = len(c), MTF_DAYS
+    if rows == 0:
+        return {name: np.zeros(0) for name in DAILY_NAMES}
+    new_day = np.r_[True, day[1:] != day[:-1]]
+    starts = np.flatnonzero(new_day)
+    ends = np.r_[starts[1:] - 1, rows - 1]
+    day_of = np.cumsum(new_day) - 1  # the bar's day number
+    groups = pd.Series(day_of)
+    high_so_far = pd.Series(h).groupby(groups).cummax().to_numpy()
+    low_so_far = pd.Series(lo).groupby(groups).cummin().to_numpy()
+    day_log_close = log_c[ends]
+    day_high, day_low = high_so_far[ends], low_so_far[ends]
+    day_range = np.log(day_high / day_low)
+    start_volume = cum_v[starts]  # volume before each day
+
+    # per day: values of the days before it (_lagged by days), NaN where there are too few
+    close_back = {k: _lagged(day_log_close, k) for k in range(1, n + 2)}
+    prev_ret = close_back[1] - close_back[2]
+    steps = [close_back[n - k] - close_back[n + 1 - k] for k in range(n)]  # the last n daily returns, oldest first
+    day_vol, _ = _steps_stats(steps, 1.0)
+    range_total = np.zeros(len(starts))
+    for k in range(n, 0, -1):
+        range_total = range_total + _lagged(day_range, k)
+    past_high = pd.Series(day_high).rolling(n, min_periods=n).max().shift(1).to_numpy()
+    past_low = pd.Series(day_low).rolling(n, min_periods=n).min().shift(1).to_numpy()
+    past_volume = (start_volume - _lagged(start_volume, n)) / n
+
+    high = np.fmax(past_high[day_of], high_so_far)
+    low = np.fmin(past_low[day_of], low_so_far)
+    known = ~np.isnan(past_high[day_of])
+    place, width = _range_place(c, high, low)
+    today = cum_v[1:] - start_volume[day_of]
+    return {
+        "d_prev_ret": prev_ret[day_of],
+        "d_ret_1": log_c - close_back[1][day_of],
+        f"d_ret_{n}": log_c - close_back[n][day_of],
+        f"d_vol_{n}": day_vol[day_of],
+        f"d_pos_{n}": np.where(known, place, np.nan),
+        f"d_range_{n}": np.where(known, width, np.nan),
+        "d_range_rel": _safe_ratio(np.log(high_so_far / low_so_far), (range_total / n)[day_of], 0.0),
+        "d_volume_ratio": np.log((today + 1) / (past_volume[day_of] + 1)),
+    }
 
 
 # --- feature selection, scaling ----------------------------------------------------------------------
@@ -755,19 +953,22 @@ def prepare_training_data(
     features_count: int = 30,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     label_kind: str = DEFAULT_LABEL_KIND,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    spec: ContractSpec | None = None,
 ) -> TrainingData:
-    """Clean, build features and labels, split in time with a purge, select features and fit the scaler on train;
-    the labels are demeaned by the training part's mean label."""
+    """Clean, build the feature set's features and the labels, split in time with a purge, select features and fit
+    the scaler on train; return labels are demeaned by the training part's mean label, classes are kept as they
+    are (`spec`: the contract whose costs the classify label uses)."""
     cleaned, report = clean_data(df, vt_symbol)
-    features = build_features(cleaned)
-    raw = make_labels(cleaned, horizon, label_kind)
+    features = build_features(cleaned, feature_set=feature_set)
+    raw = make_labels(cleaned, horizon, label_kind, spec)
     reach = label_reach(horizon, label_kind)
     split = split_chronological(len(cleaned), *fractions, gap=reach, horizon=reach)
     start, stop = split.train
     means = part_means(raw, split)
     # A model must not learn the training years' drift as a constant (a falling market makes it short everything
     # later); subtracting the training mean keeps every ranking between bars, so the signal's information is intact.
-    label_mean = means["train"]
+    label_mean = 0.0 if label_kind == CLASSIFY else means["train"]
     labels = raw - label_mean
     names = select_features(features.iloc[start:stop], labels.iloc[start:stop], features_count)
     chosen = features[names]
@@ -869,11 +1070,12 @@ class FeatureState:
         self.eras = tuple(eras) if eras is not None else known_eras(vt_symbol)
         self._calendar = BarCalendar(self.eras)
         self.names = tuple(names) if names is not None else FEATURE_NAMES
-        unknown = [name for name in self.names if name not in FEATURE_NAMES]
+        unknown = [name for name in self.names if name not in ALL_FEATURE_NAMES]
         if unknown:
             raise DataError(f"未知特征 {unknown} / unknown features")
-        self._pick = [FEATURE_NAMES.index(name) for name in self.names]
+        self._pick = [ALL_FEATURE_NAMES.index(name) for name in self.names]
         self._all = self.names == FEATURE_NAMES
+        self._mtf = _MtfState() if any(name in MTF_NAMES for name in self.names) else None
         self.bars = 0
         self._log_c: deque[float] = deque(maxlen=61)
         self._c10: deque[float] = deque(maxlen=10)
@@ -916,6 +1118,8 @@ class FeatureState:
         if when.tzinfo is not CHINA_TZ:
             when = when.astimezone(CHINA_TZ)
         row = self._compute(when, float(o), float(h), float(lo), float(c), float(v))
+        if self._mtf is not None and self._day is not None:  # _compute has set the bar's trading day
+            row += self._mtf.update(self._day, float(h), float(lo), float(c), float(v))
         self.bars += 1
         if self.bars <= FEATURE_WARMUP:
             return None
@@ -1064,6 +1268,139 @@ class FeatureState:
         ]
 
 
+class _Extreme:
+    """The max (or min) of the last `size` values in amortised constant time: a monotonic deque."""
+
+    __slots__ = ("size", "sign", "items", "count")
+
+    def __init__(self, size: int, largest: bool) -> None:
+        self.size = size
+        self.sign = 1.0 if largest else -1.0
+        self.items: deque[tuple[int, float]] = deque()
+        self.count = 0
+
+    def push(self, x: float) -> float:
+        key = self.sign * x
+        items = self.items
+        while items and self.sign * items[-1][1] <= key:
+            items.pop()
+        items.append((self.count, x))
+        self.count += 1
+        if items[0][0] <= self.count - 1 - self.size:
+            items.popleft()
+        return items[0][1]
+
+
+class _MtfState:
+    """`build_mtf_features` one bar at a time, same arithmetic (sums taken oldest first); constant time per bar."""
+
+    def __init__(self) -> None:
+        longest = max(MTF_TIMEFRAMES) * MTF_PERIODS
+        self._log_c: deque[float] = deque(maxlen=longest + 1)
+        self._cum: deque[float] = deque([0.0], maxlen=longest + 1)  # volume before the bar, then through it
+        self._high = {m: _Extreme(m * MTF_PERIODS, True) for m in MTF_TIMEFRAMES}
+        self._low = {m: _Extreme(m * MTF_PERIODS, False) for m in MTF_TIMEFRAMES}
+        self._roots = {m: math.sqrt(m) for m in MTF_TIMEFRAMES}
+        self._bars = 0
+        self._day: date | None = None
+        self._days: deque[tuple[float, float, float, float]] = deque(maxlen=MTF_DAYS + 1)  # log close, high, low, range
+        self._starts: deque[float] = deque(maxlen=MTF_DAYS + 1)  # volume before each of the last days
+        self._day_high = self._day_low = self._last_log_c = math.nan
+
+    def update(self, day: date, h: float, lo: float, c: float, v: float) -> list[float]:
+        """Feed one bar of trading day `day`; the values in `MTF_NAMES` order."""
+        nan = math.nan
+        log_c = math.log(c)
+        logs, cum = self._log_c, self._cum
+        before = cum[-1]
+        if day != self._day:
+            if self._day is not None:
+                high, low = self._day_high, self._day_low
+                self._days.append((self._last_log_c, high, low, math.log(high / low)))
+            self._starts.append(before)
+            self._day, self._day_high, self._day_low = day, h, lo
+        else:
+            self._day_high, self._day_low = max(self._day_high, h), min(self._day_low, lo)
+        logs.append(log_c)
+        cum.append(before + v)
+        self._bars += 1
+        self._last_log_c = log_c
+        row: list[float] = []
+        for m in MTF_TIMEFRAMES:
+            span = m * MTF_PERIODS
+            high, low = self._high[m].push(h), self._low[m].push(lo)
+            if self._bars <= span:
+                row += [nan] * len(MTF_STEMS)
+                continue
+            end = len(logs) - 1
+            first = end - span
+            steps = [logs[first + (k + 1) * m] - logs[first + k * m] for k in range(MTF_PERIODS)]
+            total = sizes = 0.0
+            for step in steps:
+                total = total + step
+                sizes = sizes + abs(step)
+            mean = total / MTF_PERIODS
+            squares = 0.0
+            for step in steps:
+                squares = squares + (step - mean) * (step - mean)
+            vol = math.sqrt(squares / (MTF_PERIODS - 1)) / self._roots[m]
+            recent = cum[-1] - cum[-1 - m]
+            per_step = (cum[-1] - cum[-1 - span]) / MTF_PERIODS
+            row += [
+                log_c - logs[first],
+                vol,
+                0.0 if sizes == 0 else abs(total) / sizes,
+                0.5 if high == low else (c - low) / (high - low),
+                math.log(high / low),
+                math.log((recent + 1) / (per_step + 1)),
+            ]
+        return row + self._daily(h, lo, c, log_c, cum[-1])
+
+    def _daily(self, h: float, lo: float, c: float, log_c: float, through: float) -> list[float]:
+        nan, n = math.nan, MTF_DAYS
+        days = self._days
+        done = len(days)
+        closes = [day[0] for day in days]
+        prev_ret = closes[-1] - closes[-2] if done >= 2 else nan
+        ret_1 = log_c - closes[-1] if done >= 1 else nan
+        ret_n = log_c - closes[-n] if done >= n else nan
+        if done > n:
+            steps = [closes[k + 1] - closes[k] for k in range(n)]
+            total = 0.0
+            for step in steps:
+                total = total + step
+            mean = total / n
+            squares = 0.0
+            for step in steps:
+                squares = squares + (step - mean) * (step - mean)
+            day_vol = math.sqrt(squares / (n - 1))
+        else:
+            day_vol = nan
+        today_range = math.log(self._day_high / self._day_low)
+        if done < n:
+            return [prev_ret, ret_1, ret_n, day_vol, nan, nan, nan, nan]
+        last = list(days)[-n:]
+        high = max(max(day[1] for day in last), self._day_high)
+        low = min(min(day[2] for day in last), self._day_low)
+        range_total = 0.0
+        for day in last:
+            range_total = range_total + day[3]
+        range_mean = range_total / n
+        starts = self._starts
+        past_volume = (starts[-1] - starts[-1 - n]) / n
+        today = through - starts[-1]
+        return [
+            prev_ret,
+            ret_1,
+            ret_n,
+            day_vol,
+            0.5 if high == low else (c - low) / (high - low),
+            math.log(high / low),
+            0.0 if range_mean == 0 else today_range / range_mean,
+            math.log((today + 1) / (past_volume + 1)),
+        ]
+
+
 def bollinger(c: float, mavg: float, std: float) -> tuple[float, float]:
     """%B and width of 2-sigma bands; a band narrower than 1e-9 of the price counts as zero (then %B = 0.5)."""
     if std <= 1e-9 * abs(mavg):
@@ -1178,14 +1515,20 @@ CLEANING_COLUMNS: tuple[str, ...] = ("trading_day", "day_open", "spike", "roll_g
 
 
 def pipeline_frame(
-    bars: pd.DataFrame, vt_symbol: str | None, horizon: int, kind: str = DEFAULT_LABEL_KIND
+    bars: pd.DataFrame,
+    vt_symbol: str | None,
+    horizon: int,
+    kind: str = DEFAULT_LABEL_KIND,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    spec: ContractSpec | None = None,
 ) -> pd.DataFrame:
     """Cleaning columns, features and the label computed from raw bars, as numbers: what the audit checks together."""
     cleaned, _ = clean_data(bars, vt_symbol)
     columns = {name: cleaned[name].to_numpy() for name in CLEANING_COLUMNS}
     columns["trading_day"] = columns["trading_day"].astype("datetime64[D]").astype("int64")  # days since 1970
     calendar = pd.DataFrame(columns, index=cleaned.index).astype("float64")
-    return pd.concat([calendar, build_features(cleaned, vt_symbol), make_labels(cleaned, horizon, kind)], axis=1)
+    features = build_features(cleaned, vt_symbol, feature_set)
+    return pd.concat([calendar, features, make_labels(cleaned, horizon, kind, spec)], axis=1)
 
 
 def pipeline_lookahead(horizon: int, kind: str = DEFAULT_LABEL_KIND) -> dict[str, int]:
@@ -1199,10 +1542,15 @@ def audit_pipeline(
     horizon: int,
     cut_points: Sequence[int],
     kind: str = DEFAULT_LABEL_KIND,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    spec: ContractSpec | None = None,
 ) -> AuditResult:
     """The look-ahead audit of cleaning, features and labels together: all of it on bars[:k] against all bars."""
     return audit_lookahead(
-        lambda part: pipeline_frame(part, vt_symbol, horizon, kind), bars, cut_points, pipeline_lookahead(horizon, kind)
+        lambda part: pipeline_frame(part, vt_symbol, horizon, kind, feature_set, spec),
+        bars,
+        cut_points,
+        pipeline_lookahead(horizon, kind),
     )
 
 

@@ -32,9 +32,12 @@ from config import (
     product_of,
 )
 from data_processor import (
+    CLASSES,
+    CLASSIFY,
+    DEFAULT_FEATURE_SET,
     DEFAULT_LABEL_KIND,
-    FEATURE_NAMES,
-    FEATURE_VERSION,
+    FEATURE_SET_VERSIONS,
+    FEATURE_SETS,
     LABEL_KINDS,
     Scaler,
     TrainingData,
@@ -94,8 +97,13 @@ class ModelConfig:
     n_jobs: int = -1
     seed: int = 42
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    feature_set: str = DEFAULT_FEATURE_SET  # data_processor.FEATURE_SETS: base, or mtf (base + multi-timeframe)
 
     def __post_init__(self) -> None:
+        if self.feature_set not in FEATURE_SETS:
+            raise ModelError(
+                f"特征集必须是 {' / '.join(FEATURE_SETS)}，收到 {self.feature_set!r} / unknown feature set"
+            )
         if self.model_type not in MODEL_FILES:
             raise ModelError(f"模型类型必须是 lstm 或 random_forest，收到 {self.model_type!r} / unknown model type")
         if self.sequence_length < 1 or self.horizon < 1 or self.epochs < 1 or self.batch_size < 1:
@@ -210,6 +218,11 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
         if activation == "relu":
             nodes.append(helper.make_node("Relu", [current], [f"A{n}"]))
             current = f"A{n}"
+        elif activation == "softmax":  # the classifier's head: the class probabilities become P(up) - P(down)
+            weights.append(numpy_helper.from_array(class_weights(CLASSES).reshape(-1, 1), "class_weights"))
+            nodes.append(helper.make_node("Softmax", [current], [f"P{n}"], axis=-1))
+            nodes.append(helper.make_node("MatMul", [f"P{n}", "class_weights"], [f"A{n}"]))
+            current = f"A{n}"
         elif activation != "linear":
             raise ModelError(f"ONNX 导出不支持激活函数 {activation!r} / unsupported activation")
     weights.append(numpy_helper.from_array(np.array([label_scale], dtype=np.float32), "label_scale"))
@@ -227,14 +240,39 @@ def lstm_to_onnx(network: Any, label_scale: float, sequence_length: int, feature
 
 
 def forest_to_onnx(forest: Any, features: int) -> bytes:
-    """The forest as an ONNX TreeEnsembleRegressor (float32 input, as scikit-learn's trees compare)."""
+    """The forest as an ONNX TreeEnsembleRegressor (float32 input, as scikit-learn's trees compare); a classifier
+    as a TreeEnsembleClassifier whose probabilities become the signed score `class_weights` gives."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    classifier = hasattr(forest, "classes_")
     onnx_model = convert_sklearn(
-        forest, initial_types=[("row", FloatTensorType([None, features]))], target_opset={"": 17, "ai.onnx.ml": 3}
+        forest,
+        initial_types=[("row", FloatTensorType([None, features]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+        options={id(forest): {"zipmap": False}} if classifier else None,
     )
+    if classifier:
+        _score_output(onnx_model, class_weights(forest.classes_))
     return bytes(onnx_model.SerializeToString())
+
+
+def class_weights(classes: Sequence[Any]) -> np.ndarray:
+    """The weight of each class's probability in the classifier's score: +1 up, -1 down, 0 neither, so the score is
+    P(up) - P(down), signed like a forward return."""
+    return np.array([float(np.sign(float(c))) for c in classes], dtype=np.float32)
+
+
+def _score_output(onnx_model: Any, weights: np.ndarray) -> None:
+    """Replace a converted classifier's outputs (label, probabilities) by one: probabilities · weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx_model.graph
+    probabilities = next(output.name for output in graph.output if output.name != "label")
+    graph.initializer.append(numpy_helper.from_array(weights.reshape(-1, 1), "class_weights"))
+    graph.node.append(helper.make_node("MatMul", [probabilities, "class_weights"], ["score"]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1]))
 
 
 class FastPredictor:
@@ -294,8 +332,11 @@ class FastPredictor:
 # --- Keras training helpers --------------------------------------------------------------------------
 
 
-def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed: int | None) -> Any:
-    """A keras PyDataset that copies one batch of windows at a time (the windows themselves stay views)."""
+def _window_dataset(
+    windows: Windows, batch_size: int, label_scale: float, seed: int | None, classify: bool = False
+) -> Any:
+    """A keras PyDataset that copies one batch of windows at a time (the windows themselves stay views); with
+    `classify` the targets are class indices (`CLASSES` order: down 0, neither 1, up 2)."""
     import keras
 
     class WindowBatches(keras.utils.PyDataset):
@@ -315,8 +356,9 @@ def _window_dataset(windows: Windows, batch_size: int, label_scale: float, seed:
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             chosen = np.sort(self.order[index * batch_size : (index + 1) * batch_size])
             x = windows.take(chosen)
-            y = (windows.labels[chosen] / label_scale).astype(np.float32)
-            return x, y
+            if classify:
+                return x, (windows.labels[chosen] - CLASSES[0]).astype(np.int32)
+            return x, (windows.labels[chosen] / label_scale).astype(np.float32)
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -397,8 +439,9 @@ class PricePredictionModel:
 
     # -- building and training --
 
-    def build_lstm_model(self, input_shape: tuple[int, int]) -> Any:
-        """The seed's stack: LSTM 50 → Dropout → LSTM 50 → Dropout → Dense 25 → Dense 1 (sizes from config)."""
+    def build_lstm_model(self, input_shape: tuple[int, int], classify: bool = False) -> Any:
+        """The seed's stack: LSTM 50 → Dropout → LSTM 50 → Dropout → Dense 25 → Dense 1 (sizes from config); with
+        `classify` the head is Dense 3 with softmax over `CLASSES`, trained on cross-entropy."""
         import keras
 
         layers: list[Any] = [keras.Input(shape=input_shape)]
@@ -407,9 +450,10 @@ class PricePredictionModel:
             layers.append(keras.layers.LSTM(size, return_sequences=n < len(units) - 1))
             layers.append(keras.layers.Dropout(self.config.dropout))
         layers.append(keras.layers.Dense(self.config.dense_units))
-        layers.append(keras.layers.Dense(1))
+        layers.append(keras.layers.Dense(len(CLASSES), activation="softmax") if classify else keras.layers.Dense(1))
         network = keras.Sequential(layers)
-        network.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss="mse")
+        loss = "sparse_categorical_crossentropy" if classify else "mse"
+        network.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss=loss)
         return network
 
     def train(self, data: TrainingData, progress: Progress | None = None) -> TrainingHistory:
@@ -419,6 +463,11 @@ class PricePredictionModel:
         say = progress or (lambda message: None)
         if data.sequence_length != self.config.sequence_length or data.horizon != self.config.horizon:
             raise ModelError("训练数据的窗口长度或预测周期与模型配置不一致 / data and config disagree on shape")
+        unknown = [name for name in data.names if name not in FEATURE_SETS[self.config.feature_set]]
+        if unknown:
+            raise ModelError(
+                f"训练数据含特征集 {self.config.feature_set} 之外的特征 {unknown} / features outside the set"
+            )
         self.names = list(data.names)
         self.scaler = data.scaler
         started = time.perf_counter()
@@ -427,9 +476,9 @@ class PricePredictionModel:
         if len(train) < 100 or len(valid) < 30:
             raise ModelError(f"样本太少：训练 {len(train)}，验证 {len(valid)}；请加长日期范围 / too few samples")
         if self.model_type == "lstm":
-            self._train_lstm(train, valid, say)
+            self._train_lstm(train, valid, say, data.label_kind == CLASSIFY)
         else:
-            self._train_forest(train, say)
+            self._train_forest(train, say, data.label_kind == CLASSIFY)
         self.history.seconds = time.perf_counter() - started
         self.history.train_samples = len(train)
         self._build_fast_path(valid)
@@ -442,14 +491,14 @@ class PricePredictionModel:
         predictions = self.predict(_strided(train, max(1, len(train) // PREDICTION_SAMPLE)))
         self.metadata[DISTRIBUTION_KEY] = training_summary(data.scaled[start:stop], self.names, predictions)
 
-    def _train_lstm(self, train: Windows, valid: Windows, say: Progress) -> None:
+    def _train_lstm(self, train: Windows, valid: Windows, say: Progress, classify: bool = False) -> None:
         import keras
         import tensorflow as tf
 
         keras.utils.set_random_seed(self.config.seed)
         tf.config.experimental.enable_op_determinism()
-        self.label_scale = float(np.std(train.labels)) or 1.0
-        self.network = self.build_lstm_model((self.config.sequence_length, len(self.names)))
+        self.label_scale = 1.0 if classify else float(np.std(train.labels)) or 1.0
+        self.network = self.build_lstm_model((self.config.sequence_length, len(self.names)), classify)
 
         class Report(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -467,8 +516,8 @@ class PricePredictionModel:
             Report(),
         ]
         fitted = self.network.fit(
-            _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed),
-            validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None),
+            _window_dataset(train, self.config.batch_size, self.label_scale, self.config.seed, classify),
+            validation_data=_window_dataset(valid, self.config.batch_size, self.label_scale, None, classify),
             epochs=self.config.epochs,
             callbacks=callbacks,
             verbose=0,
@@ -478,13 +527,15 @@ class PricePredictionModel:
         self.history.val_loss = [float(x) for x in fitted.history.get("val_loss", [])]
         self.history.best_epoch = int(np.argmin(self.history.val_loss)) + 1 if self.history.val_loss else 0
 
-    def _train_forest(self, train: Windows, say: Progress) -> None:
-        from sklearn.ensemble import RandomForestRegressor
+    def _train_forest(self, train: Windows, say: Progress, classify: bool = False) -> None:
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-        say(f"训练随机森林 / fitting the forest on {len(train):,} samples")
+        kind = "分类 / classifier" if classify else "回归 / regressor"
+        say(f"训练随机森林{kind} / fitting the forest on {len(train):,} samples")
         self.label_scale = 1.0
         rows = train.view[train.starts][:, -1, :]
-        self.network = RandomForestRegressor(
+        forest = RandomForestClassifier if classify else RandomForestRegressor
+        self.network = forest(
             n_estimators=self.config.trees,
             max_depth=self.config.max_depth,
             min_samples_leaf=self.config.min_samples_leaf,
@@ -492,7 +543,8 @@ class PricePredictionModel:
             n_jobs=self.config.n_jobs,
             random_state=self.config.seed,
         )
-        self.network.fit(np.asarray(rows, dtype=np.float32), train.labels)
+        labels = train.labels.astype(np.int64) if classify else train.labels
+        self.network.fit(np.asarray(rows, dtype=np.float32), labels)
         self.network.n_jobs = 1  # predicting one row with n_jobs > 1 is 3.7× slower (GUIDE §6)
 
     def _build_fast_path(self, check: Windows) -> None:
@@ -527,9 +579,15 @@ class PricePredictionModel:
         """Keras / scikit-learn output for scaled windows (slow; the reference for the fast path)."""
         network = self._native()
         if self.model_type == "lstm":
-            out = network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0)
+            out = np.asarray(network.predict(np.asarray(windows, dtype=np.float32), batch_size=1024, verbose=0))
+            if out.ndim == 2 and out.shape[1] == len(CLASSES):  # the softmax head: P(up) - P(down)
+                return np.asarray(out.astype(np.float64) @ class_weights(CLASSES), dtype=np.float64)
             return np.asarray(out, dtype=np.float64).reshape(-1) * self.label_scale
-        return np.asarray(network.predict(np.asarray(windows[:, -1, :], dtype=np.float32)), dtype=np.float64)
+        rows = np.asarray(windows[:, -1, :], dtype=np.float32)
+        if hasattr(network, "classes_"):  # a classifier: the signed score P(up) - P(down)
+            probabilities = np.asarray(network.predict_proba(rows), dtype=np.float64)
+            return np.asarray(probabilities @ class_weights(network.classes_), dtype=np.float64)
+        return np.asarray(network.predict(rows), dtype=np.float64)
 
     def predict(self, windows: np.ndarray | Windows) -> np.ndarray:
         """Forward-return predictions for many scaled windows (chunked; Windows stay views until a chunk)."""
@@ -608,7 +666,8 @@ class PricePredictionModel:
                 "name": target.name,
                 "model_type": self.model_type,
                 "features": self.names,
-                "feature_version": FEATURE_VERSION,
+                "feature_set": self.config.feature_set,
+                "feature_version": FEATURE_SET_VERSIONS[self.config.feature_set],
                 "sequence_length": self.config.sequence_length,
                 "horizon": self.config.horizon,
                 "label": LABEL_KINDS[label_kind],
@@ -813,19 +872,23 @@ def check_bundle(
         raise ModelError(f"模型包 {folder} 的模型类型 {metadata['model_type']!r} 未知；{RETRAIN}")
     if MODEL_FILES[metadata["model_type"]] not in files:
         raise ModelError(f"模型包 {folder} 的 {MANIFEST_FILE} 未记录 {MODEL_FILES[metadata['model_type']]}；{RETRAIN}")
-    unknown = [name for name in metadata["features"] if name not in FEATURE_NAMES]
-    if unknown or metadata["feature_version"] != FEATURE_VERSION:
+    config = metadata["config"] if isinstance(metadata["config"], dict) else {}
+    feature_set = str(config.get("feature_set", DEFAULT_FEATURE_SET))  # bundles from before feature sets: base
+    if feature_set not in FEATURE_SETS:
         raise ModelError(
-            f"模型包 {folder} 用另一套特征训练（特征版本 {metadata['feature_version']}，当前 {FEATURE_VERSION}"
-            + (f"，未知特征 {unknown}" if unknown else "")
-            + f"）；{RETRAIN}"
+            f"模型包 {folder} 的特征集 {feature_set!r} 当前代码不认识（可用：{', '.join(FEATURE_SETS)}）；{RETRAIN}"
+        )
+    unknown = [name for name in metadata["features"] if name not in FEATURE_SETS[feature_set]]
+    if unknown or metadata["feature_version"] != FEATURE_SET_VERSIONS[feature_set]:
+        raise ModelError(
+            f"模型包 {folder} 用另一套特征训练（{feature_set} 特征版本 {metadata['feature_version']}，当前 "
+            f"{FEATURE_SET_VERSIONS[feature_set]}" + (f"，未知特征 {unknown}" if unknown else "") + f"）；{RETRAIN}"
         )
     if metadata["label_kind"] not in LABEL_KINDS:
         raise ModelError(
             f"模型包 {folder} 的标签类型 {metadata['label_kind']!r} 当前代码不认识（可用：{', '.join(LABEL_KINDS)}）；"
             f"{RETRAIN}"
         )
-    config = metadata["config"] if isinstance(metadata["config"], dict) else {}
     for key in ("sequence_length", "horizon"):
         if metadata[key] != config.get(key):
             raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]} 与其配置 {config.get(key)} 矛盾；{RETRAIN}")
@@ -833,6 +896,8 @@ def check_bundle(
         for key, wanted in (("sequence_length", expect.sequence_length), ("horizon", expect.horizon)):
             if metadata[key] != wanted:
                 raise ModelError(f"模型包 {folder} 的 {key}={metadata[key]}，调用方需要 {wanted}；{RETRAIN}")
+        if feature_set != expect.feature_set:
+            raise ModelError(f"模型包 {folder} 的特征集为 {feature_set}，调用方需要 {expect.feature_set}；{RETRAIN}")
     bundle_ranges(metadata, folder)
     trained_on = str(metadata["vt_symbol"])
     if vt_symbol is not None and product_of(trained_on) != product_of(vt_symbol):
@@ -1137,7 +1202,15 @@ def fit_bundle(
     say = progress or (lambda message: None)
     spec = spec or contract_spec(vt_symbol, load_contracts())
     data = prepare_training_data(
-        bars, vt_symbol, config.horizon, config.sequence_length, config.features_count, config.fractions, label_kind
+        bars,
+        vt_symbol,
+        config.horizon,
+        config.sequence_length,
+        config.features_count,
+        config.fractions,
+        label_kind,
+        config.feature_set,
+        spec,
     )
     for line in data.report.lines()[:1]:
         say(line)
@@ -1163,6 +1236,7 @@ def fit_bundle(
         "data_fingerprint": data_fingerprint(data),
         "label_kind": data.label_kind,
         "label_mean": data.label_mean,
+        "feature_set": config.feature_set,
         "decision": decision.as_dict(),
         "drift": drift_report(model, data, decision.threshold),
         "importance": importance,

@@ -152,7 +152,7 @@ def batch_predictions(model: PricePredictionModel, frame: pd.DataFrame, vt_symbo
     where the window spans a roll gap)."""
     if model.scaler is None:
         raise ModelError("模型包缺少标准化参数 / the bundle has no scaler")
-    features = build_features(frame, vt_symbol)[model.names].to_numpy()
+    features = build_features(frame, vt_symbol, model.config.feature_set)[model.names].to_numpy()
     length = model.config.sequence_length
     windows = make_windows(model.scaler.transform(features), None, length, gap_segments(frame))
     predictions = np.full(len(frame), NO_PREDICTION)

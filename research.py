@@ -76,9 +76,10 @@ IC_SOURCE = (
     "those bars, cleaned; not the bundle's test part, which lies inside the training years"
 )
 COLUMNS: tuple[str, ...] = tuple(
-    "strategy kind year model_type horizon label net_pnl return_pct sharpe max_ddpercent trades costs long_entries "
-    "short_entries ic rank_ic edge threshold bundle".split()
+    "strategy kind year model_type horizon label features net_pnl return_pct sharpe max_ddpercent trades costs "
+    "long_entries short_entries ic rank_ic edge threshold bundle top_features".split()
 )
+TOP_FEATURES: int = 8  # a model row's most used features (validation permutation importance), largest first
 DIGITS: dict[str, int] = {"net_pnl": 2, "return_pct": 4, "sharpe": 4, "max_ddpercent": 4, "costs": 2, "ic": 6}
 DIGITS.update({"rank_ic": 6, "threshold": 8, "trades": 2, "long_entries": 2, "short_entries": 2})  # counts: mean rows
 # how long a run takes relative to a classic backtest, for the estimate of the time left
@@ -133,6 +134,15 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return labels
 
 
+def parse_feature_sets(text: str) -> tuple[str, ...]:
+    """`base,mtf` as distinct feature sets."""
+    sets = tuple(dict.fromkeys(_items(text)))
+    unknown = [name for name in sets if name not in data_processor.FEATURE_SETS]
+    if not sets or unknown:
+        raise ConfigError(f"特征集 {text!r} 无效，可用：{', '.join(data_processor.FEATURE_SETS)} / unknown feature set")
+    return sets
+
+
 def parse_classics(text: str) -> tuple[str, ...]:
     """`all`, `none` or names such as `DualThrust,BollChannelStrategy` (case and the Strategy suffix optional)."""
     if text.strip().lower() == "all":
@@ -169,6 +179,7 @@ class ResearchPlan:
     capital: float = DEFAULT_CAPITAL
     trees: int | None = None  # None: ml_model.SMALL_MODELS
     epochs: int | None = None
+    feature_sets: tuple[str, ...] = (data_processor.DEFAULT_FEATURE_SET,)
 
     def __post_init__(self) -> None:
         data_collector.parse_vt_symbol(self.vt_symbol)
@@ -179,6 +190,7 @@ class ResearchPlan:
             raise ConfigError("预测周期与资金必须为正 / horizons and capital must be positive")
         parse_models(",".join(self.models))
         parse_labels(",".join(self.labels))
+        parse_feature_sets(",".join(self.feature_sets))
         for name in self.classics:
             if name not in CLASSICS:
                 raise ConfigError(f"经典策略 {name!r} 未知 / unknown classic strategy")
@@ -192,14 +204,17 @@ class ResearchPlan:
             overrides = {**ml_model.SMALL_MODELS[model_type], **{k: v for k, v in given.items() if v is not None}}
             base = ml_model.ModelConfig.from_settings(settings, model_type=model_type, **overrides)
             for label in sorted(self.labels):
-                for horizon in sorted(set(horizons)):
-                    runs.append((replace(base, horizon=horizon, n_jobs=n_jobs), label))
+                for feature_set in sorted(self.feature_sets):
+                    for horizon in sorted(set(horizons)):
+                        config = replace(base, horizon=horizon, n_jobs=n_jobs, feature_set=feature_set)
+                        runs.append((config, label))
         return runs
 
 
 def model_name(config: ml_model.ModelConfig, label: str) -> str:
-    """A model row's strategy name, e.g. random_forest_h5_executable."""
-    return f"{config.model_type}_h{config.horizon}_{label}"
+    """A model row's strategy name, e.g. random_forest_h5_executable (base features) or ..._executable_mtf."""
+    suffix = "" if config.feature_set == data_processor.DEFAULT_FEATURE_SET else f"_{config.feature_set}"
+    return f"{config.model_type}_h{config.horizon}_{label}{suffix}"
 
 
 # --- the runs ----------------------------------------------------------------------------------------------------
@@ -320,10 +335,18 @@ def statistics_row(statistics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def year_ic(predictions: pd.Series, frame: pd.DataFrame, vt_symbol: str, horizon: int, label: str) -> dict[str, float]:
-    """IC and rank IC of the predictions against the label they were trained for, on the same (cleaned) bars."""
+def year_ic(
+    predictions: pd.Series,
+    frame: pd.DataFrame,
+    vt_symbol: str,
+    horizon: int,
+    label: str,
+    spec: ContractSpec | None = None,
+) -> dict[str, float]:
+    """IC and rank IC of the predictions against the label they were trained for, on the same (cleaned) bars
+    (`spec`: the contract whose costs the classify label uses)."""
     cleaned, _ = data_processor.clean_data(frame.copy(), vt_symbol)
-    labels = data_processor.make_labels(cleaned, horizon, label).reindex(predictions.index).to_numpy()
+    labels = data_processor.make_labels(cleaned, horizon, label, spec).reindex(predictions.index).to_numpy()
     values = predictions.to_numpy(dtype="float64")
     both = np.isfinite(values) & np.isfinite(labels)
     scores = ml_model.score(values[both], labels[both]) if both.sum() > 1 else {"ic": math.nan, "rank_ic": math.nan}
@@ -381,11 +404,13 @@ def run_model(spec: RunSpec, bars: pd.DataFrame) -> tuple[dict[str, Any], bool]:
         "model_type": config.model_type,
         "horizon": config.horizon,
         "label": spec.label,
+        "features": config.feature_set,
         **statistics_row(result.statistics),
-        **year_ic(result.predictions, frame, spec.vt_symbol, config.horizon, spec.label),
+        **year_ic(result.predictions, frame, spec.vt_symbol, config.horizon, spec.label, contract),
         "edge": str(result.statistics.get("edge") or ""),
         "threshold": float(metadata["threshold"]),
         "bundle": f"bundles/{path.name}",
+        "top_features": ml_model.top_features(metadata["importance"], TOP_FEATURES),
     }
     return row, cached
 
@@ -610,7 +635,7 @@ def edge_summary(edges: Sequence[str]) -> str:
 def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A strategy's mean over its years: figures averaged (NaN-aware), descriptions kept."""
     first = rows[0]
-    mean = {column: first.get(column) for column in ("strategy", "kind", "model_type", "horizon", "label")}
+    mean = {column: first.get(column) for column in ("strategy", "kind", "model_type", "horizon", "label", "features")}
     mean.update({"year": MEAN_YEAR, "bundle": "", "threshold": None})
     for column in DIGITS:
         if column == "threshold":
@@ -618,7 +643,22 @@ def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([np.nan if r.get(column) is None else float(r[column]) for r in rows], dtype="float64")
         mean[column] = float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else None
     mean["edge"] = edge_summary([str(r.get("edge") or "") for r in rows])
+    mean["top_features"] = common_features([r.get("top_features") or [] for r in rows])
     return {column: mean.get(column) for column in COLUMNS}
+
+
+def common_features(tops: Sequence[Sequence[str]], count: int = TOP_FEATURES) -> list[str] | None:
+    """The mean row's top features: those in most years' lists, then by their best place in any year (None for a
+    strategy without them)."""
+    if not any(tops):
+        return None
+    years: dict[str, int] = {}
+    place: dict[str, int] = {}
+    for top in tops:
+        for k, name in enumerate(top):
+            years[name] = years.get(name, 0) + 1
+            place[name] = min(place.get(name, k), k)
+    return sorted(years, key=lambda name: (-years[name], place[name], name))[:count]
 
 
 def _order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -626,6 +666,7 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
         KINDS.index(row["kind"]),
         row.get("model_type") or "",
         row.get("label") or "",
+        row.get("features") or "",
         row.get("horizon") or 0,
         row["strategy"],
     )
@@ -677,6 +718,11 @@ HEADERS: tuple[tuple[str, str], ...] = (
     ("rank_ic", "rank IC"),
     ("edge", "edge"),
 )
+HTML_HEADERS: tuple[tuple[str, str], ...] = (
+    *HEADERS,
+    ("features", "特征集 / features"),
+    ("top_features", "主要特征 / top features"),
+)
 FORMATS: dict[str, str] = {"net_pnl": "{:,.2f}", "return_pct": "{:.2f}", "sharpe": "{:.2f}", "max_ddpercent": "{:.2f}"}
 FORMATS.update({"costs": "{:,.2f}", "ic": "{:.4f}", "rank_ic": "{:.4f}"})
 
@@ -693,13 +739,22 @@ def cell(column: str, value: Any) -> str:
         return f"{value:,}"
     if column == "edge" and value == "none":
         return "none (no trades)"
+    if column == "top_features":
+        return ", ".join(value)
     return str(value)
 
 
-def summary_rows(table: Sequence[dict[str, Any]]) -> tuple[list[str], list[tuple[str, ...]]]:
+def feature_list(names: Sequence[str] | None) -> str:
+    """A row's top features as one cell ("" for none)."""
+    return " ".join(names or ())
+
+
+def summary_rows(
+    table: Sequence[dict[str, Any]], headers: Sequence[tuple[str, str]] = HEADERS
+) -> tuple[list[str], list[tuple[str, ...]]]:
     """The printed summary: headers and formatted cells."""
-    headers = [title for _, title in HEADERS]
-    return headers, [tuple(cell(column, row.get(column)) for column, _ in HEADERS) for row in table]
+    titles = [title for _, title in headers]
+    return titles, [tuple(cell(column, row.get(column)) for column, _ in headers) for row in table]
 
 
 def verdict_line(found: dict[str, Any]) -> str:
@@ -758,7 +813,7 @@ def figure_png(figure: Figure) -> bytes:
 
 def research_html(table: Sequence[dict[str, Any]], facts: dict[str, Any], chart: bytes) -> str:
     """A self-contained page: what was run, the chart and the table (no timestamp: reruns give the same page)."""
-    headers, rows = summary_rows(table)
+    headers, rows = summary_rows(table, HTML_HEADERS)
     head = "".join(f"<th>{html.escape(title)}</th>" for title in headers)
     body = "\n".join(
         f"<tr class='{'mean' if row['year'] == MEAN_YEAR else row['kind']}'>"
@@ -785,7 +840,11 @@ strategy with the contract's costs) and backtested on vnpy's BacktestingEngine o
 samples with default parameters on the same bars and costs; reference: buy and hold of one lot. Costs:
 fees {html.escape(facts["costs"]["fees"])} (open, close, close-today; a number is a rate of turnover),
 slippage {facts["costs"]["slippage"]} per side, size {facts["costs"]["size"]}.
-{html.escape(facts["ic"])}. A model whose validation simulation found no edge (edge: none) does not trade.</p>
+{html.escape(facts["ic"])}. A model whose validation simulation found no edge (edge: none) does not trade.
+Feature sets: base (the desk's 1-minute features), mtf (base plus 5-, 15-, 60-minute and daily aggregates computed
+causally from the 1-minute bars). Top features: the bundle's validation permutation importance, largest first; a mean
+row lists those in most years' lists. Label classify: up / down / neither beyond the round-trip cost, traded on the
+score P(up) − P(down).</p>
 <p><b>{html.escape(found)}</b></p>
 <img alt="yearly net P&amp;L" src="data:image/png;base64,{base64.b64encode(chart).decode("ascii")}">
 <table><thead><tr>{head}</tr></thead><tbody>
@@ -798,7 +857,8 @@ slippage {facts["costs"]["slippage"]} per side, size {facts["costs"]["size"]}.
 def write_table(table: Sequence[dict[str, Any]], facts: dict[str, Any], folder: Path) -> dict[str, Path]:
     """research.csv, research.json and research.html in `folder` (each written atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(list(table), columns=list(COLUMNS), dtype=object)
+    flat = [{**row, "top_features": feature_list(row.get("top_features"))} for row in table]
+    frame = pd.DataFrame(flat, columns=list(COLUMNS), dtype=object)
     paths = {
         "research.csv": write_csv_atomic(frame, folder / "research.csv"),
         "research.json": write_json_atomic(folder / "research.json", json_safe({**facts, "rows": list(table)})),
@@ -880,6 +940,7 @@ def run_research(
             "models": sorted(plan.models),
             "horizons": sorted({spec.config.horizon for spec in specs if spec.config}),
             "labels": sorted(plan.labels),
+            "feature_sets": sorted(plan.feature_sets),
             "classics": list(plan.classics),
             "capital": plan.capital,
         },

@@ -59,9 +59,11 @@ def run_ta(ohlcv: pd.DataFrame) -> pd.DataFrame:
         )
 
 
-def stream_online(bars: pd.DataFrame, disable_gc: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Feed every bar to a fresh FeatureState; per-call nanoseconds and the returned vectors."""
-    state = data_processor.FeatureState(VT_SYMBOL)
+def stream_online(
+    bars: pd.DataFrame, disable_gc: bool, feature_set: str = data_processor.DEFAULT_FEATURE_SET
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Feed every bar to a fresh FeatureState of the feature set; per-call nanoseconds and the returned vectors."""
+    state = data_processor.FeatureState(VT_SYMBOL, data_processor.FEATURE_SETS[feature_set])
     moments: list[datetime] = list(bars.index.to_pydatetime())
     columns: list[list[float]] = [bars[name].to_numpy(dtype="float64").tolist() for name in OHLCV_COLUMNS]
     rows = list(zip(moments, *columns, strict=True))
@@ -131,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="在线流式重放次数（每根取最小值以滤除机器抖动）/ online replays (per-bar minimum)",
     )
     parser.add_argument("--keep-gc", action="store_true", help="计时循环中不关闭 gc / keep gc on in the timed loop")
+    parser.add_argument(
+        "--feature-set",
+        choices=tuple(data_processor.FEATURE_SETS),
+        default=data_processor.DEFAULT_FEATURE_SET,
+        help="特征集（默认 base）/ the feature set timed",
+    )
     args = parser.parse_args(argv)
     warmup = data_processor.FEATURE_WARMUP
     if args.offset < 0:
@@ -153,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"{len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
 
     progress("build_features warm-up run (untimed)")
-    batch = data_processor.build_features(bars, VT_SYMBOL)
+    batch = data_processor.build_features(bars, VT_SYMBOL, args.feature_set)
 
     ta_times: list[float] = []
     ta_columns = 0
@@ -167,14 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours_times: list[float] = []
     for run in range(args.repeat):
         progress(f"build_features run {run + 1}/{args.repeat}")
-        seconds, _ = timed(data_processor.build_features, bars, VT_SYMBOL)
+        seconds, _ = timed(data_processor.build_features, bars, VT_SYMBOL, args.feature_set)
         ours_times.append(seconds)
 
     replays: list[np.ndarray] = []
     outputs: list[np.ndarray | None] = []
     for run in range(args.online_repeat):
         progress(f"FeatureState.update_values over every bar, replay {run + 1}/{args.online_repeat}")
-        elapsed_ns, outputs = stream_online(bars, disable_gc=not args.keep_gc)
+        elapsed_ns, outputs = stream_online(bars, not args.keep_gc, args.feature_set)
         replays.append(elapsed_ns[warmup:] / 1000.0)
     latencies_us = replays[0]
     p50, p90, p99 = (float(np.percentile(latencies_us, q)) for q in (50, 90, 99))
@@ -203,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ours_seconds": round(ours_s, 4),
                 "ours_runs": args.repeat,
                 "ours_warmup_runs": 1,
-                "ours_columns": len(data_processor.FEATURE_NAMES),
+                "feature_set": args.feature_set,
+                "ours_columns": len(data_processor.FEATURE_SETS[args.feature_set]),
                 "speedup": round(speedup, 1),
                 "online_bars_timed": int(len(latencies_us)),
                 "online_gc_disabled": not args.keep_gc,

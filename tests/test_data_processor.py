@@ -327,8 +327,8 @@ def test_executable_labels_never_span_a_roll_or_trade_at_a_spike(spring_2016: pd
 def test_labels_reject_an_unknown_kind(spring_2016: pd.DataFrame) -> None:
     with pytest.raises(DataError, match="标签类型"):
         dp.make_labels(spring_2016, 5, "mid")
-    assert set(dp.LABEL_KINDS) == {"executable", "close"} and all(dp.LABEL_KINDS.values())
-    assert (dp.label_reach(5, "close"), dp.label_reach(5)) == (5, 7)
+    assert set(dp.LABEL_KINDS) == {"executable", "close", "classify"} and all(dp.LABEL_KINDS.values())
+    assert (dp.label_reach(5, "close"), dp.label_reach(5), dp.label_reach(5, "classify")) == (5, 7, 7)
 
 
 def test_net_labels_subtract_the_contracts_round_trip_at_the_entry_price(spring_2016: pd.DataFrame) -> None:
@@ -346,6 +346,105 @@ def test_net_labels_subtract_the_contracts_round_trip_at_the_entry_price(spring_
     np.testing.assert_allclose(charged, spec.round_trip_return(spring_2016["open"].to_numpy()[1:])[finite], rtol=1e-9)
 
 
+def test_class_labels_need_a_move_beyond_the_round_trip_cost_and_never_span_a_roll() -> None:
+    opens = [2000.0, 2000, 2003, 2000, 2002, 2000, 1997, 2000, 1998, 2000, 2000, 2000]
+    index = pd.date_range("2016-04-06 09:00", periods=len(opens), freq="1min", tz=CHINA_TZ)
+    frame = pd.DataFrame({"open": opens, "high": opens, "low": opens, "close": opens, "volume": 1.0}, index=index)
+    frame["segment"] = [0] * 8 + [1] * 4  # a roll between bars 7 and 8
+    spec = contract_spec(VT, load_contracts())  # rb: 1 bp each side + 1 tick each side: 2.4 points at 2,000
+    labels = dp.make_labels(frame, 1, "classify", spec)
+    # t: in at open[t+1], out at open[t+2]; 3 points beat the cost up (t0, t5) or down (t1, t4), 2 points do not
+    expected = [1, -1, 0, 0, -1, 1, np.nan, np.nan, 0, np.nan, np.nan, np.nan]
+    np.testing.assert_array_equal(labels.to_numpy(), expected)  # t6, t7 would exit across the roll; t9.. need bar 12
+    assert labels.name == "fwd_ret_1"
+    gross = dp.make_labels(frame, 1)
+    assert gross.iloc[2] == pytest.approx(0.001) and gross.iloc[2] < spec.round_trip_return(2000.0) < 0.0015
+    with pytest.raises(DataError, match="合约成本"):
+        dp.make_labels(frame, 1, "classify")
+
+
+def test_prepare_training_data_keeps_classes_as_they_are(spring_2016: pd.DataFrame) -> None:
+    spec = contract_spec(VT, load_contracts())
+    data = dp.prepare_training_data(
+        spring_2016.iloc[:8000], VT, horizon=30, features_count=12, label_kind="classify", spec=spec
+    )
+    values = data.labels.dropna().to_numpy()
+    assert data.label_mean == 0.0 and set(np.unique(values)) == {-1.0, 0.0, 1.0}
+    assert set(data.names) <= set(dp.FEATURE_NAMES)  # the default feature set is the base one
+
+
+# --- the multi-timeframe feature set -------------------------------------------------------------------
+
+
+def test_the_base_set_is_unchanged_and_mtf_adds_its_columns_after_it(spring_2016: pd.DataFrame) -> None:
+    frame = spring_2016.iloc[:3000]
+    base = dp.build_features(frame)
+    mtf = dp.build_features(frame, feature_set="mtf")
+    assert list(base.columns) == list(dp.FEATURE_NAMES) and len(dp.FEATURE_NAMES) == 41
+    assert list(mtf.columns) == [*dp.FEATURE_NAMES, *dp.MTF_NAMES] == list(dp.FEATURE_SETS["mtf"])
+    pd.testing.assert_frame_equal(mtf[list(dp.FEATURE_NAMES)], base)
+    with pytest.raises(DataError, match="特征集"):
+        dp.build_features(frame, feature_set="hourly")
+
+
+def test_mtf_columns_are_the_aggregates_they_say(spring_2016: pd.DataFrame) -> None:
+    frame = spring_2016.iloc[:12_000]
+    mtf = dp.build_mtf_features(frame)
+    c, v = frame["close"].to_numpy(), frame["volume"].to_numpy()
+    t = 5000
+    assert mtf["mtf_ret_60m"].iloc[t] == pytest.approx(np.log(c[t] / c[t - 1200]), rel=1e-12)
+    steps = np.diff(np.log(c[t - 300 : t + 1 : 15]))
+    assert len(steps) == 20 and mtf["mtf_vol_15m"].iloc[t] == pytest.approx(steps.std(ddof=1) / np.sqrt(15))
+    assert mtf["mtf_eff_15m"].iloc[t] == pytest.approx(abs(steps.sum()) / np.abs(steps).sum())
+    window = frame.iloc[t - 99 : t + 1]
+    place = (c[t] - window["low"].min()) / (window["high"].max() - window["low"].min())
+    assert mtf["mtf_pos_5m"].iloc[t] == pytest.approx(place)
+    assert mtf["mtf_vratio_5m"].iloc[t] == pytest.approx(
+        np.log((v[t - 4 : t + 1].sum() + 1) / (window["volume"].sum() / 20 + 1))
+    )
+    assert mtf.iloc[:100].isna().all().all() and mtf["mtf_ret_5m"].iloc[100:].notna().all()
+    # a night bar belongs to the next trading day: its return since the last completed day is from 14:59's close
+    night = frame.index.get_loc(at("2016-04-20 21:30"))
+    assert mtf["d_ret_1"].iloc[night] == pytest.approx(np.log(c[night] / frame.loc[at("2016-04-20 14:59"), "close"]))
+    days = frame.groupby(frame["trading_day"].to_numpy())["close"].last()
+    today = frame["trading_day"].iloc[night]
+    before = days.loc[: today - pd.Timedelta(days=1)].to_numpy()
+    assert mtf["d_ret_5"].iloc[night] == pytest.approx(np.log(c[night] / before[-5]))
+    assert mtf["d_vol_5"].iloc[night] == pytest.approx(np.diff(np.log(before[-6:])).std(ddof=1))
+    assert mtf["d_vol_5"].notna().sum() > 0.8 * len(frame)
+
+
+def test_online_state_equals_batch_mtf_features_on_real_bars(spring_2016: pd.DataFrame) -> None:
+    frame = spring_2016.iloc[:12_000]  # 2016-04-05 .. 2016-05-19: two session eras and a roll gap
+    assert frame["roll_gap"].any() and frame.index[0] < at("2016-05-03") < frame.index[-1]
+    names = list(dp.FEATURE_SETS["mtf"])
+    batch = dp.build_features(frame, VT, "mtf").to_numpy()
+    picked = ["d_range_rel", "rsi_14", "mtf_vratio_60m"]
+    state, some = dp.FeatureState(VT, names), dp.FeatureState(VT, picked)
+    rows, chosen = [], []
+    columns = (frame[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
+    for when, *values in zip(frame.index.to_pydatetime(), *columns, strict=True):
+        rows.append(state.update_values(when, *values))
+        chosen.append(some.update_values(when, *values))
+    online = np.array([np.full(len(names), np.nan) if row is None else row for row in rows[dp.FEATURE_WARMUP :]])
+    mtf = slice(len(dp.FEATURE_NAMES), None)
+    assert np.isfinite(online[-1]).all() and np.isfinite(batch[-1]).all()
+    np.testing.assert_allclose(online[:, mtf], batch[dp.FEATURE_WARMUP :, mtf], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(online, batch[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9)
+    expected = batch[dp.FEATURE_WARMUP :, [names.index(name) for name in picked]]
+    np.testing.assert_allclose(np.array(chosen[dp.FEATURE_WARMUP :]), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_mtf_columns_and_the_class_label_never_see_the_future(sample_frame: pd.DataFrame) -> None:
+    raw = bars(sample_frame, "2016-04-05", "2016-05-20 23:59").iloc[:12_000]
+    spec = contract_spec(VT, load_contracts())
+    cuts = sorted({*dp.default_cut_points(len(raw), 12), 4000, 8000, len(raw)})
+    audit = dp.audit_pipeline(raw, VT, 30, cuts, "classify", "mtf", spec)
+    assert set(dp.MTF_NAMES) <= set(audit.columns) and "fwd_ret_30" in audit.columns
+    assert audit.ok, audit.leaks
+    assert audit.allowed_lookahead["fwd_ret_30"] == 32 and audit.allowed_lookahead["d_vol_5"] == 0
+
+
 # --- selection, scaling, splits, windows ----------------------------------------------------------------
 
 
@@ -361,7 +460,7 @@ def test_feature_selection_sees_only_the_training_rows(
     unused = next(name for name in dp.FEATURE_NAMES if name not in chosen)
     poisoned.iloc[stop:] = features[unused].iloc[stop:]  # labels after the training part that `unused` predicts
     assert unused in dp.select_features(features, poisoned, 30)  # a selection that saw them would take it
-    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: poisoned)
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind, spec=None: poisoned)
     data = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
     assert data.labels.equals(poisoned - data.label_mean) and data.split == honest.split
     assert data.names == chosen
@@ -387,7 +486,7 @@ def test_labels_are_demeaned_by_the_training_parts_mean_only(
     )
     later = raw.copy()
     later.iloc[stop:] += 0.01  # a different future moves nothing fitted on the training part
-    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind: later)
+    monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind, spec=None: later)
     again = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
     assert again.label_mean == data.label_mean and again.names == data.names
     assert again.label_means["test"] == pytest.approx(data.label_means["test"] + 0.01, rel=1e-9)

@@ -713,3 +713,77 @@ def test_train_best_horizon_keeps_the_horizon_whose_validation_simulation_earned
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rf"]  # only the kept model is saved
     with pytest.raises(ModelError, match="正整数"):
         ml_model.train_best_horizon(bars, VT, "1m", SMALL_FOREST, tmp_path / "x", [])
+
+
+# --- the classifier and the multi-timeframe feature set ---------------------------------------------------------
+
+MTF_CLASSIFIER = dataclasses.replace(SMALL_FOREST, horizon=30, feature_set="mtf")
+
+
+@pytest.fixture(scope="module")
+def class_data(sample_frame: pd.DataFrame) -> dp.TrainingData:
+    """2016 Q1 with the multi-timeframe features and the classify label at 30 bars."""
+    bars = sample_frame.loc[pd.Timestamp("2016-01-01", tz=CHINA_TZ) : pd.Timestamp("2016-03-31 23:59", tz=CHINA_TZ)]
+    spec = contract_spec(VT, load_contracts())
+    return dp.prepare_training_data(
+        bars.copy(), VT, horizon=30, features_count=30, label_kind="classify", feature_set="mtf", spec=spec
+    )
+
+
+def test_a_classifier_bundle_serves_p_up_minus_p_down_through_onnx(class_data: dp.TrainingData, tmp_path: Path) -> None:
+    assert any(name in dp.MTF_NAMES for name in class_data.names)  # the selection kept multi-timeframe columns
+    model = ml_model.PricePredictionModel("random_forest", MTF_CLASSIFIER)
+    model.train(class_data)
+    assert list(model.network.classes_) == [-1, 0, 1]
+    bundle = model.save_model(tmp_path / "clf", extra={**facts(class_data), "label_kind": "classify"})
+    loaded = ml_model.PricePredictionModel().load_model(bundle, expect=MTF_CLASSIFIER)
+    metadata = loaded.metadata
+    assert (metadata["feature_set"], metadata["feature_version"], metadata["label_kind"]) == ("mtf", 1, "classify")
+    test = class_data.windows("test")
+    rows = np.asarray(test.view[test.starts][:, -1, :], dtype=np.float32)
+    probabilities = model.network.predict_proba(rows)
+    expected = probabilities[:, 2] - probabilities[:, 0]
+    served = loaded.predict(test)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    assert served.min() < -0.05 and served.max() > 0.05 and np.abs(served).max() <= 1 + 1e-6
+    assert loaded.predict_one(test.take(np.arange(1))[0]) == pytest.approx(expected[0], abs=1e-5)
+    np.testing.assert_allclose(loaded.predict_native(test.take(np.arange(200))), expected[:200], atol=1e-12)
+
+    with pytest.raises(ModelError, match="特征集为 mtf"):
+        ml_model.PricePredictionModel().load_model(
+            bundle, expect=dataclasses.replace(MTF_CLASSIFIER, feature_set="base")
+        )
+    config = json.loads((bundle / "metadata.json").read_text(encoding="utf-8"))["config"]
+    edit_metadata(bundle, config={**config, "feature_set": "base"})  # mtf columns under the base set's name
+    with pytest.raises(ModelError, match="另一套特征"):
+        ml_model.PricePredictionModel().load_model(bundle)
+    edit_metadata(bundle, config={**config, "feature_set": "hourly"})
+    with pytest.raises(ModelError, match="特征集 'hourly'"):
+        ml_model.PricePredictionModel().load_model(bundle)
+
+
+def test_a_model_of_another_feature_set_than_its_data_is_refused(class_data: dp.TrainingData) -> None:
+    with pytest.raises(ModelError, match="特征集 base 之外"):
+        ml_model.PricePredictionModel("random_forest", dataclasses.replace(MTF_CLASSIFIER, feature_set="base")).train(
+            class_data
+        )
+    with pytest.raises(ModelError, match="unknown feature set"):
+        ml_model.ModelConfig(feature_set="hourly")
+
+
+@pytest.mark.slow
+def test_an_lstm_with_a_softmax_head_serves_p_up_minus_p_down_through_onnx(
+    class_data: dp.TrainingData, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(SMALL_LSTM, horizon=30, feature_set="mtf")
+    model = ml_model.PricePredictionModel("lstm", config)
+    model.train(class_data)
+    assert model.network.layers[-1].get_config()["activation"] == "softmax" and model.label_scale == 1.0
+    bundle = model.save_model(tmp_path / "lstm_clf", extra={**facts(class_data), "label_kind": "classify"})
+    loaded = ml_model.PricePredictionModel().load_model(bundle, expect=config)
+    sample = class_data.windows("test").take(np.arange(300))
+    probabilities = model.network.predict(sample, verbose=0)
+    expected = probabilities[:, 2] - probabilities[:, 0]
+    np.testing.assert_allclose(loaded.predict(sample), expected, rtol=0, atol=1e-5)
+    assert loaded.predict_one(sample[0]) == pytest.approx(expected[0], abs=1e-5)
+    assert np.abs(expected).max() <= 1

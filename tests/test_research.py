@@ -290,3 +290,101 @@ def test_a_failing_run_in_a_worker_process_raises_its_error_in_the_caller(home: 
     bad = research.RunSpec("bogus", "x", 2016, VT, "1m", str(home.root), "missing.pkl", str(home.root), verbose=False)
     with pytest.raises(ConfigError, match="bogus"):
         research.run_specs([bad, bad], workers=2)
+
+
+def test_feature_sets_and_labels_are_parsed_named_and_refused() -> None:
+    assert research.parse_feature_sets("mtf, base,mtf") == ("mtf", "base")
+    assert research.parse_labels("classify,executable") == ("classify", "executable")
+    with pytest.raises(ConfigError, match="特征集 'hourly' 无效"):
+        research.parse_feature_sets("hourly")
+    plan = research.ResearchPlan(
+        VT,
+        (2016,),
+        models=("random_forest",),
+        horizons=(5,),
+        labels=("classify", "executable"),
+        feature_sets=("mtf", "base"),
+    )
+    names = [research.model_name(config, label) for config, label in plan.model_configs(ModelSettings(), n_jobs=1)]
+    assert names == [
+        "random_forest_h5_classify",
+        "random_forest_h5_classify_mtf",
+        "random_forest_h5_executable",
+        "random_forest_h5_executable_mtf",
+    ]
+    both = research.ResearchPlan(VT, (2016,), models=("lstm",), horizons=(5,), labels=("classify",))
+    assert [research.model_name(c, label) for c, label in both.model_configs(ModelSettings(), 1)] == [
+        "lstm_h5_classify"
+    ]
+
+
+def test_a_model_row_carries_its_feature_set_and_top_features_into_every_file(tmp_path: Path) -> None:
+    model: dict[str, Any] = {"model_type": "random_forest", "label": "classify", "features": "mtf", "horizon": 30}
+    rows = [
+        year_row(
+            "random_forest_h30_classify_mtf", "model", 2015, **model, top_features=["d_ret_5", "mtf_pos_60m", "rsi_6"]
+        ),
+        year_row(
+            "random_forest_h30_classify_mtf", "model", 2016, **model, top_features=["mtf_pos_60m", "tsi", "d_ret_5"]
+        ),
+        year_row("DualThrustStrategy", "classic", 2016, net_pnl=8421.615),
+    ]
+    table = research.build_table(rows)
+    assert table[2]["year"] == "mean" and table[2]["features"] == "mtf" and table[2]["label"] == "classify"
+    assert table[2]["top_features"] == ["d_ret_5", "mtf_pos_60m", "tsi", "rsi_6"]  # both years first, then by place
+    assert table[4]["top_features"] is None and table[4]["features"] is None
+    facts = {
+        "plan": {"vt_symbol": VT, "test_years": [2015, 2016], "train_years": 2},
+        "verdict": research.verdict(table),
+        "costs": {"fees": "0.0001", "slippage": 1.0, "size": 10},
+        "ic": research.IC_SOURCE,
+    }
+    research.write_table(table, facts, tmp_path)
+    saved = json.loads((tmp_path / "research.json").read_text(encoding="utf-8"))["rows"]
+    assert saved[0]["top_features"] == ["d_ret_5", "mtf_pos_60m", "rsi_6"] and saved[0]["features"] == "mtf"
+    csv = pd.read_csv(tmp_path / "research.csv", keep_default_na=False)
+    assert csv["top_features"].tolist()[:3] == [
+        "d_ret_5 mtf_pos_60m rsi_6",
+        "mtf_pos_60m tsi d_ret_5",
+        table_cell(table[2]),
+    ]
+    page = (tmp_path / "research.html").read_text(encoding="utf-8")
+    assert "主要特征 / top features" in page and "<td>mtf</td>" in page and "d_ret_5, mtf_pos_60m, rsi_6</td>" in page
+
+
+def table_cell(row: dict[str, Any]) -> str:
+    return research.feature_list(row["top_features"])
+
+
+@pytest.mark.slow
+def test_a_classifier_on_mtf_features_runs_as_a_research_row(
+    sample_frame: pd.DataFrame, home: Home, tmp_path: Path
+) -> None:
+    import ml_model
+
+    config = ml_model.ModelConfig(model_type="random_forest", trees=8, max_depth=6, horizon=30, feature_set="mtf")
+    name = research.model_name(config, "classify")
+    spec = research.RunSpec(
+        research.MODEL,
+        name,
+        2016,
+        VT,
+        "1m",
+        str(home.root),
+        "unused.pkl",
+        str(tmp_path),
+        train_years=1,
+        config=config,
+        label="classify",
+        verbose=False,
+    )
+    bars = sample_frame.loc[pd.Timestamp("2015-10-01", tz=CHINA_TZ) : pd.Timestamp("2016-02-29 23:59", tz=CHINA_TZ)]
+    row = research.run_one(spec, bars.copy()).row
+    assert (row["strategy"], row["label"], row["features"], row["horizon"]) == (name, "classify", "mtf", 30)
+    metadata = ml_model.read_metadata(tmp_path / row["bundle"])
+    assert metadata["label_kind"] == "classify" and metadata["feature_set"] == "mtf"
+    assert row["top_features"] == ml_model.top_features(metadata["importance"], research.TOP_FEATURES)
+    assert len(row["top_features"]) == research.TOP_FEATURES and set(row["top_features"]) <= set(metadata["features"])
+    assert row["ic"] is not None and math.isfinite(row["ic"])  # the scores against the year's class labels
+    if row["edge"] == "none":
+        assert row["trades"] == 0
