@@ -11,10 +11,10 @@ import sys
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pandas as pd
 
@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # imported in the commands, after vnpy is bound to the home
 logger = logging.getLogger("ai_trading_system")  # not __name__: run as a script, that would be "__main__"
 
 Handler = Callable[[argparse.Namespace, Home], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers() returns
 
 
 def _column_map(text: str) -> dict[str, str]:
@@ -169,12 +170,17 @@ class BacktestOptions:
 BACKTEST_DEFAULTS: BacktestOptions = BacktestOptions()
 
 
+def add_symbol_range(parser: argparse.ArgumentParser, example: str = "rb0000.SHFE") -> None:
+    """--vt-symbol, --start and --end, all required: the series and the dates a command reads."""
+    parser.add_argument("--vt-symbol", required=True, help=f"合约，例如 {example}")
+    parser.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+
+
 def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `backtest` and `optimize`: the contract, the range, the model, costs, strategy settings."""
     defaults = BACKTEST_DEFAULTS
-    parser.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
-    parser.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
-    parser.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
+    add_symbol_range(parser)
     parser.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
     parser.add_argument("--interval", default=defaults.interval, help=f"K线周期（默认 {defaults.interval}）")
     parser.add_argument(
@@ -246,324 +252,6 @@ def add_allow_gaps(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of GUIDE §2."""
-    parser = argparse.ArgumentParser(
-        prog="ai_trading_system.py",
-        description="AI 期货交易台（VeighNa）。不带子命令时显示模式菜单。/ AI futures trading desk on vnpy.",
-    )
-    parser.add_argument(
-        "--home", help="主目录：存放 .vntrader（数据库、日志）、模型与报告；默认 AI_TRADER_HOME 或项目目录"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志 / debug logging")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    imp = commands.add_parser("import", help="导入K线 CSV 到数据库 / import bars from a CSV file")
-    imp.add_argument("--csv", required=True, help="CSV 文件（可为 .gz / .bz2 / .xz）")
-    imp.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
-    imp.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
-    imp.add_argument(
-        "--timestamp",
-        choices=("end", "start"),
-        help="文件时间是K线结束(end)还是开始(start)；默认按识别出的格式：示例格式 end，vnpy 导出格式 start",
-    )
-    imp.add_argument("--columns", type=_column_map, help="列映射，例如 datetime=trade_time,open=open_price,...")
-    imp.add_argument("--datetime-format", help="时间格式（strptime），例如 %%Y%%m%%d %%H:%%M:%%S；需与 --columns 同用")
-
-    data = commands.add_parser("data", help="查看数据库中的数据；--check 检查缺失分钟 / what the database holds")
-    data.add_argument(
-        "--check",
-        action="store_true",
-        help="按交易日历（分时段、节假日、节前无夜盘）检查一个合约的K线：缺失分钟、缺口、截断、零成交量、时段外K线",
-    )
-    data.add_argument("--vt-symbol", help="--check 的合约，例如 rb0000.SHFE")
-    data.add_argument("--start", help="--check 开始日期 YYYY-MM-DD（默认库中首条）")
-    data.add_argument("--end", help="--check 结束日期 YYYY-MM-DD（含当日，默认库中末条）")
-    data.add_argument("--interval", default="1m", help="--check 的K线周期（默认 1m；只有 1 分钟K线逐分钟检查）")
-    data.add_argument(
-        "--max-hole-minutes",
-        type=_positive_int,
-        default=data_check.DEFAULT_MAX_HOLE_MINUTES,
-        help=f"超过此分钟数的缺口判为不合格，退出码 2（默认 {data_check.DEFAULT_MAX_HOLE_MINUTES}）",
-    )
-    data.add_argument("--details", help="把每个交易日每个时段的缺失分钟写到此 CSV 文件 / per-session counts to CSV")
-
-    down = commands.add_parser("download", help="从 vnpy 数据服务下载K线 / download bars through vnpy's datafeed")
-    down.add_argument("--vt-symbol", required=True, help="合约，例如 rb2405.SHFE")
-    down.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
-    down.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
-    down.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
-
-    stitch = commands.add_parser(
-        "continuous", help="由各月合约K线拼接主力连续（复权）/ build the product's main-contract series (rb888)"
-    )
-    stitch.add_argument("--product", required=True, help="品种代码，例如 rb（库中需有 rb2605 等各月合约K线）")
-    stitch.add_argument(
-        "--adjust",
-        required=True,
-        choices=contracts.ADJUSTMENTS,
-        help="复权：ratio 等比（训练用，保留收益率）、difference 等差、none 不复权（真实价格）",
-    )
-    stitch.add_argument("--exchange", help="交易所，例如 SHFE（默认取库中该品种合约所在的交易所）")
-    stitch.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
-
-    audit = commands.add_parser(
-        "audit", help="前视偏差审计：清洗、特征与标签是否用到未来数据 / look-ahead audit of cleaning, features, labels"
-    )
-    audit.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
-    audit.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
-    audit.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
-    audit.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
-    audit.add_argument(
-        "--horizon", type=_positive_int, help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon"
-    )
-    audit.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
-    audit.add_argument(
-        "--label",
-        choices=list(data_processor.LABEL_KINDS),
-        default=data_processor.DEFAULT_LABEL_KIND,
-        help="标签类型（默认 executable：下一根开盘价进出）/ label kind",
-    )
-    add_feature_set(audit)
-
-    train = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
-    train.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
-    train.add_argument("--start", required=True, help="开始日期 YYYY-MM-DD")
-    train.add_argument("--end", required=True, help="结束日期 YYYY-MM-DD（含当日）")
-    train.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
-    train.add_argument(
-        "--model-type",
-        choices=("lstm", "random_forest"),
-        help="lstm 或 random_forest（默认取模型设置 model.model_type）",
-    )
-    train.add_argument("--name", type=_bundle_name, help="模型包名称，保存在 <home>/models/NAME（默认 代码_类型）")
-    train.add_argument("--epochs", type=_positive_int, help="最多训练轮数（默认取模型设置；有早停）")
-    train.add_argument(
-        "--walk-forward",
-        type=_positive_int,
-        default=1,
-        help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）",
-    )
-    train.add_argument(
-        "--horizon",
-        type=_horizons,
-        help="预测周期（K线根数，默认取模型设置 model.prediction_horizon）；逗号分隔多个时各训练一个模型，"
-        "保留验证期模拟净盈亏最好的一个，例如 5,30,120",
-    )
-    add_allow_gaps(train)
-    train.add_argument(
-        "--label",
-        choices=tuple(data_processor.LABEL_KINDS),
-        default=data_processor.DEFAULT_LABEL_KIND,
-        help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）、close（收盘到收盘，仅作对比）"
-        "或 classify（扣除往返成本后涨 / 跌 / 都不是，模型输出 P(涨) − P(跌)）",
-    )
-    add_feature_set(train)
-
-    show = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
-    show.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
-
-    test = commands.add_parser("backtest", help="策略回测（模式 2）/ backtest the predictive strategy (mode 2)")
-    add_backtest_arguments(test)
-    test.add_argument("--report-dir", help="报告目录（默认 <home>/reports/模型_开始_结束）/ where the report goes")
-    add_allow_gaps(test)
-
-    opt = commands.add_parser("optimize", help="参数优化：网格/遗传算法，可滚动 / optimise strategy settings")
-    add_backtest_arguments(opt)
-    opt.add_argument(
-        "--param",
-        action="append",
-        required=True,
-        type=_grid_param,
-        metavar="NAME=START:END:STEP",
-        help="待优化参数及其网格，可重复，例如 prediction_threshold=0.0005:0.002:0.0005",
-    )
-    opt.add_argument(
-        "--target",
-        default="sharpe_ratio",
-        help="优化目标（vnpy 统计项，默认 sharpe_ratio；如 total_net_pnl、return_drawdown_ratio）",
-    )
-    opt.add_argument("--method", choices=("grid", "ga"), default="grid", help="grid 穷举（默认）或 ga 遗传算法")
-    opt.add_argument(
-        "--walk-forward",
-        type=_positive_int,
-        default=0,
-        help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）",
-    )
-    opt.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
-    add_backend_arguments(opt)
-    opt.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
-
-    study = commands.add_parser(
-        "research",
-        help="研究表：逐年滚动训练并回测各模型、周期与标签，对比 vnpy 经典策略与买入持有 / the research table",
-    )
-    study.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
-    study.add_argument(
-        "--test-years", required=True, help="测试年份，逗号分隔或区间，例如 2015,2016 或 2014-2016 / test years"
-    )
-    study.add_argument(
-        "--train-years",
-        type=_positive_int,
-        default=2,
-        help="每个测试年之前用于训练（含验证）的自然年数（默认 2）/ training years before each test year",
-    )
-    study.add_argument(
-        "--models", default="random_forest,lstm", help="模型类型，逗号分隔（默认 random_forest,lstm）/ model types"
-    )
-    study.add_argument(
-        "--horizons", type=_horizons, help="预测周期（K线根数），逗号分隔，例如 5,30,120（默认取模型设置）"
-    )
-    study.add_argument(
-        "--labels",
-        default=data_processor.DEFAULT_LABEL_KIND,
-        help=f"标签类型，逗号分隔：{' / '.join(data_processor.LABEL_KINDS)}"
-        f"（默认 {data_processor.DEFAULT_LABEL_KIND}）/ label kinds",
-    )
-    study.add_argument(
-        "--feature-sets",
-        default=data_processor.DEFAULT_FEATURE_SET,
-        help=f"特征集，逗号分隔：{' / '.join(data_processor.FEATURE_SETS)}"
-        f"（默认 {data_processor.DEFAULT_FEATURE_SET}；mtf = base + 5/15/60 分钟与日线聚合）/ feature sets",
-    )
-    study.add_argument(
-        "--classics",
-        default="all",
-        help="vnpy 经典策略（默认参数）：all（默认）、none 或名称列表，例如 DualThrust,BollChannel "
-        "/ classic strategies",
-    )
-    study.add_argument("--trees", type=_positive_int, help="随机森林的树数（默认 60）/ trees of the forest")
-    study.add_argument("--epochs", type=_positive_int, help="LSTM 最多训练轮数（默认 3）/ LSTM epochs")
-    study.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
-    study.add_argument(
-        "--capital", type=_positive_float, default=DEFAULT_CAPITAL, help=f"初始资金（默认 {DEFAULT_CAPITAL:,.0f}）"
-    )
-    study.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）/ worker processes")
-    add_backend_arguments(study)
-    study.add_argument("--report-dir", help="研究目录（默认 <home>/reports/research_合约；模型包缓存在其 bundles/ 下）")
-
-    trade = commands.add_parser(
-        "trade",
-        help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator",
-        description="选项优先于主目录 settings/，再优先于项目 settings/，最后是默认值 / "
-        "command line > <home>/settings > settings/ > defaults",
-    )
-    trade.add_argument(
-        "--gateway",
-        choices=("ctp", "sim"),
-        default="ctp",
-        help="ctp：SimNow 或实盘（settings/broker.json）；sim：本地回放历史数据的模拟交易所",
-    )
-    trade.add_argument("--no-ui", action="store_true", help="不开图形界面（服务器）；Ctrl-C / SIGTERM 正常停止")
-    trade.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
-    trade.add_argument("--vt-symbol", help="覆盖策略的合约，例如 rb2605.SHFE")
-    trade.add_argument("--model", help="覆盖策略的模型包路径或名称")
-    trade.add_argument("--threshold", type=_positive_float, help="覆盖开仓阈值")
-    trade.add_argument(
-        "--capital",
-        type=_positive_float,
-        help="策略资金（风控基数；模拟交易所的初始资金），覆盖策略设置的 capital（默认 1,000,000）",
-    )
-    trade.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
-    trade.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
-    trade.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        help="登录与合约查询的超时秒数（默认 settings/broker.json 的 connect_timeout_seconds，30）",
-    )
-    trade.add_argument(
-        "--adopt-broker-position",
-        action="store_true",
-        help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）",
-    )
-    trade.add_argument(
-        "--replay-start",
-        help="sim：回放开始 YYYY-MM-DD，或 YYYY-MM-DD HH:MM（中国时间，从该分钟的K线续放被中断的回放）",
-    )
-    trade.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
-    trade.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
-    trade.add_argument("--replay-mode", choices=("bar", "tick"), default="bar", help="sim：回放K线或 tick（默认 bar）")
-    trade.add_argument("--replay-csv", help="sim：从 CSV 回放，而不是数据库")
-    trade.add_argument(
-        "--warmup-days",
-        type=_positive_int,
-        help="策略开始前载入的历史天数（sim：回放开始前提供的历史），覆盖策略设置的 warmup_days（默认 10）",
-    )
-    trade.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
-    trade.add_argument(
-        "--roll",
-        choices=tuple(ROLL_MODES),
-        help="主力连续代码（如 rb888.SHFE）的换月方式，覆盖策略设置的 roll：open 开盘平旧开新（默认）、"
-        "flat 空仓时才换、alert 只提醒 / how a strategy on a continuous symbol rolls",
-    )
-
-    listing = commands.add_parser(
-        "contracts",
-        help="列出品种的在市合约（成交量、持仓量）并标出主力合约 / list a product's contracts and its main one",
-    )
-    listing.add_argument("--product", required=True, help="品种代码，例如 rb、TA、IF / the product")
-    listing.add_argument(
-        "--gateway",
-        choices=("ctp", "sim"),
-        default="ctp",
-        help="ctp：SimNow 或实盘（settings/broker.json）；sim：数据库中该品种各合约的K线（模拟交易所）",
-    )
-    listing.add_argument("--replay-start", help="sim：看这一天开盘前的快照（前一交易日收盘）YYYY-MM-DD")
-    listing.add_argument("--replay-end", help="sim：回放结束日期（默认 --replay-start 后 14 天，跨过节假日）")
-    listing.add_argument("--td-address", help="ctp：交易前置，覆盖 settings/broker.json")
-    listing.add_argument("--md-address", help="ctp：行情前置，覆盖 settings/broker.json")
-    listing.add_argument("--connect-timeout", type=_positive_float, help="ctp：登录与合约查询的超时秒数")
-
-    state = commands.add_parser(
-        "state",
-        help="查看或清除策略的实盘状态（风控账本、熔断、移动止损）/ show or clear a strategy's saved live state",
-    )
-    state.add_argument("--strategy", help="策略名（查看时默认全部）/ the strategy")
-    state.add_argument(
-        "--gateway",
-        choices=("ctp", "sim"),
-        default="ctp",
-        help="ctp：实盘与 SimNow 的状态（默认）；sim：模拟交易所回放的状态与模拟账户",
-    )
-    state.add_argument(
-        "--clear",
-        action="store_true",
-        help="删除状态（先停止交易进程并核对券商持仓）：下次启动时账本为空、不再熔断、持仓以券商为准；"
-        "ctp 须同时给 --strategy，sim 不给则清除整个模拟账户",
-    )
-
-    control = commands.add_parser(
-        "control",
-        help="控制运行中的策略：暂停/恢复开仓、平仓、切换模型 / control a running strategy",
-        description="命令经主目录下的 control/ 文件夹送达运行中的 trade 进程（每秒读取），每个操作写入审计日志 / "
-        "commands reach the running trade process through <home>/control/, each one audited",
-    )
-    control.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
-    control.add_argument(
-        "action",
-        choices=("halt", "resume", "flatten", "switch-model"),
-        help="halt：暂停开仓（只平不开）；resume：恢复开仓；flatten：立即平仓并暂停开仓；switch-model：下一根K线切换模型",
-    )
-    control.add_argument("bundle", nargs="?", help="switch-model：新模型包的路径或名称（同一品种、同一套特征）")
-    control.add_argument(
-        "--wait", type=_positive_float, default=15.0, help="等待运行中进程回复的秒数（默认 15）/ seconds to wait"
-    )
-
-    keep = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
-    keep.add_argument(
-        "action", choices=("set", "list"), help="set：保存一个密钥（从终端读入，不回显）；list：列出已保存的名称"
-    )
-    keep.add_argument("name", nargs="?", choices=tuple(SECRET_ENV), help="密钥名")
-
-    demo = commands.add_parser(
-        "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job"
-    )
-    demo.add_argument(
-        "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
-    )
-    return parser
-
-
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """--backend and --ray-address, shared by `optimize` and `research`."""
     parser.add_argument(
@@ -576,6 +264,386 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray-address",
         metavar="auto|HOST:PORT",
         help="Ray 集群地址（auto 或 HOST:PORT；默认在本机回环地址上启动 Ray）/ the Ray cluster to join",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of GUIDE §2."""
+    parser = argparse.ArgumentParser(
+        prog="ai_trading_system.py",
+        description="AI 期货交易台（VeighNa）。不带子命令时显示模式菜单。/ AI futures trading desk on vnpy.",
+    )
+    parser.add_argument(
+        "--home", help="主目录：存放 .vntrader（数据库、日志）、模型与报告；默认 AI_TRADER_HOME 或项目目录"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="输出调试日志 / debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_import_parser(commands)
+    add_data_parser(commands)
+    add_download_parser(commands)
+    add_continuous_parser(commands)
+    add_audit_parser(commands)
+    add_train_parser(commands)
+    add_model_parser(commands)
+    add_backtest_parser(commands)
+    add_optimize_parser(commands)
+    add_research_parser(commands)
+    add_trade_parser(commands)
+    add_contracts_parser(commands)
+    add_state_parser(commands)
+    add_control_parser(commands)
+    add_secrets_parser(commands)
+    add_demo_parser(commands)
+    return parser
+
+
+def add_import_parser(commands: Subparsers) -> None:
+    """`import`: a bar CSV into the database."""
+    parser = commands.add_parser("import", help="导入K线 CSV 到数据库 / import bars from a CSV file")
+    parser.add_argument("--csv", required=True, help="CSV 文件（可为 .gz / .bz2 / .xz）")
+    parser.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    parser.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+    parser.add_argument(
+        "--timestamp",
+        choices=("end", "start"),
+        help="文件时间是K线结束(end)还是开始(start)；默认按识别出的格式：示例格式 end，vnpy 导出格式 start",
+    )
+    parser.add_argument("--columns", type=_column_map, help="列映射，例如 datetime=trade_time,open=open_price,...")
+    parser.add_argument(
+        "--datetime-format", help="时间格式（strptime），例如 %%Y%%m%%d %%H:%%M:%%S；需与 --columns 同用"
+    )
+
+
+def add_data_parser(commands: Subparsers) -> None:
+    """`data`: what the database holds; `--check` counts one series against the calendar."""
+    parser = commands.add_parser("data", help="查看数据库中的数据；--check 检查缺失分钟 / what the database holds")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="按交易日历（分时段、节假日、节前无夜盘）检查一个合约的K线：缺失分钟、缺口、截断、零成交量、时段外K线",
+    )
+    parser.add_argument("--vt-symbol", help="--check 的合约，例如 rb0000.SHFE")
+    parser.add_argument("--start", help="--check 开始日期 YYYY-MM-DD（默认库中首条）")
+    parser.add_argument("--end", help="--check 结束日期 YYYY-MM-DD（含当日，默认库中末条）")
+    parser.add_argument("--interval", default="1m", help="--check 的K线周期（默认 1m；只有 1 分钟K线逐分钟检查）")
+    parser.add_argument(
+        "--max-hole-minutes",
+        type=_positive_int,
+        default=data_check.DEFAULT_MAX_HOLE_MINUTES,
+        help=f"超过此分钟数的缺口判为不合格，退出码 2（默认 {data_check.DEFAULT_MAX_HOLE_MINUTES}）",
+    )
+    parser.add_argument("--details", help="把每个交易日每个时段的缺失分钟写到此 CSV 文件 / per-session counts to CSV")
+
+
+def add_download_parser(commands: Subparsers) -> None:
+    """`download`: bars through vnpy's datafeed."""
+    parser = commands.add_parser("download", help="从 vnpy 数据服务下载K线 / download bars through vnpy's datafeed")
+    add_symbol_range(parser, "rb2405.SHFE")
+    parser.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+
+
+def add_continuous_parser(commands: Subparsers) -> None:
+    """`continuous`: the product's main-contract series stitched from its delivery months."""
+    parser = commands.add_parser(
+        "continuous", help="由各月合约K线拼接主力连续（复权）/ build the product's main-contract series (rb888)"
+    )
+    parser.add_argument("--product", required=True, help="品种代码，例如 rb（库中需有 rb2605 等各月合约K线）")
+    parser.add_argument(
+        "--adjust",
+        required=True,
+        choices=contracts.ADJUSTMENTS,
+        help="复权：ratio 等比（训练用，保留收益率）、difference 等差、none 不复权（真实价格）",
+    )
+    parser.add_argument("--exchange", help="交易所，例如 SHFE（默认取库中该品种合约所在的交易所）")
+    parser.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+
+
+def add_audit_parser(commands: Subparsers) -> None:
+    """`audit`: the look-ahead audit of cleaning, features and labels."""
+    parser = commands.add_parser(
+        "audit", help="前视偏差审计：清洗、特征与标签是否用到未来数据 / look-ahead audit of cleaning, features, labels"
+    )
+    add_symbol_range(parser)
+    parser.add_argument("--interval", default="1m", help="K线周期 1m / 1h / d（默认 1m）")
+    parser.add_argument(
+        "--horizon", type=_positive_int, help="标签的预测周期（K线根数）；默认取模型设置 model.prediction_horizon"
+    )
+    parser.add_argument("--cuts", type=_positive_int, default=25, help="切点数量（默认 25）/ number of cut points")
+    parser.add_argument(
+        "--label",
+        choices=list(data_processor.LABEL_KINDS),
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help="标签类型（默认 executable：下一根开盘价进出）/ label kind",
+    )
+    add_feature_set(parser)
+
+
+def add_train_parser(commands: Subparsers) -> None:
+    """`train` (mode 3): one bundle, several horizons, or a walk-forward."""
+    parser = commands.add_parser("train", help="模型训练（模式 3）/ train a price-prediction model (mode 3)")
+    add_symbol_range(parser)
+    parser.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+    parser.add_argument(
+        "--model-type",
+        choices=("lstm", "random_forest"),
+        help="lstm 或 random_forest（默认取模型设置 model.model_type）",
+    )
+    parser.add_argument("--name", type=_bundle_name, help="模型包名称，保存在 <home>/models/NAME（默认 代码_类型）")
+    parser.add_argument("--epochs", type=_positive_int, help="最多训练轮数（默认取模型设置；有早停）")
+    parser.add_argument(
+        "--walk-forward",
+        type=_positive_int,
+        default=1,
+        help="滚动训练的折数 N：每折在一段上训练、在下一段上测试（默认 1）",
+    )
+    parser.add_argument(
+        "--horizon",
+        type=_horizons,
+        help="预测周期（K线根数，默认取模型设置 model.prediction_horizon）；逗号分隔多个时各训练一个模型，"
+        "保留验证期模拟净盈亏最好的一个，例如 5,30,120",
+    )
+    add_allow_gaps(parser)
+    parser.add_argument(
+        "--label",
+        choices=tuple(data_processor.LABEL_KINDS),
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help="标签：executable（下一根开盘成交、持有 h 根后开盘平仓的收益，默认）、close（收盘到收盘，仅作对比）"
+        "或 classify（扣除往返成本后涨 / 跌 / 都不是，模型输出 P(涨) − P(跌)）",
+    )
+    add_feature_set(parser)
+
+
+def add_model_parser(commands: Subparsers) -> None:
+    """`model`: check and show a bundle."""
+    parser = commands.add_parser("model", help="检查并显示模型包 / check and show a model bundle")
+    parser.add_argument("--model", required=True, help="模型包路径或名称（<home>/models/NAME）")
+
+
+def add_backtest_parser(commands: Subparsers) -> None:
+    """`backtest` (mode 2): the shared backtest options, the report folder and the data check."""
+    parser = commands.add_parser("backtest", help="策略回测（模式 2）/ backtest the predictive strategy (mode 2)")
+    add_backtest_arguments(parser)
+    parser.add_argument("--report-dir", help="报告目录（默认 <home>/reports/模型_开始_结束）/ where the report goes")
+    add_allow_gaps(parser)
+
+
+def add_optimize_parser(commands: Subparsers) -> None:
+    """`optimize`: the backtest options, the parameter grid, the search and its backend."""
+    parser = commands.add_parser("optimize", help="参数优化：网格/遗传算法，可滚动 / optimise strategy settings")
+    add_backtest_arguments(parser)
+    parser.add_argument(
+        "--param",
+        action="append",
+        required=True,
+        type=_grid_param,
+        metavar="NAME=START:END:STEP",
+        help="待优化参数及其网格，可重复，例如 prediction_threshold=0.0005:0.002:0.0005",
+    )
+    parser.add_argument(
+        "--target",
+        default="sharpe_ratio",
+        help="优化目标（vnpy 统计项，默认 sharpe_ratio；如 total_net_pnl、return_drawdown_ratio）",
+    )
+    parser.add_argument("--method", choices=("grid", "ga"), default="grid", help="grid 穷举（默认）或 ga 遗传算法")
+    parser.add_argument(
+        "--walk-forward",
+        type=_positive_int,
+        default=0,
+        help="滚动优化的折数 N：在一段上优化、在下一段上检验，只报告样本外结果（默认 0 关闭）",
+    )
+    parser.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）")
+    add_backend_arguments(parser)
+    parser.add_argument("--report-dir", help="结果目录（默认 <home>/reports/optimize_模型_开始_结束）")
+
+
+def add_research_parser(commands: Subparsers) -> None:
+    """`research`: the years, models, horizons, labels and feature sets of the research table."""
+    parser = commands.add_parser(
+        "research",
+        help="研究表：逐年滚动训练并回测各模型、周期与标签，对比 vnpy 经典策略与买入持有 / the research table",
+    )
+    parser.add_argument("--vt-symbol", required=True, help="合约，例如 rb0000.SHFE")
+    parser.add_argument(
+        "--test-years", required=True, help="测试年份，逗号分隔或区间，例如 2015,2016 或 2014-2016 / test years"
+    )
+    parser.add_argument(
+        "--train-years",
+        type=_positive_int,
+        default=2,
+        help="每个测试年之前用于训练（含验证）的自然年数（默认 2）/ training years before each test year",
+    )
+    parser.add_argument(
+        "--models", default="random_forest,lstm", help="模型类型，逗号分隔（默认 random_forest,lstm）/ model types"
+    )
+    parser.add_argument(
+        "--horizons", type=_horizons, help="预测周期（K线根数），逗号分隔，例如 5,30,120（默认取模型设置）"
+    )
+    parser.add_argument(
+        "--labels",
+        default=data_processor.DEFAULT_LABEL_KIND,
+        help=f"标签类型，逗号分隔：{' / '.join(data_processor.LABEL_KINDS)}"
+        f"（默认 {data_processor.DEFAULT_LABEL_KIND}）/ label kinds",
+    )
+    parser.add_argument(
+        "--feature-sets",
+        default=data_processor.DEFAULT_FEATURE_SET,
+        help=f"特征集，逗号分隔：{' / '.join(data_processor.FEATURE_SETS)}"
+        f"（默认 {data_processor.DEFAULT_FEATURE_SET}；mtf = base + 5/15/60 分钟与日线聚合）/ feature sets",
+    )
+    parser.add_argument(
+        "--classics",
+        default="all",
+        help="vnpy 经典策略（默认参数）：all（默认）、none 或名称列表，例如 DualThrust,BollChannel "
+        "/ classic strategies",
+    )
+    parser.add_argument("--trees", type=_positive_int, help="随机森林的树数（默认 60）/ trees of the forest")
+    parser.add_argument("--epochs", type=_positive_int, help="LSTM 最多训练轮数（默认 3）/ LSTM epochs")
+    parser.add_argument("--interval", default="1m", help="K线周期（默认 1m）")
+    parser.add_argument(
+        "--capital", type=_positive_float, default=DEFAULT_CAPITAL, help=f"初始资金（默认 {DEFAULT_CAPITAL:,.0f}）"
+    )
+    parser.add_argument("--workers", type=_positive_int, help="进程数（默认全部 CPU 核）/ worker processes")
+    add_backend_arguments(parser)
+    parser.add_argument(
+        "--report-dir", help="研究目录（默认 <home>/reports/research_合约；模型包缓存在其 bundles/ 下）"
+    )
+
+
+def add_trade_parser(commands: Subparsers) -> None:
+    """`trade` (mode 1): the gateway, the strategy overrides and the replay of the simulated exchange."""
+    parser = commands.add_parser(
+        "trade",
+        help="实盘/仿真交易（模式 1）：CTP，或用历史数据回放的模拟交易所 / trade live or on the simulator",
+        description="选项优先于主目录 settings/，再优先于项目 settings/，最后是默认值 / "
+        "command line > <home>/settings > settings/ > defaults",
+    )
+    parser.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：SimNow 或实盘（settings/broker.json）；sim：本地回放历史数据的模拟交易所",
+    )
+    parser.add_argument("--no-ui", action="store_true", help="不开图形界面（服务器）；Ctrl-C / SIGTERM 正常停止")
+    parser.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
+    parser.add_argument("--vt-symbol", help="覆盖策略的合约，例如 rb2605.SHFE")
+    parser.add_argument("--model", help="覆盖策略的模型包路径或名称")
+    parser.add_argument("--threshold", type=_positive_float, help="覆盖开仓阈值")
+    parser.add_argument(
+        "--capital",
+        type=_positive_float,
+        help="策略资金（风控基数；模拟交易所的初始资金），覆盖策略设置的 capital（默认 1,000,000）",
+    )
+    parser.add_argument("--td-address", help="交易前置，覆盖 settings/broker.json，例如 tcp://182.254.243.31:30001")
+    parser.add_argument("--md-address", help="行情前置，覆盖 settings/broker.json")
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        help="登录与合约查询的超时秒数（默认 settings/broker.json 的 connect_timeout_seconds，30）",
+    )
+    parser.add_argument(
+        "--adopt-broker-position",
+        action="store_true",
+        help="策略记录的持仓与券商不一致时，以券商持仓为准并开始交易（须先人工核对）",
+    )
+    parser.add_argument(
+        "--replay-start",
+        help="sim：回放开始 YYYY-MM-DD，或 YYYY-MM-DD HH:MM（中国时间，从该分钟的K线续放被中断的回放）",
+    )
+    parser.add_argument("--replay-end", help="sim：回放结束日期 YYYY-MM-DD（含当日）")
+    parser.add_argument("--speed", default="max", help="sim：回放速度 max（尽快）或倍速 N（1 为实时），默认 max")
+    parser.add_argument("--replay-mode", choices=("bar", "tick"), default="bar", help="sim：回放K线或 tick（默认 bar）")
+    parser.add_argument("--replay-csv", help="sim：从 CSV 回放，而不是数据库")
+    parser.add_argument(
+        "--warmup-days",
+        type=_positive_int,
+        help="策略开始前载入的历史天数（sim：回放开始前提供的历史），覆盖策略设置的 warmup_days（默认 10）",
+    )
+    parser.add_argument("--screenshot", help="打开界面、载入策略后保存主窗口截图到此文件并退出 / save a screenshot")
+    parser.add_argument(
+        "--roll",
+        choices=tuple(ROLL_MODES),
+        help="主力连续代码（如 rb888.SHFE）的换月方式，覆盖策略设置的 roll：open 开盘平旧开新（默认）、"
+        "flat 空仓时才换、alert 只提醒 / how a strategy on a continuous symbol rolls",
+    )
+
+
+def add_contracts_parser(commands: Subparsers) -> None:
+    """`contracts`: a product's contracts from CTP or the simulated exchange."""
+    parser = commands.add_parser(
+        "contracts",
+        help="列出品种的在市合约（成交量、持仓量）并标出主力合约 / list a product's contracts and its main one",
+    )
+    parser.add_argument("--product", required=True, help="品种代码，例如 rb、TA、IF / the product")
+    parser.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：SimNow 或实盘（settings/broker.json）；sim：数据库中该品种各合约的K线（模拟交易所）",
+    )
+    parser.add_argument("--replay-start", help="sim：看这一天开盘前的快照（前一交易日收盘）YYYY-MM-DD")
+    parser.add_argument("--replay-end", help="sim：回放结束日期（默认 --replay-start 后 14 天，跨过节假日）")
+    parser.add_argument("--td-address", help="ctp：交易前置，覆盖 settings/broker.json")
+    parser.add_argument("--md-address", help="ctp：行情前置，覆盖 settings/broker.json")
+    parser.add_argument("--connect-timeout", type=_positive_float, help="ctp：登录与合约查询的超时秒数")
+
+
+def add_state_parser(commands: Subparsers) -> None:
+    """`state`: show or clear the strategies' saved live state."""
+    parser = commands.add_parser(
+        "state",
+        help="查看或清除策略的实盘状态（风控账本、熔断、移动止损）/ show or clear a strategy's saved live state",
+    )
+    parser.add_argument("--strategy", help="策略名（查看时默认全部）/ the strategy")
+    parser.add_argument(
+        "--gateway",
+        choices=("ctp", "sim"),
+        default="ctp",
+        help="ctp：实盘与 SimNow 的状态（默认）；sim：模拟交易所回放的状态与模拟账户",
+    )
+    parser.add_argument(
+        "--clear",
+        action="store_true",
+        help="删除状态（先停止交易进程并核对券商持仓）：下次启动时账本为空、不再熔断、持仓以券商为准；"
+        "ctp 须同时给 --strategy，sim 不给则清除整个模拟账户",
+    )
+
+
+def add_control_parser(commands: Subparsers) -> None:
+    """`control`: a command to the running trade process."""
+    parser = commands.add_parser(
+        "control",
+        help="控制运行中的策略：暂停/恢复开仓、平仓、切换模型 / control a running strategy",
+        description="命令经主目录下的 control/ 文件夹送达运行中的 trade 进程（每秒读取），每个操作写入审计日志 / "
+        "commands reach the running trade process through <home>/control/, each one audited",
+    )
+    parser.add_argument("--strategy", help=f"settings/{STRATEGIES_FILE} 中的策略名（只有一个时可省略）")
+    parser.add_argument(
+        "action",
+        choices=("halt", "resume", "flatten", "switch-model"),
+        help="halt：暂停开仓（只平不开）；resume：恢复开仓；flatten：立即平仓并暂停开仓；switch-model：下一根K线切换模型",
+    )
+    parser.add_argument("bundle", nargs="?", help="switch-model：新模型包的路径或名称（同一品种、同一套特征）")
+    parser.add_argument(
+        "--wait", type=_positive_float, default=15.0, help="等待运行中进程回复的秒数（默认 15）/ seconds to wait"
+    )
+
+
+def add_secrets_parser(commands: Subparsers) -> None:
+    """`secrets`: store or list the encrypted secrets."""
+    parser = commands.add_parser("secrets", help="加密保存 CTP / SMTP 密钥 / store secrets encrypted")
+    parser.add_argument(
+        "action", choices=("set", "list"), help="set：保存一个密钥（从终端读入，不回显）；list：列出已保存的名称"
+    )
+    parser.add_argument("name", nargs="?", choices=tuple(SECRET_ENV), help="密钥名")
+
+
+def add_demo_parser(commands: Subparsers) -> None:
+    """`demo`: the main job on the sample data."""
+    parser = commands.add_parser(
+        "demo", help="主流程：导入示例数据、训练随机森林与 LSTM、回测 2016 年并写报告 / the main job"
+    )
+    parser.add_argument(
+        "--csv", default=str(SAMPLE_BARS_CSV), help="示例K线文件（默认 ../shared/data 中的螺纹钢 1 分钟线）"
     )
 
 
@@ -621,13 +689,7 @@ def cmd_data(args: argparse.Namespace, home: Home) -> int:
     if not series:
         print("数据库为空。导入数据：python ai_trading_system.py import --csv FILE --vt-symbol rb0000.SHFE")
         return EXIT_OK
-    cli_output.print_table(
-        [
-            (s.vt_symbol, s.interval, f"{s.count:,}", f"{s.first:%Y-%m-%d %H:%M}", f"{s.last:%Y-%m-%d %H:%M}")
-            for s in series
-        ],
-        ("合约 / vt_symbol", "周期 / interval", "数量 / count", "首条 / first", "末条 / last"),
-    )
+    cli_output.print_stored(series)
     return EXIT_OK
 
 
@@ -660,34 +722,6 @@ def cmd_data_check(args: argparse.Namespace, home: Home) -> int:
         file=sys.stderr,
     )
     return EXIT_BAD_INPUT
-
-
-def check_before_use(bars: pd.DataFrame, vt_symbol: str, allow_gaps: bool) -> data_check.DataCheck:
-    """The data check that train and backtest run first: one line on stderr; a hole above the default limit
-    refuses (DataError, exit 2) unless `allow_gaps`."""
-    report = data_check.check_bars(bars, vt_symbol)
-    if not report.checked:
-        _stderr_progress(f"数据检查 / data check: {report.note}")
-        return report
-    _stderr_progress(
-        f"数据检查 / data check: {report.trading_days:,} 个交易日，缺 {report.missing_minutes:,} 分钟"
-        f"（截断 {len(report.truncations)} 种，缺口 {len(report.holes):,} 个，超过 {report.max_hole_minutes} 分钟的 "
-        f"{len(report.long_holes)} 个）/ trading days, missing minutes, truncations, holes"
-    )
-    if report.passed:
-        return report
-    shown = "; ".join(hole.describe() for hole in report.long_holes[:5])
-    if allow_gaps:
-        print(
-            f"警告 / warning: --allow-gaps：数据有超过 {report.max_hole_minutes} 分钟的缺口：{shown}", file=sys.stderr
-        )
-        return report
-    first, last = f"{report.first_bar:%Y-%m-%d}", f"{report.last_bar:%Y-%m-%d}"
-    raise DataError(
-        f"{vt_symbol} 的K线有 {len(report.long_holes)} 个超过 {report.max_hole_minutes} 分钟的缺口：{shown}。"
-        f"详情：python ai_trading_system.py data --check --vt-symbol {vt_symbol} --start {first} --end {last}；"
-        "补齐数据，或确认后加 --allow-gaps / holes above the limit in the bars"
-    )
 
 
 def _load_datafeed(home: Home) -> Any:
@@ -746,7 +780,8 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
     vt_symbol = args.vt_symbol
     _stderr_progress(f"读取K线 / loading bars: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     frame = data_collector.load_history_data(vt_symbol, args.start, args.end, args.interval, home=home)
-    frame, _ = mark_contracts(frame, vt_symbol, args.interval, home)  # rb888: the roll table's junctions, as train
+    # rb888: the roll table's junctions, as train
+    frame, _ = data_collector.mark_contracts(frame, vt_symbol, args.interval, home, _stderr_progress)
     _, report = data_processor.clean_data(frame, vt_symbol)
     print(f"清洗报告 / cleaning report: {vt_symbol} {args.interval} {args.start} ~ {args.end}")
     for line in report.lines():
@@ -777,8 +812,12 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
         raise ConfigError("--horizon 给出多个周期时不能与 --walk-forward 同用 / several horizons need one fold")
     _stderr_progress(f"读取K线 / loading bars: {args.vt_symbol} {args.interval} {args.start} ~ {args.end}")
     bars = data_collector.load_history_data(args.vt_symbol, args.start, args.end, args.interval, home=home)
-    extra = {"data_check": check_before_use(bars, args.vt_symbol, args.allow_gaps).summary()}
-    bars, extra["price_adjustment"] = mark_contracts(bars, args.vt_symbol, args.interval, home)
+    extra = {
+        "data_check": data_check.check_before_use(bars, args.vt_symbol, args.allow_gaps, _stderr_progress).summary()
+    }
+    bars, extra["price_adjustment"] = data_collector.mark_contracts(
+        bars, args.vt_symbol, args.interval, home, _stderr_progress
+    )
     spec = contract_spec(args.vt_symbol, load_contracts(settings_dirs(home)))
     horizons = args.horizon or [config.horizon]
     if len(horizons) > 1:
@@ -832,27 +871,6 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
-def mark_contracts(
-    bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Training bars of a continuous series built by `continuous` get a `contract` column from its roll table, so
-    the cleaning puts its roll junctions exactly there (an adjusted series has no gap left to find) and no label spans
-    one; also what the bundle records about the prices it was trained on."""
-    table = data_collector.load_roll_table(vt_symbol, bars, interval, home)
-    if table is None:
-        return bars, {"adjust": "none", "source": "stored series as imported"}
-    segments = contracts.table_segments(table)
-    marked = bars.copy()
-    marked["contract"] = contracts.contract_column(bars.index, segments)
-    marked.attrs = dict(bars.attrs)
-    used = [s.symbol for s in segments if s.symbol in set(marked["contract"])]
-    _stderr_progress(
-        f"主力连续 / continuous series: 复权 {table['adjust']}，{len(used)} 个合约段，换月处不跨越标签 / "
-        "labels never span a junction"
-    )
-    return marked, {"adjust": table["adjust"], "source": "continuous", "contracts": used}
-
-
 def resolve_bundle(home: Home, text: str) -> Path:
     """`--model` as a bundle folder path, else a name under <home>/models."""
     return ml_model.find_bundle(text, home.models_dir)
@@ -893,43 +911,8 @@ def backtest_bars(
         return None
     traded = bars.loc[bars.index >= pd.Timestamp(begin)]
     if not traded.empty:
-        check_before_use(traded, vt_symbol, allow_gaps)
-    return real_contract_prices(bars, vt_symbol, interval, backtests.home)
-
-
-def continuous_junctions(vt_symbol: str, interval: str, home: Home) -> list[datetime] | None:
-    """The first bar of every new contract of a continuous series built by `continuous` (the strategy is flat before
-    each, as before a roll gap), or None for any other series (roll gaps by the causal gap rule)."""
-    table = data_collector.load_roll_table(vt_symbol, None, interval, home)
-    return None if table is None else [segment.first_bar for segment in contracts.table_segments(table)[1:]]
-
-
-def refuse_adjusted_prices(vt_symbol: str, interval: str, home: Home, command: str) -> None:
-    """ConfigError when a command that backtests from the database (its workers reload the bars) would price trades
-    on a continuous series stored back-adjusted: prices nobody could trade."""
-    table = data_collector.load_roll_table(vt_symbol, None, interval, home)
-    if table is not None and table["adjust"] != "none":
-        product = contracts.split_symbol(vt_symbol)[0]
-        raise ConfigError(
-            f"{vt_symbol} 按 {table['adjust']} 复权存储，{command} 会按复权价成交；请先用真实价格重建："
-            f"python ai_trading_system.py continuous --product {product} --adjust none（backtest 会自动还原真实价格）/ "
-            "the series is stored adjusted: rebuild it with --adjust none first"
-        )
-
-
-def real_contract_prices(bars: pd.DataFrame, vt_symbol: str, interval: str, home: Home) -> pd.DataFrame:
-    """A backtest prices its trades on what could be traded: a continuous series stored back-adjusted gets each
-    contract's real prices back from its roll table (an adjusted price is not a price anyone paid, and fees and
-    ticks apply to real ones)."""
-    table = data_collector.load_roll_table(vt_symbol, bars, interval, home)
-    if table is None or table["adjust"] == "none":
-        return bars
-    _stderr_progress(
-        f"主力连续按 {table['adjust']} 复权存储，回测改用各合约真实价格 / the backtest uses the contracts' real prices"
-    )
-    real = contracts.real_prices(bars, contracts.table_segments(table)).drop(columns="contract")
-    real.attrs = dict(bars.attrs)
-    return real
+        data_check.check_before_use(traded, vt_symbol, allow_gaps, _stderr_progress)
+    return data_collector.real_contract_prices(bars, vt_symbol, interval, backtests.home, _stderr_progress)
 
 
 def run_and_report(
@@ -964,7 +947,7 @@ def run_and_report(
         bars=bars,
         use_cache=options.use_cache,
         allow_in_sample=options.allow_in_sample,
-        junctions=continuous_junctions(vt_symbol, options.interval, home),
+        junctions=data_collector.continuous_junctions(vt_symbol, options.interval, home),
     )
     files = backtesting_module.write_report(result, folder)
     cli_output.print_backtest_summary(result.statistics, backtesting_module.in_sample_note(result.in_sample))
@@ -996,7 +979,7 @@ def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
 
 def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
     """Grid or genetic search of strategy settings on all cores; walk-forward reports out-of-sample results only."""
-    refuse_adjusted_prices(args.vt_symbol, args.interval, home, "optimize")
+    data_collector.refuse_adjusted_prices(args.vt_symbol, args.interval, home, "optimize")
     bind_vnpy_for_backtest(home)
     import backtesting_module
 
@@ -1068,7 +1051,7 @@ def cmd_research(args: argparse.Namespace, home: Home) -> int:
         trees=args.trees,
         epochs=args.epochs,
     )
-    refuse_adjusted_prices(args.vt_symbol, args.interval, home, "research")
+    data_collector.refuse_adjusted_prices(args.vt_symbol, args.interval, home, "research")
     folder = Path(args.report_dir) if args.report_dir else research.default_folder(home, args.vt_symbol)
     bind_vnpy_for_backtest(home)
     connect_backend(args)
@@ -1100,7 +1083,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     cli_output.print_import(result)
     settings = settings_for(home)
     bars = data_collector.load_history_data(SAMPLE_VT_SYMBOL, *DEMO_TRAIN, home=home)
-    extra = {"data_check": check_before_use(bars, SAMPLE_VT_SYMBOL, allow_gaps=False).summary()}
+    extra = {"data_check": data_check.check_before_use(bars, SAMPLE_VT_SYMBOL, False, _stderr_progress).summary()}
     spec = contract_spec(SAMPLE_VT_SYMBOL, load_contracts(settings_dirs(home)))
     summaries: dict[str, dict[str, Any]] = {}
     for name, overrides in DEMO_MODELS.items():
@@ -1412,34 +1395,42 @@ def _ask(input_fn: Callable[[str], str], question: str, default: str) -> str:
     return answer or default
 
 
+# what modes 3, 2 and 1 (sim) ask: (option, question, default), in order; the answers become the options
+TRAINING_QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--vt-symbol", "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+    ("--start", "开始日期 / start", "2015-01-01"),
+    ("--end", "结束日期 / end", "2016-06-30"),
+    ("--model-type", "模型类型 / model type (lstm | random_forest)", "lstm"),
+)
+BACKTEST_QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--vt-symbol", "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
+    ("--start", "开始日期 / start", "2016-01-01"),
+    ("--end", "结束日期 / end", "2016-12-31"),
+    ("--model", "模型包 / model bundle (models/NAME)", "demo_rf"),
+)
+REPLAY_QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("--replay-start", "回放开始 / replay start (YYYY-MM-DD [HH:MM])", "2016-06-01"),
+    ("--replay-end", "回放结束 / replay end", "2016-06-10"),
+    ("--speed", "速度 / speed (max | 倍速 N)", "60"),
+    ("--model", "模型包 / model bundle (models/NAME)", "demo_rf"),
+)
+
+
+def _answers(input_fn: Callable[[str], str], questions: Sequence[tuple[str, str, str]]) -> tuple[str, ...]:
+    """Each question's option followed by its answer, asked in order."""
+    return tuple(
+        part for option, question, default in questions for part in (option, _ask(input_fn, question, default))
+    )
+
+
 def ask_training(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     """Mode 3's questions; the answers become the `train` subcommand's options."""
-    return (
-        "train",
-        "--vt-symbol",
-        _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
-        "--start",
-        _ask(input_fn, "开始日期 / start", "2015-01-01"),
-        "--end",
-        _ask(input_fn, "结束日期 / end", "2016-06-30"),
-        "--model-type",
-        _ask(input_fn, "模型类型 / model type (lstm | random_forest)", "lstm"),
-    )
+    return ("train", *_answers(input_fn, TRAINING_QUESTIONS))
 
 
 def ask_backtest(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     """Mode 2's questions; the answers become the `backtest` subcommand's options."""
-    return (
-        "backtest",
-        "--vt-symbol",
-        _ask(input_fn, "合约 / vt_symbol", SAMPLE_VT_SYMBOL),
-        "--start",
-        _ask(input_fn, "开始日期 / start", "2016-01-01"),
-        "--end",
-        _ask(input_fn, "结束日期 / end", "2016-12-31"),
-        "--model",
-        _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
-    )
+    return ("backtest", *_answers(input_fn, BACKTEST_QUESTIONS))
 
 
 def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
@@ -1447,19 +1438,7 @@ def ask_trading(input_fn: Callable[[str], str]) -> tuple[str, ...]:
     gateway = _ask(input_fn, "网关 / gateway (sim 历史回放模拟 | ctp SimNow或实盘)", "sim")
     if gateway != "sim":
         return ("trade", "--gateway", gateway)
-    return (
-        "trade",
-        "--gateway",
-        "sim",
-        "--replay-start",
-        _ask(input_fn, "回放开始 / replay start (YYYY-MM-DD [HH:MM])", "2016-06-01"),
-        "--replay-end",
-        _ask(input_fn, "回放结束 / replay end", "2016-06-10"),
-        "--speed",
-        _ask(input_fn, "速度 / speed (max | 倍速 N)", "60"),
-        "--model",
-        _ask(input_fn, "模型包 / model bundle (models/NAME)", "demo_rf"),
-    )
+    return ("trade", "--gateway", "sim", *_answers(input_fn, REPLAY_QUESTIONS))
 
 
 def live_account_confirmed(home: Home, input_fn: Callable[[str], str]) -> bool:

@@ -55,6 +55,17 @@ def print_import(result: data_collector.ImportResult) -> None:
     )
 
 
+def print_stored(series: Sequence[data_collector.StoredSeries]) -> None:
+    """What the database holds: one row a symbol and interval, with its count and first and last bar."""
+    print_table(
+        [
+            (s.vt_symbol, s.interval, f"{s.count:,}", f"{s.first:%Y-%m-%d %H:%M}", f"{s.last:%Y-%m-%d %H:%M}")
+            for s in series
+        ],
+        ("合约 / vt_symbol", "周期 / interval", "数量 / count", "首条 / first", "末条 / last"),
+    )
+
+
 WINDOW_HEADERS: tuple[str, ...] = (
     "时段 / window",
     "时段数 / sessions",

@@ -3,7 +3,7 @@ from holes, vendor truncations, zero-volume runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -478,4 +478,32 @@ def check_bars(
         outside_sessions=int((~in_window).sum()),
         on_closed_days=int(in_window.sum()),
         examples=tuple(f"{t:%Y-%m-%d %H:%M}" for t in index[stray][:5]),
+    )
+
+
+def check_before_use(
+    bars: pd.DataFrame, vt_symbol: str, allow_gaps: bool, progress: Callable[[str], None]
+) -> DataCheck:
+    """The data check that train and backtest run first, its one line given to `progress`: a hole above the default
+    limit refuses (DataError, exit 2) unless `allow_gaps`, which gives a warning to `progress` instead."""
+    report = check_bars(bars, vt_symbol)
+    if not report.checked:
+        progress(f"数据检查 / data check: {report.note}")
+        return report
+    progress(
+        f"数据检查 / data check: {report.trading_days:,} 个交易日，缺 {report.missing_minutes:,} 分钟"
+        f"（截断 {len(report.truncations)} 种，缺口 {len(report.holes):,} 个，超过 {report.max_hole_minutes} 分钟的 "
+        f"{len(report.long_holes)} 个）/ trading days, missing minutes, truncations, holes"
+    )
+    if report.passed:
+        return report
+    shown = "; ".join(hole.describe() for hole in report.long_holes[:5])
+    if allow_gaps:
+        progress(f"警告 / warning: --allow-gaps：数据有超过 {report.max_hole_minutes} 分钟的缺口：{shown}")
+        return report
+    first, last = f"{report.first_bar:%Y-%m-%d}", f"{report.last_bar:%Y-%m-%d}"
+    raise DataError(
+        f"{vt_symbol} 的K线有 {len(report.long_holes)} 个超过 {report.max_hole_minutes} 分钟的缺口：{shown}。"
+        f"详情：python ai_trading_system.py data --check --vt-symbol {vt_symbol} --start {first} --end {last}；"
+        "补齐数据，或确认后加 --allow-gaps / holes above the limit in the bars"
     )

@@ -62,6 +62,7 @@ from contracts import (
     build_continuous,
     check_adjustment,
     continuous_symbol,
+    contract_column,
     contract_days,
     is_continuous,
     real_prices,
@@ -1203,3 +1204,75 @@ class DataCollector:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+# --- a stored continuous series as training and backtests read it (its roll table applied) -------------------------
+
+
+def mark_contracts(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    home: Home | str | Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Training bars of a continuous series built by `continuous` get a `contract` column from its roll table, so
+    the cleaning puts its roll junctions exactly there (an adjusted series has no gap left to find) and no label spans
+    one; also what the bundle records about the prices it was trained on."""
+    table = load_roll_table(vt_symbol, bars, interval, home)
+    if table is None:
+        return bars, {"adjust": "none", "source": "stored series as imported"}
+    segments = table_segments(table)
+    marked = bars.copy()
+    marked["contract"] = contract_column(bars.index, segments)
+    marked.attrs = dict(bars.attrs)
+    used = [s.symbol for s in segments if s.symbol in set(marked["contract"])]
+    if progress:
+        progress(
+            f"主力连续 / continuous series: 复权 {table['adjust']}，{len(used)} 个合约段，换月处不跨越标签 / "
+            "labels never span a junction"
+        )
+    return marked, {"adjust": table["adjust"], "source": "continuous", "contracts": used}
+
+
+def continuous_junctions(vt_symbol: str, interval: str, home: Home | str | Path | None = None) -> list[datetime] | None:
+    """The first bar of every new contract of a continuous series built by `continuous` (the strategy is flat before
+    each, as before a roll gap), or None for any other series (roll gaps by the causal gap rule)."""
+    table = load_roll_table(vt_symbol, None, interval, home)
+    return None if table is None else [segment.first_bar for segment in table_segments(table)[1:]]
+
+
+def refuse_adjusted_prices(vt_symbol: str, interval: str, home: Home | str | Path | None, command: str) -> None:
+    """ConfigError when a command that backtests from the database (its workers reload the bars) would price trades
+    on a continuous series stored back-adjusted: prices nobody could trade."""
+    table = load_roll_table(vt_symbol, None, interval, home)
+    if table is not None and table["adjust"] != "none":
+        product = split_symbol(vt_symbol)[0]
+        raise ConfigError(
+            f"{vt_symbol} 按 {table['adjust']} 复权存储，{command} 会按复权价成交；请先用真实价格重建："
+            f"python ai_trading_system.py continuous --product {product} --adjust none（backtest 会自动还原真实价格）/ "
+            "the series is stored adjusted: rebuild it with --adjust none first"
+        )
+
+
+def real_contract_prices(
+    bars: pd.DataFrame,
+    vt_symbol: str,
+    interval: str,
+    home: Home | str | Path | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """A backtest prices its trades on what could be traded: a continuous series stored back-adjusted gets each
+    contract's real prices back from its roll table (an adjusted price is not a price anyone paid, and fees and
+    ticks apply to real ones)."""
+    table = load_roll_table(vt_symbol, bars, interval, home)
+    if table is None or table["adjust"] == "none":
+        return bars
+    if progress:
+        progress(
+            f"主力连续按 {table['adjust']} 复权存储，回测改用各合约真实价格 / "
+            "the backtest uses the contracts' real prices"
+        )
+    real = real_prices(bars, table_segments(table)).drop(columns="contract")
+    real.attrs = dict(bars.attrs)
+    return real

@@ -214,7 +214,7 @@ def stitched_home(home: Home, split: dict[str, pd.DataFrame]) -> Home:
 
 def test_training_bars_mark_the_junctions_so_no_label_spans_a_roll(stitched_home: Home) -> None:
     loaded = data_collector.load_history_data("rb888.SHFE", "2015-06-01", "2016-01-31", home=stitched_home)
-    marked, facts = ai_trading_system.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
+    marked, facts = data_collector.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
     assert facts == {"adjust": "ratio", "source": "continuous", "contracts": list(SYMBOLS)}
     cleaned, report = data_processor.clean_data(marked)
     assert [when for when, _ in report.roll_gaps] == list(JUNCTIONS)
@@ -231,7 +231,7 @@ def test_backtest_bars_of_an_adjusted_series_are_the_contracts_real_prices(
     stitched_home: Home, original: pd.DataFrame
 ) -> None:
     loaded = data_collector.load_history_data("rb888.SHFE", "2015-06-01", "2016-01-31", home=stitched_home)
-    real = ai_trading_system.real_contract_prices(loaded, "rb888.SHFE", "1m", stitched_home)
+    real = data_collector.real_contract_prices(loaded, "rb888.SHFE", "1m", stitched_home)
     expected = original.loc[real.index, ["open", "high", "low", "close"]]
     np.testing.assert_allclose(real[expected.columns].to_numpy(), expected.to_numpy(), rtol=1e-12)
     assert list(real.columns) == list(loaded.columns)
@@ -245,7 +245,7 @@ def test_a_series_and_a_table_that_disagree_refuse_with_the_fix(stitched_home: H
     table["segments"] = table["segments"][1:]
     path.write_text(json.dumps(table), encoding="utf-8")
     with pytest.raises(data_collector.DataError, match="continuous"):
-        ai_trading_system.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
+        data_collector.mark_contracts(loaded, "rb888.SHFE", "1m", stitched_home)
 
 
 # --- warm-up from the continuous series ---------------------------------------------------------------------------
