@@ -42,6 +42,7 @@ from config import (
     ConfigError,
     DataError,
     Home,
+    Secrets,
     TransientError,
     bind_vnpy_home,
     contract_spec,
@@ -965,13 +966,16 @@ def run_and_report(
     return dict(result.statistics)
 
 
+def report_folder(args: argparse.Namespace, home: Home, prefix: str = "") -> Path:
+    """--report-dir, else <home>/reports/[prefix]MODEL_START_END."""
+    if args.report_dir:
+        return Path(args.report_dir)
+    return home.reports_dir / f"{prefix}{Path(args.model).name}_{args.start}_{args.end}"
+
+
 def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
     """Mode 2: backtest the predictive strategy with a bundle and write the report."""
-    folder = (
-        Path(args.report_dir)
-        if args.report_dir
-        else (home.reports_dir / f"{Path(args.model).name}_{args.start}_{args.end}")
-    )
+    folder = report_folder(args, home)
     options = backtest_options(args)
     run_and_report(home, args.vt_symbol, args.start, args.end, args.model, options, folder, args.allow_gaps)
     return EXIT_OK
@@ -985,15 +989,10 @@ def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
 
     options = backtest_options(args)
     grid = dict(args.param)
-    folder = (
-        Path(args.report_dir)
-        if args.report_dir
-        else (home.reports_dir / f"optimize_{Path(args.model).name}_{args.start}_{args.end}")
-    )
+    folder = report_folder(args, home, "optimize_")
     backtests = backtesting_module.BacktestingModule(home)
     optimizer = backtesting_module.Optimizer(backtests, args.workers, args.backend)
-    if args.backend == "ray" and args.method == "ga":
-        raise ConfigError("--backend ray 只支持 --method grid / the genetic search runs on the local backend only")
+    optimizer.check_method(args.method)  # before connecting and preparing the job
     connect_backend(args)
     start = data_collector.to_china_time(args.start)
     end = data_collector.to_china_time(args.end, end_of_day=True)
@@ -1153,6 +1152,12 @@ def strategy_name(configs: Collection[str], requested: str | None) -> str:
     return name
 
 
+def broker_settings(args: argparse.Namespace, settings: AppSettings) -> BrokerSettings:
+    """broker.json as settings_for merged it (environment included), under the command line's --td-address,
+    --md-address and --connect-timeout."""
+    return BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
+
+
 def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -> TradeOptions:
     """The strategy (strategies.json's only entry, or --strategy) and the broker settings, by `layered`: the
     command line, then the strategy's entry (the home's strategies.json replaces the project's entry by name) over
@@ -1172,8 +1177,7 @@ def trade_options(args: argparse.Namespace, home: Home, settings: AppSettings) -
         **settings.risk.strategy_parameters(),
     }
     strategy = live_trading.StrategyConfig(name, config.class_name, vt_symbol, layered(defaults, chosen), roll)
-    broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
-    return TradeOptions(strategy, broker)
+    return TradeOptions(strategy, broker_settings(args, settings))
 
 
 def sim_setting(args: argparse.Namespace, home: Home, config: live_trading.StrategyConfig) -> dict[str, Any]:
@@ -1224,12 +1228,19 @@ def log_thread_exception(hook: Any) -> None:
     )
 
 
-def cmd_trade(args: argparse.Namespace, home: Home) -> int:
-    """Mode 1: trade live through CTP, or rehearse the whole live path on the simulated exchange."""
+def prepare_live(home: Home) -> tuple[AppSettings, Secrets]:
+    """What a command that connects a gateway does first: the settings and secrets, log redaction of the secrets,
+    and vnpy bound to the home before anything imports vnpy's engines (GUIDE §6)."""
     settings = settings_for(home)
     secrets = load_secrets(home)
     install_redaction()
-    bind_vnpy_home(home, settings.database)  # before anything imports vnpy's engines (GUIDE §6)
+    bind_vnpy_home(home, settings.database)
+    return settings, secrets
+
+
+def cmd_trade(args: argparse.Namespace, home: Home) -> int:
+    """Mode 1: trade live through CTP, or rehearse the whole live path on the simulated exchange."""
+    settings, secrets = prepare_live(home)
     options = trade_options(args, home, settings)
     config = options.strategy
     simulated = args.gateway == "sim"
@@ -1276,11 +1287,8 @@ def cmd_contracts(args: argparse.Namespace, home: Home) -> int:
     if not spec.exchange:
         raise ConfigError(f"合约表中品种 {args.product} 没有 exchange / the product's exchange is not set")
     continuous = f"{continuous_symbol(args.product)}.{spec.exchange}"
-    settings = settings_for(home)
-    secrets = load_secrets(home)
-    install_redaction()
-    bind_vnpy_home(home, settings.database)
-    broker = BrokerSettings(**layered(asdict(settings.broker), command_line_layer(args, "broker")))
+    settings, secrets = prepare_live(home)
+    broker = broker_settings(args, settings)
     if args.gateway == "sim":
         if not args.replay_start:
             raise ConfigError("--gateway sim 需要 --replay-start（YYYY-MM-DD）/ the replay day is needed")

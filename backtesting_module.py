@@ -594,6 +594,11 @@ class Optimizer:
             pickle.dump(job, handle, protocol=pickle.HIGHEST_PROTOCOL)
         return path
 
+    def check_method(self, method: str) -> None:
+        """ConfigError when the backend cannot run `method`: Ray runs the grid only."""
+        if self.backend == "ray" and method == "ga":
+            raise ConfigError("--backend ray 只支持 --method grid / the genetic search runs on the local backend only")
+
     def search(
         self,
         job_path: Path,
@@ -611,8 +616,7 @@ class Optimizer:
             setting.params[name] = list(values)
         setting.set_target(target)
         evaluate: Any = functools.partial(evaluate_setting, str(job_path))  # vnpy hints a dict; it uses the tuple
-        if self.backend == "ray" and method == "ga":
-            raise ConfigError("--backend ray 只支持 --method grid / the genetic search runs on the local backend only")
+        self.check_method(method)
         if self.backend == "ray":
             results = ray_grid(job, setting.generate_settings(), output)
         elif method == "ga":
