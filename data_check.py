@@ -87,6 +87,9 @@ class WindowCount:
     missing: int
 
 
+SESSION_COLUMNS: tuple[str, ...] = ("trading_day", "window", "expected", "missing", "truncated")  # SessionCount.row()
+
+
 @dataclass(frozen=True)
 class SessionCount:
     """One session of one trading day with missing minutes (a night under the trading day it belongs to)."""

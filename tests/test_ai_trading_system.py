@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import cli_parser
 import config
 import data_collector
 import data_processor
@@ -482,16 +483,16 @@ def test_backtest_and_optimize_defaults_are_the_options_the_demo_uses() -> None:
     required = ["--vt-symbol", "rb0000.SHFE", "--start", "2016-01-01", "--end", "2016-12-31", "--model", "demo_rf"]
     parser = ai_trading_system.build_parser()
     for command in (["backtest"], ["optimize", "--param", "fixed_size=1:2:1"]):
-        options = ai_trading_system.backtest_options(parser.parse_args([*command, *required]))
-        assert options == ai_trading_system.BACKTEST_DEFAULTS
-    defaults = ai_trading_system.BACKTEST_DEFAULTS
+        options = cli_parser.backtest_options(parser.parse_args([*command, *required]))
+        assert options == cli_parser.BACKTEST_DEFAULTS
+    defaults = cli_parser.BACKTEST_DEFAULTS
     assert (defaults.interval, defaults.capital, defaults.fixed_size, defaults.trailing_percent) == ("1m", 1e6, 1, 0.8)
     assert (defaults.rate, defaults.slippage, defaults.size, defaults.pricetick, defaults.threshold) == (None,) * 5
     assert defaults.use_cache and ai_trading_system.strategy_setting(defaults) == {
         "fixed_size": 1,
         "trailing_percent": 0.8,
     }
-    given = ai_trading_system.backtest_options(
+    given = cli_parser.backtest_options(
         parser.parse_args(
             ["backtest", *required, "--threshold", "0.002", "--fixed-size", "3", "--no-cache", "--capital", "5e5"]
         )
