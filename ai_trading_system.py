@@ -64,21 +64,16 @@ logger = logging.getLogger("ai_trading_system")  # not __name__: run as a script
 Handler = Callable[[argparse.Namespace, Home], int]
 
 
-def connect_backend(args: argparse.Namespace) -> None:
-    """Connect to Ray when `--backend ray` asks for it (a ConfigError, exit 2, when Ray is missing)."""
-    if args.ray_address and args.backend != "ray":
-        raise ConfigError("--ray-address 需要 --backend ray / --ray-address needs --backend ray")
-    if args.backend == "ray":
-        import cluster
-
-        cluster.connect(args.ray_address)
-
-
 def _stderr_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --- commands ----------------------------------------------------------------------------------
+def resolve_bundle(home: Home, text: str) -> Path:
+    """`--model` as a bundle folder path, else a name under <home>/models."""
+    return ml_model.find_bundle(text, home.models_dir)
+
+
+# --- market data: import, data, download, continuous, audit ------------------------------------
 
 
 def cmd_import(args: argparse.Namespace, home: Home) -> int:
@@ -216,6 +211,9 @@ def cmd_audit(args: argparse.Namespace, home: Home) -> int:
     return EXIT_LEAK if result.leaking_columns else EXIT_OK
 
 
+# --- models: train, model ----------------------------------------------------------------------
+
+
 def cmd_train(args: argparse.Namespace, home: Home) -> int:
     """Mode 3: load, clean, build features, split with a purge, train, evaluate, save the bundle(s)."""
     settings = settings_for(home)
@@ -287,17 +285,15 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
-def resolve_bundle(home: Home, text: str) -> Path:
-    """`--model` as a bundle folder path, else a name under <home>/models."""
-    return ml_model.find_bundle(text, home.models_dir)
-
-
 def cmd_model(args: argparse.Namespace, home: Home) -> int:
     """Load a bundle with every check a load applies (seal, files, features, window, horizon, label kind, versions),
     then show what it is and how it scored."""
     model = ml_model.PricePredictionModel().load_model(resolve_bundle(home, args.model))
     cli_output.print_model(model)
     return EXIT_OK
+
+
+# --- backtests: backtest, optimize, research, demo ---------------------------------------------
 
 
 def strategy_setting(options: BacktestOptions) -> dict[str, Any]:
@@ -394,6 +390,16 @@ def cmd_backtest(args: argparse.Namespace, home: Home) -> int:
     options = backtest_options(args)
     run_and_report(home, args.vt_symbol, args.start, args.end, args.model, options, folder, args.allow_gaps)
     return EXIT_OK
+
+
+def connect_backend(args: argparse.Namespace) -> None:
+    """Connect to Ray when `--backend ray` asks for it (a ConfigError, exit 2, when Ray is missing)."""
+    if args.ray_address and args.backend != "ray":
+        raise ConfigError("--ray-address 需要 --backend ray / --ray-address needs --backend ray")
+    if args.backend == "ray":
+        import cluster
+
+        cluster.connect(args.ray_address)
 
 
 def cmd_optimize(args: argparse.Namespace, home: Home) -> int:
@@ -516,7 +522,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     return EXIT_OK
 
 
-# --- live trading (mode 1) ------------------------------------------------------------------
+# --- live trading (mode 1) ---------------------------------------------------------------------
 
 
 # trade options that override a setting: option dest -> (where, key). "strategy": the strategy's entry in

@@ -36,6 +36,14 @@ def _width(text: str) -> int:
     return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
 
 
+def print_frame(table: pd.DataFrame) -> None:
+    """A result frame (optimisation results, walk-forward folds) as a table of its values."""
+    print_table([tuple(str(v) for v in row) for row in table.itertuples(index=False)], list(table.columns))
+
+
+# --- market data: import, data, continuous, audit ----------------------------------------------
+
+
 def print_import(result: data_collector.ImportResult) -> None:
     """The summary table of one import."""
     print(f"导入完成 / imported: {result.vt_symbol} {result.interval.value}  ({result.path})")
@@ -96,6 +104,50 @@ def print_data_check(report: data_check.DataCheck) -> None:
         )
 
 
+def print_continuous(result: data_collector.ContinuousResult, interval: str) -> None:
+    """What `continuous` stored: the series, its contracts and bars, and the roll table."""
+    table = result.table
+    print(f"主力连续已保存 / series stored: {result.vt_symbol} {interval}，复权 / adjust {result.adjust}")
+    print_table(
+        [
+            ("各月合约 / contracts read", f"{len(result.contracts)}：{', '.join(result.contracts)}"),
+            ("合约K线 / contract bars read", f"{result.source_bars:,}"),
+            ("连续K线 / series bars", f"{table['bars']:,}（替换旧序列 / old series replaced）"),
+            ("首根 / first bar", table["first_bar"][:16]),
+            ("末根 / last bar", table["last_bar"][:16]),
+            ("换月 / rolls", f"{len(table['rolls'])}"),
+            ("换月表 / roll table", str(result.table_path)),
+            ("用时 / seconds", f"{result.seconds:.1f}"),
+        ],
+        ITEM_VALUE,
+    )
+    if table["rolls"]:
+        print()
+        print_table(
+            [
+                (
+                    r["decided_day"],
+                    r["effective_day"],
+                    f"{r['old_symbol']} → {r['new_symbol']}",
+                    f"{r['old_price']:g}",
+                    f"{r['new_price']:g}",
+                    f"{r['factor']:.6f}",
+                    f"{r['offset']:+g}",
+                )
+                for r in table["rolls"]
+            ],
+            (
+                "决定日 / decided",
+                "生效日 / effective",
+                "换月 / roll",
+                "旧合约价 / old",
+                "新合约价 / new",
+                "比例 / factor",
+                "价差 / offset",
+            ),
+        )
+
+
 AUDIT_HEADERS: tuple[str, ...] = (
     "列 / column",
     "结论 / verdict",
@@ -105,7 +157,25 @@ AUDIT_HEADERS: tuple[str, ...] = (
 )
 
 
+def print_audit(result: data_processor.AuditResult, cuts: int) -> None:
+    """The look-ahead audit's table of columns and its verdict line."""
+    print_table(result.rows(), AUDIT_HEADERS)
+    checked = len(result.columns)
+    leaking = result.leaking_columns
+    print()
+    print(
+        f"检查 {checked} 列，{cuts} 个切点，泄漏 {len(leaking)} 列 / "
+        f"checked {checked} columns at {cuts} cut points: {len(leaking)} leaking"
+        + (f" ({', '.join(leaking)})" if leaking else "")
+    )
+
+
+# --- models: train, model ----------------------------------------------------------------------
+
+
 METRIC_NAMES: tuple[str, ...] = ("mse", "mae", "directional_accuracy", "ic", "rank_ic")
+
+
 METRIC_HEADERS: tuple[str, ...] = ("指标 / metric", "模型 / model", "零预测 / zero", "上期方向 / last-return sign")
 
 
@@ -195,184 +265,6 @@ def print_decision(metadata: dict[str, Any]) -> None:
         )
 
 
-IMPORTANCE_HEADERS: tuple[str, ...] = (
-    "特征 / feature",
-    "置换 IC 降幅 / permutation IC drop",
-    "置换 MSE 增幅 / MSE rise",
-    "森林重要性 / forest",
-    "训练期秩 IC / train rank IC",
-)
-
-
-def print_importance(importance: dict[str, Any] | None, count: int = 10) -> None:
-    """The features the model uses most: shuffling each on validation (ml_model.feature_importance), largest first."""
-    if not importance:
-        return
-    names = list(importance["features"])
-    forest = importance.get("forest") or [None] * len(names)
-    columns = {name: k for k, name in enumerate(names)}
-    rows = []
-    for name in ml_model.top_features(importance, count):
-        k = columns[name]
-        values = (importance["permutation_ic_drop"][k], importance["permutation_mse_rise"][k], forest[k])
-        rows.append((name, *(_number(v) for v in values), _number(importance["train_rank_ic"][k])))
-    print(
-        f"\n最重要的 {len(rows)} 个特征 / top features: 验证期 {importance['validation_windows']:,} 个窗口逐一打乱 "
-        f"/ each shuffled across validation windows (seed {importance['seed']})"
-    )
-    print_table(rows, IMPORTANCE_HEADERS)
-
-
-SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("total_net_pnl", "净盈亏 / net P&L", "{:,.2f}"),
-    ("total_return", "总收益率 / return %", "{:.2f}"),
-    ("annual_return", "年化收益率 / annual return %", "{:.2f}"),
-    ("max_ddpercent", "最大回撤 / max drawdown %", "{:.2f}"),
-    ("sharpe_ratio", "夏普比率 / Sharpe", "{:.2f}"),
-    ("total_trade_count", "成交笔数 / trades", "{:,}"),
-    ("long_entries", "开多次数 / long entries", "{:,}"),
-    ("short_entries", "开空次数 / short entries", "{:,}"),
-    ("trades_per_day", "日均成交 / trades per day", "{:.2f}"),
-    ("expected_trades_per_day", "验证期日均成交 / expected per day", "{:.2f}"),
-    ("edge", "验证期结论 / edge", "{}"),
-    ("total_commission", "手续费 / commission", "{:,.2f}"),
-    ("total_slippage", "滑点成本 / slippage", "{:,.2f}"),
-    ("buy_and_hold_return", "买入持有收益率 / buy & hold %", "{:.2f}"),
-)
-
-
-def print_in_sample(note: str) -> None:
-    """The IN-SAMPLE line (backtesting_module.in_sample_note) that opens an in-sample run's summary."""
-    if note:
-        print(f"样本内 / {note}")
-
-
-def print_backtest_summary(statistics: dict[str, Any], in_sample_note: str = "") -> None:
-    """The key statistics of one backtest, after the IN-SAMPLE line when it ran in sample."""
-    print_in_sample(in_sample_note)
-    print_table([(label, statistic_text(statistics, key, pattern)) for key, label, pattern in SUMMARY_ROWS], ITEM_VALUE)
-
-
-DEMO_COLUMNS: tuple[str, ...] = (
-    "total_net_pnl",
-    "total_return",
-    "max_ddpercent",
-    "sharpe_ratio",
-    "total_trade_count",
-    "long_entries",
-    "short_entries",
-    "trades_per_day",
-    "expected_trades_per_day",
-    "edge",
-)
-
-
-def print_trade_summary(system: live_trading.AITradingSystem, config: live_trading.StrategyConfig) -> None:
-    """Orders, trades and the final position of the run."""
-    strategy = system.cta_engine.strategies.get(config.name)
-    orders = system.main_engine.get_all_orders()
-    trades = system.main_engine.get_all_trades()
-    rows = [
-        ("策略 / strategy", config.name),
-        ("合约 / contract", strategy.vt_symbol if strategy else config.vt_symbol),
-        ("委托 / orders", len(orders)),
-        ("成交 / trades", len(trades)),
-        ("持仓 / position", strategy.pos if strategy else "-"),
-        ("审计日志 / audit log", system.audit.path),
-    ]
-    accounts = [a for a in system.main_engine.get_all_accounts() if a.gateway_name == system.gateway_name]
-    if accounts:
-        rows.append(("账户权益 / balance", f"{accounts[-1].balance:.2f}"))
-    if strategy is not None and strategy.risk is not None:
-        book = strategy.risk.state
-        pnl = book.book_equity(strategy.risk.spec.size) - book.capital
-        rows.append(("策略账本盈亏 / book P&L", f"{pnl:.2f}"))
-        rows.append(("其中滑点 / of which slippage", f"{book.slippage_cost:.2f}"))
-    if system.collector is not None:
-        stats = system.collector.stats
-        rows += [("记录 tick / ticks recorded", stats.ticks_stored), ("记录K线 / bars recorded", stats.bars_stored)]
-    print_table(rows, ITEM_VALUE)
-
-
-def statistic_text(statistics: dict[str, Any], key: str, pattern: str) -> str:
-    """One backtest statistic by its SUMMARY_ROWS pattern, "-" when the run has none."""
-    value = statistics.get(key)
-    return "-" if value is None else pattern.format(value)
-
-
-def print_demo_summary(summaries: dict[str, dict[str, Any]]) -> None:
-    """The demo's bundles side by side: the DEMO_COLUMNS statistics of each one's backtest."""
-    shown = [row for row in SUMMARY_ROWS if row[0] in DEMO_COLUMNS]
-    rows = [
-        (name, *(statistic_text(statistics, key, pattern) for key, _, pattern in shown))
-        for name, statistics in summaries.items()
-    ]
-    print()
-    print_table(rows, ("模型 / model", *(label for _, label, _ in shown)))
-
-
-def print_frame(table: pd.DataFrame) -> None:
-    """A result frame (optimisation results, walk-forward folds) as a table of its values."""
-    print_table([tuple(str(v) for v in row) for row in table.itertuples(index=False)], list(table.columns))
-
-
-def print_continuous(result: data_collector.ContinuousResult, interval: str) -> None:
-    """What `continuous` stored: the series, its contracts and bars, and the roll table."""
-    table = result.table
-    print(f"主力连续已保存 / series stored: {result.vt_symbol} {interval}，复权 / adjust {result.adjust}")
-    print_table(
-        [
-            ("各月合约 / contracts read", f"{len(result.contracts)}：{', '.join(result.contracts)}"),
-            ("合约K线 / contract bars read", f"{result.source_bars:,}"),
-            ("连续K线 / series bars", f"{table['bars']:,}（替换旧序列 / old series replaced）"),
-            ("首根 / first bar", table["first_bar"][:16]),
-            ("末根 / last bar", table["last_bar"][:16]),
-            ("换月 / rolls", f"{len(table['rolls'])}"),
-            ("换月表 / roll table", str(result.table_path)),
-            ("用时 / seconds", f"{result.seconds:.1f}"),
-        ],
-        ITEM_VALUE,
-    )
-    if table["rolls"]:
-        print()
-        print_table(
-            [
-                (
-                    r["decided_day"],
-                    r["effective_day"],
-                    f"{r['old_symbol']} → {r['new_symbol']}",
-                    f"{r['old_price']:g}",
-                    f"{r['new_price']:g}",
-                    f"{r['factor']:.6f}",
-                    f"{r['offset']:+g}",
-                )
-                for r in table["rolls"]
-            ],
-            (
-                "决定日 / decided",
-                "生效日 / effective",
-                "换月 / roll",
-                "旧合约价 / old",
-                "新合约价 / new",
-                "比例 / factor",
-                "价差 / offset",
-            ),
-        )
-
-
-def print_audit(result: data_processor.AuditResult, cuts: int) -> None:
-    """The look-ahead audit's table of columns and its verdict line."""
-    print_table(result.rows(), AUDIT_HEADERS)
-    checked = len(result.columns)
-    leaking = result.leaking_columns
-    print()
-    print(
-        f"检查 {checked} 列，{cuts} 个切点，泄漏 {len(leaking)} 列 / "
-        f"checked {checked} columns at {cuts} cut points: {len(leaking)} leaking"
-        + (f" ({', '.join(leaking)})" if leaking else "")
-    )
-
-
 def print_walk_forward(folds: Sequence[ml_model.WalkForwardFold]) -> None:
     """Each fold's test part, then one row a fold: its test span and scores beside the zero prediction."""
     rows = []
@@ -425,6 +317,128 @@ def print_model(model: ml_model.PricePredictionModel) -> None:
         print()
         print_metrics(model.metrics["test"])
     print_importance(meta.get("importance"))
+
+
+IMPORTANCE_HEADERS: tuple[str, ...] = (
+    "特征 / feature",
+    "置换 IC 降幅 / permutation IC drop",
+    "置换 MSE 增幅 / MSE rise",
+    "森林重要性 / forest",
+    "训练期秩 IC / train rank IC",
+)
+
+
+def print_importance(importance: dict[str, Any] | None, count: int = 10) -> None:
+    """The features the model uses most: shuffling each on validation (ml_model.feature_importance), largest first."""
+    if not importance:
+        return
+    names = list(importance["features"])
+    forest = importance.get("forest") or [None] * len(names)
+    columns = {name: k for k, name in enumerate(names)}
+    rows = []
+    for name in ml_model.top_features(importance, count):
+        k = columns[name]
+        values = (importance["permutation_ic_drop"][k], importance["permutation_mse_rise"][k], forest[k])
+        rows.append((name, *(_number(v) for v in values), _number(importance["train_rank_ic"][k])))
+    print(
+        f"\n最重要的 {len(rows)} 个特征 / top features: 验证期 {importance['validation_windows']:,} 个窗口逐一打乱 "
+        f"/ each shuffled across validation windows (seed {importance['seed']})"
+    )
+    print_table(rows, IMPORTANCE_HEADERS)
+
+
+# --- backtests: backtest, optimize, demo -------------------------------------------------------
+
+
+SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("total_net_pnl", "净盈亏 / net P&L", "{:,.2f}"),
+    ("total_return", "总收益率 / return %", "{:.2f}"),
+    ("annual_return", "年化收益率 / annual return %", "{:.2f}"),
+    ("max_ddpercent", "最大回撤 / max drawdown %", "{:.2f}"),
+    ("sharpe_ratio", "夏普比率 / Sharpe", "{:.2f}"),
+    ("total_trade_count", "成交笔数 / trades", "{:,}"),
+    ("long_entries", "开多次数 / long entries", "{:,}"),
+    ("short_entries", "开空次数 / short entries", "{:,}"),
+    ("trades_per_day", "日均成交 / trades per day", "{:.2f}"),
+    ("expected_trades_per_day", "验证期日均成交 / expected per day", "{:.2f}"),
+    ("edge", "验证期结论 / edge", "{}"),
+    ("total_commission", "手续费 / commission", "{:,.2f}"),
+    ("total_slippage", "滑点成本 / slippage", "{:,.2f}"),
+    ("buy_and_hold_return", "买入持有收益率 / buy & hold %", "{:.2f}"),
+)
+
+
+def statistic_text(statistics: dict[str, Any], key: str, pattern: str) -> str:
+    """One backtest statistic by its SUMMARY_ROWS pattern, "-" when the run has none."""
+    value = statistics.get(key)
+    return "-" if value is None else pattern.format(value)
+
+
+def print_in_sample(note: str) -> None:
+    """The IN-SAMPLE line (backtesting_module.in_sample_note) that opens an in-sample run's summary."""
+    if note:
+        print(f"样本内 / {note}")
+
+
+def print_backtest_summary(statistics: dict[str, Any], in_sample_note: str = "") -> None:
+    """The key statistics of one backtest, after the IN-SAMPLE line when it ran in sample."""
+    print_in_sample(in_sample_note)
+    print_table([(label, statistic_text(statistics, key, pattern)) for key, label, pattern in SUMMARY_ROWS], ITEM_VALUE)
+
+
+DEMO_COLUMNS: tuple[str, ...] = (
+    "total_net_pnl",
+    "total_return",
+    "max_ddpercent",
+    "sharpe_ratio",
+    "total_trade_count",
+    "long_entries",
+    "short_entries",
+    "trades_per_day",
+    "expected_trades_per_day",
+    "edge",
+)
+
+
+def print_demo_summary(summaries: dict[str, dict[str, Any]]) -> None:
+    """The demo's bundles side by side: the DEMO_COLUMNS statistics of each one's backtest."""
+    shown = [row for row in SUMMARY_ROWS if row[0] in DEMO_COLUMNS]
+    rows = [
+        (name, *(statistic_text(statistics, key, pattern) for key, _, pattern in shown))
+        for name, statistics in summaries.items()
+    ]
+    print()
+    print_table(rows, ("模型 / model", *(label for _, label, _ in shown)))
+
+
+# --- live trading: trade, state, contracts -----------------------------------------------------
+
+
+def print_trade_summary(system: live_trading.AITradingSystem, config: live_trading.StrategyConfig) -> None:
+    """Orders, trades and the final position of the run."""
+    strategy = system.cta_engine.strategies.get(config.name)
+    orders = system.main_engine.get_all_orders()
+    trades = system.main_engine.get_all_trades()
+    rows = [
+        ("策略 / strategy", config.name),
+        ("合约 / contract", strategy.vt_symbol if strategy else config.vt_symbol),
+        ("委托 / orders", len(orders)),
+        ("成交 / trades", len(trades)),
+        ("持仓 / position", strategy.pos if strategy else "-"),
+        ("审计日志 / audit log", system.audit.path),
+    ]
+    accounts = [a for a in system.main_engine.get_all_accounts() if a.gateway_name == system.gateway_name]
+    if accounts:
+        rows.append(("账户权益 / balance", f"{accounts[-1].balance:.2f}"))
+    if strategy is not None and strategy.risk is not None:
+        book = strategy.risk.state
+        pnl = book.book_equity(strategy.risk.spec.size) - book.capital
+        rows.append(("策略账本盈亏 / book P&L", f"{pnl:.2f}"))
+        rows.append(("其中滑点 / of which slippage", f"{book.slippage_cost:.2f}"))
+    if system.collector is not None:
+        stats = system.collector.stats
+        rows += [("记录 tick / ticks recorded", stats.ticks_stored), ("记录K线 / bars recorded", stats.bars_stored)]
+    print_table(rows, ITEM_VALUE)
 
 
 def print_states(folder: Path, states: dict[str, dict[str, Any]]) -> None:

@@ -16,6 +16,9 @@ from contracts import ROLL_MODES
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers() returns
 
 
+# --- option types (argparse `type=`) -----------------------------------------------------------
+
+
 def _column_map(text: str) -> dict[str, str]:
     """Parse `datetime=trade_time,open=open_price,...`."""
     pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
@@ -52,6 +55,7 @@ def _bundle_name(text: str) -> str:
 
 
 def _parse_float(text: str) -> float:
+    """A number, else the argparse error."""
     try:
         return float(text)
     except ValueError:
@@ -98,6 +102,9 @@ def _grid_param(text: str) -> tuple[str, list[float]]:
     if name in ("fixed_size", "slippage_ticks"):
         values = [int(v) for v in values]
     return name, values
+
+
+# --- options shared by several subcommands -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="auto|HOST:PORT",
         help="Ray 集群地址（auto 或 HOST:PORT；默认在本机回环地址上启动 Ray）/ the Ray cluster to join",
     )
+
+
+# --- the parser: one function a subcommand, in the order --help lists them ---------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
