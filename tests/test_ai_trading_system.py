@@ -348,8 +348,10 @@ def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
 ) -> None:
     honest = data_processor.build_features
 
-    def peeking(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame:
-        features = honest(df, vt_symbol)
+    def peeking(
+        df: pd.DataFrame, vt_symbol: str | None = None, feature_set: str = data_processor.DEFAULT_FEATURE_SET
+    ) -> pd.DataFrame:
+        features = honest(df, vt_symbol, feature_set)
         features["next_close"] = df["close"].shift(-1)  # the future: absent on the last row of every prefix
         return features
 
