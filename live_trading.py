@@ -558,9 +558,7 @@ class AITradingSystem:
                     met = "已满足" if need.met([bar.datetime for bar in bars]) else "不足：首根实盘K线可能没有预测"
                     message += f"；{days} 天（策略设 {asked} 天），模型需要 {need.describe()}，{met}"
                 self.cta_engine.write_log(message)  # the CTA log, which _on_strategy_log puts in the process log
-            for bar in bars:
-                callback(bar)
-            return bars
+            return bars  # CtaTemplate.load_bar feeds them to the callback: feeding them here too fed them twice
 
         load_bar.warmup = True  # type: ignore[attr-defined]
         engine.load_bar = load_bar
