@@ -816,6 +816,24 @@ def load_roll_table(
     return table
 
 
+def stored_before(
+    vt_symbol: str, start: datetime, end: datetime, own: list[BarData], home: Home | str | Path | None = None
+) -> list[BarData]:
+    """The database's 1-minute bars of the symbol itself from `start` up to its first `own` bar (or `end`): the
+    history a gateway or datafeed did not reach back to (the simulated exchange serves only `warmup_days`)."""
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    until = min([end, *(bar.datetime for bar in own[:1])])
+    if until <= start:
+        return []
+    conn = open_database(home)
+    try:
+        frame = load_bar_frame(conn, symbol, exchange, Interval.MINUTE, start, until)
+    finally:
+        conn.close()
+    frame = frame.loc[frame.index < pd.Timestamp(until)]
+    return frame_to_bars(frame, vt_symbol) if not frame.empty else []
+
+
 def warmup_history(
     vt_symbol: str,
     start: datetime,

@@ -576,6 +576,10 @@ class AITradingSystem:
         end = self.history_now()
         adjust = getattr(need, "adjust", "ratio")
         try:
+            own = data_collector.stored_before(vt_symbol, end - timedelta(days=days), end, own, self.home) + own
+        except AppError as exc:
+            logger.warning("读取库中的本合约K线失败：%s / stored bars unreadable", exc)
+        try:
             found = data_collector.warmup_history(
                 vt_symbol, end - timedelta(days=days), end, list(own), self.home, adjust
             )

@@ -151,13 +151,13 @@ logging.basicConfig(level=logging.INFO)
 home = resolve_home()
 settings = settings_for(home)
 bind_vnpy_home(home, settings.database)
-spec = contract_spec("rb1605.SHFE", load_contracts(settings_dirs(home)))
+spec = contract_spec(SYMBOL, load_contracts(settings_dirs(home)))
 setting = {**live_trading.live_costs(spec, 1_000_000.0, True), "model_path": MODEL, "warmup_days": 10}
-config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", "rb1605.SHFE", setting)
+config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", SYMBOL, setting)
 system = live_trading.AITradingSystem(home, settings, Secrets())
 predictions = []
 try:
-    system.connect_gateway("SIM", {"vt_symbol": "rb1605.SHFE", "home": str(home.root), "csv": CSV,
+    system.connect_gateway("SIM", {"vt_symbol": SYMBOL, "home": str(home.root), "csv": CSV,
                                    "start": "2016-02-15", "end": "2016-02-15", "speed": "max", "hold": True,
                                    "warmup_days": 10}, 30)
     assert system.start_trading(config)
@@ -194,7 +194,7 @@ def test_sim_run_after_the_spring_festival_with_an_mtf_bundle_predicts_on_its_fi
     bundle = tmp_path / "mtf_none"
     shutil.copytree(mtf_bundle, bundle)
     edit_metadata(bundle, price_adjustment={"adjust": "none", "source": "stored series as imported"})
-    code = f"MODEL, CSV = {str(bundle)!r}, {str(csv)!r}\n" + FESTIVAL_SCRIPT
+    code = f"MODEL, CSV, SYMBOL = {str(bundle)!r}, {str(csv)!r}, 'rb1605.SHFE'\n" + FESTIVAL_SCRIPT
     result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout.split("WARM", 1)[1])
@@ -203,3 +203,19 @@ def test_sim_run_after_the_spring_festival_with_an_mtf_bundle_predicts_on_its_fi
     warmed = [line for line in result.stderr.splitlines() if "预热K线" in line]
     assert len(warmed) == 1 and "本合约 0 根" in warmed[0] and "已满足" in warmed[0], warmed
     assert "策略设 10 天" in warmed[0] and "不复权" in warmed[0] and "6 个完整交易日" in warmed[0]
+
+
+@pytest.mark.slow
+def test_sim_replay_of_a_stored_series_reaches_past_the_simulators_days_into_the_database(
+    home: Home, sample_frame: pd.DataFrame, mtf_bundle: Path
+) -> None:
+    stored = bars(sample_frame, "2016-01-04", "2016-02-16 15:00")
+    stored["turnover"] = stored["open_interest"] = 0.0
+    _store(home, {"rb0000": stored})
+    code = f"MODEL, CSV, SYMBOL = {str(mtf_bundle)!r}, '', {VT!r}\n" + FESTIVAL_SCRIPT
+    result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout.split("WARM", 1)[1])
+    assert predictions[0][0] == "2016-02-15T09:00:00+08:00" and all(value is not None for _, value in predictions)
+    warmed = [line for line in result.stderr.splitlines() if "预热K线" in line]
+    assert len(warmed) == 1 and "已满足" in warmed[0] and "策略设 10 天" in warmed[0], warmed
