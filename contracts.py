@@ -372,10 +372,25 @@ def table_junction_factors(table: Mapping[str, Any]) -> dict[tuple[str, str], fl
         raise DataError(f"换月表格式错误（{exc!r}）；请重新运行 continuous / malformed roll table") from None
 
 
+def table_junction_offsets(table: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    """(old, new) symbol → the junction's difference (new − old) from a roll table read back from JSON."""
+    try:
+        return {(str(r["old_symbol"]), str(r["new_symbol"])): float(r["offset"]) for r in table["rolls"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"换月表格式错误（{exc!r}）；请重新运行 continuous / malformed roll table") from None
+
+
+WARMUP_ADJUST_WORDS: dict[str, str] = {
+    "ratio": "按比例复权",
+    "difference": "按价差复权",
+    "none": "不复权（接缝保留为跳空）",
+}
+
+
 @dataclass(frozen=True)
 class WarmupSources:
     """Where a warm-up's bars came from: the traded contract's own, the continuous series' (which contracts), and
-    how the continuous part was put on the traded contract's price level."""
+    how the continuous part was put on the traded contract's price level (`adjust`: as the bundle was trained)."""
 
     own: int
     continuous: int
@@ -383,69 +398,97 @@ class WarmupSources:
     level: str  # "same": the series' last contract is the traded one; "own": matched to its own bars; "unknown";
     # "none": the series has no bar in the window before the own bars
     factor: float  # what the series' last contract's prices were multiplied by to reach the traded contract
+    adjust: str = "ratio"  # how junctions were bridged: ratio, difference (offsets added) or none (left as gaps)
+    offset: float = 0.0  # difference: what was added to the series' last contract's prices
 
     def describe(self, vt_symbol: str) -> str:
         """One log line, Chinese first."""
+        match = f"×{self.factor:.6f}" if self.adjust == "ratio" else f"{self.offset:+.4f}"
         level = {
             "same": "主力即本合约，价位一致",
-            "own": f"按本合约K线接缝比例 ×{self.factor:.6f} 调到本合约价位",
+            "own": f"按本合约K线接缝 {match} 调到本合约价位",
             "unknown": "本合约价位未知（无本合约K线），保持主力价位：首根实盘K线可能显示为换月跳空",
             "none": "主力连续在此窗口内没有K线",
         }[self.level]
+        if self.adjust == "none" and self.level == "own":
+            level = "未调价位：本合约K线前保留换月跳空"
         via = "、".join(self.contracts) or "无"
         return (
-            f"{vt_symbol} 预热K线：本合约 {self.own:,} 根，主力连续 {self.continuous:,} 根（{via}；{level}）/ "
-            f"warm-up bars: {self.own:,} own, {self.continuous:,} from the continuous series ({self.level} level)"
+            f"{vt_symbol} 预热K线：本合约 {self.own:,} 根，主力连续 {self.continuous:,} 根（{via}；{level}；"
+            f"{WARMUP_ADJUST_WORDS[self.adjust]}，与模型包一致）/ warm-up bars: {self.own:,} own, "
+            f"{self.continuous:,} from the continuous series ({self.level} level, {self.adjust} adjustment)"
         )
 
 
 def warmup_bars(
-    continuous: pd.DataFrame, own: pd.DataFrame, symbol: str, factors: Mapping[tuple[str, str], float]
+    continuous: pd.DataFrame,
+    own: pd.DataFrame,
+    symbol: str,
+    factors: Mapping[tuple[str, str], float],
+    adjust: str = "ratio",
+    offsets: Mapping[tuple[str, str], float] | None = None,
 ) -> tuple[pd.DataFrame, WarmupSources]:
     """History for a strategy on contract `symbol`: the continuous series' bars (real prices with a `contract`
-    column) before the first bar of the contract's `own`, ratio-adjusted across the series' junctions inside the
-    window (`factors`: the roll table's) and onto the contract's level at the junction, then the own bars (they win
-    where both have bars). Columns: OHLCV, turnover and open interest."""
+    column) before the first bar of the contract's `own`, adjusted across the series' junctions inside the window
+    and onto the contract's level at the junction, as the bundle's training prices were (`adjust`: `ratio` by the
+    roll table's `factors`, `difference` by its `offsets`, `none` left at real prices with their gaps), then the own
+    bars (they win where both have bars). Columns: OHLCV, turnover and open interest."""
     import pandas as pd
 
+    check_adjustment(adjust)
     own = own.sort_index()
     before = continuous.loc[continuous.index < own.index[0]] if not own.empty else continuous
     if before.empty:
-        return own, WarmupSources(len(own), 0, (), "none", 1.0)
+        return own, WarmupSources(len(own), 0, (), "none", 1.0, adjust)
     labels = before["contract"].to_numpy()
     runs = [0, *(k for k in range(1, len(labels)) if labels[k] != labels[k - 1])]
     contracts = tuple(str(labels[k]) for k in runs)
-    level, factor = _warmup_level(continuous, before, own, symbol)
-    multipliers = [factor]
+    level, factor, offset = _warmup_level(continuous, before, own, symbol)
+    if adjust != "ratio":
+        factor = 1.0
+    if adjust != "difference":
+        offset = 0.0
+    multipliers, additions = [factor], [offset]
     for old, new in reversed(list(zip(contracts, contracts[1:], strict=False))):
         if (old, new) not in factors:
             raise DataError(f"换月表中没有 {old} → {new} 的接缝；请重新运行 continuous / junction missing from table")
-        multipliers.append(multipliers[-1] * factors[(old, new)])
+        step = factors[(old, new)] if adjust == "ratio" else 1.0
+        shift = (offsets or {}).get((old, new), math.nan) if adjust == "difference" else 0.0
+        if math.isnan(shift):
+            raise DataError(f"换月表中没有 {old} → {new} 的价差；请重新运行 continuous / junction offset missing")
+        multipliers.append(multipliers[-1] * step)
+        additions.append(additions[-1] + shift)
     multipliers.reverse()
+    additions.reverse()
     ends = [*runs[1:], len(labels)]
-    scale = pd.Series(0.0, index=before.index)
-    for start, end, multiplier in zip(runs, ends, multipliers, strict=True):
+    scale, add = pd.Series(0.0, index=before.index), pd.Series(0.0, index=before.index)
+    for start, end, multiplier, addition in zip(runs, ends, multipliers, additions, strict=True):
         scale.iloc[start:end] = multiplier
+        add.iloc[start:end] = addition
     adjusted = before.drop(columns="contract")
     for name in SERIES_PRICES:
-        adjusted[name] = adjusted[name] * scale
+        adjusted[name] = adjusted[name] * scale + add
     bars = pd.concat([adjusted, own[adjusted.columns.intersection(own.columns)]]) if not own.empty else adjusted
-    return bars, WarmupSources(len(own), len(before), contracts, level, factor)
+    return bars, WarmupSources(len(own), len(before), contracts, level, factor, adjust, offset)
 
 
-def _warmup_level(continuous: pd.DataFrame, before: pd.DataFrame, own: pd.DataFrame, symbol: str) -> tuple[str, float]:
-    """How the series' last contract before the own bars reaches `symbol`'s level: the same contract; the ratio of
-    the two closes at the first own bar's time when the series has that bar of the same contract, else the first
-    own open ÷ the series' last close before it; or unknown without own bars (factor 1)."""
+def _warmup_level(
+    continuous: pd.DataFrame, before: pd.DataFrame, own: pd.DataFrame, symbol: str
+) -> tuple[str, float, float]:
+    """How the series' last contract before the own bars reaches `symbol`'s level, as a ratio and a difference:
+    the same contract; the two closes at the first own bar's time when the series has that bar of the same
+    contract, else the first own open against the series' last close before it; or unknown without own bars."""
     last = str(before["contract"].iloc[-1])
     if last == symbol:
-        return "same", 1.0
+        return "same", 1.0, 0.0
     if own.empty:
-        return "unknown", 1.0
+        return "unknown", 1.0, 0.0
     first = own.index[0]
     if first in continuous.index and str(continuous.at[first, "contract"]) == last:
-        return "own", float(own["close"].iloc[0]) / float(continuous.at[first, "close"])
-    return "own", float(own["open"].iloc[0]) / float(before["close"].iloc[-1])
+        mine, theirs = float(own["close"].iloc[0]), float(continuous.at[first, "close"])
+    else:
+        mine, theirs = float(own["open"].iloc[0]), float(before["close"].iloc[-1])
+    return "own", mine / theirs, mine - theirs
 
 
 # --- rolling a live strategy on a continuous symbol (rollover.py does it) ---

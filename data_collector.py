@@ -69,6 +69,7 @@ from contracts import (
     roll_table,
     split_symbol,
     table_junction_factors,
+    table_junction_offsets,
     table_segments,
     warmup_bars,
 )
@@ -816,16 +817,36 @@ def load_roll_table(
     return table
 
 
+def stored_before(
+    vt_symbol: str, start: datetime, end: datetime, own: list[BarData], home: Home | str | Path | None = None
+) -> list[BarData]:
+    """The database's 1-minute bars of the symbol itself from `start` up to its first `own` bar (or `end`): the
+    history a gateway or datafeed did not reach back to (the simulated exchange serves only `warmup_days`)."""
+    symbol, exchange = parse_vt_symbol(vt_symbol)
+    until = min([end, *(bar.datetime for bar in own[:1])])
+    if until <= start:
+        return []
+    conn = open_database(home)
+    try:
+        frame = load_bar_frame(conn, symbol, exchange, Interval.MINUTE, start, until)
+    finally:
+        conn.close()
+    frame = frame.loc[frame.index < pd.Timestamp(until)]
+    return frame_to_bars(frame, vt_symbol) if not frame.empty else []
+
+
 def warmup_history(
     vt_symbol: str,
     start: datetime,
     end: datetime,
     own: list[BarData],
     home: Home | str | Path | None = None,
+    adjust: str = "ratio",
 ) -> tuple[list[BarData], WarmupSources] | None:
     """1-minute warm-up bars in [start, end) for a contract (e.g. rb1610.SHFE): its product's stored continuous
-    series at real prices put on the contract's level (contracts.warmup_bars), then the contract's `own` bars (they
-    win where both have bars); None when the product has no continuous series with a roll table."""
+    series at real prices put on the contract's level across its junctions as the bundle was trained (`adjust`:
+    ratio, difference or none; contracts.warmup_bars), then the contract's `own` bars (they win where both have
+    bars); None when the product has no continuous series with a roll table."""
     symbol, exchange = parse_vt_symbol(vt_symbol)
     if is_continuous(symbol):
         return None
@@ -840,7 +861,8 @@ def warmup_history(
         conn.close()
     real = real_prices(stored.loc[stored.index < pd.Timestamp(end)], table_segments(table))
     mine = bars_to_frame(own).set_index("datetime") if own else pd.DataFrame()
-    frame, sources = warmup_bars(real, mine, symbol, table_junction_factors(table))
+    factors, offsets = table_junction_factors(table), table_junction_offsets(table)
+    frame, sources = warmup_bars(real, mine, symbol, factors, adjust, offsets)
     return frame_to_bars(frame, vt_symbol), sources
 
 

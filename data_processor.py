@@ -473,6 +473,27 @@ def checked_feature_set(name: str) -> str:
     return name
 
 
+DAILY_LOOKBACK: dict[str, int] = {  # completed trading days a daily column needs before its bar's day
+    "d_prev_ret": 2,
+    "d_ret_1": 1,
+    f"d_ret_{MTF_DAYS}": MTF_DAYS,
+    f"d_vol_{MTF_DAYS}": MTF_DAYS + 1,
+    f"d_pos_{MTF_DAYS}": MTF_DAYS,
+    f"d_range_{MTF_DAYS}": MTF_DAYS,
+    "d_range_rel": MTF_DAYS,
+    "d_volume_ratio": MTF_DAYS,
+}
+
+
+def feature_lookback(names: Sequence[str]) -> tuple[int, int]:
+    """What the columns `names` need before their first complete row: the bars before it (FEATURE_WARMUP, or an
+    m-minute column's MTF_PERIODS·m) and the completed trading days before the row's own day (daily columns)."""
+    bars = max(
+        [FEATURE_WARMUP] + [m * MTF_PERIODS for m in MTF_TIMEFRAMES for stem in MTF_STEMS if f"{stem}_{m}m" in names]
+    )
+    return bars, max([0] + [DAILY_LOOKBACK[name] for name in names if name in DAILY_LOOKBACK])
+
+
 def _safe_ratio(num: np.ndarray, den: np.ndarray, default: float) -> np.ndarray:
     """num / den, with `default` where den is 0 (and NaN kept where either is NaN)."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -64,6 +64,7 @@ POSITION_SETTLE_SECONDS: float = 5.0  # CTP reports no position event when flat:
 LEFTOVER_CANCEL_SECONDS: float = 10.0  # how long the broker may take to confirm the cancel of a leftover order
 LEGACY_VARIABLES: tuple[str, ...] = ("pos", "entry_price")  # what vnpy's json may restore when we have no state
 SIM_RECORDING_DB: str = "sim_recording.db"
+MAX_WARMUP_DAYS: int = 64  # the furthest back a warm-up looks for a bundle's need: the longest closure is 31 days
 
 
 def _front(address: str, which: str) -> str:
@@ -528,7 +529,9 @@ class AITradingSystem:
     def install_warmup(self) -> None:
         """Extend CtaEngine.load_bar: a contract's 1-minute history is its own bars (gateway, datafeed or database, as
         vnpy finds them) after its product's continuous series on its price level (data_collector.warmup_history),
-        so a contract nothing was recorded for predicts on its first live bar; logs how many bars came from where."""
+        so a contract nothing was recorded for predicts on its first live bar; a strategy that states its bundle's
+        `warmup_need` gets as many days as that needs (its `warmup_days` doubled until met, at most
+        MAX_WARMUP_DAYS: long holidays); logs how many bars came from where and whether the need is met."""
         from vnpy.trader.constant import Interval
 
         engine = self.cta_engine
@@ -539,11 +542,23 @@ class AITradingSystem:
         def load_bar(
             vt_symbol: str, days: int, interval: Interval, callback: Callable[[Any], None], use_database: bool
         ) -> list[Any]:
-            own = vnpy_load_bar(vt_symbol, days, interval, lambda bar: None, use_database)
-            bars = self.warmup_history(vt_symbol, days, own) if interval == Interval.MINUTE else own
-            for bar in bars:
-                callback(bar)
-            return bars
+            need = getattr(getattr(callback, "__self__", None), "warmup_need", None)
+            asked, bars, message = days, [], ""
+            while True:
+                own: list[Any] = vnpy_load_bar(vt_symbol, days, interval, lambda bar: None, use_database)
+                if interval != Interval.MINUTE:
+                    bars = own
+                    break
+                bars, message = self.warmup_history(vt_symbol, days, own, need)
+                if need is None or need.met([bar.datetime for bar in bars]) or days >= MAX_WARMUP_DAYS:
+                    break
+                days = min(max(2 * days, 1), MAX_WARMUP_DAYS)
+            if message:
+                if need is not None:
+                    met = "已满足" if need.met([bar.datetime for bar in bars]) else "不足：首根实盘K线可能没有预测"
+                    message += f"；{days} 天（策略设 {asked} 天），模型需要 {need.describe()}，{met}"
+                self.cta_engine.write_log(message)  # the CTA log, which _on_strategy_log puts in the process log
+            return bars  # CtaTemplate.load_bar feeds them to the callback: feeding them here too fed them twice
 
         load_bar.warmup = True  # type: ignore[attr-defined]
         engine.load_bar = load_bar
@@ -555,11 +570,19 @@ class AITradingSystem:
         gateway = self.main_engine.get_gateway(self.gateway_name)
         return gateway.history_anchor() if isinstance(gateway, SimGateway) else datetime.now(CHINA_TZ)
 
-    def warmup_history(self, vt_symbol: str, days: int, own: list[Any]) -> list[Any]:
-        """The warm-up bars of `install_warmup`, with one log line saying where they came from."""
+    def warmup_history(self, vt_symbol: str, days: int, own: list[Any], need: Any = None) -> tuple[list[Any], str]:
+        """The warm-up bars of `install_warmup` over `days` before now, the continuous part adjusted as the bundle
+        was trained (`need.adjust`, ratio without a need), and the log line saying where they came from."""
         end = self.history_now()
+        adjust = getattr(need, "adjust", "ratio")
         try:
-            found = data_collector.warmup_history(vt_symbol, end - timedelta(days=days), end, list(own), self.home)
+            own = data_collector.stored_before(vt_symbol, end - timedelta(days=days), end, own, self.home) + own
+        except AppError as exc:
+            logger.warning("读取库中的本合约K线失败：%s / stored bars unreadable", exc)
+        try:
+            found = data_collector.warmup_history(
+                vt_symbol, end - timedelta(days=days), end, list(own), self.home, adjust
+            )
         except AppError as exc:  # a warm-up problem must not keep the strategy from starting: it warms up live
             found = None
             logger.warning("主力连续预热失败，只用本合约K线：%s / continuous warm-up failed", exc)
@@ -568,12 +591,9 @@ class AITradingSystem:
                 f"{vt_symbol} 预热K线：本合约 {len(own):,} 根（库中没有该品种的主力连续；可运行 continuous 生成）/ "
                 f"warm-up bars: {len(own):,} own, no continuous series"
             )
-            bars = list(own)
-        else:
-            bars, sources = found
-            message = sources.describe(vt_symbol)
-        self.cta_engine.write_log(message)  # the CTA log, which _on_strategy_log also puts in the process log
-        return bars
+            return list(own), message
+        bars, sources = found
+        return bars, sources.describe(vt_symbol)
 
     # -- the main contract and the roll --
 

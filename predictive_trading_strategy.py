@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,11 +29,19 @@ from config import (
     RiskSettings,
     resolve_home,
 )
-from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
+from data_processor import (
+    FeatureState,
+    RollDetector,
+    build_features,
+    feature_lookback,
+    gap_segments,
+    make_windows,
+)
 from ml_model import PricePredictionModel, find_bundle, has_no_edge
 from model_health import KINDS, HealthView, ModelWatch, health_problems, view_dict
 from risk_manager import PositionBook, RiskManager
 from trade_simulator import CLOSE, LONG, OPEN, SHORT, allowed_target, next_order, trailing_stop
+from trading_calendar import causal_trading_day
 
 NO_PREDICTION: float = math.nan
 RISK_REJECTION: str = "风控拒绝"  # how `send` starts a vetoed order's log line (live_trading audits these lines)
@@ -105,6 +114,51 @@ class WindowBuffer:
         return self.rows[start : start + self.length]
 
 
+@dataclass(frozen=True)
+class WarmupNeed:
+    """What a bundle needs before its first prediction: `bars` bars (its features' look-back plus one window of
+    `window` rows) and `days` completed trading days before the day of the window's first bar (its daily features);
+    `adjust` is how its training prices were adjusted across rolls (metadata `price_adjustment`, ratio if none)."""
+
+    bars: int
+    days: int
+    window: int
+    adjust: str = "ratio"
+
+    def met(self, times: Sequence[datetime]) -> bool:
+        """Whether history bars starting at `times` (oldest first) let the next bar be predicted with every
+        feature as on a complete history: enough bars, and `days` whole trading days before the window's first bar
+        (the history's first day may be partial and does not count)."""
+        if len(times) < self.bars - 1:
+            return False
+        if not self.days:
+            return True
+        first_row = times[len(times) - (self.window - 1)] if self.window > 1 else times[-1]
+        day = causal_trading_day(first_row)
+        before = sorted({causal_trading_day(when) for when in times} - {day})
+        return len([d for d in before[1:] if d < day]) >= self.days
+
+    def describe(self) -> str:
+        """The need in words, Chinese first."""
+        days = f"及窗口前 {self.days} 个完整交易日" if self.days else ""
+        return f"{self.bars:,} 根K线{days}（含 {self.window} 根窗口）/ {self.bars:,} bars, {self.days} whole days"
+
+
+def bundle_adjustment(metadata: dict[str, Any]) -> str:
+    """How a bundle's training prices were adjusted across rolls (`price_adjustment.adjust`), ratio when none is
+    recorded (bundles trained before it was, or on a series with no roll table: ratio keeps every return)."""
+    recorded = metadata.get("price_adjustment")
+    adjust = recorded.get("adjust") if isinstance(recorded, dict) else None
+    return adjust if adjust in ("ratio", "difference", "none") else "ratio"
+
+
+def model_need(model: PricePredictionModel) -> WarmupNeed:
+    """What a loaded bundle's features and window need before its first prediction."""
+    bars, days = feature_lookback(model.names)
+    length = model.config.sequence_length
+    return WarmupNeed(bars + length, days, length, bundle_adjustment(model.metadata))
+
+
 class ModelSignal:
     """Online features → scaler → window → prediction: the live inference path, one bar at a time.
 
@@ -125,9 +179,14 @@ class ModelSignal:
         self.expected_gap = True  # the latest NaN prediction was expected: warming up, or a window over a roll gap
 
     @property
+    def need(self) -> WarmupNeed:
+        """What the bundle's features and window need before the first prediction."""
+        return model_need(self.model)
+
+    @property
     def bars_needed(self) -> int:
-        """Bars before the first prediction: the feature warm-up plus one window."""
-        return FEATURE_WARMUP + self.buffer.length
+        """Bars before the first prediction: the features' look-back plus one window."""
+        return self.need.bars
 
     def update(self, bar: BarData) -> float:
         """Feed one finished bar; its prediction, or NaN while warming up, when a feature is undefined or when the
@@ -170,7 +229,7 @@ class PrecomputedSignal:
         self.table: dict[int, float] = dict(
             zip((stamp // 1_000_000 for stamp in times.as_unit("us").asi8.tolist()), predictions.tolist(), strict=True)
         )
-        self.bars_needed = FEATURE_WARMUP + model.config.sequence_length
+        self.bars_needed = model_need(model).bars
 
     def update(self, bar: BarData) -> float:
         """The prediction made at this bar's close, NaN for a bar outside the batch."""
@@ -307,7 +366,7 @@ class PredictiveTradingStrategy(CtaTemplate):
         self.saved_key = self.state_key()
         self.write_log(
             f"模型 {self.model_name}（{model.model_type}）已加载，阈值 {self.threshold:.6f}，"
-            f"需要 {self.signal.bars_needed} 根K线预热"
+            f"预热需要 {model_need(model).describe()}"
         )
         no_edge = has_no_edge(model.metadata)
         holds = no_edge and self.prediction_threshold <= 0
@@ -322,6 +381,12 @@ class PredictiveTradingStrategy(CtaTemplate):
             self.hold_opening("edge", f"{KINDS['edge']}：模型包 {self.model_name}", None)
         self.health_state = self.risk.state.hold_reason
         self.load_bar(self.warmup_days)
+
+    @property
+    def warmup_need(self) -> WarmupNeed | None:
+        """What the loaded bundle needs before its first prediction (the live history loader reads it to load enough
+        trading days, whatever `warmup_days` asked for); None without a model."""
+        return None if self.signal is None else model_need(self.signal.model)
 
     def on_start(self) -> None:
         """Book a position that only vnpy's own variables remembered (no state of ours) into the risk book."""

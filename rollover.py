@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from vnpy.trader.constant import Direction, Offset, OrderType, Product
 from vnpy.trader.object import ContractData, OrderRequest, SubscribeRequest, TickData, TradeData
-from vnpy.trader.utility import round_to
+from vnpy.trader.utility import BarGenerator, round_to
 
 import data_collector
 from config import CHINA_TZ, AppError, ConfigError, DataError, TransientError, guarded
@@ -237,6 +237,8 @@ class Roller:
         self.refused_day: date | None = None  # the roll was refused this trading day: retried the next
         self.alerted = ""  # the main contract already alerted in alert mode
         self.rolls = 0
+        # each contract's minute bar as a strategy's bar generator builds it: the roll minute's goes to the new one
+        self.minute_bars = {symbol: BarGenerator(lambda bar: None) for symbol in self.symbols}
 
     def attach(self) -> None:
         """Register the tick, order and trade handlers (guarded)."""
@@ -256,6 +258,7 @@ class Roller:
         tick: TickData = event.data
         if tick.vt_symbol not in self.symbols:
             return
+        self.minute_bars[tick.vt_symbol].update_tick(tick)
         change = self.watch.update(tick)
         if change is not None:
             self.announce(*change)
@@ -366,6 +369,18 @@ class Roller:
         if not leg.vt_orderids:
             self.fail(f"{leg.vt_symbol} 委托未发出 / not sent")
 
+    def hand_over_minute(self, strategy: Any, vt_symbol: str) -> None:
+        """The new strategy's history ends before the roll minute and its bar generator starts empty: give it the
+        roll minute's bar so far and the tick before (for the volume), so that minute's bar reaches its features
+        whole when the minute ends, as if it had been running."""
+        generator, mine = self.minute_bars.get(vt_symbol), getattr(strategy, "bg", None)
+        if generator is None or generator.bar is None or not isinstance(mine, BarGenerator):
+            return
+        last = getattr(strategy, "last_bar", None)  # the history's last bar: the handed minute must come after it
+        if last is not None and generator.bar.datetime.replace(second=0, microsecond=0) <= last.datetime:
+            return
+        mine.bar, mine.last_tick = copy.copy(generator.bar), copy.copy(generator.last_tick)
+
     def refuse(self, reason: str) -> None:
         """Risk refused a leg: nothing was sent; the strategy goes on with the old contract until the next day."""
         self.refused_day = self.watch.day
@@ -417,9 +432,10 @@ class Roller:
             legs=[leg.fields() for leg in legs],
         )
         try:
-            self.system.recreate_strategy(old_strategy, new)
+            strategy = self.system.recreate_strategy(old_strategy, new)
         except AppError as exc:
             self.fail(f"策略在 {new} 上未能启动：{exc}")
             return
+        self.hand_over_minute(strategy, new)
         self.rolls += 1
         logger.info("策略 %s 已移仓 %s → %s，持仓 %g / rolled", self.strategy_name, old, new, old_strategy.pos)

@@ -425,6 +425,63 @@ def test_roll_only_when_flat_switches_without_orders_and_alert_only_stays_on_the
     assert sum(t["volume"] if t["direction"] == "Long" else -t["volume"] for t in old) == 0  # left flat
 
 
+FED_SCRIPT = """
+import json, os
+os.chdir(HOME)  # vnpy binds to the home's folder at its first import, which the recording below makes
+import data_processor
+
+fed = {}
+update = data_processor.FeatureState.update
+
+
+def recording(self, bar):
+    row = update(self, bar)
+    entry = fed.setdefault(id(self), {"names": list(self.names), "bars": [], "row": None})
+    values = [bar.open_price, bar.high_price, bar.low_price, bar.close_price, bar.volume]
+    entry["bars"].append([bar.vt_symbol, bar.datetime.isoformat(), *values])
+    entry["row"] = None if row is None else [float(value) for value in row]
+    return row
+
+
+data_processor.FeatureState.update = recording
+import ai_trading_system
+
+code = ai_trading_system.main(ARGV)
+print("FED" + json.dumps({"code": code, "states": list(fed.values())}))
+"""
+
+
+@pytest.mark.slow
+def test_after_the_roll_the_new_strategys_features_hold_every_bar_of_the_new_contract_the_roll_minute_included(
+    sample_frame: pd.DataFrame, rf_bundle: Path, home: Home
+) -> None:
+    import data_processor
+    from tests.conftest import run_python
+
+    pair = real_pair(sample_frame, "2016-08-01", "2016-08-19 23:59")
+    store_bars(home, pair)
+    home.settings_dir.mkdir(parents=True, exist_ok=True)
+    setting = {"model_path": str(rf_bundle), "fixed_size": 1, "trailing_percent": 0.0, "warmup_days": 10}
+    strategies = {"ai_rb": {"vt_symbol": "rb888.SHFE", "setting": {**setting, "prediction_threshold": 1e-9}}}
+    (home.settings_dir / "strategies.json").write_text(json.dumps(strategies), encoding="utf-8")
+    argv = ["--home", str(home.root), "trade", "--gateway", "sim", "--no-ui"]
+    argv += ["--replay-start", "2016-08-15", "--replay-end", "2016-08-19"]
+    code = f"HOME, ARGV = {str(home.root)!r}, {argv!r}\n" + FED_SCRIPT
+    result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3", "QT_QPA_PLATFORM": "offscreen"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.rsplit("FED", 1)[1])
+    assert out["code"] == 0
+    (state,) = [s for s in out["states"] if {row[0] for row in s["bars"]} == {NEW}]  # the strategy after the roll
+    fed = pd.DataFrame([row[2:] for row in state["bars"]], columns=[*PRICES, "volume"])
+    fed.index = pd.DatetimeIndex([pd.Timestamp(row[1]) for row in state["bars"]], name="datetime")
+    real = pair[NEW].loc[fed.index[0] : fed.index[-1]]
+    # every bar once, in order (the warm-up fed once), the roll minute's whole bar among them, as the contract traded
+    assert list(fed.index) == list(real.index) and at(ROLL_AT) in fed.index
+    pd.testing.assert_frame_equal(fed, real[[*PRICES, "volume"]], check_freq=False, check_index_type=False)
+    batch = data_processor.build_features(real, NEW)[state["names"]].iloc[-1].to_numpy()
+    np.testing.assert_allclose(np.array(state["row"], dtype=float), batch, rtol=1e-9, atol=1e-12)
+
+
 # --- the roller against small fakes of vnpy's engines ----------------------------------------------------------
 
 
