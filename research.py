@@ -743,6 +743,8 @@ def verdict(table: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "ai_selected_sharpe": ai["sharpe"] if ai else None,
         "classic_selected_sharpe": rule["sharpe"] if rule else None,
+        "ai_selected_chosen": ai["chosen"] if ai else None,
+        "classic_selected_chosen": rule["chosen"] if rule else None,
         "selected_ahead": bool(ai and rule and ai["sharpe"] > rule["sharpe"]),
         "best_model": model["strategy"] if model else None,
         "best_model_sharpe": model["sharpe"] if model else None,
@@ -909,7 +911,8 @@ def verdict_line(found: dict[str, Any]) -> str:
         where = "高于 / above" if found["selected_ahead"] else "未超过 / not above"
         parts.append(
             f"事前选择 / chosen before each test year: AI（按验证期 / on validation）{AI_SELECTED} 平均夏普 / "
-            f"mean Sharpe {ai:.2f} {where} 经典（按训练年 / on the training years）{CLASSIC_SELECTED} {rule:.2f}"
+            f"mean Sharpe {ai:.2f} {where} 经典（按训练年 / on the training years）{CLASSIC_SELECTED} {rule:.2f} "
+            f"(AI: {found.get('ai_selected_chosen')}; classic: {found.get('classic_selected_chosen')})"
         )
     if found["best_model"] is not None and found["best_classic"] is not None:
         where = "高于 / above" if found["model_ahead"] else "未超过 / not above"

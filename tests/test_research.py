@@ -152,6 +152,7 @@ def test_selected_rows_take_the_chosen_rows_test_figures_year_by_year_and_the_ve
     assert found["model_ahead"] is True  # after the fact the model looks ahead; chosen before, it is not
     line = research.verdict_line(found)
     assert line.index("ai_selected 平均夏普 / mean Sharpe -0.25 未超过 / not above") < line.index("事后最佳")
+    assert "(AI: 2015: rf_h5; 2016: -; classic: 2015: DualThrustStrategy; 2016: BollChannelStrategy)" in line
     assert "best model rf_h30 平均夏普 / mean Sharpe 1.25 高于 / above" in line
 
 
