@@ -48,6 +48,7 @@ from config import (
     write_json_atomic,
     write_text_atomic,
 )
+from trade_simulator import EDGE_NONE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,7 +68,12 @@ PRELOAD_DAYS: int = 30
 MODEL = "model"
 CLASSIC = "classic"
 REFERENCE = "reference"
-KINDS: tuple[str, ...] = (MODEL, CLASSIC, REFERENCE)
+SELECTED = "selected"  # a row chosen year by year before the test year (ai_selected, classic_selected)
+KINDS: tuple[str, ...] = (SELECTED, MODEL, CLASSIC, REFERENCE)  # the table's kinds, in its order
+CLASSIC_TRAINING = "classic_training"  # a classic backtested on a test year's training years, to choose among them
+RUN_KINDS: tuple[str, ...] = (MODEL, CLASSIC, CLASSIC_TRAINING, REFERENCE)
+AI_SELECTED = "ai_selected"
+CLASSIC_SELECTED = "classic_selected"
 BUY_AND_HOLD = "buy_and_hold"
 MEAN_YEAR = "mean"
 FILES: tuple[str, ...] = ("research.csv", "research.json", "research.html")
@@ -77,13 +83,17 @@ IC_SOURCE = (
 )
 COLUMNS: tuple[str, ...] = tuple(
     "strategy kind year model_type horizon label features net_pnl return_pct sharpe max_ddpercent trades costs "
-    "long_entries short_entries ic rank_ic edge threshold bundle top_features".split()
+    "long_entries short_entries ic rank_ic edge threshold bundle top_features valid_pnl valid_trades chosen "
+    "choice_score".split()
 )
 TOP_FEATURES: int = 8  # a model row's most used features (validation permutation importance), largest first
 DIGITS: dict[str, int] = {"net_pnl": 2, "return_pct": 4, "sharpe": 4, "max_ddpercent": 4, "costs": 2, "ic": 6}
 DIGITS.update({"rank_ic": 6, "threshold": 8, "trades": 2, "long_entries": 2, "short_entries": 2})  # counts: mean rows
+DIGITS.update({"valid_pnl": 2, "valid_trades": 2, "choice_score": 4})
+NOT_AVERAGED: frozenset[str] = frozenset({"threshold", "choice_score"})  # a mean row leaves these empty
 # how long a run takes relative to a classic backtest, for the estimate of the time left
-RUN_WEIGHTS: dict[str, float] = {"lstm": 40.0, "random_forest": 20.0, CLASSIC: 1.0, REFERENCE: 0.1}
+RUN_WEIGHTS: dict[str, float] = {"lstm": 40.0, "random_forest": 20.0, CLASSIC: 1.0, CLASSIC_TRAINING: 2.0}
+RUN_WEIGHTS[REFERENCE] = 0.1
 FIRST_YEAR, LAST_YEAR = 1990, 2100
 
 
@@ -267,11 +277,21 @@ def training_bars(bars: pd.DataFrame, year: int, train_years: int) -> pd.DataFra
     return bars.loc[(index >= pd.Timestamp(year_start(year - train_years))) & (index < pd.Timestamp(year_start(year)))]
 
 
-def backtest_bars(bars: pd.DataFrame, year: int, preload_days: int = PRELOAD_DAYS) -> pd.DataFrame:
-    """The bars of `year`, after the days before it that strategies warm up on."""
+def backtest_bars(
+    bars: pd.DataFrame, year: int, preload_days: int = PRELOAD_DAYS, last_year: int | None = None
+) -> pd.DataFrame:
+    """The bars of `year` (through `last_year` if given), after the days before it that strategies warm up on."""
     index = bars.index
     first = pd.Timestamp(year_start(year) - timedelta(days=preload_days))
-    return bars.loc[(index >= first) & (index <= pd.Timestamp(year_end(year)))]
+    return bars.loc[(index >= first) & (index <= pd.Timestamp(year_end(last_year or year)))]
+
+
+def backtest_years(spec: RunSpec) -> tuple[int, int]:
+    """The first and last year a classic run backtests: its test year, or for a training run the `train_years`
+    years before it (the years the models of that test year are trained on)."""
+    if spec.kind == CLASSIC_TRAINING:
+        return spec.year - spec.train_years, spec.year - 1
+    return spec.year, spec.year
 
 
 @functools.lru_cache(maxsize=2)
@@ -411,8 +431,19 @@ def run_model(spec: RunSpec, bars: pd.DataFrame) -> tuple[dict[str, Any], bool]:
         "threshold": float(metadata["threshold"]),
         "bundle": f"bundles/{path.name}",
         "top_features": ml_model.top_features(metadata["importance"], TOP_FEATURES),
+        **validation_figures(metadata),
     }
     return row, cached
+
+
+def validation_figures(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's validation simulation at its chosen threshold (net P&L and fills), what ai_selected ranks by."""
+    decision = metadata.get("decision") or {}
+    pnl, trades = decision.get("net_pnl"), decision.get("trades")
+    return {
+        "valid_pnl": float(pnl) if pnl is not None else None,
+        "valid_trades": int(trades) if trades is not None else None,
+    }
 
 
 def classic_class(name: str) -> type:
@@ -422,20 +453,22 @@ def classic_class(name: str) -> type:
 
 
 def run_classic(spec: RunSpec, bars: pd.DataFrame) -> dict[str, Any]:
-    """A sample strategy with its default parameters on the test year, through the engine run_backtest uses."""
+    """A sample strategy with its default parameters on the test year (a training run: on the training years before
+    it), through the engine run_backtest uses."""
     import backtesting_module
 
     module = backtesting_module.BacktestingModule(resolve_home(spec.home))
     costs = module.costs(spec.vt_symbol, spec.capital)
-    frame = backtest_bars(bars, spec.year)
+    first, last = backtest_years(spec)
+    frame = backtest_bars(bars, first, last_year=last)
     engine = backtesting_module.PreloadedBacktestingEngine(
         data_collector.frame_to_bars(frame, spec.vt_symbol, data_collector.parse_interval(spec.interval))
     )
     backtesting_module.set_engine_parameters(
-        engine, spec.vt_symbol, spec.interval, year_start(spec.year), year_end(spec.year), costs
+        engine, spec.vt_symbol, spec.interval, year_start(first), year_end(last), costs
     )
     engine.add_strategy(classic_class(spec.name), {})
-    _say(spec, f"回测 / backtest {spec.year}")
+    _say(spec, f"回测 / backtest {first}" + (f"-{last}（训练年 / training years）" if last != first else ""))
     backtesting_module.replay(engine)
     engine.calculate_result()
     statistics = dict(json_safe(engine.calculate_statistics(output=False)))
@@ -478,7 +511,7 @@ def run_reference(spec: RunSpec, bars: pd.DataFrame) -> dict[str, Any]:
 
 def run_one(spec: RunSpec, bars: pd.DataFrame | None = None) -> RunResult:
     """Compute one row of the table (in whichever process runs it), on `bars` or those at the spec's bars_path."""
-    if spec.kind not in KINDS:
+    if spec.kind not in RUN_KINDS:
         raise ConfigError(f"未知的运行类型 {spec.kind!r} / unknown run kind")
     began = time.monotonic()
     bars = read_bars(spec.bars_path) if bars is None else bars
@@ -486,7 +519,7 @@ def run_one(spec: RunSpec, bars: pd.DataFrame | None = None) -> RunResult:
     if spec.kind == MODEL:
         figures, cached = run_model(spec, bars)
     else:
-        figures = (run_classic if spec.kind == CLASSIC else run_reference)(spec, bars)
+        figures = (run_reference if spec.kind == REFERENCE else run_classic)(spec, bars)
     row: dict[str, Any] = {column: None for column in COLUMNS}
     row.update({"strategy": spec.name, "kind": spec.kind, "year": spec.year, "edge": "", "bundle": ""})
     row.update(figures)
@@ -573,6 +606,8 @@ class ProgressReport:
         left = elapsed / self.finished * (self.total - self.finished) if self.finished else math.nan
         row = result.row
         figures = f"net P&L {row['net_pnl']:,.0f}, Sharpe {row['sharpe']:.2f}, trades {row['trades']}"
+        if spec.kind == CLASSIC_TRAINING:
+            figures += f", 训练年 / training years {spec.year - spec.train_years}-{spec.year - 1}"
         if row.get("edge"):
             figures += f", edge {row['edge']}"
         self.say(
@@ -605,6 +640,8 @@ def plan_runs(plan: ResearchPlan, home: Home, bars_path: Path, folder: Path, n_j
             )
     for name in plan.classics:
         specs.extend(replace(base, kind=CLASSIC, name=name, year=year) for year in plan.test_years)
+    for name in plan.classics:
+        specs.extend(replace(base, kind=CLASSIC_TRAINING, name=name, year=year) for year in plan.test_years)
     specs.extend(replace(base, year=year) for year in plan.test_years)
     return specs
 
@@ -636,14 +673,16 @@ def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A strategy's mean over its years: figures averaged (NaN-aware), descriptions kept."""
     first = rows[0]
     mean = {column: first.get(column) for column in ("strategy", "kind", "model_type", "horizon", "label", "features")}
-    mean.update({"year": MEAN_YEAR, "bundle": "", "threshold": None})
+    mean.update({"year": MEAN_YEAR, "bundle": ""})
     for column in DIGITS:
-        if column == "threshold":
+        if column in NOT_AVERAGED:
             continue
         values = np.array([np.nan if r.get(column) is None else float(r[column]) for r in rows], dtype="float64")
         mean[column] = float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else None
     mean["edge"] = edge_summary([str(r.get("edge") or "") for r in rows])
     mean["top_features"] = common_features([r.get("top_features") or [] for r in rows])
+    if any(r.get("chosen") is not None for r in rows):
+        mean["chosen"] = "; ".join(f"{r['year']}: {r.get('chosen') or '-'}" for r in rows)
     return {column: mean.get(column) for column in COLUMNS}
 
 
@@ -690,16 +729,118 @@ def best_of(table: Sequence[dict[str, Any]], kind: str) -> dict[str, Any] | None
     return max(means, key=lambda row: row["sharpe"]) if means else None
 
 
+def mean_of(table: Sequence[dict[str, Any]], strategy: str) -> dict[str, Any] | None:
+    """A strategy's mean row (None when the table has none or its Sharpe is empty)."""
+    means = [row for row in table if row["strategy"] == strategy and row["year"] == MEAN_YEAR]
+    return means[0] if means and means[0]["sharpe"] is not None else None
+
+
 def verdict(table: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goal: the best model's mean Sharpe against the best classic's."""
+    """The issue's goal, honestly: the AI chosen on validation against the classic chosen on the training years
+    (both ex ante, mean Sharpe); beside them the best rows after the fact, which carry selection bias."""
     model, classic = best_of(table, MODEL), best_of(table, CLASSIC)
+    ai, rule = mean_of(table, AI_SELECTED), mean_of(table, CLASSIC_SELECTED)
     return {
+        "ai_selected_sharpe": ai["sharpe"] if ai else None,
+        "classic_selected_sharpe": rule["sharpe"] if rule else None,
+        "ai_selected_chosen": ai["chosen"] if ai else None,
+        "classic_selected_chosen": rule["chosen"] if rule else None,
+        "selected_ahead": bool(ai and rule and ai["sharpe"] > rule["sharpe"]),
         "best_model": model["strategy"] if model else None,
         "best_model_sharpe": model["sharpe"] if model else None,
         "best_classic": classic["strategy"] if classic else None,
         "best_classic_sharpe": classic["sharpe"] if classic else None,
         "model_ahead": bool(model and classic and model["sharpe"] > classic["sharpe"]),
     }
+
+
+# --- choosing before each test year ----------------------------------------------------------------------------
+
+FIGURE_COLUMNS: tuple[str, ...] = tuple(
+    "net_pnl return_pct sharpe max_ddpercent trades costs long_entries short_entries".split()
+)
+CHOSEN_COLUMNS: tuple[str, ...] = (*FIGURE_COLUMNS, *"ic rank_ic edge threshold bundle valid_pnl valid_trades".split())
+NO_TRADES: dict[str, Any] = {column: 0 if column.endswith(("trades", "entries")) else 0.0 for column in FIGURE_COLUMNS}
+AI_RULE = (
+    "ai_selected: for each test year, among its model rows with an edge, the one whose validation simulation "
+    "(inside the training years, at the bundle's threshold) earned the largest net P&L; a tie goes to the first "
+    "name; no trades when no row has an edge"
+)
+CLASSIC_RULE = (
+    "classic_selected: for each test year, the classic with the largest Sharpe ratio backtested on that year's "
+    "training years (default parameters, same bars and costs); a tie goes to the first name"
+)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def ai_pick(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Among one test year's model rows, the one whose validation simulation earned the most net P&L; rows with
+    edge none (they do not trade) or without a validation figure cannot be chosen; a tie goes to the first name."""
+    eligible = [
+        row
+        for row in rows
+        if row.get("kind") == MODEL and row.get("edge") not in (EDGE_NONE, "", None) and _finite(row.get("valid_pnl"))
+    ]
+    return min(eligible, key=lambda row: (-float(row["valid_pnl"]), row["strategy"])) if eligible else None
+
+
+def classic_pick(scores: dict[str, float]) -> str | None:
+    """The classic with the largest Sharpe over a test year's training years (a tie: the first name)."""
+    finite = {name: float(score) for name, score in scores.items() if _finite(score)}
+    return min(finite, key=lambda name: (-finite[name], name)) if finite else None
+
+
+def selected_row(strategy: str, year: int, chosen: dict[str, Any] | None, score: float | None) -> dict[str, Any]:
+    """A selected year row: the chosen row's figures and name, or no trades when nothing could be chosen."""
+    row: dict[str, Any] = {column: None for column in COLUMNS}
+    row.update({"strategy": strategy, "kind": SELECTED, "year": year, "edge": "", "bundle": ""})
+    if chosen is None:
+        row.update({**NO_TRADES, "edge": EDGE_NONE, "chosen": ""})
+    else:
+        row.update({column: chosen.get(column) for column in CHOSEN_COLUMNS})
+        row.update({"chosen": chosen["strategy"], "choice_score": score})
+    return row
+
+
+def _candidate(row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {column: _rounded({column: row.get(column)})[column] for column in columns}
+
+
+def selected_rows(
+    rows: Sequence[dict[str, Any]], training: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ai_selected and classic_selected year rows (from the test years' model and classic rows and the classics'
+    training-years rows), and per test year the candidates each rule saw and what it chose."""
+    years = sorted({int(row["year"]) for row in rows if row["kind"] in (MODEL, CLASSIC)})
+    chosen: list[dict[str, Any]] = []
+    record: dict[str, Any] = {}
+    for year in years:
+        entry: dict[str, Any] = {}
+        models = sorted((row for row in rows if row["kind"] == MODEL and row["year"] == year), key=_order)
+        if models:
+            pick = ai_pick(models)
+            chosen.append(selected_row(AI_SELECTED, year, pick, pick["valid_pnl"] if pick else None))
+            columns = ("edge", "valid_pnl", "valid_trades")
+            entry[AI_SELECTED] = {
+                "chosen": pick["strategy"] if pick else None,
+                "candidates": {row["strategy"]: _candidate(row, columns) for row in models},
+            }
+        scores = {row["strategy"]: row for row in training if row["year"] == year}
+        if scores:
+            name = classic_pick({strategy: row["sharpe"] for strategy, row in sorted(scores.items())})
+            tested = {row["strategy"]: row for row in rows if row["kind"] == CLASSIC and row["year"] == year}
+            score = scores[name]["sharpe"] if name else None
+            chosen.append(selected_row(CLASSIC_SELECTED, year, tested[name] if name else None, score))
+            columns = ("sharpe", "net_pnl", "trades")
+            entry[CLASSIC_SELECTED] = {
+                "chosen": name,
+                "candidates": {strategy: _candidate(row, columns) for strategy, row in sorted(scores.items())},
+            }
+        record[str(year)] = entry
+    return chosen, record
 
 
 HEADERS: tuple[tuple[str, str], ...] = (
@@ -720,11 +861,15 @@ HEADERS: tuple[tuple[str, str], ...] = (
 )
 HTML_HEADERS: tuple[tuple[str, str], ...] = (
     *HEADERS,
+    ("chosen", "选中 / chosen"),
+    ("choice_score", "选择依据 / chosen by"),
+    ("valid_pnl", "验证期净盈亏 / validation P&L"),
     ("features", "特征集 / features"),
     ("top_features", "主要特征 / top features"),
 )
 FORMATS: dict[str, str] = {"net_pnl": "{:,.2f}", "return_pct": "{:.2f}", "sharpe": "{:.2f}", "max_ddpercent": "{:.2f}"}
-FORMATS.update({"costs": "{:,.2f}", "ic": "{:.4f}", "rank_ic": "{:.4f}"})
+FORMATS.update({"costs": "{:,.2f}", "ic": "{:.4f}", "rank_ic": "{:.4f}", "valid_pnl": "{:,.2f}"})
+FORMATS.update({"choice_score": "{:,.4f}"})
 
 
 def cell(column: str, value: Any) -> str:
@@ -758,14 +903,25 @@ def summary_rows(
 
 
 def verdict_line(found: dict[str, Any]) -> str:
-    """One sentence on the goal: is the best model's mean Sharpe above the best classic's?"""
-    if found["best_model"] is None or found["best_classic"] is None:
-        return ""
-    where = "高于 / above" if found["model_ahead"] else "未超过 / not above"
-    return (
-        f"最佳模型 / best model {found['best_model']} 平均夏普 / mean Sharpe {found['best_model_sharpe']:.2f} {where} "
-        f"最佳经典策略 / best classic {found['best_classic']} {found['best_classic_sharpe']:.2f}"
-    )
+    """The goal in one line: the AI chosen on validation against the classic chosen on the training years (mean
+    Sharpe, both chosen before each test year), then the best rows after the fact, marked as such."""
+    parts = []
+    ai, rule = found.get("ai_selected_sharpe"), found.get("classic_selected_sharpe")
+    if ai is not None and rule is not None:
+        where = "高于 / above" if found["selected_ahead"] else "未超过 / not above"
+        parts.append(
+            f"事前选择 / chosen before each test year: AI（按验证期 / on validation）{AI_SELECTED} 平均夏普 / "
+            f"mean Sharpe {ai:.2f} {where} 经典（按训练年 / on the training years）{CLASSIC_SELECTED} {rule:.2f} "
+            f"(AI: {found.get('ai_selected_chosen')}; classic: {found.get('classic_selected_chosen')})"
+        )
+    if found["best_model"] is not None and found["best_classic"] is not None:
+        where = "高于 / above" if found["model_ahead"] else "未超过 / not above"
+        parts.append(
+            f"事后最佳（看过测试年，有选择偏差）/ best after the fact (selection bias): "
+            f"最佳模型 / best model {found['best_model']} 平均夏普 / mean Sharpe {found['best_model_sharpe']:.2f} "
+            f"{where} 最佳经典策略 / best classic {found['best_classic']} {found['best_classic_sharpe']:.2f}"
+        )
+    return "；".join(parts)
 
 
 # --- files ---------------------------------------------------------------------------------------------------------
@@ -832,6 +988,7 @@ th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 td:first-child, td:nth-child(2), td:last-child {{ text-align: left; }}
 tr.mean {{ font-weight: bold; background: #f3f3f3; }}
 tr.classic td:first-child {{ color: #225; }}
+tr.selected {{ background: #eef5ff; }}
 </style></head><body>
 <h1>研究表 / research table: {html.escape(plan["vt_symbol"])}</h1>
 <p>测试年 / test years {html.escape(", ".join(str(y) for y in plan["test_years"]))}; each trained on the
@@ -845,6 +1002,9 @@ Feature sets: base (the desk's 1-minute features), mtf (base plus 5-, 15-, 60-mi
 causally from the 1-minute bars). Top features: the bundle's validation permutation importance, largest first; a mean
 row lists those in most years' lists. Label classify: up / down / neither beyond the round-trip cost, traded on the
 score P(up) − P(down).</p>
+<p>Chosen before each test year (kind selected): {html.escape(AI_RULE)} (chosen by: that validation net P&amp;L);
+{html.escape(CLASSIC_RULE)} (chosen by: that Sharpe). The best model and classic rows by mean Sharpe are picked after
+seeing the test years: selection bias on both sides.</p>
 <p><b>{html.escape(found)}</b></p>
 <img alt="yearly net P&amp;L" src="data:image/png;base64,{base64.b64encode(chart).decode("ascii")}">
 <table><thead><tr>{head}</tr></thead><tbody>
@@ -889,11 +1049,12 @@ def default_folder(home: Home, vt_symbol: str) -> Path:
 def load_research_bars(home: Home, plan: ResearchPlan) -> pd.DataFrame:
     """The bars from the first training year to the last test year, checked: every test year must have bars."""
     first, last = min(plan.test_years) - plan.train_years, max(plan.test_years)
-    bars = data_collector.load_history_data(plan.vt_symbol, date(first, 1, 1), date(last, 12, 31), plan.interval, home)
+    begin = date(first, 1, 1) - timedelta(days=PRELOAD_DAYS)  # the classics' training runs warm up before it
+    bars = data_collector.load_history_data(plan.vt_symbol, begin, date(last, 12, 31), plan.interval, home)
     years = set(pd.DatetimeIndex(bars.index).year)
     missing = [year for year in plan.test_years if year not in years]
     untrained = [year for year in plan.test_years if not years & set(range(year - plan.train_years, year))]
-    if missing or (plan.models and untrained):
+    if missing or ((plan.models or plan.classics) and untrained):  # classics are chosen on the training years
         held = f"{bars.index[0]:%Y-%m-%d} ~ {bars.index[-1]:%Y-%m-%d}"
         raise DataError(
             f"{plan.vt_symbol} 的K线（{held}）不覆盖测试年 {missing or untrained}"
@@ -929,7 +1090,10 @@ def run_research(
         results = (runner or functools.partial(run_specs, workers=workers))(specs, report)
     finally:
         shutil.rmtree(bars_path.parent, ignore_errors=True)
-    table = build_table([result.row for result in results])
+    rows = [result.row for result in results if result.row["kind"] != CLASSIC_TRAINING]
+    training = [result.row for result in results if result.row["kind"] == CLASSIC_TRAINING]
+    chosen, selection = selected_rows(rows, training)
+    table = build_table([*rows, *chosen])
     backtests = home_costs(home, plan)
     facts = {
         "plan": {
@@ -948,6 +1112,7 @@ def run_research(
         "costs": backtests,
         "ic": IC_SOURCE,
         "verdict": verdict(table),
+        "selection": {"rules": [AI_RULE, CLASSIC_RULE], "years": selection},
         "columns": list(COLUMNS),
     }
     paths = write_table(table, facts, folder)

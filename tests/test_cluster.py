@@ -143,10 +143,10 @@ def test_research_on_ray_gives_the_local_pools_rows(
     assert ai_trading_system.main([*argv, "--workers", "1", "--report-dir", str(tmp_path / "local")]) == 0
     assert ai_trading_system.main([*argv, "--backend", "ray", "--report-dir", str(tmp_path / "ray")]) == 0
     err = capsys.readouterr().err
-    assert "[3/3]" in err
+    assert "[4/4]" in err  # the model, the classic, its training-years run, buy and hold
     local = json.loads((tmp_path / "local" / "research.json").read_text())["rows"]
     on_ray = json.loads((tmp_path / "ray" / "research.json").read_text())["rows"]
-    assert len(local) == 6 and {row["strategy"] for row in local} >= {"DualThrustStrategy", "buy_and_hold"}
+    assert len(local) == 10 and {row["strategy"] for row in local} >= {"DualThrustStrategy", "buy_and_hold"}
     assert on_ray == local
 
 

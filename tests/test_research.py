@@ -17,6 +17,7 @@ from config import CHINA_TZ, ConfigError, Home, ModelSettings
 from tests.conftest import run_python
 
 VT = "rb0000.SHFE"
+SELECTED = (research.AI_SELECTED, research.CLASSIC_SELECTED)
 
 
 def year_row(strategy: str, kind: str, year: int, **figures: Any) -> dict[str, Any]:
@@ -65,6 +66,105 @@ def test_each_strategy_is_followed_by_its_mean_over_the_years_in_a_fixed_order()
     found = research.verdict(table)
     assert found["best_classic"] == "DualThrustStrategy" and found["best_model"] == "random_forest_h5_executable"
     assert found["model_ahead"] is False
+
+
+def model_row(name: str, year: int, edge: str, valid_pnl: float | None, **figures: Any) -> dict[str, Any]:
+    """A model year row with its validation verdict and simulated validation net P&L."""
+    return year_row(name, "model", year, model_type="random_forest", edge=edge, valid_pnl=valid_pnl, **figures)
+
+
+def test_the_ai_is_chosen_by_its_validation_pnl_with_ties_to_the_first_name_and_no_edge_never_chosen() -> None:
+    rows = [
+        model_row("rf_h5", 2016, "positive", 120.0),
+        model_row("rf_h30", 2016, "positive", 480.5),
+        model_row("rf_h120", 2016, "none", 9_999.0),  # the largest figure, but the strategy would not trade
+        model_row("lstm_h5", 2016, "positive", None),  # no validation figure: cannot be ranked
+    ]
+    assert research.ai_pick(rows)["strategy"] == "rf_h30"  # type: ignore[index]
+    tie = [model_row("rf_b", 2016, "positive", 480.5), model_row("rf_a", 2016, "positive", 480.5)]
+    assert research.ai_pick([*rows, *tie])["strategy"] == "rf_a"  # type: ignore[index]
+    assert research.ai_pick([model_row("rf_h5", 2016, "none", 50.0), model_row("x", 2016, "", 9.0)]) is None
+    assert research.ai_pick([year_row("DualThrustStrategy", "classic", 2016, valid_pnl=1e6, edge="x")]) is None
+    assert research.ai_pick([]) is None
+
+
+def test_the_classic_is_chosen_by_its_training_years_sharpe_with_ties_to_the_first_name() -> None:
+    assert research.classic_pick({"DualThrustStrategy": 0.4, "BollChannelStrategy": 1.2, "AtrRsiStrategy": -3}) == (
+        "BollChannelStrategy"
+    )
+    assert research.classic_pick({"KingKeltnerStrategy": 0.5, "DualThrustStrategy": 0.5}) == "DualThrustStrategy"
+    assert research.classic_pick({"DoubleMaStrategy": math.nan, "TurtleSignalStrategy": -9.0}) == (
+        "TurtleSignalStrategy"
+    )
+    assert research.classic_pick({}) is None
+
+
+def test_selected_rows_take_the_chosen_rows_test_figures_year_by_year_and_the_verdict_compares_them() -> None:
+    classic = {"kind": "classic"}
+    rows = [
+        model_row("rf_h5", 2015, "positive", 300.0, net_pnl=-50.0, sharpe=-0.5, trades=40, ic=0.03),
+        model_row("rf_h30", 2015, "positive", 100.0, net_pnl=900.0, sharpe=2.5, trades=60),  # best after the fact
+        model_row("rf_h5", 2016, "none", None),
+        model_row("rf_h30", 2016, "none", None),
+        year_row("BollChannelStrategy", **classic, year=2015, net_pnl=-2029.0, sharpe=-0.61, trades=171),
+        year_row("BollChannelStrategy", **classic, year=2016, net_pnl=11704.0, sharpe=1.39, trades=143),
+        year_row("DualThrustStrategy", **classic, year=2015, net_pnl=-3070.0, sharpe=-1.67, trades=318),
+        year_row("DualThrustStrategy", **classic, year=2016, net_pnl=8422.0, sharpe=1.78, trades=310),
+        year_row("buy_and_hold", "reference", 2015, net_pnl=-7722.0, sharpe=-2.0),
+    ]
+    training = [
+        year_row("BollChannelStrategy", "classic_training", 2015, sharpe=0.2),
+        year_row("DualThrustStrategy", "classic_training", 2015, sharpe=0.9),
+        year_row("BollChannelStrategy", "classic_training", 2016, sharpe=1.1),
+        year_row("DualThrustStrategy", "classic_training", 2016, sharpe=-0.3),
+    ]
+    chosen, record = research.selected_rows(rows, training)
+    assert [(row["strategy"], row["year"], row["chosen"]) for row in chosen] == [
+        ("ai_selected", 2015, "rf_h5"),  # chosen on validation, not on its test year's figures
+        ("classic_selected", 2015, "DualThrustStrategy"),
+        ("ai_selected", 2016, ""),  # no row with an edge: no trades
+        ("classic_selected", 2016, "BollChannelStrategy"),
+    ]
+    assert (chosen[0]["net_pnl"], chosen[0]["sharpe"], chosen[0]["ic"], chosen[0]["choice_score"]) == (
+        -50.0,
+        -0.5,
+        0.03,
+        300.0,
+    )
+    assert (chosen[2]["trades"], chosen[2]["sharpe"], chosen[2]["edge"]) == (0, 0.0, "none")
+    assert (chosen[3]["net_pnl"], chosen[3]["choice_score"], chosen[3]["kind"]) == (11704.0, 1.1, "selected")
+    assert record["2016"]["ai_selected"]["chosen"] is None
+    assert record["2015"]["classic_selected"]["candidates"]["DualThrustStrategy"]["sharpe"] == 0.9
+    assert record["2015"]["ai_selected"]["candidates"]["rf_h30"] == {
+        "edge": "positive",
+        "valid_pnl": 100.0,
+        "valid_trades": None,
+    }
+
+    table = research.build_table([*rows, *chosen])
+    assert [row["strategy"] for row in table[:6]] == ["ai_selected"] * 3 + ["classic_selected"] * 3
+    assert table[2]["chosen"] == "2015: rf_h5; 2016: -" and table[2]["sharpe"] == pytest.approx(-0.25)
+    assert table[5]["chosen"] == "2015: DualThrustStrategy; 2016: BollChannelStrategy"
+    assert table[5]["sharpe"] == pytest.approx((-1.67 + 1.39) / 2) and table[5]["choice_score"] is None
+    found = research.verdict(table)
+    assert found["ai_selected_sharpe"] == pytest.approx(-0.25) and found["selected_ahead"] is False
+    assert found["best_model"] == "rf_h30" and found["best_classic"] == "BollChannelStrategy"
+    assert found["model_ahead"] is True  # after the fact the model looks ahead; chosen before, it is not
+    line = research.verdict_line(found)
+    assert line.index("ai_selected 平均夏普 / mean Sharpe -0.25 未超过 / not above") < line.index("事后最佳")
+    assert "(AI: 2015: rf_h5; 2016: -; classic: 2015: DualThrustStrategy; 2016: BollChannelStrategy)" in line
+    assert "best model rf_h30 平均夏普 / mean Sharpe 1.25 高于 / above" in line
+
+
+def test_without_model_or_classic_rows_nothing_is_selected() -> None:
+    rows = [year_row("buy_and_hold", "reference", 2016, net_pnl=10.0)]
+    assert research.selected_rows(rows, []) == ([], {})
+    classics = [year_row("DualThrustStrategy", "classic", 2016, sharpe=1.78)]
+    chosen, _ = research.selected_rows(classics, [])  # no training-years runs: no classic pick
+    assert chosen == []
+    found = research.verdict(research.build_table(classics))
+    assert found["ai_selected_sharpe"] is None and found["selected_ahead"] is False
+    assert research.verdict_line(found) == ""
 
 
 def test_the_printed_summary_says_a_model_without_edge_does_not_trade() -> None:
@@ -124,12 +224,12 @@ from vnpy_ctastrategy.strategies.dual_thrust_strategy import DualThrustStrategy
 
 spec = contract_spec("rb0000.SHFE", load_contracts(settings_dirs(home)))
 found = {}
-for strategy in (DualThrustStrategy, BollChannelStrategy):
+for strategy, year in [(s, y) for s in (DualThrustStrategy, BollChannelStrategy) for y in (2015, 2016)]:
     engine = BacktestingEngine()
     engine.set_parameters(
         vt_symbol="rb0000.SHFE", interval=Interval.MINUTE,
-        start=data_collector.to_china_time("2016-01-01"),
-        end=data_collector.to_china_time("2016-12-31", end_of_day=True),
+        start=data_collector.to_china_time(f"{year}-01-01"),
+        end=data_collector.to_china_time(f"{year}-12-31", end_of_day=True),
         rate=spec.fees.open_rate, slippage=spec.slippage_ticks * spec.pricetick, size=spec.size,
         pricetick=spec.pricetick, capital=1_000_000,
     )
@@ -139,7 +239,7 @@ for strategy in (DualThrustStrategy, BollChannelStrategy):
     engine.calculate_result()
     statistics = engine.calculate_statistics(output=False)
     opened = [t for t in engine.trades.values() if t.offset == Offset.OPEN]
-    found[strategy.__name__] = {
+    found[f"{strategy.__name__} {year}"] = {
         "bars": len(engine.history_data),
         "net_pnl": float(statistics["total_net_pnl"]),
         "return_pct": float(statistics["total_return"]),
@@ -186,13 +286,13 @@ def test_a_small_research_matches_vnpys_engine_and_run_backtest_and_reruns_ident
     files = {name: (folder / name).read_bytes() for name in ("research.csv", "research.json")}
     facts = json.loads(files["research.json"])
     rows = {(row["strategy"], row["year"]): row for row in facts["rows"]}
-    assert set(rows) == {
-        (name, year)
-        for name in ("random_forest_h30_executable", "BollChannelStrategy", "DualThrustStrategy", "buy_and_hold")
-        for year in (2016, "mean")
-    }
-    assert (folder / "research.html").read_text(encoding="utf-8").count("<tr class=") == 8
-    assert pd.read_csv(folder / "research.csv")["strategy"].tolist()[0] == "random_forest_h30_executable"
+    names = ("random_forest_h30_executable", "BollChannelStrategy", "DualThrustStrategy", "buy_and_hold")
+    assert set(rows) == {(name, year) for name in (*names, *SELECTED) for year in (2016, "mean")}
+    assert (folder / "research.html").read_text(encoding="utf-8").count("<tr class=") == 12
+    assert pd.read_csv(folder / "research.csv")["strategy"].tolist()[:5] == [
+        *("ai_selected", "ai_selected", "classic_selected", "classic_selected"),
+        "random_forest_h30_executable",
+    ]
 
     # the classics: vnpy's engine reading vnpy's database in a fresh process, nothing of ours in between
     result = run_python(DIRECT_RUN + "", imported_home.root)
@@ -200,7 +300,7 @@ def test_a_small_research_matches_vnpys_engine_and_run_backtest_and_reruns_ident
     direct = json.loads((imported_home.root.parent / "direct.json").read_text())
     (imported_home.root.parent / "direct.json").unlink()
     for name in ("DualThrustStrategy", "BollChannelStrategy"):
-        assert_figures(rows[(name, 2016)], direct[name])
+        assert_figures(rows[(name, 2016)], direct[f"{name} 2016"])
         assert {k: v for k, v in rows[(name, "mean")].items() if k not in ("year",)} == {
             k: v for k, v in rows[(name, 2016)].items() if k not in ("year",)
         }
@@ -212,6 +312,19 @@ def test_a_small_research_matches_vnpys_engine_and_run_backtest_and_reruns_ident
         and rows[("BollChannelStrategy", 2016)]["trades"] == 143
     )
     assert round(rows[("DualThrustStrategy", 2016)]["sharpe"], 2) == 1.78
+
+    # the classic chosen on the training year (2015): each classic's Sharpe there is vnpy's own, the pick the larger
+    chosen = facts["selection"]["years"]["2016"]
+    training = chosen["classic_selected"]["candidates"]
+    for name in ("DualThrustStrategy", "BollChannelStrategy"):
+        assert training[name]["sharpe"] == pytest.approx(direct[f"{name} 2015"]["sharpe"], abs=5e-5)
+        assert training[name]["trades"] == direct[f"{name} 2015"]["trades"]
+    pick = max(sorted(training), key=lambda name: training[name]["sharpe"])
+    classic_row = rows[("classic_selected", 2016)]
+    assert chosen["classic_selected"]["chosen"] == pick and classic_row["chosen"] == pick
+    assert classic_row["choice_score"] == training[pick]["sharpe"] and classic_row["kind"] == "selected"
+    assert_figures(classic_row, direct[f"{pick} 2016"])
+    assert rows[("classic_selected", "mean")]["chosen"] == f"2016: {pick}"
 
     # the model: the saved bundle backtested by run_backtest; trained on 2015 only
     import backtesting_module
@@ -244,6 +357,22 @@ def test_a_small_research_matches_vnpys_engine_and_run_backtest_and_reruns_ident
     )
     if model_row["edge"] == "none":
         assert model_row["trades"] == 0
+    assert model_row["valid_pnl"] == pytest.approx(metadata["decision"]["net_pnl"], abs=0.005)
+    assert model_row["valid_trades"] == metadata["decision"]["trades"]
+
+    # the AI chosen on validation: the only model, if its validation found an edge; else no trades
+    ai_row = rows[("ai_selected", 2016)]
+    if model_row["edge"] == "none":
+        assert ai_row["chosen"] == "" and ai_row["trades"] == 0 and ai_row["sharpe"] == 0.0 and ai_row["edge"] == "none"
+        assert chosen["ai_selected"]["chosen"] is None
+    else:
+        assert ai_row["chosen"] == "random_forest_h30_executable" == chosen["ai_selected"]["chosen"]
+        assert {column: ai_row[column] for column in FIGURES} == {column: model_row[column] for column in FIGURES}
+        assert ai_row["choice_score"] == pytest.approx(model_row["valid_pnl"], abs=0.005)
+    ai_mean, classic_mean = rows[("ai_selected", "mean")]["sharpe"], rows[("classic_selected", "mean")]["sharpe"]
+    found = facts["verdict"]
+    assert (found["ai_selected_sharpe"], found["classic_selected_sharpe"]) == (ai_mean, classic_mean)
+    assert found["selected_ahead"] is (ai_mean > classic_mean)
     bars = data_collector.load_history_data(VT, "2015-12-01", "2016-12-31", home=imported_home)
     cleaned, _ = data_processor.clean_data(bars, VT)
     labels = data_processor.make_labels(cleaned, 30, "executable").reindex(again.predictions.index)
