@@ -17,20 +17,19 @@ from config import CHINA_TZ, ContractSpec, DataError
 from trading_calendar import (
     MINUTES_PER_DAY,
     BarCalendar,
+    BarClock,
     SessionEra,
     add_calendar,
     anchored_trading_day,
     as_china_index,
     bar_minutes,
     causal_trading_days,
-    is_night,
     known_eras,
     progress_since_open,
     resolve_vt_symbol,
     session_date_and_night,
     session_eras,
     session_mask,
-    session_progress,
 )
 
 OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
@@ -464,6 +463,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {BASE_SET: FEATURE_NAMES, MTF_SET: (*
 FEATURE_SET_VERSIONS: dict[str, int] = {BASE_SET: FEATURE_VERSION, MTF_SET: MTF_VERSION}
 DEFAULT_FEATURE_SET: str = BASE_SET
 ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_SETS[MTF_SET]
+_BASE_COLUMNS: frozenset[str] = frozenset(FEATURE_NAMES)
 
 
 def checked_feature_set(name: str) -> str:
@@ -476,131 +476,9 @@ def checked_feature_set(name: str) -> str:
 def _safe_ratio(num: np.ndarray, den: np.ndarray, default: float) -> np.ndarray:
     """num / den, with `default` where den is 0 (and NaN kept where either is NaN)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = num / den
-    return np.where(den == 0, default, out)
-
-
-def _rolling(values: np.ndarray, window: int) -> Any:
-    return pd.Series(values).rolling(window, min_periods=window)
-
-
-def build_features(
-    df: pd.DataFrame, vt_symbol: str | None = None, feature_set: str = DEFAULT_FEATURE_SET
-) -> pd.DataFrame:
-    """The columns of `FEATURE_SETS[feature_set]` for every bar, causal: the base set, NaN only in the first
-    FEATURE_WARMUP rows; the multi-timeframe set adds `build_mtf_features`, NaN until their look-backs fill."""
-    if checked_feature_set(feature_set) == BASE_SET:
-        return build_base_features(df, vt_symbol)
-    days = causal_trading_days(as_china_index(df.index))
-    return pd.concat([build_base_features(df, vt_symbol, days), build_mtf_features(df, days)], axis=1)
-
-
-def build_base_features(df: pd.DataFrame, vt_symbol: str | None = None, days: np.ndarray | None = None) -> pd.DataFrame:
-    """The curated causal base feature set for every bar; NaN only in the first FEATURE_WARMUP rows (`days`: the
-    bars' `causal_trading_days`, when the caller has them)."""
-    import ta
-
-    vt_symbol = resolve_vt_symbol(df, vt_symbol)
-    index = as_china_index(df.index)
-    o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
-    close = pd.Series(c)  # a plain integer index: `ta` misbehaves on a DatetimeIndex (GUIDE §6)
-    log_c = np.log(c)
-    prev_c = np.r_[np.nan, c[:-1]]
-    ret_1 = np.r_[np.nan, np.diff(log_c)]
-    out: dict[str, np.ndarray] = {}
-    for n in RETURN_HORIZONS:
-        out[f"ret_{n}"] = np.r_[np.full(n, np.nan), log_c[n:] - log_c[:-n]][: len(c)]
-    out["vol_15"] = _rolling(ret_1, 15).std().to_numpy()
-    out["vol_60"] = _rolling(ret_1, 60).std().to_numpy()
-    range_hl = np.log(h / lo)
-    out["range_hl"] = range_hl
-    out["park_vol_30"] = np.sqrt(_rolling(range_hl**2, 30).mean().to_numpy() / (4 * math.log(2)))
-    true_range = np.fmax(h, prev_c) - np.fmin(lo, prev_c)
-    atr = pd.Series(true_range).ewm(alpha=1 / 14, min_periods=14, adjust=False).mean().to_numpy()
-    out["atr_14"] = atr / c
-    out["gap_open"] = np.log(o / prev_c)
-    out["body"] = np.log(c / o)
-    out["upper_wick"] = (h - np.maximum(o, c)) / c
-    out["lower_wick"] = (np.minimum(o, c) - lo) / c
-
-    sma = {n: _rolling(c, n).mean().to_numpy() for n in (10, 30, 60)}
-    for n in (10, 30, 60):
-        out[f"sma_ratio_{n}"] = c / sma[n] - 1
-    out["sma_cross_10_60"] = sma[10] / sma[60] - 1
-    out["ema_ratio_20"] = c / ta.trend.EMAIndicator(close, 20).ema_indicator().to_numpy() - 1
-    macd = ta.trend.MACD(close, window_slow=26, window_fast=12, window_sign=9)
-    out["macd"] = macd.macd().to_numpy() / c
-    out["macd_signal"] = macd.macd_signal().to_numpy() / c
-    out["macd_diff"] = macd.macd_diff().to_numpy() / c
-    path = _rolling(np.abs(np.r_[np.nan, np.diff(c)]), 20).sum().to_numpy()
-    move = np.abs(np.r_[np.full(20, np.nan), c[20:] - c[:-20]])[: len(c)]
-    out["efficiency_20"] = _safe_ratio(move, path, 0.0)
-
-    out["rsi_6"] = ta.momentum.RSIIndicator(close, 6).rsi().to_numpy()
-    out["rsi_14"] = ta.momentum.RSIIndicator(close, 14).rsi().to_numpy()
-    lowest = _rolling(lo, 14).min().to_numpy()
-    highest = _rolling(h, 14).max().to_numpy()
-    stoch_k = _safe_ratio(100 * (c - lowest), highest - lowest, 50.0)
-    out["stoch_k_14"] = stoch_k
-    out["stoch_d_14"] = _rolling(stoch_k, 3).mean().to_numpy()
-    tsi = ta.momentum.TSIIndicator(close, window_slow=25, window_fast=13)
-    out["tsi"] = np.nan_to_num(tsi.tsi().to_numpy(), nan=0.0) / 100
-    # Bollinger bands from an exact two-pass std per window (pandas' running std drifts by ~1e-9 here)
-    mavg, std = np.full(len(c), np.nan), np.full(len(c), np.nan)
-    if len(c) >= 20:
-        windows = np.lib.stride_tricks.sliding_window_view(c, 20)
-        mavg[19:], std[19:] = windows.mean(axis=1), windows.std(axis=1)
-    flat = std <= 1e-9 * np.abs(mavg)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["bb_pband_20"] = np.where(flat, 0.5, (c - (mavg - 2 * std)) / (4 * std))
-        out["bb_width_20"] = np.where(flat, 0.0, 4 * std / mavg)
-
-    log_v = np.log1p(v)
-    out["volume_dev_30"] = log_v - _rolling(log_v, 30).mean().to_numpy()
-    mean_60 = _rolling(log_v, 60).mean().to_numpy()
-    std_60 = _rolling(log_v, 60).std().to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["volume_z_60"] = np.where(std_60 < ZERO_STD, 0.0, (log_v - mean_60) / std_60)
-    cmf = ta.volume.ChaikinMoneyFlowIndicator(pd.Series(h), pd.Series(lo), close, pd.Series(v), 20)
-    cmf_values = cmf.chaikin_money_flow().to_numpy()
-    volume_20 = _rolling(v, 20).sum().to_numpy()
-    out["cmf_20"] = np.where(volume_20 == 0, 0.0, cmf_values)
-    typical = (h + lo + c) / 3
-    direction = np.sign(np.r_[np.nan, np.diff(typical)])
-    flow = typical * v
-    positive = _rolling(np.where(direction > 0, flow, 0.0), 14).sum().to_numpy().copy()
-    negative = _rolling(np.where(direction < 0, flow, 0.0), 14).sum().to_numpy()
-    positive[:14] = np.nan  # the first typical-price change is at row 1
-    out["mfi_14"] = _safe_ratio(100 * positive, positive + negative, 50.0)
-    signed = np.sign(np.r_[np.nan, np.diff(c)]) * v
-    out["flow_imbalance_20"] = _safe_ratio(_rolling(signed, 20).sum().to_numpy(), volume_20, 0.0)
-
-    minutes = np.asarray(index.hour * 60 + index.minute, dtype="float64")
-    angle = 2 * math.pi * minutes / MINUTES_PER_DAY
-    out["tod_sin"] = np.sin(angle)
-    out["tod_cos"] = np.cos(angle)
-    out["night"] = is_night(index).astype("float64")
-    eras = known_eras(vt_symbol)
-    if eras is None:
-        out["session_progress"] = progress_since_open(index)
-    else:  # off-session bars (uncleaned data) sit at the window's end
-        out["session_progress"] = np.nan_to_num(session_progress(eras, index), nan=1.0)
-    day = causal_trading_days(index) if days is None else days
-    new_day = np.r_[True, day[1:] != day[:-1]] if len(day) else np.zeros(0, dtype=bool)
-    day_id = np.cumsum(new_day)
-    groups = pd.Series(day_id)
-    day_open = pd.Series(o).groupby(groups).transform("first").to_numpy()
-    day_high = pd.Series(h).groupby(groups).cummax().to_numpy()
-    day_low = pd.Series(lo).groupby(groups).cummin().to_numpy()
-    out["day_return"] = np.log(c / day_open)
-    out["day_range_pos"] = _safe_ratio(c - day_low, day_high - day_low, 0.5)
-
-    features = pd.DataFrame(out, index=df.index)[list(FEATURE_NAMES)]
-    features.iloc[:FEATURE_WARMUP] = np.nan
-    return features
-
-
-# --- the multi-timeframe feature set (batch) ---------------------------------------------------------
+        out: np.ndarray = num / den
+    out[den == 0] = default
+    return out
 
 
 def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
@@ -611,6 +489,251 @@ def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
     if lag < len(values):
         out[lag:] = values[:-lag]
     return out
+
+
+def _window_sum(values: np.ndarray, window: int) -> np.ndarray:
+    """The sum of each bar's last `window` values taken oldest first, as the online state's `sum` takes it (NaN until
+    there are `window`, and where one is NaN); for whole numbers (lots, prices in whole ticks) the difference of one
+    running sum, which is then exact and so the same."""
+    rows = len(values)
+    out = np.full(rows, np.nan)
+    if rows < window:
+        return out
+    count = rows - window + 1
+    sums = out[window - 1 :]
+    whole = bool((values == np.trunc(values)).all())  # False where a value is NaN
+    if whole and window > 8 and float(np.abs(values).max()) * rows < 2.0**53:
+        total = np.cumsum(values)
+        sums[0] = total[window - 1]
+        np.subtract(total[window:], total[:-window], out=sums[1:])
+        return out
+    sums[:] = values[:count]
+    for k in range(1, window):
+        np.add(sums, values[k : k + count], out=sums)
+    return out
+
+
+def _window_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of each bar's last `window` values (`_window_sum` / window)."""
+    return _window_sum(values, window) / window
+
+
+def _window_std(values: np.ndarray, window: int, total: np.ndarray | None = None) -> np.ndarray:
+    """Sample std (ddof 1) of each bar's last `window` values from their sum (`total`, when the caller has it) and
+    their sum of squares, as the online state's `_sample_std` takes them; NaN until there are `window`."""
+    total = _window_sum(values, window) if total is None else total
+    squares = _window_sum(values * values, window)
+    with np.errstate(invalid="ignore"):
+        std: np.ndarray = np.sqrt(np.maximum((squares - total * total / window) / (window - 1), 0.0))
+    return std
+
+
+def _window_spread(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std of each bar's last `window` values (NaN before); the std in two passes, the squared
+    deviations from the window's own mean summed oldest first, as the online state sums them."""
+    rows = len(values)
+    mean, std = _window_mean(values, window), np.full(rows, np.nan)
+    if rows >= window:
+        count = rows - window + 1
+        centre, squares, work = mean[window - 1 :], np.zeros(count), np.empty(count)
+        for k in range(window):
+            np.subtract(values[k : k + count], centre, out=work)
+            np.add(squares, np.multiply(work, work, out=work), out=squares)
+        std[window - 1 :] = np.sqrt(squares / window)
+    return mean, std
+
+
+def _window_extremes(values: np.ndarray, windows: Sequence[int], largest: bool) -> dict[int, np.ndarray]:
+    """The max (`largest`) or min of each bar's last w values for each w in `windows`, NaN until there are w or where
+    one is NaN; exact: spans doubled by one comparison each, then two overlapping spans per window."""
+    pick = np.maximum if largest else np.minimum
+    rows = len(values)
+    spans, span = {1: values}, 1
+    while span * 2 <= max(windows):
+        part, wider = spans[span], np.empty(rows)
+        wider[:span] = part[:span]  # rows before a full span: never read below
+        pick(part[span:], part[:-span], out=wider[span:])
+        span *= 2
+        spans[span] = wider
+    out: dict[int, np.ndarray] = {}
+    for window in windows:
+        result = np.full(rows, np.nan)
+        if rows >= window:
+            span = 1 << (window.bit_length() - 1)  # the widest doubled span within the window: two of them cover it
+            part = spans[span]
+            pick(part[window - 1 :], part[span - 1 : rows - window + span], out=result[window - 1 :])
+        out[window] = result
+    return out
+
+
+def _ewm(values: np.ndarray, min_periods: int, span: float | None = None, alpha: float | None = None) -> np.ndarray:
+    """pandas' `ewm(..., adjust=False).mean()` (what `ta` calls for its EMA, MACD, RSI and TSI)."""
+    mean: np.ndarray = (
+        pd.Series(values, copy=False).ewm(span=span, alpha=alpha, min_periods=min_periods, adjust=False).mean()
+    ).to_numpy()
+    return mean
+
+
+def _rsi(change: np.ndarray, window: int) -> np.ndarray:
+    """`ta`'s RSI from the close's changes (the first, NaN, counts as no move), its arithmetic step by step."""
+    up = _ewm(np.fmax(change, 0.0), window, alpha=1 / window)
+    down = _ewm(-np.fmin(change, 0.0), window, alpha=1 / window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rsi: np.ndarray = np.where(down == 0, 100, 100 - (100 / (1 + up / down)))
+    return rsi
+
+
+@dataclass(frozen=True)
+class _Bars:
+    """What every batch feature reads, computed once: the prices, the China clock and the causal trading days."""
+
+    o: np.ndarray
+    h: np.ndarray
+    lo: np.ndarray
+    c: np.ndarray
+    v: np.ndarray
+    log_c: np.ndarray
+    index: pd.DatetimeIndex  # in China time
+    clock: BarClock
+    day: np.ndarray  # each bar's trading day number: 0, 1, ... (`causal_trading_days`)
+    starts: np.ndarray  # each day's first row
+    day_high: np.ndarray  # the day's high so far
+    day_low: np.ndarray  # the day's low so far
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> _Bars:
+        """The arrays of `df`'s bars."""
+        o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
+        index = as_china_index(df.index)
+        clock = BarClock.of(index)
+        days = clock.causal_trading_days()
+        new_day = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
+        day = np.cumsum(new_day) - 1
+        high = pd.Series(h, copy=False).groupby(day).cummax().to_numpy()
+        low = pd.Series(lo, copy=False).groupby(day).cummin().to_numpy()
+        return cls(o, h, lo, c, v, np.log(c), index, clock, day, np.flatnonzero(new_day), high, low)
+
+
+def build_features(
+    df: pd.DataFrame, vt_symbol: str | None = None, feature_set: str = DEFAULT_FEATURE_SET
+) -> pd.DataFrame:
+    """The columns of `FEATURE_SETS[feature_set]` for every bar, causal: the base set, NaN only in the first
+    FEATURE_WARMUP rows; the multi-timeframe set adds `build_mtf_features`, NaN until their look-backs fill."""
+    names = FEATURE_SETS[checked_feature_set(feature_set)]
+    bars = _Bars.of(df)
+    columns = _base_columns(bars, resolve_vt_symbol(df, vt_symbol))
+    if feature_set == MTF_SET:
+        columns.update(_mtf_columns(bars))
+    return _frame(columns, names, df.index)
+
+
+def build_mtf_features(df: pd.DataFrame) -> pd.DataFrame:
+    """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full."""
+    return _frame(_mtf_columns(_Bars.of(df)), MTF_NAMES, df.index)
+
+
+def _frame(columns: Mapping[str, np.ndarray], names: Sequence[str], index: pd.Index) -> pd.DataFrame:
+    """The named columns as one frame; the base set's warm-up rows NaN."""
+    block = np.empty((len(names), len(index)))  # one row per column: its transpose is pandas' own block layout
+    for row, name in enumerate(names):
+        block[row] = columns[name]
+        if name in _BASE_COLUMNS:
+            block[row, :FEATURE_WARMUP] = np.nan
+    return pd.DataFrame(block.T, index=index, columns=list(names), copy=False)
+
+
+def _base_columns(bars: _Bars, vt_symbol: str | None) -> dict[str, np.ndarray]:
+    """The curated causal base feature set (`FEATURE_NAMES`) for every bar, warm-up rows not yet blanked."""
+    o, h, lo, c, v, log_c = bars.o, bars.h, bars.lo, bars.c, bars.v, bars.log_c
+    prev_c = _lagged(c, 1)
+    change = c - prev_c
+    ret_1 = log_c - _lagged(log_c, 1)
+    out: dict[str, np.ndarray] = {}
+    for n in RETURN_HORIZONS:
+        out[f"ret_{n}"] = log_c - _lagged(log_c, n)
+    out["vol_15"] = _window_std(ret_1, 15)
+    out["vol_60"] = _window_std(ret_1, 60)
+    range_hl = np.log(h / lo)
+    out["range_hl"] = range_hl
+    out["park_vol_30"] = np.sqrt(_window_mean(range_hl**2, 30) / (4 * math.log(2)))
+    true_range = np.fmax(h, prev_c) - np.fmin(lo, prev_c)
+    out["atr_14"] = _ewm(true_range, 14, alpha=1 / 14) / c
+    out["gap_open"] = np.log(o / prev_c)
+    out["body"] = np.log(c / o)
+    out["upper_wick"] = (h - np.maximum(o, c)) / c
+    out["lower_wick"] = (np.minimum(o, c) - lo) / c
+
+    sma = {n: _window_mean(c, n) for n in (10, 30, 60)}
+    for n in (10, 30, 60):
+        out[f"sma_ratio_{n}"] = c / sma[n] - 1
+    out["sma_cross_10_60"] = sma[10] / sma[60] - 1
+    out["ema_ratio_20"] = c / _ewm(c, 20, span=20) - 1
+    macd = _ewm(c, 12, span=12) - _ewm(c, 26, span=26)
+    signal = _ewm(macd, 9, span=9)
+    out["macd"] = macd / c
+    out["macd_signal"] = signal / c
+    out["macd_diff"] = (macd - signal) / c
+    path = _window_sum(np.abs(change), 20)
+    move = np.abs(c - _lagged(c, 20))
+    out["efficiency_20"] = _safe_ratio(move, path, 0.0)
+
+    out["rsi_6"] = _rsi(change, 6)
+    out["rsi_14"] = _rsi(change, 14)
+    extremes_high = _window_extremes(h, (14,), largest=True)
+    extremes_low = _window_extremes(lo, (14,), largest=False)
+    highest, lowest = extremes_high[14], extremes_low[14]
+    stoch_k = _safe_ratio(100 * (c - lowest), highest - lowest, 50.0)
+    out["stoch_k_14"] = stoch_k
+    out["stoch_d_14"] = _window_mean(stoch_k, 3)
+    smooth = _ewm(_ewm(change, 25, span=25), 13, span=13)
+    smooth_abs = _ewm(_ewm(np.abs(change), 25, span=25), 13, span=13)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["tsi"] = np.nan_to_num(smooth / smooth_abs, nan=0.0)
+    mavg, std = _window_spread(c, 20)
+    flat = std <= 1e-9 * np.abs(mavg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pband, width = (c - (mavg - 2 * std)) / (4 * std), 4 * std / mavg
+    pband[flat], width[flat] = 0.5, 0.0
+    out["bb_pband_20"], out["bb_width_20"] = pband, width
+
+    log_v = np.log1p(v)
+    out["volume_dev_30"] = log_v - _window_mean(log_v, 30)
+    total_60 = _window_sum(log_v, 60)
+    std_60 = _window_std(log_v, 60, total_60)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        volume_z = (log_v - total_60 / 60) / std_60
+    volume_z[std_60 < ZERO_STD] = 0.0
+    out["volume_z_60"] = volume_z
+    spread = h - lo
+    with np.errstate(divide="ignore", invalid="ignore"):
+        money_flow = np.where(spread == 0, 0.0, ((c - lo) - (h - c)) / spread) * v
+    volume_20 = _window_sum(v, 20)
+    out["cmf_20"] = _safe_ratio(_window_sum(money_flow, 20), volume_20, 0.0)
+    typical = (h + lo + c) / 3
+    direction = np.sign(typical - _lagged(typical, 1))
+    flow = typical * v
+    positive = _window_sum(np.where(direction > 0, flow, 0.0), 14)
+    negative = _window_sum(np.where(direction < 0, flow, 0.0), 14)
+    positive[:14] = np.nan  # the first typical-price change is at row 1
+    out["mfi_14"] = _safe_ratio(100 * positive, positive + negative, 50.0)
+    signed = np.sign(change) * v
+    out["flow_imbalance_20"] = _safe_ratio(_window_sum(signed, 20), volume_20, 0.0)
+
+    angle = 2 * math.pi * np.arange(MINUTES_PER_DAY, dtype="float64") / MINUTES_PER_DAY  # one per minute of the day
+    out["tod_sin"] = np.sin(angle)[bars.clock.minutes]
+    out["tod_cos"] = np.cos(angle)[bars.clock.minutes]
+    out["night"] = bars.clock.night().astype("float64")
+    eras = known_eras(vt_symbol)
+    if eras is None:
+        out["session_progress"] = progress_since_open(bars.index)
+    else:  # off-session bars (uncleaned data) sit at the window's end
+        out["session_progress"] = np.nan_to_num(bars.clock.session_progress(eras), nan=1.0)
+    out["day_return"] = np.log(c / o[bars.starts][bars.day])
+    out["day_range_pos"] = _safe_ratio(c - bars.day_low, bars.day_high - bars.day_low, 0.5)
+    return out
+
+
+# --- the multi-timeframe feature set (batch) ---------------------------------------------------------
 
 
 def _steps_stats(steps: Sequence[np.ndarray], root: float) -> tuple[np.ndarray, np.ndarray]:
@@ -640,22 +763,18 @@ def _range_place(c: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.n
     return _safe_ratio(c - low, high - low, 0.5), np.log(high / low)
 
 
-def build_mtf_features(df: pd.DataFrame, days: np.ndarray | None = None) -> pd.DataFrame:
-    """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full
-    (`days`: the bars' `causal_trading_days`, when the caller has them)."""
-    index = as_china_index(df.index)
-    o, h, lo, c, v = (df[name].to_numpy(dtype="float64") for name in OHLCV)
-    rows = len(c)
-    log_c = np.log(c)
+def _mtf_columns(bars: _Bars) -> dict[str, np.ndarray]:
+    """The multi-timeframe columns (`MTF_NAMES`) for every bar, NaN until their look-back is full."""
+    h, lo, c, v, log_c = bars.h, bars.lo, bars.c, bars.v, bars.log_c
     cum_v = np.r_[0.0, np.cumsum(v)]  # volume before bar t: cum_v[t]; through bar t: cum_v[t + 1]
     through = cum_v[1:]
+    spans = [m * MTF_PERIODS for m in MTF_TIMEFRAMES]
+    highs = _window_extremes(h, spans, largest=True)
+    lows = _window_extremes(lo, spans, largest=False)
     out: dict[str, np.ndarray] = {}
-    for m in MTF_TIMEFRAMES:
-        span = m * MTF_PERIODS
+    for m, span in zip(MTF_TIMEFRAMES, spans, strict=True):
         vol, efficiency = _steps_stats(_every_mth(log_c - _lagged(log_c, m), m), math.sqrt(m))
-        high = _rolling(h, span).max().to_numpy()
-        low = _rolling(lo, span).min().to_numpy()
-        place, width = _range_place(c, high, low)
+        place, width = _range_place(c, highs[span], lows[span])
         recent = through - _lagged(cum_v, m)[1:]
         mean = (through - _lagged(cum_v, span)[1:]) / MTF_PERIODS
         columns = {
@@ -669,27 +788,18 @@ def build_mtf_features(df: pd.DataFrame, days: np.ndarray | None = None) -> pd.D
         for stem, values in columns.items():  # each a fresh array: the rows before a full look-back become NaN
             values[:span] = np.nan
             out[f"{stem}_{m}m"] = values
-    out.update(_daily_features(causal_trading_days(index) if days is None else days, h, lo, c, log_c, cum_v))
-    block = np.empty((len(MTF_NAMES), rows))  # one row per column: its transpose is pandas' own block layout
-    for row, name in enumerate(MTF_NAMES):
-        block[row] = out[name]
-    return pd.DataFrame(block.T, index=df.index, columns=list(MTF_NAMES), copy=False)
+    out.update(_daily_columns(bars, cum_v))
+    return out
 
 
-def _daily_features(
-    day: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, log_c: np.ndarray, cum_v: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The daily columns: per trading day (`day`, the calendar's rule), from completed days and the day so far."""
-    rows, n = len(c), MTF_DAYS
-    if rows == 0:
+def _daily_columns(bars: _Bars, cum_v: np.ndarray) -> dict[str, np.ndarray]:
+    """The daily columns: per trading day (the calendar's rule), from completed days and the day so far."""
+    c, log_c, n = bars.c, bars.log_c, MTF_DAYS
+    if len(c) == 0:
         return {name: np.zeros(0) for name in DAILY_NAMES}
-    new_day = np.r_[True, day[1:] != day[:-1]]
-    starts = np.flatnonzero(new_day)
-    ends = np.r_[starts[1:] - 1, rows - 1]
-    day_of = np.cumsum(new_day) - 1  # the bar's day number
-    groups = pd.Series(day_of)
-    high_so_far = pd.Series(h).groupby(groups).cummax().to_numpy()
-    low_so_far = pd.Series(lo).groupby(groups).cummin().to_numpy()
+    day_of, starts = bars.day, bars.starts
+    ends = np.r_[starts[1:] - 1, len(c) - 1]
+    high_so_far, low_so_far = bars.day_high, bars.day_low
     day_log_close = log_c[ends]
     day_high, day_low = high_so_far[ends], low_so_far[ends]
     day_range = np.log(day_high / day_low)
@@ -703,8 +813,8 @@ def _daily_features(
     range_total = np.zeros(len(starts))
     for k in range(n, 0, -1):
         range_total = range_total + _lagged(day_range, k)
-    past_high = pd.Series(day_high).rolling(n, min_periods=n).max().shift(1).to_numpy()
-    past_low = pd.Series(day_low).rolling(n, min_periods=n).min().shift(1).to_numpy()
+    past_high = _lagged(_window_extremes(day_high, (n,), largest=True)[n], 1)
+    past_low = _lagged(_window_extremes(day_low, (n,), largest=False)[n], 1)
     past_volume = (start_volume - _lagged(start_volume, n)) / n
 
     high = np.fmax(past_high[day_of], high_so_far)
