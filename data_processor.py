@@ -736,12 +736,15 @@ def _base_columns(bars: _Bars, vt_symbol: str | None) -> dict[str, np.ndarray]:
 # --- the multi-timeframe feature set (batch) ---------------------------------------------------------
 
 
-def _steps_stats(steps: Sequence[np.ndarray], root: float) -> tuple[np.ndarray, np.ndarray]:
-    """Std (ddof 1) of the steps / root, and |sum| / sum of |step|; summed oldest first, as the online state does."""
+def _steps_stats(
+    steps: Sequence[np.ndarray], root: float, sizes_of: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Std (ddof 1) of the steps / root, and |sum| / sum of |step| (`sizes_of`: the steps' sizes, when the caller
+    has them); summed oldest first, as the online state does."""
     total, sizes, squares, work = (np.zeros(len(steps[0])) for _ in range(4))
-    for step in steps:
+    for k, step in enumerate(steps):
         np.add(total, step, out=total)
-        np.add(sizes, np.abs(step, out=work), out=sizes)
+        np.add(sizes, np.abs(step, out=work) if sizes_of is None else sizes_of[k], out=sizes)
     mean = total / len(steps)
     for step in steps:
         np.subtract(step, mean, out=work)
@@ -754,7 +757,7 @@ def _every_mth(returns: np.ndarray, m: int) -> list[np.ndarray]:
     """The MTF_PERIODS m-bar returns ending at each bar, every m-th one back, oldest first: views of one padded
     array (returns[t - (MTF_PERIODS - 1 - k) m] for k = 0 ..)."""
     rows = len(returns)
-    padded = np.r_[np.full((MTF_PERIODS - 1) * m, np.nan), returns]
+    padded = np.concatenate([np.full((MTF_PERIODS - 1) * m, np.nan), returns])
     return [padded[k * m : k * m + rows] for k in range(MTF_PERIODS)]
 
 
@@ -773,7 +776,8 @@ def _mtf_columns(bars: _Bars) -> dict[str, np.ndarray]:
     lows = _window_extremes(lo, spans, largest=False)
     out: dict[str, np.ndarray] = {}
     for m, span in zip(MTF_TIMEFRAMES, spans, strict=True):
-        vol, efficiency = _steps_stats(_every_mth(log_c - _lagged(log_c, m), m), math.sqrt(m))
+        returns = log_c - _lagged(log_c, m)
+        vol, efficiency = _steps_stats(_every_mth(returns, m), math.sqrt(m), _every_mth(np.abs(returns), m))
         place, width = _range_place(c, highs[span], lows[span])
         recent = through - _lagged(cum_v, m)[1:]
         mean = (through - _lagged(cum_v, span)[1:]) / MTF_PERIODS
