@@ -16,6 +16,7 @@ from vnpy.trader.object import AccountData, BarData, OrderData, OrderRequest, Ti
 from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
 from vnpy_ctastrategy import CtaTemplate
 
+from bar_features import FEATURE_WARMUP, FeatureState, build_features
 from config import (
     DEFAULT_CAPITAL,
     AppError,
@@ -28,7 +29,7 @@ from config import (
     RiskSettings,
     resolve_home,
 )
-from data_processor import FEATURE_WARMUP, FeatureState, RollDetector, build_features, gap_segments, make_windows
+from data_processor import RollDetector, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle, has_no_edge
 from model_health import KINDS, HealthView, ModelWatch, health_problems, view_dict
 from risk_manager import PositionBook, RiskManager
