@@ -262,36 +262,49 @@ def build_features(
 ) -> pd.DataFrame:
     """The columns of `FEATURE_SETS[feature_set]` for every bar, causal: the base set, NaN only in the first
     FEATURE_WARMUP rows; the multi-timeframe set adds `build_mtf_features`, NaN until their look-backs fill."""
-    names = FEATURE_SETS[checked_feature_set(feature_set)]
+    block = _Block(FEATURE_SETS[checked_feature_set(feature_set)], len(df))
     bars = _Bars.of(df)
-    columns = _base_columns(bars, resolve_vt_symbol(df, vt_symbol))
+    _base_columns(bars, resolve_vt_symbol(df, vt_symbol), block)
     if feature_set == MTF_SET:
-        columns.update(_mtf_columns(bars))
-    return _frame(columns, names, df.index)
+        _mtf_columns(bars, block)
+    return block.frame(df.index)
 
 
 def build_mtf_features(df: pd.DataFrame) -> pd.DataFrame:
     """The multi-timeframe columns (`MTF_DEFINITIONS`) for every bar, causal; NaN until their look-back is full."""
-    return _frame(_mtf_columns(_Bars.of(df)), MTF_NAMES, df.index)
+    block = _Block(MTF_NAMES, len(df))
+    _mtf_columns(_Bars.of(df), block)
+    return block.frame(df.index)
 
 
-def _frame(columns: Mapping[str, np.ndarray], names: Sequence[str], index: pd.Index) -> pd.DataFrame:
-    """The named columns as one frame; the base set's warm-up rows NaN."""
-    block = np.empty((len(names), len(index)))  # one row per column: its transpose is pandas' own block layout
-    for row, name in enumerate(names):
-        block[row] = columns[name]
-        if name in _BASE_COLUMNS:
-            block[row, :FEATURE_WARMUP] = np.nan
-    return pd.DataFrame(block.T, index=index, columns=list(names), copy=False)
+class _Block:
+    """The frame's values, one row per column (its transpose is pandas' own block layout), filled as each column is
+    computed so that the column's own array can go at once."""
+
+    def __init__(self, names: Sequence[str], rows: int) -> None:
+        self.names = tuple(names)
+        self.values = np.empty((len(self.names), rows))
+        self._rows = {name: row for row, name in enumerate(self.names)}
+
+    def __setitem__(self, name: str, values: np.ndarray) -> None:
+        self.values[self._rows[name]] = values
+
+    def update(self, columns: Mapping[str, np.ndarray]) -> None:
+        for name, values in columns.items():
+            self[name] = values
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        """The columns as one frame, the base set's warm-up rows NaN."""
+        self.values[[row for row, name in enumerate(self.names) if name in _BASE_COLUMNS], :FEATURE_WARMUP] = np.nan
+        return pd.DataFrame(self.values.T, index=index, columns=list(self.names), copy=False)
 
 
-def _base_columns(bars: _Bars, vt_symbol: str | None) -> dict[str, np.ndarray]:
-    """The curated causal base feature set (`FEATURE_NAMES`) for every bar, warm-up rows not yet blanked."""
+def _base_columns(bars: _Bars, vt_symbol: str | None, out: _Block) -> None:
+    """The curated causal base feature set (`FEATURE_NAMES`) for every bar into `out`, warm-up rows not yet blanked."""
     o, h, lo, c, v, log_c = bars.o, bars.h, bars.lo, bars.c, bars.v, bars.log_c
     prev_c = _lagged(c, 1)
     change = c - prev_c
     ret_1 = log_c - _lagged(log_c, 1)
-    out: dict[str, np.ndarray] = {}
     for n in RETURN_HORIZONS:
         out[f"ret_{n}"] = log_c - _lagged(log_c, n)
     out["vol_15"] = _window_std(ret_1, 15)
@@ -373,7 +386,6 @@ def _base_columns(bars: _Bars, vt_symbol: str | None) -> dict[str, np.ndarray]:
         out["session_progress"] = np.nan_to_num(bars.clock.session_progress(eras), nan=1.0)
     out["day_return"] = np.log(c / o[bars.starts][bars.day])
     out["day_range_pos"] = _safe_ratio(c - bars.day_low, bars.day_high - bars.day_low, 0.5)
-    return out
 
 
 # --- the multi-timeframe feature set (batch) ---------------------------------------------------------
@@ -409,15 +421,14 @@ def _range_place(c: np.ndarray, high: np.ndarray, low: np.ndarray) -> tuple[np.n
     return _safe_ratio(c - low, high - low, 0.5), np.log(high / low)
 
 
-def _mtf_columns(bars: _Bars) -> dict[str, np.ndarray]:
-    """The multi-timeframe columns (`MTF_NAMES`) for every bar, NaN until their look-back is full."""
+def _mtf_columns(bars: _Bars, out: _Block) -> None:
+    """The multi-timeframe columns (`MTF_NAMES`) for every bar into `out`, NaN until their look-back is full."""
     h, lo, c, v, log_c = bars.h, bars.lo, bars.c, bars.v, bars.log_c
     cum_v = np.r_[0.0, np.cumsum(v)]  # volume before bar t: cum_v[t]; through bar t: cum_v[t + 1]
     through = cum_v[1:]
     spans = [m * MTF_PERIODS for m in MTF_TIMEFRAMES]
     highs = _window_extremes(h, spans, largest=True)
     lows = _window_extremes(lo, spans, largest=False)
-    out: dict[str, np.ndarray] = {}
     for m, span in zip(MTF_TIMEFRAMES, spans, strict=True):
         returns = log_c - _lagged(log_c, m)
         vol, efficiency = _steps_stats(_every_mth(returns, m), math.sqrt(m), _every_mth(np.abs(returns), m))
@@ -436,7 +447,6 @@ def _mtf_columns(bars: _Bars) -> dict[str, np.ndarray]:
             values[:span] = np.nan
             out[f"{stem}_{m}m"] = values
     out.update(_daily_columns(bars, cum_v))
-    return out
 
 
 def _daily_columns(bars: _Bars, cum_v: np.ndarray) -> dict[str, np.ndarray]:

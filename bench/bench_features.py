@@ -210,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ta_runs": args.ta_repeat,
                 "ta_columns": ta_columns,
                 "ours_seconds": round(ours_s, 4),
+                "ours_seconds_each_run": [round(x, 4) for x in ours_times],
                 "ours_runs": args.repeat,
                 "ours_warmup_runs": 1,
                 "feature_set": args.feature_set,
