@@ -21,6 +21,7 @@ from vnpy.trader.constant import Direction, Interval, Offset
 from vnpy.trader.object import BarData, OrderData, TradeData
 from vnpy_ctastrategy.backtesting import BacktestingEngine
 
+import bar_features
 import data_collector
 import data_processor
 from config import (
@@ -162,7 +163,7 @@ def prediction_key(model: PricePredictionModel, frame: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     digest.update(model.seal.encode())
     digest.update(np.asarray(frame.index.as_unit("us").asi8).tobytes())
-    digest.update(np.ascontiguousarray(frame[list(data_processor.OHLCV)].to_numpy(dtype="float64")).tobytes())
+    digest.update(np.ascontiguousarray(frame[list(bar_features.OHLCV)].to_numpy(dtype="float64")).tobytes())
     for path in FEATURE_CODE_FILES:
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:32]

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TypeAlias
 
+import bar_features
 import bar_store
 import contracts
 import data_check
@@ -190,11 +191,11 @@ def backtest_options(args: argparse.Namespace) -> BacktestOptions:
 
 
 def add_feature_set(parser: argparse.ArgumentParser) -> None:
-    """--feature-set: the named feature set (data_processor.FEATURE_SETS)."""
+    """--feature-set: the named feature set (bar_features.FEATURE_SETS)."""
     parser.add_argument(
         "--feature-set",
-        choices=tuple(data_processor.FEATURE_SETS),
-        default=data_processor.DEFAULT_FEATURE_SET,
+        choices=tuple(bar_features.FEATURE_SETS),
+        default=bar_features.DEFAULT_FEATURE_SET,
         help="特征集：base（默认，1 分钟特征）或 mtf（base 加 5/15/60 分钟与日线聚合，因果计算）/ feature set",
     )
 
@@ -446,9 +447,9 @@ def add_research_parser(commands: Subparsers) -> None:
     )
     parser.add_argument(
         "--feature-sets",
-        default=data_processor.DEFAULT_FEATURE_SET,
-        help=f"特征集，逗号分隔：{' / '.join(data_processor.FEATURE_SETS)}"
-        f"（默认 {data_processor.DEFAULT_FEATURE_SET}；mtf = base + 5/15/60 分钟与日线聚合）/ feature sets",
+        default=bar_features.DEFAULT_FEATURE_SET,
+        help=f"特征集，逗号分隔：{' / '.join(bar_features.FEATURE_SETS)}"
+        f"（默认 {bar_features.DEFAULT_FEATURE_SET}；mtf = base + 5/15/60 分钟与日线聚合）/ feature sets",
     )
     parser.add_argument(
         "--classics",

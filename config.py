@@ -36,6 +36,7 @@ SAMPLE_VT_SYMBOL: str = "rb0000.SHFE"
 # the code that turns bars into predictions: part of the prediction cache key
 FEATURE_CODE_FILES: tuple[Path, ...] = (
     PROJECT_DIR / "trading_calendar.py",
+    PROJECT_DIR / "bar_features.py",
     PROJECT_DIR / "data_processor.py",
     PROJECT_DIR / "ml_model.py",
     PROJECT_DIR / "predictive_trading_strategy.py",  # batch_predictions

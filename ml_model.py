@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bar_features import DEFAULT_FEATURE_SET, FEATURE_SET_VERSIONS, FEATURE_SETS
 from config import (
     CHINA_TZ,
     ContractSpec,
@@ -34,10 +35,7 @@ from config import (
 from data_processor import (
     CLASSES,
     CLASSIFY,
-    DEFAULT_FEATURE_SET,
     DEFAULT_LABEL_KIND,
-    FEATURE_SET_VERSIONS,
-    FEATURE_SETS,
     LABEL_KINDS,
     Scaler,
     TrainingData,
@@ -97,7 +95,7 @@ class ModelConfig:
     n_jobs: int = -1
     seed: int = 42
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    feature_set: str = DEFAULT_FEATURE_SET  # data_processor.FEATURE_SETS: base, or mtf (base + multi-timeframe)
+    feature_set: str = DEFAULT_FEATURE_SET  # bar_features.FEATURE_SETS: base, or mtf (base + multi-timeframe)
 
     def __post_init__(self) -> None:
         if self.feature_set not in FEATURE_SETS:

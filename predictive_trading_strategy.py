@@ -17,6 +17,7 @@ from vnpy.trader.object import AccountData, BarData, OrderData, OrderRequest, Ti
 from vnpy.trader.utility import BarGenerator, extract_vt_symbol, round_to
 from vnpy_ctastrategy import CtaTemplate
 
+from bar_features import FeatureState, build_features, feature_lookback
 from config import (
     DEFAULT_CAPITAL,
     AppError,
@@ -29,14 +30,7 @@ from config import (
     RiskSettings,
     resolve_home,
 )
-from data_processor import (
-    FeatureState,
-    RollDetector,
-    build_features,
-    feature_lookback,
-    gap_segments,
-    make_windows,
-)
+from data_processor import RollDetector, gap_segments, make_windows
 from ml_model import PricePredictionModel, find_bundle, has_no_edge
 from model_health import KINDS, HealthView, ModelWatch, health_problems, view_dict
 from risk_manager import PositionBook, RiskManager

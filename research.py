@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+import bar_features
 import data_collector
 import data_processor
 import ml_model
@@ -147,9 +148,9 @@ def parse_labels(text: str) -> tuple[str, ...]:
 def parse_feature_sets(text: str) -> tuple[str, ...]:
     """`base,mtf` as distinct feature sets."""
     sets = tuple(dict.fromkeys(_items(text)))
-    unknown = [name for name in sets if name not in data_processor.FEATURE_SETS]
+    unknown = [name for name in sets if name not in bar_features.FEATURE_SETS]
     if not sets or unknown:
-        raise ConfigError(f"特征集 {text!r} 无效，可用：{', '.join(data_processor.FEATURE_SETS)} / unknown feature set")
+        raise ConfigError(f"特征集 {text!r} 无效，可用：{', '.join(bar_features.FEATURE_SETS)} / unknown feature set")
     return sets
 
 
@@ -189,7 +190,7 @@ class ResearchPlan:
     capital: float = DEFAULT_CAPITAL
     trees: int | None = None  # None: ml_model.SMALL_MODELS
     epochs: int | None = None
-    feature_sets: tuple[str, ...] = (data_processor.DEFAULT_FEATURE_SET,)
+    feature_sets: tuple[str, ...] = (bar_features.DEFAULT_FEATURE_SET,)
 
     def __post_init__(self) -> None:
         data_collector.parse_vt_symbol(self.vt_symbol)
@@ -223,7 +224,7 @@ class ResearchPlan:
 
 def model_name(config: ml_model.ModelConfig, label: str) -> str:
     """A model row's strategy name, e.g. random_forest_h5_executable (base features) or ..._executable_mtf."""
-    suffix = "" if config.feature_set == data_processor.DEFAULT_FEATURE_SET else f"_{config.feature_set}"
+    suffix = "" if config.feature_set == bar_features.DEFAULT_FEATURE_SET else f"_{config.feature_set}"
     return f"{config.model_type}_h{config.horizon}_{label}{suffix}"
 
 
@@ -321,7 +322,7 @@ def bundle_key(
     the code that prepares, trains and decides; the same key means the same bundle, so it is trained once."""
     digest = hashlib.sha256()
     digest.update(np.asarray(pd.DatetimeIndex(train.index).as_unit("us").asi8).tobytes())
-    digest.update(np.ascontiguousarray(train[list(data_processor.OHLCV)].to_numpy(dtype="float64")).tobytes())
+    digest.update(np.ascontiguousarray(train[list(bar_features.OHLCV)].to_numpy(dtype="float64")).tobytes())
     shape = {k: v for k, v in asdict(config).items() if k != "n_jobs"}
     facts = {"config": shape, "label": label, "vt_symbol": vt_symbol, "interval": interval, "spec": asdict(spec)}
     digest.update(json.dumps(facts, sort_keys=True, default=str).encode())

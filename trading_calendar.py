@@ -324,36 +324,69 @@ def resolve_vt_symbol(df: pd.DataFrame, vt_symbol: str | None) -> str | None:
     return vt_symbol if vt_symbol is not None else df.attrs.get("vt_symbol")
 
 
+@dataclass(frozen=True)
+class BarClock:
+    """Each bar's wall-clock date and minute of the day, read from one time-zone conversion: the vectorised
+    helpers below share it, so a caller that needs several of them converts the index once."""
+
+    dates: np.ndarray  # datetime64[D]: the wall-clock date
+    minutes: np.ndarray  # int64: minutes since that date's midnight
+
+    @classmethod
+    def of(cls, index: pd.DatetimeIndex) -> BarClock:
+        """The clock of `index`'s wall times in its own zone (as `DatetimeIndex.hour` reads them)."""
+        wall = np.asarray((index.tz_localize(None) if index.tz is not None else index).values)
+        dates = wall.astype("datetime64[D]")
+        return cls(dates, (wall.astype("datetime64[m]") - dates).astype("int64"))
+
+    def night(self) -> np.ndarray:
+        """Bars of a night session (evening or after midnight)."""
+        return (self.minutes >= NIGHT_FROM_HOUR * 60) | (self.minutes < NIGHT_UNTIL_HOUR * 60)
+
+    def session_dates(self) -> np.ndarray:
+        """The date whose hours a bar trades under: the evening's date for night bars after midnight."""
+        after_midnight = self.minutes < NIGHT_UNTIL_HOUR * 60
+        return (self.dates.view("int64") - after_midnight).view("datetime64[D]")
+
+    def causal_trading_days(self) -> np.ndarray:
+        """Trading day known at the bar's time: night bars belong to the next weekday, day bars to their date."""
+        offsets = self.night().astype(np.int64)
+        return np.busday_offset(self.session_dates(), offsets, roll="forward").astype("datetime64[D]")
+
+    def era_positions(self, eras: Sequence[SessionEra]) -> np.ndarray:
+        """Which era each bar falls in (by its session date)."""
+        starts = np.array([np.datetime64(era.since, "D") for era in eras])
+        return np.maximum(np.searchsorted(starts, self.session_dates(), side="right") - 1, 0)
+
+    def session_progress(self, eras: Sequence[SessionEra]) -> np.ndarray:
+        """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
+        tables = np.stack([era.minute_table() for era in eras])
+        progress: np.ndarray = tables[self.era_positions(eras), self.minutes]
+        return progress
+
+
 def session_dates(index: pd.DatetimeIndex) -> np.ndarray:
     """The date whose hours a bar trades under: the evening's date for night bars after midnight."""
-    days = np.asarray(index.tz_localize(None).normalize().values.astype("datetime64[D]"))
-    after_midnight = np.asarray(index.hour < NIGHT_UNTIL_HOUR)
-    return np.where(after_midnight, days - np.timedelta64(1, "D"), days)
+    return BarClock.of(index).session_dates()
 
 
 def is_night(index: pd.DatetimeIndex) -> np.ndarray:
     """Bars of a night session (evening or after midnight)."""
-    hours = np.asarray(index.hour)
-    return (hours >= NIGHT_FROM_HOUR) | (hours < NIGHT_UNTIL_HOUR)
+    return BarClock.of(index).night()
 
 
 def causal_trading_days(index: pd.DatetimeIndex) -> np.ndarray:
     """Trading day known at the bar's time: night bars belong to the next weekday, day bars to their date."""
-    index = as_china_index(index)
-    anchor = session_dates(index)
-    night = is_night(index)
-    following = np.busday_offset(anchor, 1, roll="forward")
-    own = np.busday_offset(anchor, 0, roll="forward")
-    return np.where(night, following, own).astype("datetime64[D]")
+    return BarClock.of(as_china_index(index)).causal_trading_days()
 
 
 def trading_days(index: pd.DatetimeIndex, max_skip_days: int = 14) -> np.ndarray:
     """Trading day of every bar: a night belongs to the next date that has day bars in the data (holidays
     included), or to the next weekday when the data has none within `max_skip_days`."""
-    index = as_china_index(index)
-    night = is_night(index)
-    anchor = session_dates(index)
-    result = causal_trading_days(index)
+    clock = BarClock.of(as_china_index(index))
+    night = clock.night()
+    anchor = clock.session_dates()
+    result = clock.causal_trading_days()
     day_dates = np.unique(anchor[~night])
     if night.any() and len(day_dates):
         position = np.searchsorted(day_dates, anchor[night], side="right")
@@ -368,16 +401,12 @@ def trading_days(index: pd.DatetimeIndex, max_skip_days: int = 14) -> np.ndarray
 
 def era_positions(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
     """Which era each bar falls in (by its session date)."""
-    starts = np.array([np.datetime64(era.since, "D") for era in eras])
-    return np.maximum(np.searchsorted(starts, session_dates(index), side="right") - 1, 0)
+    return BarClock.of(index).era_positions(eras)
 
 
 def session_progress(eras: Sequence[SessionEra], index: pd.DatetimeIndex) -> np.ndarray:
     """How far each bar is into its trading window (0 at the open), NaN outside the product's sessions."""
-    tables = np.stack([era.minute_table() for era in eras])
-    minutes = np.asarray(index.hour * 60 + index.minute)
-    progress: np.ndarray = tables[era_positions(eras, index), minutes]
-    return progress
+    return BarClock.of(index).session_progress(eras)
 
 
 def progress_since_open(index: pd.DatetimeIndex) -> np.ndarray:
@@ -408,11 +437,12 @@ def session_mask(eras: Sequence[SessionEra], index: pd.DatetimeIndex, minutes: i
     traded = np.stack([~np.isnan(era.minute_table()) for era in eras]).astype(np.int64)
     doubled = np.concatenate([traded, traded], axis=1)  # bars that run past midnight
     cumulative = np.concatenate([np.zeros((len(eras), 1), dtype=np.int64), np.cumsum(doubled, axis=1)], axis=1)
-    start = np.asarray(index.hour * 60 + index.minute)
-    era = era_positions(eras, index)
+    clock = BarClock.of(index)
+    start = clock.minutes
+    era = clock.era_positions(eras)
     span = min(max(minutes, 1), MINUTES_PER_DAY)
     overlaps = cumulative[era, start + span] - cumulative[era, start] > 0
-    weekday = (session_dates(index).astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
+    weekday = (clock.session_dates().astype("datetime64[D]").view("int64") + 3) % 7  # 1970-01-01: Thursday
     mask: np.ndarray = overlaps & (weekday < 5)
     return mask
 
@@ -424,10 +454,10 @@ def add_calendar(df: pd.DataFrame, vt_symbol: str | None = None) -> pd.DataFrame
     bars): China's exchanges hold no night session before a holiday, so the two differ only on unscheduled closures.
     """
     out = df.copy()
-    index = as_china_index(out.index)
-    days = causal_trading_days(index)
+    clock = BarClock.of(as_china_index(out.index))
+    days = clock.causal_trading_days()
     out["trading_day"] = days.astype("datetime64[s]")
-    out["night"] = is_night(index)
+    out["night"] = clock.night()
     out["day_open"] = np.r_[True, days[1:] != days[:-1]] if len(days) else np.zeros(0, dtype=bool)
     return out
 

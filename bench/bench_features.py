@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_common import constant_workload, sample_bars, timed  # noqa: E402
 
+import bar_features  # noqa: E402
 import data_processor  # noqa: E402
 from config import SAMPLE_BARS_CSV  # noqa: E402
 
@@ -60,10 +61,10 @@ def run_ta(ohlcv: pd.DataFrame) -> pd.DataFrame:
 
 
 def stream_online(
-    bars: pd.DataFrame, disable_gc: bool, feature_set: str = data_processor.DEFAULT_FEATURE_SET
+    bars: pd.DataFrame, disable_gc: bool, feature_set: str = bar_features.DEFAULT_FEATURE_SET
 ) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Feed every bar to a fresh FeatureState of the feature set; per-call nanoseconds and the returned vectors."""
-    state = data_processor.FeatureState(VT_SYMBOL, data_processor.FEATURE_SETS[feature_set])
+    state = bar_features.FeatureState(VT_SYMBOL, bar_features.FEATURE_SETS[feature_set])
     moments: list[datetime] = list(bars.index.to_pydatetime())
     columns: list[list[float]] = [bars[name].to_numpy(dtype="float64").tolist() for name in OHLCV_COLUMNS]
     rows = list(zip(moments, *columns, strict=True))
@@ -88,7 +89,7 @@ def stream_online(
 
 def compare_online(outputs: list[np.ndarray | None], batch: pd.DataFrame, rows: int) -> dict[str, Any]:
     """Online vectors against build_features rows FEATURE_WARMUP..rows-1 (rtol = atol = 1e-9, NaN equal to NaN)."""
-    start = data_processor.FEATURE_WARMUP
+    start = bar_features.FEATURE_WARMUP
     early = [i for i in range(start) if outputs[i] is not None]
     missing = [i for i in range(start, rows) if outputs[i] is None]
     if early or missing:
@@ -135,12 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-gc", action="store_true", help="计时循环中不关闭 gc / keep gc on in the timed loop")
     parser.add_argument(
         "--feature-set",
-        choices=tuple(data_processor.FEATURE_SETS),
-        default=data_processor.DEFAULT_FEATURE_SET,
+        choices=tuple(bar_features.FEATURE_SETS),
+        default=bar_features.DEFAULT_FEATURE_SET,
         help="特征集（默认 base）/ the feature set timed",
     )
     args = parser.parse_args(argv)
-    warmup = data_processor.FEATURE_WARMUP
+    warmup = bar_features.FEATURE_WARMUP
     if args.offset < 0:
         parser.error("--offset must be ≥ 0")
     if args.bars <= warmup + 1:
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"{len(bars)} bars {bars.index[0]} .. {bars.index[-1]}")
 
     progress("build_features warm-up run (untimed)")
-    batch = data_processor.build_features(bars, VT_SYMBOL, args.feature_set)
+    batch = bar_features.build_features(bars, VT_SYMBOL, args.feature_set)
 
     ta_times: list[float] = []
     ta_columns = 0
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours_times: list[float] = []
     for run in range(args.repeat):
         progress(f"build_features run {run + 1}/{args.repeat}")
-        seconds, _ = timed(data_processor.build_features, bars, VT_SYMBOL, args.feature_set)
+        seconds, _ = timed(bar_features.build_features, bars, VT_SYMBOL, args.feature_set)
         ours_times.append(seconds)
 
     replays: list[np.ndarray] = []
@@ -209,10 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ta_runs": args.ta_repeat,
                 "ta_columns": ta_columns,
                 "ours_seconds": round(ours_s, 4),
+                "ours_seconds_each_run": [round(x, 4) for x in ours_times],
                 "ours_runs": args.repeat,
                 "ours_warmup_runs": 1,
                 "feature_set": args.feature_set,
-                "ours_columns": len(data_processor.FEATURE_SETS[args.feature_set]),
+                "ours_columns": len(bar_features.FEATURE_SETS[args.feature_set]),
                 "speedup": round(speedup, 1),
                 "online_bars_timed": int(len(latencies_us)),
                 "online_gc_disabled": not args.keep_gc,

@@ -36,6 +36,7 @@ from bench_common import (  # noqa: E402
     train_briefly,
 )
 
+import bar_features  # noqa: E402
 import data_processor  # noqa: E402
 from data_processor import TrainingData, Windows  # noqa: E402
 
@@ -81,7 +82,7 @@ def all_windows(data: TrainingData) -> Windows:
 def bundle_windows(bars: pd.DataFrame, model: Any) -> tuple[np.ndarray, Windows]:
     """The bars' features for a loaded bundle, scaled by its own scaler, and every usable window of them."""
     cleaned, _ = data_processor.clean_data(bars, VT_SYMBOL)
-    features = data_processor.build_features(cleaned)
+    features = bar_features.build_features(cleaned)
     missing = [name for name in model.names if name not in features.columns]
     if missing:
         raise SystemExit(f"bundle {model.path} needs features this code does not build: {missing}")

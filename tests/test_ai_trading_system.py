@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import bar_features
 import cli_parser
 import config
 import data_collector
@@ -288,7 +289,7 @@ def test_audit_prints_the_cleaning_report_and_every_cleaning_column_feature_and_
     assert all(line in captured.out.splitlines() for line in report.lines())
     rows = table_rows(captured.out)
     # horizon from the model settings
-    assert list(rows) == [*data_processor.CLEANING_COLUMNS, *data_processor.FEATURE_NAMES, "fwd_ret_5"]
+    assert list(rows) == [*data_processor.CLEANING_COLUMNS, *bar_features.FEATURE_NAMES, "fwd_ret_5"]
     assert rows["rsi_14"] == ["rsi_14", "ok", "0"] and rows["fwd_ret_5"] == ["fwd_ret_5", "ok", "0"]
     assert rows["roll_gap"] == ["roll_gap", "ok", "0"] and rows["spike"] == ["spike", "ok", "0"]
     assert all(row[1] == "ok" for row in rows.values())
@@ -346,7 +347,7 @@ def test_audit_of_a_range_with_no_stored_bars_exits_2_saying_what_is_stored(
 def test_audit_exits_1_and_names_a_feature_that_reads_the_next_bar(
     imported_home: Home, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    honest = data_processor.build_features
+    honest = bar_features.build_features
 
     def peeking(
         df: pd.DataFrame, vt_symbol: str | None = None, feature_set: str = data_processor.DEFAULT_FEATURE_SET

@@ -1,4 +1,5 @@
-"""Cleaning, features, labels, splits, scaling, windows and the online state, on the real sample."""
+"""Cleaning, labels, splits, scaling, windows and the look-ahead audit of cleaning, features and labels, on the
+real sample."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 import ta
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vnpy.trader.constant import Exchange, Interval
-from vnpy.trader.object import BarData
 
+import bar_features as bf
 import data_processor as dp
 from config import CHINA_TZ, DataError, contract_spec, load_contracts
 from tests.conftest import at, bars
@@ -165,22 +165,14 @@ def test_clean_data_rejects_bars_without_prices_or_time_zone(sample_frame: pd.Da
 # --- features and labels --------------------------------------------------------------------------------
 
 
-def test_features_are_nan_only_in_the_warmup_rows(spring_2016: pd.DataFrame) -> None:
-    features = dp.build_features(spring_2016)
-    assert list(features.columns) == list(dp.FEATURE_NAMES)
-    values = features.to_numpy()
-    assert np.isnan(values[: dp.FEATURE_WARMUP]).all()
-    assert np.isfinite(values[dp.FEATURE_WARMUP :]).all()
-
-
 def test_our_features_and_close_labels_never_see_the_future(sample_frame: pd.DataFrame) -> None:
     for start, end in (("2016-04-20", "2016-05-20 15:00"), ("2011-02-01", "2011-03-15 15:00")):
         cleaned, _ = dp.clean_data(bars(sample_frame, start, end), VT)
         cuts = dp.default_cut_points(len(cleaned), 30)
-        features = dp.audit_lookahead(lambda d: dp.build_features(d, VT), cleaned, cuts)
+        features = dp.audit_lookahead(lambda d: bf.build_features(d, VT), cleaned, cuts)
         labels = dp.audit_lookahead(lambda d: dp.make_labels(d, 5, "close"), cleaned, cuts, allowed_lookahead=5)
         assert features.ok and labels.ok, (features.leaks, labels.leaks)
-        assert len(features.columns) == len(dp.FEATURE_NAMES) and len(features.cut_points) >= 25
+        assert len(features.columns) == len(bf.FEATURE_NAMES) and len(features.cut_points) >= 25
 
 
 def test_cleaning_features_and_executable_labels_together_never_see_the_future(sample_frame: pd.DataFrame) -> None:
@@ -189,7 +181,7 @@ def test_cleaning_features_and_executable_labels_together_never_see_the_future(s
     cuts = dp.default_cut_points(len(raw), 30)
     result = dp.audit_pipeline(raw, VT, 5, cuts)
     assert result.ok, result.leaks
-    assert result.columns == [*dp.CLEANING_COLUMNS, *dp.FEATURE_NAMES, "fwd_ret_5"]
+    assert result.columns == [*dp.CLEANING_COLUMNS, *bf.FEATURE_NAMES, "fwd_ret_5"]
     assert result.allowed_lookahead["spike"] == 1 and result.allowed_lookahead["fwd_ret_5"] == 7
     assert result.allowed_lookahead["roll_gap"] == 0 and result.allowed_lookahead["trading_day"] == 0
     # the reach is exact: a label at t reads bar t+7 (the exit bar t+6 is confirmed not a spike by t+7)
@@ -238,9 +230,9 @@ def test_the_audit_finds_the_leaking_columns_of_ta_all_features(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = ta.add_all_ta_features(
-                d[list(dp.OHLCV)].copy(), "open", "high", "low", "close", "volume", fillna=fillna
+                d[list(bf.OHLCV)].copy(), "open", "high", "low", "close", "volume", fillna=fillna
             )
-        return out.drop(columns=list(dp.OHLCV))
+        return out.drop(columns=list(bf.OHLCV))
 
     result = dp.audit_lookahead(all_features, frame, [30, 60, 100, 200, 400, 1000, 1999])
     assert set(result.leaking_columns) == expected
@@ -370,69 +362,10 @@ def test_prepare_training_data_keeps_classes_as_they_are(spring_2016: pd.DataFra
     )
     values = data.labels.dropna().to_numpy()
     assert data.label_mean == 0.0 and set(np.unique(values)) == {-1.0, 0.0, 1.0}
-    assert set(data.names) <= set(dp.FEATURE_NAMES)  # the default feature set is the base one
+    assert set(data.names) <= set(bf.FEATURE_NAMES)  # the default feature set is the base one
 
 
 # --- the multi-timeframe feature set -------------------------------------------------------------------
-
-
-def test_the_base_set_is_unchanged_and_mtf_adds_its_columns_after_it(spring_2016: pd.DataFrame) -> None:
-    frame = spring_2016.iloc[:3000]
-    base = dp.build_features(frame)
-    mtf = dp.build_features(frame, feature_set="mtf")
-    assert list(base.columns) == list(dp.FEATURE_NAMES) and len(dp.FEATURE_NAMES) == 41
-    assert list(mtf.columns) == [*dp.FEATURE_NAMES, *dp.MTF_NAMES] == list(dp.FEATURE_SETS["mtf"])
-    pd.testing.assert_frame_equal(mtf[list(dp.FEATURE_NAMES)], base)
-    with pytest.raises(DataError, match="特征集"):
-        dp.build_features(frame, feature_set="hourly")
-
-
-def test_mtf_columns_are_the_aggregates_they_say(spring_2016: pd.DataFrame) -> None:
-    frame = spring_2016.iloc[:12_000]
-    mtf = dp.build_mtf_features(frame)
-    c, v = frame["close"].to_numpy(), frame["volume"].to_numpy()
-    t = 5000
-    assert mtf["mtf_ret_60m"].iloc[t] == pytest.approx(np.log(c[t] / c[t - 1200]), rel=1e-12)
-    steps = np.diff(np.log(c[t - 300 : t + 1 : 15]))
-    assert len(steps) == 20 and mtf["mtf_vol_15m"].iloc[t] == pytest.approx(steps.std(ddof=1) / np.sqrt(15))
-    assert mtf["mtf_eff_15m"].iloc[t] == pytest.approx(abs(steps.sum()) / np.abs(steps).sum())
-    window = frame.iloc[t - 99 : t + 1]
-    place = (c[t] - window["low"].min()) / (window["high"].max() - window["low"].min())
-    assert mtf["mtf_pos_5m"].iloc[t] == pytest.approx(place)
-    assert mtf["mtf_vratio_5m"].iloc[t] == pytest.approx(
-        np.log((v[t - 4 : t + 1].sum() + 1) / (window["volume"].sum() / 20 + 1))
-    )
-    assert mtf.iloc[:100].isna().all().all() and mtf["mtf_ret_5m"].iloc[100:].notna().all()
-    # a night bar belongs to the next trading day: its return since the last completed day is from 14:59's close
-    night = frame.index.get_loc(at("2016-04-20 21:30"))
-    assert mtf["d_ret_1"].iloc[night] == pytest.approx(np.log(c[night] / frame.loc[at("2016-04-20 14:59"), "close"]))
-    days = frame.groupby(frame["trading_day"].to_numpy())["close"].last()
-    today = frame["trading_day"].iloc[night]
-    before = days.loc[: today - pd.Timedelta(days=1)].to_numpy()
-    assert mtf["d_ret_5"].iloc[night] == pytest.approx(np.log(c[night] / before[-5]))
-    assert mtf["d_vol_5"].iloc[night] == pytest.approx(np.diff(np.log(before[-6:])).std(ddof=1))
-    assert mtf["d_vol_5"].notna().sum() > 0.8 * len(frame)
-
-
-def test_online_state_equals_batch_mtf_features_on_real_bars(spring_2016: pd.DataFrame) -> None:
-    frame = spring_2016.iloc[:12_000]  # 2016-04-05 .. 2016-05-19: two session eras and a roll gap
-    assert frame["roll_gap"].any() and frame.index[0] < at("2016-05-03") < frame.index[-1]
-    names = list(dp.FEATURE_SETS["mtf"])
-    batch = dp.build_features(frame, VT, "mtf").to_numpy()
-    picked = ["d_range_rel", "rsi_14", "mtf_vratio_60m"]
-    state, some = dp.FeatureState(VT, names), dp.FeatureState(VT, picked)
-    rows, chosen = [], []
-    columns = (frame[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
-    for when, *values in zip(frame.index.to_pydatetime(), *columns, strict=True):
-        rows.append(state.update_values(when, *values))
-        chosen.append(some.update_values(when, *values))
-    online = np.array([np.full(len(names), np.nan) if row is None else row for row in rows[dp.FEATURE_WARMUP :]])
-    mtf = slice(len(dp.FEATURE_NAMES), None)
-    assert np.isfinite(online[-1]).all() and np.isfinite(batch[-1]).all()
-    np.testing.assert_allclose(online[:, mtf], batch[dp.FEATURE_WARMUP :, mtf], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(online, batch[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9)
-    expected = batch[dp.FEATURE_WARMUP :, [names.index(name) for name in picked]]
-    np.testing.assert_allclose(np.array(chosen[dp.FEATURE_WARMUP :]), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_mtf_columns_and_the_class_label_never_see_the_future(sample_frame: pd.DataFrame) -> None:
@@ -440,7 +373,7 @@ def test_mtf_columns_and_the_class_label_never_see_the_future(sample_frame: pd.D
     spec = contract_spec(VT, load_contracts())
     cuts = sorted({*dp.default_cut_points(len(raw), 12), 4000, 8000, len(raw)})
     audit = dp.audit_pipeline(raw, VT, 30, cuts, "classify", "mtf", spec)
-    assert set(dp.MTF_NAMES) <= set(audit.columns) and "fwd_ret_30" in audit.columns
+    assert set(bf.MTF_NAMES) <= set(audit.columns) and "fwd_ret_30" in audit.columns
     assert audit.ok, audit.leaks
     assert audit.allowed_lookahead["fwd_ret_30"] == 32 and audit.allowed_lookahead["d_vol_5"] == 0
 
@@ -453,11 +386,11 @@ def test_feature_selection_sees_only_the_training_rows(
 ) -> None:
     honest = dp.prepare_training_data(spring_2016, VT, horizon=5, sequence_length=60, features_count=30)
     chosen = honest.names
-    assert len(chosen) == 30 and chosen == [name for name in dp.FEATURE_NAMES if name in chosen]  # feature order
-    features = dp.build_features(spring_2016)
+    assert len(chosen) == 30 and chosen == [name for name in bf.FEATURE_NAMES if name in chosen]  # feature order
+    features = bf.build_features(spring_2016)
     poisoned = dp.make_labels(spring_2016, 5)
     stop = honest.split.train[1]
-    unused = next(name for name in dp.FEATURE_NAMES if name not in chosen)
+    unused = next(name for name in bf.FEATURE_NAMES if name not in chosen)
     poisoned.iloc[stop:] = features[unused].iloc[stop:]  # labels after the training part that `unused` predicts
     assert unused in dp.select_features(features, poisoned, 30)  # a selection that saw them would take it
     monkeypatch.setattr(dp, "make_labels", lambda df, horizon, kind, spec=None: poisoned)
@@ -499,7 +432,7 @@ def test_prepare_training_data_takes_the_close_label_kind(spring_2016: pd.DataFr
 
 
 def test_scaler_statistics_are_the_training_rows_statistics(spring_2016: pd.DataFrame) -> None:
-    features = dp.build_features(spring_2016).iloc[dp.FEATURE_WARMUP :]
+    features = bf.build_features(spring_2016).iloc[bf.FEATURE_WARMUP :]
     split = dp.split_chronological(features, 0.7, 0.15, 0.15, horizon=5)
     train = features.iloc[split.train[0] : split.train[1]]
     scaler = dp.Scaler.fit(train)
@@ -547,13 +480,13 @@ def test_the_folds_test_parts_follow_each_other_without_overlap(rows: int, folds
 
 
 def test_windows_are_views_that_never_cross_a_roll_or_a_nan(spring_2016: pd.DataFrame) -> None:
-    features = dp.build_features(spring_2016).to_numpy()
+    features = bf.build_features(spring_2016).to_numpy()
     labels = dp.make_labels(spring_2016, 5).to_numpy()
     segment = spring_2016["segment"].to_numpy()
     windows = dp.make_windows(features, labels, 60, segment)
     assert np.shares_memory(windows.view, features)
     assert windows.view.shape == (len(features) - 59, 60, features.shape[1])
-    assert windows.starts[0] == dp.FEATURE_WARMUP
+    assert windows.starts[0] == bf.FEATURE_WARMUP
     for start in windows.starts:
         assert segment[start] == segment[start + 59]
     batch = windows.take(np.arange(3))
@@ -566,92 +499,12 @@ def test_windows_are_views_that_never_cross_a_roll_or_a_nan(spring_2016: pd.Data
 
 
 def test_windows_can_be_limited_to_one_split_part(spring_2016: pd.DataFrame) -> None:
-    features = dp.build_features(spring_2016).to_numpy()
+    features = bf.build_features(spring_2016).to_numpy()
     labels = dp.make_labels(spring_2016, 5).to_numpy()
     split = dp.split_chronological(len(features), 0.7, 0.15, 0.15, horizon=5)
     test = dp.make_windows(features, labels, 60, rows=split.test)
     ends = test.end_rows()
     assert ends.min() >= split.test[0] and ends.max() < split.test[1]
-
-
-# --- the online state -----------------------------------------------------------------------------------
-
-
-def test_online_state_equals_batch_features_on_real_bars(spring_2016: pd.DataFrame) -> None:
-    frame = spring_2016.iloc[:12_000]
-    assert frame.index[0] < at("2016-05-03") < frame.index[-1] and frame["roll_gap"].any() and frame["night"].any()
-    batch = dp.build_features(frame).to_numpy()
-    state = dp.FeatureState(VT)
-    rows = []
-    for when, o, h, lo, c, v in zip(
-        frame.index.to_pydatetime(),
-        frame["open"],
-        frame["high"],
-        frame["low"],
-        frame["close"],
-        frame["volume"],
-        strict=True,
-    ):
-        vector = state.update_values(when, o, h, lo, c, v)
-        rows.append(np.full(len(dp.FEATURE_NAMES), np.nan) if vector is None else vector)
-    online = np.array(rows)
-    assert np.isnan(online[: dp.FEATURE_WARMUP]).all()
-    np.testing.assert_allclose(online[dp.FEATURE_WARMUP :], batch[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9)
-
-
-def test_online_state_takes_bar_data_and_returns_the_chosen_features(spring_2016: pd.DataFrame) -> None:
-    frame = spring_2016.iloc[:200]
-    names = ["rsi_14", "ret_5", "session_progress"]
-    state = dp.FeatureState(VT, names)
-    vector = None
-    for when, row in frame.iterrows():
-        bar = BarData(
-            gateway_name="DB",
-            symbol="rb0000",
-            exchange=Exchange.SHFE,
-            datetime=when.to_pydatetime(),
-            interval=Interval.MINUTE,
-            volume=row["volume"],
-            open_price=row["open"],
-            high_price=row["high"],
-            low_price=row["low"],
-            close_price=row["close"],
-        )
-        vector = state.update(bar)
-    expected = dp.build_features(frame)[names].iloc[-1].to_numpy()
-    assert vector is not None
-    np.testing.assert_allclose(vector, expected, rtol=1e-9, atol=1e-12)
-    with pytest.raises(DataError, match="未知特征"):
-        dp.FeatureState(VT, ["no_such_feature"])
-
-
-def test_online_state_for_a_product_without_a_session_table_matches_and_never_leaks(
-    spring_2016: pd.DataFrame,
-) -> None:
-    frame = spring_2016.iloc[:3000].copy()
-    frame.attrs["vt_symbol"] = "zz0000.DCE"  # not in SESSION_TABLE: no hours inferred from the bars themselves
-    batch = dp.build_features(frame)
-    state = dp.FeatureState("zz0000.DCE")
-    online = [
-        state.update_values(when, o, h, lo, c, v)
-        for when, o, h, lo, c, v in zip(
-            frame.index.to_pydatetime(),
-            frame["open"],
-            frame["high"],
-            frame["low"],
-            frame["close"],
-            frame["volume"],
-            strict=True,
-        )
-    ]
-    np.testing.assert_allclose(
-        np.array(online[dp.FEATURE_WARMUP :]), batch.iloc[dp.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9
-    )
-    progress = batch["session_progress"]
-    assert progress[at("2016-04-06 09:00")] == 0.0 and progress[at("2016-04-06 10:30")] == 0.0  # after pauses
-    assert progress[at("2016-04-06 09:30")] == pytest.approx(30 / 240)
-    audit = dp.audit_lookahead(dp.build_features, frame, dp.default_cut_points(len(frame), 12))
-    assert audit.ok, audit.leaks
 
 
 def test_clean_data_keeps_hour_and_daily_bars_of_the_session(sample_frame: pd.DataFrame) -> None:
@@ -681,7 +534,7 @@ def test_prepare_training_data_fits_selection_and_scaler_on_the_training_part(sp
     np.testing.assert_allclose(data.scaler.mean, train.mean().to_numpy(), rtol=1e-12)
     assert data.scaler.names == tuple(data.names) and len(data.names) == 30
     assert data.names == dp.select_features(
-        dp.build_features(spring_2016).iloc[start:stop], dp.make_labels(spring_2016, 5).iloc[start:stop], 30
+        bf.build_features(spring_2016).iloc[start:stop], dp.make_labels(spring_2016, 5).iloc[start:stop], 30
     )
     for part in ("train", "valid", "test"):
         windows = data.windows(part)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import bar_features as bf
 import data_processor as dp
 import ml_model
 from config import CHINA_TZ, Home, ModelError, contract_spec, file_sha256, load_contracts, resolve_home
@@ -126,7 +127,7 @@ def test_training_twice_gives_the_same_predictions(
 
 def test_metadata_records_what_the_model_was_trained_on(forest_bundle: Path, data: dp.TrainingData) -> None:
     metadata = json.loads((forest_bundle / "metadata.json").read_text(encoding="utf-8"))
-    assert metadata["features"] == data.names and metadata["feature_version"] == dp.FEATURE_VERSION
+    assert metadata["features"] == data.names and metadata["feature_version"] == bf.FEATURE_VERSION
     assert (metadata["sequence_length"], metadata["horizon"], metadata["seed"]) == (60, 5, 42)
     assert metadata["label"] == dp.LABEL_KINDS["executable"] and metadata["label"].startswith("open[t+1+h]")
     assert metadata["versions"]["scikit-learn"] and metadata["versions"]["onnxruntime"]
@@ -200,7 +201,7 @@ def test_a_model_from_another_feature_set_is_refused(forest_bundle: Path, tmp_pa
     with pytest.raises(ModelError, match="另一套特征"):
         ml_model.PricePredictionModel().load_model(unknown)
     older = copy_bundle(forest_bundle, tmp_path / "b")
-    edit_metadata(older, feature_version=dp.FEATURE_VERSION - 1)
+    edit_metadata(older, feature_version=bf.FEATURE_VERSION - 1)
     with pytest.raises(ModelError, match="特征版本"):
         ml_model.PricePredictionModel().load_model(older)
     reordered = copy_bundle(forest_bundle, tmp_path / "c")
@@ -731,7 +732,7 @@ def class_data(sample_frame: pd.DataFrame) -> dp.TrainingData:
 
 
 def test_a_classifier_bundle_serves_p_up_minus_p_down_through_onnx(class_data: dp.TrainingData, tmp_path: Path) -> None:
-    assert any(name in dp.MTF_NAMES for name in class_data.names)  # the selection kept multi-timeframe columns
+    assert any(name in bf.MTF_NAMES for name in class_data.names)  # the selection kept multi-timeframe columns
     model = ml_model.PricePredictionModel("random_forest", MTF_CLASSIFIER)
     model.train(class_data)
     assert list(model.network.classes_) == [-1, 0, 1]

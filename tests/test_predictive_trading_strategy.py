@@ -18,8 +18,8 @@ from vnpy_ctastrategy.base import EngineType
 
 import data_collector
 from backtesting_module import PreloadedBacktestingEngine
+from bar_features import FEATURE_WARMUP
 from config import CHINA_TZ, ConfigError, ContractSpec, Fees, ModelError, RiskSettings, contract_spec, load_contracts
-from data_processor import FEATURE_WARMUP
 from ml_model import PricePredictionModel
 from predictive_trading_strategy import (
     RISK_REJECTION,

@@ -350,3 +350,19 @@ def test_the_bar_calendar_equals_the_vectorised_calendar_on_real_bars(spring_201
         assert [night for night, _, _ in online] == tc.is_night(index).tolist()
         np.testing.assert_array_equal(np.array([p for _, p, _ in online]), progress)
         assert [day for _, _, day in online] == tc.causal_trading_days(index).tolist()
+
+
+def test_the_bar_clock_reads_the_hours_and_dates_pandas_reads_in_any_zone(sample_frame: pd.DataFrame) -> None:
+    china = pd.DatetimeIndex(sample_frame.index[::7])
+    for index in (china, china.tz_convert("UTC"), china.tz_localize(None), china.as_unit("ns")):
+        clock = tc.BarClock.of(index)
+        hours = np.asarray(index.hour)
+        assert np.array_equal(clock.minutes, hours * 60 + np.asarray(index.minute))
+        assert np.array_equal(clock.dates, np.array(index.date, dtype="datetime64[D]"))
+        night = (hours >= tc.NIGHT_FROM_HOUR) | (hours < tc.NIGHT_UNTIL_HOUR)
+        assert np.array_equal(clock.night(), night)
+        anchor = np.where(hours < tc.NIGHT_UNTIL_HOUR, clock.dates - np.timedelta64(1, "D"), clock.dates)
+        assert np.array_equal(clock.session_dates(), anchor)
+        rule = np.where(night, np.busday_offset(anchor, 1, roll="forward"), np.busday_offset(anchor, 0, roll="forward"))
+        assert np.array_equal(clock.causal_trading_days(), rule)
+    assert np.array_equal(tc.causal_trading_days(china), tc.BarClock.of(china).causal_trading_days())

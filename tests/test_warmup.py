@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import ai_trading_system
+import bar_features
 import contracts
 import data_processor as dp
 import ml_model
@@ -24,7 +25,7 @@ from trading_calendar import causal_trading_days
 
 VT = "rb0000.SHFE"
 FIRST_AFTER_FESTIVAL = "2016-02-15 09:00"  # the first bar after the 2016 Spring Festival closure (02-08 .. 02-12)
-MTF_NAMES = dp.FEATURE_SETS[dp.MTF_SET]
+MTF_NAMES = bar_features.FEATURE_SETS[bar_features.MTF_SET]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,10 @@ def mtf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFact
     """A small RandomForest bundle on every column of the multi-timeframe set, trained on rb 2015-09 .. 2015-12."""
     frame = bars(sample_frame, "2015-09-01", "2015-12-31 23:59")
     data = dp.prepare_training_data(
-        frame, VT, horizon=5, sequence_length=30, features_count=len(MTF_NAMES), feature_set=dp.MTF_SET
+        frame, VT, horizon=5, sequence_length=30, features_count=len(MTF_NAMES), feature_set=bar_features.MTF_SET
     )
     config = ml_model.ModelConfig(
-        model_type="random_forest", trees=10, max_depth=4, sequence_length=30, feature_set=dp.MTF_SET
+        model_type="random_forest", trees=10, max_depth=4, sequence_length=30, feature_set=bar_features.MTF_SET
     )
     model = ml_model.PricePredictionModel("random_forest", config)
     model.train(data)
@@ -50,24 +51,24 @@ def mtf_bundle(sample_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFact
 
 def test_each_columns_lookback_is_where_the_batch_features_first_have_a_value(sample_frame: pd.DataFrame) -> None:
     frame = bars(sample_frame, "2016-01-04 00:00", "2016-02-29 15:00")  # whole trading days from the first bar
-    features = dp.build_features(frame, VT, dp.MTF_SET)
+    features = bar_features.build_features(frame, VT, bar_features.MTF_SET)
     days = causal_trading_days(pd.DatetimeIndex(frame.index))
     for name in MTF_NAMES:
-        lookback_bars, lookback_days = dp.feature_lookback([name])
+        lookback_bars, lookback_days = bar_features.feature_lookback([name])
         first = int(np.flatnonzero(features[name].notna().to_numpy())[0])
-        if name in dp.DAILY_LOOKBACK:
+        if name in bar_features.DAILY_LOOKBACK:
             assert len(np.unique(days[:first])) == lookback_days, name
-            assert lookback_bars == dp.FEATURE_WARMUP
+            assert lookback_bars == bar_features.FEATURE_WARMUP
         else:
             assert (first, lookback_days) == (lookback_bars, 0), name
-    assert dp.feature_lookback(MTF_NAMES) == (1200, dp.MTF_DAYS + 1)
-    assert dp.feature_lookback(dp.FEATURE_NAMES) == (dp.FEATURE_WARMUP, 0)
+    assert bar_features.feature_lookback(MTF_NAMES) == (1200, bar_features.MTF_DAYS + 1)
+    assert bar_features.feature_lookback(bar_features.FEATURE_NAMES) == (bar_features.FEATURE_WARMUP, 0)
 
 
 def test_after_the_spring_festival_ten_days_hold_too_little_for_the_mtf_set_and_the_need_says_so(
     sample_frame: pd.DataFrame,
 ) -> None:
-    need = WarmupNeed(1200 + 30, dp.MTF_DAYS + 1, 30)
+    need = WarmupNeed(1200 + 30, bar_features.MTF_DAYS + 1, 30)
     live = at(FIRST_AFTER_FESTIVAL)
     ten = sample_frame.loc[live - pd.Timedelta(days=10) : live - pd.Timedelta(minutes=1)]
     twenty = sample_frame.loc[live - pd.Timedelta(days=20) : live - pd.Timedelta(minutes=1)]
@@ -77,16 +78,20 @@ def test_after_the_spring_festival_ten_days_hold_too_little_for_the_mtf_set_and_
     assert not need.met(list(twenty.index[700:]))  # one whole day less
 
     def online_row(history: pd.DataFrame) -> np.ndarray:
-        state = dp.FeatureState(VT, MTF_NAMES)
+        state = bar_features.FeatureState(VT, MTF_NAMES)
         row = None
         for when, values in pd.concat([history, sample_frame.loc[[live]]]).iterrows():
-            row = state.update_values(when, *(float(values[c]) for c in dp.OHLCV))
+            row = state.update_values(when, *(float(values[c]) for c in bar_features.OHLCV))
         assert row is not None
         return row
 
-    batch = dp.build_features(bars(sample_frame, "2015-11-02", FIRST_AFTER_FESTIVAL), VT, dp.MTF_SET).iloc[-1]
-    windowed = [MTF_NAMES.index(name) for name in dp.MTF_NAMES]  # every multi-timeframe column has a finite window
-    np.testing.assert_allclose(online_row(twenty)[windowed], batch[list(dp.MTF_NAMES)].to_numpy(), rtol=1e-9)
+    batch = bar_features.build_features(
+        bars(sample_frame, "2015-11-02", FIRST_AFTER_FESTIVAL), VT, bar_features.MTF_SET
+    ).iloc[-1]
+    windowed = [
+        MTF_NAMES.index(name) for name in bar_features.MTF_NAMES
+    ]  # every multi-timeframe column has a finite window
+    np.testing.assert_allclose(online_row(twenty)[windowed], batch[list(bar_features.MTF_NAMES)].to_numpy(), rtol=1e-9)
     assert np.isnan(online_row(ten)[windowed]).any()
 
 
@@ -94,7 +99,7 @@ def test_the_strategy_states_its_bundles_true_need(mtf_bundle: Path, rf_bundle: 
     engine = FakeCtaEngine()
     strategy = PredictiveTradingStrategy(engine, "warm", VT, {"model_path": str(mtf_bundle)})
     strategy.on_init()
-    assert strategy.warmup_need == WarmupNeed(1230, dp.MTF_DAYS + 1, 30, "ratio")
+    assert strategy.warmup_need == WarmupNeed(1230, bar_features.MTF_DAYS + 1, 30, "ratio")
     assert isinstance(strategy.signal, ModelSignal) and strategy.signal.bars_needed == 1230
     assert any("预热需要 1,230 根K线及窗口前 6 个完整交易日" in line for line in engine.logs)
     base = PredictiveTradingStrategy(FakeCtaEngine(), "base", VT, {"model_path": str(rf_bundle)})
