@@ -293,6 +293,9 @@ def test_warmup_without_own_bars_of_a_contract_the_series_never_traded_says_the_
     pd.testing.assert_frame_equal(alone, own)
 
 
+WARMUP_PERIOD = "START, END = '2016-01-06', '2016-01-07'\n"
+# a SIM replay of SYMBOL from START to END (CSV, or the database when CSV is empty) printing every prediction;
+# the caller puts MODEL, CSV, SYMBOL, START and END in front
 WARMUP_SCRIPT = """
 import json, logging, math
 from config import Secrets, bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_dirs, settings_for
@@ -302,14 +305,14 @@ logging.basicConfig(level=logging.INFO)
 home = resolve_home()
 settings = settings_for(home)
 bind_vnpy_home(home, settings.database)
-spec = contract_spec("rb1605.SHFE", load_contracts(settings_dirs(home)))
+spec = contract_spec(SYMBOL, load_contracts(settings_dirs(home)))
 setting = {**live_trading.live_costs(spec, 1_000_000.0, True), "model_path": MODEL, "warmup_days": 10}
-config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", "rb1605.SHFE", setting)
+config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", SYMBOL, setting)
 system = live_trading.AITradingSystem(home, settings, Secrets())
 predictions = []
 try:
-    system.connect_gateway("SIM", {"vt_symbol": "rb1605.SHFE", "home": str(home.root), "csv": CSV,
-                                   "start": "2016-01-06", "end": "2016-01-07", "speed": "max", "hold": True,
+    system.connect_gateway("SIM", {"vt_symbol": SYMBOL, "home": str(home.root), "csv": CSV,
+                                   "start": START, "end": END, "speed": "max", "hold": True,
                                    "warmup_days": 10}, 30)
     assert system.start_trading(config)
     strategy = system.cta_engine.strategies["warm"]
@@ -344,7 +347,7 @@ def test_sim_run_on_a_contract_with_no_recorded_bars_predicts_on_its_first_live_
     table = live[["open", "high", "low", "close", "volume"]].copy()
     table.index = table.index.tz_localize(None)
     table.rename_axis("datetime").to_csv(csv)
-    code = f"MODEL, CSV = {str(rf_bundle)!r}, {str(csv)!r}\n" + WARMUP_SCRIPT
+    code = f"MODEL, CSV, SYMBOL = {str(rf_bundle)!r}, {str(csv)!r}, 'rb1605.SHFE'\n" + WARMUP_PERIOD + WARMUP_SCRIPT
     result = run_python(code, stitched_home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout.split("WARM", 1)[1])

@@ -19,7 +19,7 @@ import ml_model
 from config import Home, contract_spec, load_contracts
 from predictive_trading_strategy import ModelSignal, PredictiveTradingStrategy, WarmupNeed, bundle_adjustment
 from tests.conftest import at, bars, edit_metadata, home_rows, run_python
-from tests.test_continuous import _store, split_contracts
+from tests.test_continuous import WARMUP_SCRIPT, _store, split_contracts
 from tests.test_predictive_trading_strategy import FakeCtaEngine
 from trading_calendar import causal_trading_days
 
@@ -147,40 +147,7 @@ def test_warmup_bars_bridge_the_junction_as_the_bundle_was_trained(
 
 # --- a SIM replay after the Spring Festival on a contract with no bars of its own ---------------------------------
 
-FESTIVAL_SCRIPT = """
-import json, logging, math
-from config import Secrets, bind_vnpy_home, contract_spec, load_contracts, resolve_home, settings_for, settings_dirs
-import live_trading
-
-logging.basicConfig(level=logging.INFO)
-home = resolve_home()
-settings = settings_for(home)
-bind_vnpy_home(home, settings.database)
-spec = contract_spec(SYMBOL, load_contracts(settings_dirs(home)))
-setting = {**live_trading.live_costs(spec, 1_000_000.0, True), "model_path": MODEL, "warmup_days": 10}
-config = live_trading.StrategyConfig("warm", "PredictiveTradingStrategy", SYMBOL, setting)
-system = live_trading.AITradingSystem(home, settings, Secrets())
-predictions = []
-try:
-    system.connect_gateway("SIM", {"vt_symbol": SYMBOL, "home": str(home.root), "csv": CSV,
-                                   "start": "2016-02-15", "end": "2016-02-15", "speed": "max", "hold": True,
-                                   "warmup_days": 10}, 30)
-    assert system.start_trading(config)
-    strategy = system.cta_engine.strategies["warm"]
-    online = strategy.signal.update
-
-    def update(bar):
-        value = online(bar)
-        predictions.append([bar.datetime.isoformat(), None if math.isnan(value) else value])
-        return value
-
-    strategy.signal.update = update
-    assert system.release_replay().wait(300)
-    system.drain()
-finally:
-    system.close()
-print("WARM" + json.dumps(predictions))
-"""
+FESTIVAL = "START, END = '2016-02-15', '2016-02-15'\n"
 
 
 @pytest.mark.slow
@@ -199,7 +166,7 @@ def test_sim_run_after_the_spring_festival_with_an_mtf_bundle_predicts_on_its_fi
     bundle = tmp_path / "mtf_none"
     shutil.copytree(mtf_bundle, bundle)
     edit_metadata(bundle, price_adjustment={"adjust": "none", "source": "stored series as imported"})
-    code = f"MODEL, CSV, SYMBOL = {str(bundle)!r}, {str(csv)!r}, 'rb1605.SHFE'\n" + FESTIVAL_SCRIPT
+    code = f"MODEL, CSV, SYMBOL = {str(bundle)!r}, {str(csv)!r}, 'rb1605.SHFE'\n" + FESTIVAL + WARMUP_SCRIPT
     result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout.split("WARM", 1)[1])
@@ -217,7 +184,7 @@ def test_sim_replay_of_a_stored_series_reaches_past_the_simulators_days_into_the
     stored = bars(sample_frame, "2016-01-04", "2016-02-16 15:00")
     stored["turnover"] = stored["open_interest"] = 0.0
     _store(home, {"rb0000": stored})
-    code = f"MODEL, CSV, SYMBOL = {str(mtf_bundle)!r}, '', {VT!r}\n" + FESTIVAL_SCRIPT
+    code = f"MODEL, CSV, SYMBOL = {str(mtf_bundle)!r}, '', {VT!r}\n" + FESTIVAL + WARMUP_SCRIPT
     result = run_python(code, home.root, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout.split("WARM", 1)[1])
