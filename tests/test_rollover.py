@@ -428,10 +428,10 @@ def test_roll_only_when_flat_switches_without_orders_and_alert_only_stays_on_the
 FED_SCRIPT = """
 import json, os
 os.chdir(HOME)  # vnpy binds to the home's folder at its first import, which the recording below makes
-import data_processor
+import bar_features
 
 fed = {}
-update = data_processor.FeatureState.update
+update = bar_features.FeatureState.update
 
 
 def recording(self, bar):
@@ -443,7 +443,7 @@ def recording(self, bar):
     return row
 
 
-data_processor.FeatureState.update = recording
+bar_features.FeatureState.update = recording
 import ai_trading_system
 
 code = ai_trading_system.main(ARGV)
@@ -455,7 +455,7 @@ print("FED" + json.dumps({"code": code, "states": list(fed.values())}))
 def test_after_the_roll_the_new_strategys_features_hold_every_bar_of_the_new_contract_the_roll_minute_included(
     sample_frame: pd.DataFrame, rf_bundle: Path, home: Home
 ) -> None:
-    import data_processor
+    import bar_features
     from tests.conftest import run_python
 
     pair = real_pair(sample_frame, "2016-08-01", "2016-08-19 23:59")
@@ -478,7 +478,7 @@ def test_after_the_roll_the_new_strategys_features_hold_every_bar_of_the_new_con
     # every bar once, in order (the warm-up fed once), the roll minute's whole bar among them, as the contract traded
     assert list(fed.index) == list(real.index) and at(ROLL_AT) in fed.index
     pd.testing.assert_frame_equal(fed, real[[*PRICES, "volume"]], check_freq=False, check_index_type=False)
-    batch = data_processor.build_features(real, NEW)[state["names"]].iloc[-1].to_numpy()
+    batch = bar_features.build_features(real, NEW)[state["names"]].iloc[-1].to_numpy()
     np.testing.assert_allclose(np.array(state["row"], dtype=float), batch, rtol=1e-9, atol=1e-12)
 
 
