@@ -91,6 +91,14 @@ def test_mtf_columns_are_the_aggregates_they_say(spring_2016: pd.DataFrame) -> N
     assert mtf["d_vol_5"].notna().sum() > 0.8 * len(frame)
 
 
+def online_rows(state: bf.FeatureState, frame: pd.DataFrame) -> list[np.ndarray | None]:
+    """The online state's row after each bar of `frame` (None while it warms up)."""
+    columns = (frame[name].to_numpy() for name in bf.OHLCV)
+    return [
+        state.update_values(when, *values) for when, *values in zip(frame.index.to_pydatetime(), *columns, strict=True)
+    ]
+
+
 def test_online_state_equals_batch_mtf_features_on_real_bars(spring_2016: pd.DataFrame) -> None:
     frame = spring_2016.iloc[:12_000]  # 2016-04-05 .. 2016-05-19: two session eras and a roll gap
     assert frame["roll_gap"].any() and frame.index[0] < at("2016-05-03") < frame.index[-1]
@@ -116,20 +124,8 @@ def test_online_state_equals_batch_features_on_real_bars(spring_2016: pd.DataFra
     frame = spring_2016.iloc[:12_000]
     assert frame.index[0] < at("2016-05-03") < frame.index[-1] and frame["roll_gap"].any() and frame["night"].any()
     batch = bf.build_features(frame).to_numpy()
-    state = bf.FeatureState(VT)
-    rows = []
-    for when, o, h, lo, c, v in zip(
-        frame.index.to_pydatetime(),
-        frame["open"],
-        frame["high"],
-        frame["low"],
-        frame["close"],
-        frame["volume"],
-        strict=True,
-    ):
-        vector = state.update_values(when, o, h, lo, c, v)
-        rows.append(np.full(len(bf.FEATURE_NAMES), np.nan) if vector is None else vector)
-    online = np.array(rows)
+    rows = online_rows(bf.FeatureState(VT), frame)
+    online = np.array([np.full(len(bf.FEATURE_NAMES), np.nan) if row is None else row for row in rows])
     assert np.isnan(online[: bf.FEATURE_WARMUP]).all()
     np.testing.assert_allclose(online[bf.FEATURE_WARMUP :], batch[bf.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9)
     same = [bf.FEATURE_NAMES.index(name) for name in SAME_ARITHMETIC]
@@ -168,19 +164,7 @@ def test_online_state_for_a_product_without_a_session_table_matches_and_never_le
     frame = spring_2016.iloc[:3000].copy()
     frame.attrs["vt_symbol"] = "zz0000.DCE"  # not in SESSION_TABLE: no hours inferred from the bars themselves
     batch = bf.build_features(frame)
-    state = bf.FeatureState("zz0000.DCE")
-    online = [
-        state.update_values(when, o, h, lo, c, v)
-        for when, o, h, lo, c, v in zip(
-            frame.index.to_pydatetime(),
-            frame["open"],
-            frame["high"],
-            frame["low"],
-            frame["close"],
-            frame["volume"],
-            strict=True,
-        )
-    ]
+    online = online_rows(bf.FeatureState("zz0000.DCE"), frame)
     np.testing.assert_allclose(
         np.array(online[bf.FEATURE_WARMUP :]), batch.iloc[bf.FEATURE_WARMUP :], rtol=1e-9, atol=1e-9
     )
