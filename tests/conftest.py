@@ -330,3 +330,17 @@ def database(request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.Mon
         server: PgServer = request.getfixturevalue("postgresql_server")
         use_postgresql(home, server, server.create_database(), monkeypatch)
     return str(request.param)
+
+
+def quiet_main_engine() -> Any:
+    """A real vnpy MainEngine with its log output switched off, the working folder kept (MainEngine chdirs into
+    vnpy's folder); the caller closes it."""
+    from vnpy.event import EventEngine
+    from vnpy.trader.engine import MainEngine
+
+    cwd = os.getcwd()
+    engine = MainEngine(EventEngine())
+    os.chdir(cwd)
+    log_engine: Any = engine.get_engine("log")
+    log_engine.active = False
+    return engine

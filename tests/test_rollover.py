@@ -4,7 +4,6 @@ simulated exchange replaying two contracts, `contracts`, and a SIM run across a 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from vnpy.event import Event, EventEngine
+from vnpy.event import Event
 from vnpy.trader.constant import Direction, Exchange, Interval, Offset, OrderType
 from vnpy.trader.engine import MainEngine
 from vnpy.trader.event import EVENT_ACCOUNT, EVENT_POSITION, EVENT_TICK, EVENT_TRADE
@@ -38,7 +37,7 @@ from config import CHINA_TZ, ConfigError, ContractSpec, Fees, Home, RiskSettings
 from contracts import ContractDay
 from risk_manager import PositionBook, RiskManager
 from sim_gateway import SimGateway
-from tests.conftest import at
+from tests.conftest import at, quiet_main_engine
 
 OLD, NEW = "rb1610.SHFE", "rb1701.SHFE"
 SHORT = Direction.SHORT
@@ -191,11 +190,7 @@ class Seen:
 
 @pytest.fixture
 def main_engine() -> Iterator[MainEngine]:
-    cwd = os.getcwd()
-    engine = MainEngine(EventEngine())
-    os.chdir(cwd)  # MainEngine chdirs into vnpy's folder
-    log_engine: Any = engine.get_engine("log")
-    log_engine.active = False
+    engine: MainEngine = quiet_main_engine()
     yield engine
     engine.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 import traceback
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vnpy.event import Event, EventEngine
+from vnpy.event import Event
 from vnpy.trader.constant import Direction, Exchange, Interval, Offset, OrderType, Product, Status
 from vnpy.trader.engine import MainEngine
 from vnpy.trader.event import EVENT_ACCOUNT, EVENT_LOG, EVENT_ORDER, EVENT_POSITION, EVENT_TICK, EVENT_TRADE
@@ -40,6 +39,7 @@ import data_processor
 import sim_gateway
 from config import CHINA_TZ, SAMPLE_TICKS_CSV, ConfigError, DataError, Home
 from sim_gateway import SimGateway
+from tests.conftest import quiet_main_engine
 
 RB = "rb0000.SHFE"
 CU = "cu1909.SHFE"
@@ -55,11 +55,7 @@ def china(text: str) -> datetime:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[MainEngine]:
     """One real MainEngine for the module (each test adds its own gateway); vnpy's log output is switched off."""
-    cwd = os.getcwd()
-    main_engine = MainEngine(EventEngine())
-    os.chdir(cwd)  # MainEngine chdirs into vnpy's folder
-    log_engine: Any = main_engine.get_engine("log")
-    log_engine.active = False
+    main_engine: MainEngine = quiet_main_engine()
     yield main_engine
     main_engine.close()
 
